@@ -1,0 +1,430 @@
+//! `syncd inspect PATH...`: reads offline runs and reports what each holds
+//! and what state it is in, as tables or as one JSON document.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use comfy_table::{Table, presets};
+use serde::Serialize;
+
+use super::Outcome;
+use crate::cli::InspectArgs;
+use crate::discover;
+use crate::source::wandb::fragment::{
+    self, CorruptionReport, FileClass, Fragment, ReadOptions, Writer,
+};
+use crate::source::wandb::framing::Tail;
+use crate::source::wandb::run::{self, Run};
+use crate::source::wandb::value::Value;
+use crate::source::wandb::views::{ArtifactInfo, Policy};
+
+/// Version of the `--json` document; bumped on incompatible changes.
+pub const SCHEMA: u32 = 1;
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub schema: u32,
+    pub runs: Vec<RunReport>,
+    /// Paths that could not be read, with the reason.
+    pub errors: Vec<PathError>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PathError {
+    pub path: PathBuf,
+    pub error: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RunReport {
+    pub run_id: String,
+    pub name: Option<String>,
+    pub entity: Option<String>,
+    pub project: Option<String>,
+    pub group: Option<String>,
+    pub job_type: Option<String>,
+    pub tags: Vec<String>,
+    pub notes: Option<String>,
+    /// RFC 3339, UTC.
+    pub start_time: Option<String>,
+    pub resumed: bool,
+    pub host: Option<String>,
+    pub program: Option<String>,
+    pub git: Option<crate::source::wandb::proto::GitRepoRecord>,
+    pub slurm_job_id: Option<String>,
+    pub slurm: BTreeMap<String, String>,
+    pub producer: Option<String>,
+    pub class: FileClass,
+    pub records: BTreeMap<&'static str, u64>,
+    pub history_rows: u64,
+    pub last_step: Option<i64>,
+    pub events_rows: u64,
+    pub console_lines: u64,
+    pub exit_code: Option<i32>,
+    pub files: Vec<FileReport>,
+    pub artifacts: Vec<ArtifactInfo>,
+    pub alerts: u64,
+    pub preempting: bool,
+    pub metrics: Vec<String>,
+    pub summary: serde_json::Value,
+    pub config: serde_json::Value,
+    pub fragments: Vec<FragmentReport>,
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FragmentReport {
+    pub path: PathBuf,
+    pub size: u64,
+    pub class: FileClass,
+    pub records: u64,
+    pub record_types: BTreeMap<&'static str, u64>,
+    pub history_rows: u64,
+    pub first_step: Option<i64>,
+    pub last_step: Option<i64>,
+    pub exit_code: Option<i32>,
+    pub start_time: Option<String>,
+    pub slurm_job_id: Option<String>,
+    /// Offset after the last complete record: where an incremental read resumes.
+    pub cursor: u64,
+    pub tail: Tail,
+    pub corruption: Vec<CorruptionReport>,
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FileReport {
+    /// Relative to the run's `files/` directory.
+    pub path: String,
+    pub policy: Policy,
+    pub kind: &'static str,
+    /// `present`, `missing`, or `outside-link` (a symlink leaving the run
+    /// directory: never uploaded).
+    pub on_disk: &'static str,
+}
+
+pub fn run(args: InspectArgs) -> anyhow::Result<Outcome> {
+    let paths = if args.paths.is_empty() {
+        vec![default_wandb_dir()]
+    } else {
+        args.paths.clone()
+    };
+    let options = ReadOptions {
+        recover: args.recover,
+    };
+    let report = inspect(&paths, options, args.stale_after, SystemTime::now());
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        write_human(&mut out, &report)?;
+    }
+    let failed =
+        !report.errors.is_empty() || report.runs.iter().any(|r| r.class == FileClass::Corrupt);
+    Ok(if failed {
+        Outcome::SomeFailed
+    } else {
+        Outcome::Ok
+    })
+}
+
+/// `$WANDB_DIR/wandb` (where the SDK writes when `WANDB_DIR` is set), else `./wandb`.
+pub fn default_wandb_dir() -> PathBuf {
+    match std::env::var_os("WANDB_DIR") {
+        Some(dir) if !dir.is_empty() => Path::new(&dir).join("wandb"),
+        _ => PathBuf::from("wandb"),
+    }
+}
+
+/// Reads every run under `paths`. A newest fragment unmodified for
+/// `stale_after` is taken to have lost its writer.
+pub fn inspect(
+    paths: &[PathBuf],
+    options: ReadOptions,
+    stale_after: Duration,
+    now: SystemTime,
+) -> Report {
+    let (files, discover_errors) = discover::wandb_files(paths);
+    let mut errors: Vec<PathError> = discover_errors
+        .into_iter()
+        .map(|e| PathError {
+            path: e.path().to_path_buf(),
+            error: e.to_string(),
+        })
+        .collect();
+    let mut fragments = Vec::new();
+    for file in files {
+        match fragment::read_fragment(&file.path, options) {
+            Ok(f) => fragments.push(f),
+            Err(e) => errors.push(PathError {
+                path: file.path,
+                error: format!("cannot read: {e}"),
+            }),
+        }
+    }
+    let runs = run::group(fragments)
+        .into_iter()
+        .map(|run| {
+            let writer = newest_writer(&run, stale_after, now);
+            run_report(&run, writer)
+        })
+        .collect();
+    Report {
+        schema: SCHEMA,
+        runs,
+        errors,
+    }
+}
+
+fn newest_writer(run: &Run, stale_after: Duration, now: SystemTime) -> Writer {
+    let modified = run.fragments.last().and_then(|f| f.modified);
+    match modified.and_then(|m| now.duration_since(m).ok()) {
+        Some(age) if age >= stale_after => Writer::Gone,
+        // Modified in the future (clock skew on a shared FS) or just now.
+        _ if stale_after.is_zero() => Writer::Gone,
+        _ => Writer::Alive,
+    }
+}
+
+fn rfc3339(secs: Option<f64>) -> Option<String> {
+    let secs = secs.filter(|s| s.is_finite() && *s >= 0.0)?;
+    let time = SystemTime::UNIX_EPOCH + Duration::from_secs_f64(secs);
+    Some(humantime::format_rfc3339_micros(time).to_string())
+}
+
+fn type_counts(fragment: &Fragment) -> BTreeMap<&'static str, u64> {
+    fragment.kinds.iter().map(|(k, n)| (k.name(), *n)).collect()
+}
+
+fn run_report(run: &Run, newest_writer: Writer) -> RunReport {
+    let identity = run.identity();
+    let last = run
+        .fragments
+        .last()
+        .expect("a run has at least one fragment");
+    let mut records = BTreeMap::new();
+    let mut files = BTreeMap::new();
+    let mut artifacts = Vec::new();
+    let mut metrics: Vec<String> = Vec::new();
+    let mut summary = crate::source::wandb::value::Map::new();
+    let mut fragments = Vec::new();
+    let count = run.fragments.len();
+    for (i, fragment) in run.fragments.iter().enumerate() {
+        let state = &fragment.state;
+        for (kind, n) in type_counts(fragment) {
+            *records.entry(kind).or_insert(0) += n;
+        }
+        let run_dir = fragment.path.parent().unwrap_or(Path::new("."));
+        for (path, entry) in &state.files {
+            let on_disk = file_on_disk(run_dir, path);
+            files.insert(
+                path.clone(),
+                FileReport {
+                    path: path.clone(),
+                    policy: entry.policy,
+                    kind: entry.kind,
+                    on_disk,
+                },
+            );
+        }
+        artifacts.extend(state.artifacts.iter().cloned());
+        for m in &state.metrics {
+            if !metrics.contains(m) {
+                metrics.push(m.clone());
+            }
+        }
+        // A resumed fragment's summary continues the earlier one's.
+        summary.extend(state.summary.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let writer = if i + 1 == count {
+            newest_writer
+        } else {
+            Writer::Gone
+        };
+        fragments.push(FragmentReport {
+            path: fragment.path.clone(),
+            size: fragment.size,
+            class: fragment.classify(writer),
+            records: fragment.records,
+            record_types: type_counts(fragment),
+            history_rows: state.history_rows,
+            first_step: state.first_step,
+            last_step: state.last_step,
+            exit_code: state.exit.map(|e| e.code),
+            start_time: rfc3339(state.identity.start_time),
+            slurm_job_id: state.identity.slurm_job_id().map(str::to_string),
+            cursor: fragment.cursor,
+            tail: fragment.tail,
+            corruption: fragment.corruption.clone(),
+            problems: fragment.problems.clone(),
+        });
+    }
+    let mut problems: Vec<String> = Vec::new();
+    for (fragment, report) in run.fragments.iter().zip(&fragments) {
+        for p in &report.problems {
+            let prefix = if count > 1 {
+                format!("{}: ", fragment.path.display())
+            } else {
+                String::new()
+            };
+            problems.push(format!("{prefix}{p}"));
+        }
+    }
+    if !artifacts.is_empty() {
+        problems.push(format!(
+            "{} artifact(s) logged offline; syncd does not upload artifacts yet (everything else uploads)",
+            artifacts.len()
+        ));
+    }
+    for file in files.values().filter(|f| f.on_disk != "present") {
+        problems.push(match file.on_disk {
+            "outside-link" => format!(
+                "files/{} links outside the run directory and will not be uploaded",
+                file.path
+            ),
+            _ => format!("files/{} is listed but missing on disk", file.path),
+        });
+    }
+    let class = run.class(newest_writer);
+    if class == FileClass::Truncated {
+        problems.push("no exit record and the writer is gone: the run was cut off (killed, timed out or crashed)".into());
+    }
+    RunReport {
+        run_id: identity.run_id.clone().unwrap_or_else(|| run.id.clone()),
+        name: identity.display_name.clone(),
+        entity: identity.entity.clone(),
+        project: identity.project.clone(),
+        group: identity.group.clone(),
+        job_type: identity.job_type.clone(),
+        tags: identity.tags.clone(),
+        notes: identity.notes.clone(),
+        start_time: rfc3339(identity.start_time),
+        resumed: identity.resumed,
+        host: identity.host.clone(),
+        program: identity.program.clone(),
+        git: identity.git.clone(),
+        slurm_job_id: identity.slurm_job_id().map(str::to_string),
+        slurm: identity.slurm.clone(),
+        producer: identity.producer.clone(),
+        class,
+        records,
+        history_rows: run.history_rows(),
+        last_step: run.fragments.iter().filter_map(|f| f.state.last_step).max(),
+        events_rows: run.fragments.iter().map(|f| f.state.events_rows).sum(),
+        console_lines: run
+            .fragments
+            .iter()
+            .map(|f| f.state.console.line_count())
+            .sum(),
+        exit_code: last.state.exit.map(|e| e.code),
+        files: files.into_values().collect(),
+        artifacts,
+        alerts: run.fragments.iter().map(|f| f.state.alerts).sum(),
+        preempting: run.fragments.iter().any(|f| f.state.preempting),
+        metrics,
+        summary: Value::Object(summary).to_strict(),
+        config: Value::Object(last.state.config.clone()).to_strict(),
+        fragments,
+        problems,
+    }
+}
+
+/// Whether `files/<rel>` exists and may be uploaded: a symlink whose target
+/// leaves the run directory is reported instead (only the run's own data
+/// leaves the machine).
+fn file_on_disk(run_dir: &Path, rel: &str) -> &'static str {
+    let path = run_dir.join("files").join(rel);
+    let Ok(meta) = std::fs::symlink_metadata(&path) else {
+        return "missing";
+    };
+    if !meta.file_type().is_symlink() {
+        return "present";
+    }
+    match (path.canonicalize(), run_dir.canonicalize()) {
+        (Ok(target), Ok(root)) if target.starts_with(&root) => "present",
+        (Ok(_), Ok(_)) => "outside-link",
+        _ => "missing",
+    }
+}
+
+fn write_human(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
+    for run in &report.runs {
+        let mut table = Table::new();
+        table.load_preset(presets::NOTHING);
+        let dash = || "-".to_string();
+        let opt = |v: &Option<String>| v.clone().unwrap_or_else(dash);
+        table.add_row(vec![
+            "run".to_string(),
+            format!("{} ({})", run.run_id, run.class.name()),
+        ]);
+        table.add_row(vec!["name".to_string(), opt(&run.name)]);
+        let project = match (&run.entity, &run.project) {
+            (Some(e), Some(p)) => format!("{e}/{p}"),
+            (None, Some(p)) => p.clone(),
+            _ => dash(),
+        };
+        table.add_row(vec!["project".to_string(), project]);
+        let fragment_lines: Vec<String> = run
+            .fragments
+            .iter()
+            .map(|f| {
+                format!(
+                    "{} ({}, {} bytes)",
+                    f.path.display(),
+                    f.class.name(),
+                    f.size
+                )
+            })
+            .collect();
+        table.add_row(vec![
+            format!("fragments ({})", run.fragments.len()),
+            fragment_lines.join("\n"),
+        ]);
+        let total: u64 = run.records.values().sum();
+        let mut by_type: Vec<_> = run.records.iter().collect();
+        by_type.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let by_type: Vec<String> = by_type.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        table.add_row(vec![
+            "records".to_string(),
+            format!("{total}: {}", by_type.join(", ")),
+        ]);
+        let last_step = run.last_step.map_or_else(dash, |s| s.to_string());
+        table.add_row(vec![
+            "history".to_string(),
+            format!("{} rows, last step {last_step}", run.history_rows),
+        ]);
+        table.add_row(vec![
+            "exit code".to_string(),
+            run.exit_code.map_or_else(dash, |c| c.to_string()),
+        ]);
+        table.add_row(vec!["slurm job".to_string(), opt(&run.slurm_job_id)]);
+        let problems = if run.problems.is_empty() {
+            dash()
+        } else {
+            run.problems.join("\n")
+        };
+        table.add_row(vec!["problems".to_string(), problems]);
+        // Cells are padded to the widest; trailing blanks are noise in a pipe.
+        for line in table.to_string().lines() {
+            writeln!(out, "{}", line.trim_end())?;
+        }
+        writeln!(out)?;
+    }
+    for error in &report.errors {
+        writeln!(out, "error: {}", error.error)?;
+    }
+    let corrupt = report
+        .runs
+        .iter()
+        .filter(|r| r.class == FileClass::Corrupt)
+        .count();
+    writeln!(
+        out,
+        "{} run(s), {} corrupt, {} path(s) with errors",
+        report.runs.len(),
+        corrupt,
+        report.errors.len()
+    )
+}

@@ -1,0 +1,30 @@
+//! The subcommands. Each returns the process exit status: 0 when everything
+//! went well, 1 when some runs could not be handled, 2 for usage and
+//! configuration errors (also what an `Err` becomes in `main`).
+
+pub mod inspect;
+
+use crate::cli::{Cli, Command};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    SomeFailed,
+    Usage,
+}
+
+impl From<Outcome> for std::process::ExitCode {
+    fn from(outcome: Outcome) -> Self {
+        std::process::ExitCode::from(match outcome {
+            Outcome::Ok => 0,
+            Outcome::SomeFailed => 1,
+            Outcome::Usage => 2,
+        })
+    }
+}
+
+pub fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
+    match cli.command {
+        Command::Inspect(args) => inspect::run(args),
+    }
+}

@@ -1,0 +1,18 @@
+//! syncd finds offline experiment-tracking runs that training jobs write on a
+//! cluster's shared filesystem and uploads them, incrementally and exactly
+//! once.
+//!
+//! ```text
+//! discover ──> source ──> ledger ──> sink ──> server
+//!  (where)     (what)     (how far)  (send)
+//!                   └──────> status (what is pending, why)
+//! ```
+//!
+//! - [`discover`]: which run files exist under the paths and roots given;
+//! - [`source`]: reads offline run formats into records and run views;
+//! - [`cmd`]: the command-line subcommands built on them.
+
+pub mod cli;
+pub mod cmd;
+pub mod discover;
+pub mod source;

@@ -1,0 +1,17 @@
+//! Weights & Biases offline runs (`offline-run-*/run-<id>.wandb`).
+//!
+//! - [`framing`]: the LevelDB-style block/chunk format and its resumable cursor;
+//! - [`record`]: a record's type and number without a full decode;
+//! - [`proto`]: the protobuf messages;
+//! - [`value`]: W&B's extended JSON (`NaN`, `Infinity`), kept losslessly;
+//! - [`views`]: config, summary, history, system metrics, console, files, exit;
+//! - [`fragment`]: one file read end to end and classified;
+//! - [`run`]: fragments grouped into runs.
+
+pub mod fragment;
+pub mod framing;
+pub mod proto;
+pub mod record;
+pub mod run;
+pub mod value;
+pub mod views;

@@ -1,0 +1,155 @@
+//! A run as the server sees it: every fragment (`offline-run-*-<id>`
+//! directory) with the same run id, in the order they were written. A
+//! requeued or resumed job leaves several fragments of one run.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::fragment::{FileClass, Fragment, Writer};
+use super::views::RunIdentity;
+
+/// The id a fragment belongs to: from its run record, else from its
+/// directory name (`offline-run-20261123_085953-<id>`) or file name
+/// (`run-<id>.wandb`), so even an empty or header-only file groups correctly.
+pub fn fragment_run_id(fragment: &Fragment) -> Option<String> {
+    if let Some(id) = &fragment.state.identity.run_id {
+        return Some(id.clone());
+    }
+    let stem = fragment.path.file_stem()?.to_str()?;
+    if let Some(id) = stem.strip_prefix("run-") {
+        return Some(id.to_string());
+    }
+    dir_name_parts(fragment.path.parent()?).map(|(_, id)| id)
+}
+
+/// `(timespec, run id)` from an `offline-run-YYYYMMDD_HHMMSS-<id>` (or
+/// `run-…`) directory name.
+pub fn dir_name_parts(dir: &Path) -> Option<(String, String)> {
+    let name = dir.file_name()?.to_str()?;
+    let rest = name
+        .strip_prefix("offline-run-")
+        .or_else(|| name.strip_prefix("run-"))?;
+    let (time, id) = rest.split_once('-')?;
+    let valid_time = time.len() == 15 && time.as_bytes()[8] == b'_';
+    valid_time.then(|| {
+        (
+            time.to_string(),
+            id.split('-').next().unwrap_or(id).to_string(),
+        )
+    })
+}
+
+#[derive(Debug)]
+pub struct Run {
+    pub id: String,
+    /// Oldest first.
+    pub fragments: Vec<Fragment>,
+}
+
+impl Run {
+    /// Identity of the run: the newest fragment's view (names and tags can be
+    /// changed by a resumed run), with the first fragment's start time.
+    pub fn identity(&self) -> RunIdentity {
+        let mut identity = RunIdentity::default();
+        for fragment in &self.fragments {
+            let id = &fragment.state.identity;
+            let start = identity.start_time;
+            let slurm = std::mem::take(&mut identity.slurm);
+            identity = merge(identity, id);
+            identity.start_time = start.or(id.start_time);
+            identity.slurm = slurm;
+            identity.slurm.extend(id.slurm.clone());
+        }
+        identity.run_id.get_or_insert_with(|| self.id.clone());
+        identity
+    }
+
+    /// Class of the run: corrupt if any fragment is, else that of the newest
+    /// fragment (earlier ones are followed by it, so their writers are gone).
+    pub fn class(&self, newest_writer: Writer) -> FileClass {
+        if self
+            .fragments
+            .iter()
+            .any(|f| f.classify(Writer::Gone) == FileClass::Corrupt)
+        {
+            return FileClass::Corrupt;
+        }
+        self.fragments
+            .last()
+            .map_or(FileClass::Empty, |f| f.classify(newest_writer))
+    }
+
+    pub fn history_rows(&self) -> u64 {
+        self.fragments.iter().map(|f| f.state.history_rows).sum()
+    }
+}
+
+fn merge(base: RunIdentity, newer: &RunIdentity) -> RunIdentity {
+    let pick = |a: Option<String>, b: &Option<String>| b.clone().or(a);
+    RunIdentity {
+        run_id: pick(base.run_id, &newer.run_id),
+        entity: pick(base.entity, &newer.entity),
+        project: pick(base.project, &newer.project),
+        display_name: pick(base.display_name, &newer.display_name),
+        group: pick(base.group, &newer.group),
+        job_type: pick(base.job_type, &newer.job_type),
+        tags: if newer.tags.is_empty() {
+            base.tags
+        } else {
+            newer.tags.clone()
+        },
+        notes: pick(base.notes, &newer.notes),
+        start_time: newer.start_time.or(base.start_time),
+        resumed: base.resumed || newer.resumed,
+        host: pick(base.host, &newer.host),
+        program: pick(base.program, &newer.program),
+        git: newer.git.clone().or(base.git),
+        slurm: base.slurm,
+        producer: pick(base.producer, &newer.producer),
+    }
+}
+
+/// Groups fragments by run id; each group is ordered by start time (from the
+/// run record, else the directory's timestamp, else the path).
+pub fn group(fragments: Vec<Fragment>) -> Vec<Run> {
+    let mut by_id: BTreeMap<String, Vec<Fragment>> = BTreeMap::new();
+    for fragment in fragments {
+        let id = fragment_run_id(&fragment).unwrap_or_else(|| fragment.path.display().to_string());
+        by_id.entry(id).or_default().push(fragment);
+    }
+    let mut runs: Vec<Run> = by_id
+        .into_iter()
+        .map(|(id, mut fragments)| {
+            fragments.sort_by(|a, b| {
+                order_key(a)
+                    .partial_cmp(&order_key(b))
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            });
+            Run { id, fragments }
+        })
+        .collect();
+    runs.sort_by(|a, b| {
+        let first = |r: &Run| r.fragments.first().map(order_key);
+        first(a)
+            .partial_cmp(&first(b))
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    runs
+}
+
+type OrderKey = (f64, String, String);
+
+/// Fragments with a run record sort by its exact start time; those without
+/// one (empty or header-only files) go after them, by directory timestamp.
+fn order_key(fragment: &Fragment) -> OrderKey {
+    let dir_time = fragment
+        .path
+        .parent()
+        .and_then(dir_name_parts)
+        .map(|(time, _)| time);
+    (
+        fragment.state.identity.start_time.unwrap_or(f64::MAX),
+        dir_time.unwrap_or_default(),
+        fragment.path.display().to_string(),
+    )
+}

@@ -1,0 +1,346 @@
+//! Console text from `output_raw` fragments, rebuilt the way a terminal shows
+//! it: `\r` returns to the start of the line so a progress bar rewrites itself,
+//! `\n` starts a new line, backspace and the common cursor escapes (up, down,
+//! erase line) move or clear, other escape sequences are dropped.
+//!
+//! stdout and stderr each have their own cursor but share one line numbering,
+//! as in `output.log`. Only the last [`WINDOW`] lines of each stream can still
+//! change; older lines are final, so memory stays bounded however long the
+//! run prints.
+
+use std::collections::VecDeque;
+
+/// How many recent lines of a stream a cursor movement can still reach.
+pub const WINDOW: usize = 32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// One line of console output as it should be shown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleLine {
+    /// 0-based line number in the run's console log.
+    pub index: u64,
+    pub stream: Stream,
+    pub text: String,
+}
+
+#[derive(Debug, Default)]
+struct Cursor {
+    /// Global indexes of this stream's recent lines, oldest first.
+    rows: VecDeque<u64>,
+    /// Position within `rows` of the cursor's line. `rows.len()` means the
+    /// line after the last one, which is created only when text arrives, so a
+    /// trailing `\n` does not leave an empty line behind.
+    row: usize,
+    col: usize,
+    /// An unfinished escape sequence carried over to the next fragment.
+    pending_escape: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Console {
+    /// Text of lines still inside some stream's window, by global index.
+    lines: VecDeque<(u64, Stream, Vec<char>)>,
+    first_index: u64,
+    next_index: u64,
+    stdout: Cursor,
+    stderr: Cursor,
+    /// Lines changed since the last [`Console::take_changed`], by index.
+    changed: std::collections::BTreeSet<u64>,
+}
+
+impl Console {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of lines the console log has so far.
+    pub fn line_count(&self) -> u64 {
+        self.next_index
+    }
+
+    /// Feeds one `output_raw` fragment.
+    pub fn write(&mut self, stream: Stream, text: &str) {
+        let pending = std::mem::take(&mut self.cursor(stream).pending_escape);
+        if pending.is_empty() {
+            self.write_chars(stream, text.chars());
+        } else {
+            self.write_chars(
+                stream,
+                pending
+                    .chars()
+                    .chain(text.chars())
+                    .collect::<Vec<_>>()
+                    .into_iter(),
+            );
+        }
+    }
+
+    fn write_chars(&mut self, stream: Stream, mut chars: impl Iterator<Item = char>) {
+        while let Some(c) = chars.next() {
+            match c {
+                '\n' => self.newline(stream),
+                '\r' => self.cursor(stream).col = 0,
+                '\u{8}' => {
+                    let cur = self.cursor(stream);
+                    cur.col = cur.col.saturating_sub(1);
+                }
+                '\u{1b}' => {
+                    let mut seq = String::from('\u{1b}');
+                    let mut done = false;
+                    for n in chars.by_ref() {
+                        seq.push(n);
+                        if seq.len() == 2 && n != '[' {
+                            done = true; // two-character escape: ignore it
+                            break;
+                        }
+                        if seq.len() > 2 && ('\u{40}'..='\u{7e}').contains(&n) {
+                            self.csi(stream, &seq[2..seq.len() - 1], n);
+                            done = true;
+                            break;
+                        }
+                        if seq.len() > 64 {
+                            done = true; // not a sequence we understand; drop it
+                            break;
+                        }
+                    }
+                    if !done {
+                        self.cursor(stream).pending_escape = seq;
+                    }
+                }
+                c if (c as u32) < 0x20 && c != '\t' => {}
+                c => self.put(stream, c),
+            }
+        }
+    }
+
+    fn csi(&mut self, stream: Stream, params: &str, command: char) {
+        let n = params
+            .split(';')
+            .next()
+            .and_then(|p| p.parse::<usize>().ok())
+            .unwrap_or(1)
+            .max(1);
+        match command {
+            'A' => {
+                let cur = self.cursor(stream);
+                cur.row = cur.row.saturating_sub(n);
+            }
+            'B' => {
+                for _ in 0..n {
+                    if self.current_index(stream).is_none() {
+                        self.open_line(stream);
+                    }
+                    self.cursor(stream).row += 1;
+                }
+            }
+            'G' => self.cursor(stream).col = n - 1,
+            'K' => {
+                let mode = params.parse::<u8>().unwrap_or(0);
+                let col = self.cursor(stream).col;
+                let index = self.current_index(stream);
+                if let Some(line) = self.current_line(stream) {
+                    match mode {
+                        0 => line.truncate(col),
+                        1 => line.iter_mut().take(col + 1).for_each(|c| *c = ' '),
+                        _ => line.clear(),
+                    }
+                    self.changed.extend(index);
+                }
+            }
+            _ => {} // colours and everything else do not change the text
+        }
+    }
+
+    fn cursor(&mut self, stream: Stream) -> &mut Cursor {
+        match stream {
+            Stream::Stdout => &mut self.stdout,
+            Stream::Stderr => &mut self.stderr,
+        }
+    }
+
+    fn current_index(&mut self, stream: Stream) -> Option<u64> {
+        let cur = self.cursor(stream);
+        cur.rows.get(cur.row).copied()
+    }
+
+    fn current_line(&mut self, stream: Stream) -> Option<&mut Vec<char>> {
+        let index = self.current_index(stream)?;
+        let pos = index.checked_sub(self.first_index)? as usize;
+        self.lines.get_mut(pos).map(|(_, _, text)| text)
+    }
+
+    fn put(&mut self, stream: Stream, c: char) {
+        if self.current_index(stream).is_none() {
+            let col = self.cursor(stream).col;
+            self.open_line(stream);
+            self.cursor(stream).col = col;
+        }
+        let col = self.cursor(stream).col;
+        let index = self.current_index(stream);
+        if let Some(line) = self.current_line(stream) {
+            if line.len() < col {
+                line.resize(col, ' ');
+            }
+            if col < line.len() {
+                line[col] = c;
+            } else {
+                line.push(c);
+            }
+        }
+        self.changed.extend(index);
+        self.cursor(stream).col += 1;
+    }
+
+    fn newline(&mut self, stream: Stream) {
+        if self.current_index(stream).is_none() {
+            // Two newlines in a row: the line between them exists, empty.
+            self.open_line(stream);
+        }
+        let cur = self.cursor(stream);
+        cur.row += 1;
+        cur.col = 0;
+    }
+
+    /// Appends a new line for `stream` and puts its cursor at its start.
+    fn open_line(&mut self, stream: Stream) {
+        let index = self.next_index;
+        self.next_index += 1;
+        self.lines.push_back((index, stream, Vec::new()));
+        self.changed.insert(index);
+        let cur = self.cursor(stream);
+        cur.rows.push_back(index);
+        if cur.rows.len() > WINDOW {
+            cur.rows.pop_front();
+        }
+        cur.row = cur.rows.len() - 1;
+        cur.col = 0;
+        self.forget_final_lines();
+    }
+
+    /// Drops lines neither cursor can reach any more.
+    fn forget_final_lines(&mut self) {
+        let oldest = |c: &Cursor| c.rows.front().copied().unwrap_or(u64::MAX);
+        let keep_from = oldest(&self.stdout)
+            .min(oldest(&self.stderr))
+            .min(self.next_index);
+        while self.lines.front().is_some_and(|(i, _, _)| *i < keep_from) {
+            self.lines.pop_front();
+            self.first_index += 1;
+        }
+    }
+
+    /// Lines created or rewritten since the last call, in line order. Lines
+    /// that have already been dropped from the window are not repeated.
+    pub fn take_changed(&mut self) -> Vec<ConsoleLine> {
+        let changed = std::mem::take(&mut self.changed);
+        changed
+            .into_iter()
+            .filter_map(|index| {
+                let pos = index.checked_sub(self.first_index)? as usize;
+                let (index, stream, text) = self.lines.get(pos)?;
+                Some(ConsoleLine {
+                    index: *index,
+                    stream: *stream,
+                    text: text.iter().collect(),
+                })
+            })
+            .collect()
+    }
+
+    /// The lines still held (the most recent ones), for display.
+    pub fn recent(&self) -> impl Iterator<Item = ConsoleLine> + '_ {
+        self.lines.iter().map(|(index, stream, text)| ConsoleLine {
+            index: *index,
+            stream: *stream,
+            text: text.iter().collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(fragments: &[(Stream, &str)]) -> Vec<String> {
+        let mut console = Console::new();
+        for (stream, text) in fragments {
+            console.write(*stream, text);
+        }
+        console.recent().map(|l| l.text).collect()
+    }
+
+    #[test]
+    fn carriage_return_rewrites_the_line() {
+        let out = render(&[
+            (Stream::Stdout, "progress 10%"),
+            (Stream::Stdout, "\rprogress 50%"),
+            (Stream::Stdout, "\rprogress 100%"),
+            (Stream::Stdout, "\n"),
+            (Stream::Stdout, "done\n"),
+        ]);
+        assert_eq!(out, ["progress 100%", "done"]);
+    }
+
+    #[test]
+    fn fragments_split_anywhere_join_up() {
+        let out = render(&[
+            (Stream::Stdout, "hel"),
+            (Stream::Stdout, "lo wo"),
+            (Stream::Stdout, "rld\n\n\nx"),
+        ]);
+        assert_eq!(out, ["hello world", "", "", "x"]);
+    }
+
+    #[test]
+    fn shorter_rewrite_keeps_the_tail_like_a_terminal() {
+        assert_eq!(render(&[(Stream::Stdout, "abcdef\rxy")])[0], "xycdef");
+        assert_eq!(render(&[(Stream::Stdout, "abcdef\rxy\u{1b}[K")])[0], "xy");
+    }
+
+    #[test]
+    fn streams_share_numbering_but_not_cursors() {
+        let mut console = Console::new();
+        console.write(Stream::Stdout, "out 1\n");
+        console.write(Stream::Stderr, "err 1\n");
+        console.write(Stream::Stdout, "out 2");
+        let lines = console.take_changed();
+        let texts: Vec<_> = lines
+            .iter()
+            .map(|l| (l.index, l.stream, l.text.as_str()))
+            .collect();
+        assert_eq!(
+            texts,
+            [
+                (0, Stream::Stdout, "out 1"),
+                (1, Stream::Stderr, "err 1"),
+                (2, Stream::Stdout, "out 2"),
+            ]
+        );
+    }
+
+    #[test]
+    fn cursor_up_rewrites_an_earlier_line_and_escapes_can_split() {
+        let out = render(&[
+            (Stream::Stdout, "bar 1\nbar 2\n"),
+            (Stream::Stdout, "\u{1b}["),
+            (Stream::Stdout, "2A\rBAR 1\n"),
+        ]);
+        assert_eq!(out[..2], ["BAR 1", "bar 2"]);
+    }
+
+    #[test]
+    fn memory_is_bounded_by_the_window() {
+        let mut console = Console::new();
+        for i in 0..10_000 {
+            console.write(Stream::Stdout, &format!("line {i}\n"));
+        }
+        assert_eq!(console.line_count(), 10_000);
+        assert!(console.recent().count() <= WINDOW + 1);
+    }
+}
