@@ -114,6 +114,9 @@ pub struct LogReader {
     assembling: Vec<u8>,
     record_start: Option<u64>,
     tail: Option<Tail>,
+    /// Set by `recover`: continuation chunks of a record whose start was lost
+    /// are skipped silently until the next record begins.
+    resyncing: bool,
 }
 
 impl LogReader {
@@ -135,11 +138,14 @@ impl LogReader {
             assembling: Vec::new(),
             record_start: None,
             tail: None,
+            resyncing: false,
         };
         if start == 0 {
             reader.check_header()?;
-            reader.pos = FILE_HEADER_LEN;
-            reader.cursor = FILE_HEADER_LEN;
+            if reader.tail.is_none() {
+                reader.pos = FILE_HEADER_LEN;
+                reader.cursor = FILE_HEADER_LEN;
+            }
         } else if start < FILE_HEADER_LEN || start > len {
             return Err(ReadError::BadStart(start));
         }
@@ -199,6 +205,7 @@ impl LogReader {
         self.assembling.clear();
         self.record_start = None;
         self.tail = None;
+        self.resyncing = true;
         self.pos
     }
 
@@ -280,6 +287,12 @@ impl LogReader {
             }
             let chunk_start = self.pos;
             self.pos = chunk_end;
+            if self.resyncing {
+                if kind == MIDDLE || kind == LAST {
+                    continue;
+                }
+                self.resyncing = false;
+            }
             match kind {
                 FULL => {
                     if self.record_start.is_some() {

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh Debian machine with Rust and Python 3:
+# installs what the tests need (Python venvs with pinned wandb versions, the
+# fixture runs they write), then runs every Rust test against them.
+#
+# Everything installed or generated goes to a cache dir
+# ($SYNCD_TEST_CACHE, default ~/.cache/syncd-test) and is reused when present;
+# nothing depends on it being there.
+set -euo pipefail
+
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+cache="${SYNCD_TEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/syncd-test}"
+wandb_versions=(0.31.0 0.17.9)
+mkdir -p "$cache"
+export PIP_CACHE_DIR="$cache/pip"
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+# Debian splits venv support out of python3.
+if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+    log "installing python3-venv"
+    sudo_cmd=""; [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq
+    $sudo_cmd apt-get install -y -qq python3-venv >/dev/null
+fi
+
+venv_for() { echo "$cache/venv-wandb-$1"; }
+
+for version in "${wandb_versions[@]}"; do
+    venv="$(venv_for "$version")"
+    if [ ! -f "$venv/.installed" ]; then
+        log "creating venv with wandb==$version"
+        rm -rf "$venv"
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install -q --disable-pip-version-check "wandb==$version" pillow numpy
+        touch "$venv/.installed"
+    fi
+done
+
+# Fixture runs written by the real wandb of each version, regenerated when
+# the generator changes.
+generator="$repo/tests/fixtures/wandb/generate.py"
+gen_hash="$(sha256sum "$generator" | cut -c1-12)"
+fixture_dirs=()
+for version in "${wandb_versions[@]}"; do
+    out="$cache/fixtures/wandb-$version-$gen_hash"
+    if [ ! -f "$out/manifest.json" ]; then
+        log "generating fixture runs with wandb $version"
+        rm -rf "$out" "$out.partial"
+        mkdir -p "$out.partial"
+        "$(venv_for "$version")/bin/python" "$generator" --out "$out.partial"
+        mv "$out.partial" "$out"
+    fi
+    fixture_dirs+=("$out")
+done
+
+export SYNCD_FIXTURES="$(IFS=:; echo "${fixture_dirs[*]}")"
+export SYNCD_REQUIRE_FIXTURES=1
+export SYNCD_ORACLE_PYTHON="${SYNCD_ORACLE_PYTHON:-python3}"
+
+cd "$repo"
+log "running cargo test"
+cargo test --locked
