@@ -36,7 +36,7 @@ fn main() {
     let cat = best_of(3, || time_cat(&large));
     println!("{:<34} {:>9.0} MB/s", "cat file > /dev/null", size_mb / cat);
 
-    let depths: [(&str, fn(&Path) -> u64); 4] = [
+    let depths: [(&str, ReadDepth); 4] = [
         ("framing + CRC", framing_only),
         ("framing + CRC + record type", with_peek),
         ("framing + CRC + full decode", with_decode),
@@ -66,6 +66,9 @@ fn main() {
         );
     }
 }
+
+/// Reads a whole file to some depth and returns how many records it saw.
+type ReadDepth = fn(&Path) -> u64;
 
 fn best_of(n: usize, mut f: impl FnMut() -> f64) -> f64 {
     (0..n).map(|_| f()).fold(f64::INFINITY, f64::min)

@@ -44,13 +44,18 @@ gen_hash="$(sha256sum "$generator" | cut -c1-12)"
 fixture_dirs=()
 for version in "${wandb_versions[@]}"; do
     out="$cache/fixtures/wandb-$version-$gen_hash"
-    if [ ! -f "$out/manifest.json" ]; then
+    # Generated in place (the manifest records absolute paths); the stamp
+    # marks a complete generation.
+    if [ ! -f "$out/.complete" ]; then
         log "generating fixture runs with wandb $version"
-        rm -rf "$out" "$out.partial"
-        mkdir -p "$out.partial"
-        "$(venv_for "$version")/bin/python" "$generator" --out "$out.partial"
-        mv "$out.partial" "$out"
+        rm -rf "$out"
+        mkdir -p "$out"
+        "$(venv_for "$version")/bin/python" "$generator" --out "$out"
+        touch "$out/.complete"
     fi
+    # Sets written by older versions of the generator are not used again.
+    find "$cache/fixtures" -mindepth 1 -maxdepth 1 -name "wandb-$version-*" ! -name "wandb-$version-$gen_hash" \
+        -exec rm -rf {} +
     fixture_dirs+=("$out")
 done
 

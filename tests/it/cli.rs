@@ -3,17 +3,33 @@ use std::path::Path;
 use crate::support::{committed_log, committed_root, inspect_json, syncd};
 
 fn text(out: &std::process::Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 #[test]
 fn readable_runs_exit_0_with_a_table_per_run() {
     let log = committed_log("0.31.0", "exit_code_3");
-    let out = syncd(&["inspect", "--stale-after", "0s", log.to_str().unwrap()], None);
+    let out = syncd(
+        &["inspect", "--stale-after", "0s", log.to_str().unwrap()],
+        None,
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let shown = text(&out);
-    for expected in ["(finished)", "exit code", "3", "history", "1 run(s), 0 corrupt"] {
-        assert!(shown.contains(expected), "missing {expected:?} in:\n{shown}");
+    for expected in [
+        "(finished)",
+        "exit code",
+        "3",
+        "history",
+        "1 run(s), 0 corrupt",
+    ] {
+        assert!(
+            shown.contains(expected),
+            "missing {expected:?} in:\n{shown}"
+        );
     }
 }
 
@@ -23,7 +39,11 @@ fn missing_path_and_empty_directory_exit_1_with_the_reason() {
     let missing = tmp.path().join("no-such-run");
     let out = syncd(&["inspect", missing.to_str().unwrap()], None);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out).contains("no such file or directory"), "{}", text(&out));
+    assert!(
+        text(&out).contains("no such file or directory"),
+        "{}",
+        text(&out)
+    );
 
     let out = syncd(&["inspect", tmp.path().to_str().unwrap()], None);
     assert_eq!(out.status.code(), Some(1));
@@ -37,8 +57,16 @@ fn missing_path_and_empty_directory_exit_1_with_the_reason() {
 
 #[test]
 fn usage_errors_exit_2() {
-    assert_eq!(syncd(&["inspect", "--no-such-flag"], None).status.code(), Some(2));
-    assert_eq!(syncd(&["inspect", "--stale-after", "soon"], None).status.code(), Some(2));
+    assert_eq!(
+        syncd(&["inspect", "--no-such-flag"], None).status.code(),
+        Some(2)
+    );
+    assert_eq!(
+        syncd(&["inspect", "--stale-after", "soon"], None)
+            .status
+            .code(),
+        Some(2)
+    );
     assert_eq!(syncd(&["frobnicate"], None).status.code(), Some(2));
     assert_eq!(syncd(&["--help"], None).status.code(), Some(0));
 }
@@ -58,14 +86,23 @@ fn corrupt_file_exits_1_and_says_where() {
     let corruption = &run["fragments"][0]["corruption"][0];
     assert!(corruption["offset"].as_u64().unwrap() <= 1000);
     assert!(corruption["good_records_before"].as_u64().unwrap() > 0);
-    assert!(run["problems"][0].as_str().unwrap().contains("checksum mismatch"), "{run:#}");
+    assert!(
+        run["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("checksum mismatch"),
+        "{run:#}"
+    );
 }
 
 #[test]
 fn default_path_is_the_wandb_dir_of_the_working_directory() {
     let tmp = tempfile::tempdir().unwrap();
     let source = committed_log("0.31.0", "finished");
-    let run_dir = tmp.path().join("wandb").join(source.parent().unwrap().file_name().unwrap());
+    let run_dir = tmp
+        .path()
+        .join("wandb")
+        .join(source.parent().unwrap().file_name().unwrap());
     std::fs::create_dir_all(&run_dir).unwrap();
     std::fs::copy(&source, run_dir.join(source.file_name().unwrap())).unwrap();
     let out = syncd(&["inspect", "--json"], Some(tmp.path()));
@@ -77,7 +114,16 @@ fn default_path_is_the_wandb_dir_of_the_working_directory() {
 #[test]
 fn live_run_is_growing_until_stale() {
     let log = committed_log("0.31.0", "sigkill");
-    let out = syncd(&["inspect", "--json", "--stale-after", "100000d", log.to_str().unwrap()], None);
+    let out = syncd(
+        &[
+            "inspect",
+            "--json",
+            "--stale-after",
+            "100000d",
+            log.to_str().unwrap(),
+        ],
+        None,
+    );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["runs"][0]["class"], "growing");
     let (_, json) = inspect_json(&[&log], &[]);
@@ -90,10 +136,38 @@ fn json_schema_has_the_documented_fields() {
     assert_eq!(json["schema"], 1);
     let run = &json["runs"][0];
     for key in [
-        "run_id", "name", "entity", "project", "group", "job_type", "tags", "notes", "start_time", "resumed",
-        "host", "program", "git", "slurm_job_id", "slurm", "producer", "class", "records", "history_rows",
-        "last_step", "events_rows", "console_lines", "exit_code", "files", "artifacts", "alerts", "preempting",
-        "metrics", "summary", "config", "fragments", "problems",
+        "run_id",
+        "name",
+        "entity",
+        "project",
+        "group",
+        "job_type",
+        "tags",
+        "notes",
+        "start_time",
+        "resumed",
+        "host",
+        "program",
+        "git",
+        "slurm_job_id",
+        "slurm",
+        "producer",
+        "class",
+        "records",
+        "history_rows",
+        "last_step",
+        "events_rows",
+        "console_lines",
+        "exit_code",
+        "files",
+        "artifacts",
+        "alerts",
+        "preempting",
+        "metrics",
+        "summary",
+        "config",
+        "fragments",
+        "problems",
     ] {
         assert!(run.get(key).is_some(), "run report lacks {key}");
     }

@@ -3,13 +3,16 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
-use syncd::source::wandb::fragment::{read_fragment, FileClass, ReadOptions, Writer};
-use syncd::source::wandb::framing::{LogReader, ReadError, Tail, BLOCK_SIZE};
+use syncd::source::wandb::fragment::{FileClass, ReadOptions, Writer, read_fragment};
+use syncd::source::wandb::framing::{BLOCK_SIZE, LogReader, ReadError, Tail};
 
 use crate::support::committed_log;
 
-/// (start, end, payload) of every record of a file, read with no recovery.
-fn records_of(path: &Path) -> (Vec<(u64, u64, Vec<u8>)>, Option<ReadError>) {
+/// A record as found: (start, end, payload).
+type Found = (u64, u64, Vec<u8>);
+
+/// Every record of a file, read with no recovery, and the error that stopped it.
+fn records_of(path: &Path) -> (Vec<Found>, Option<ReadError>) {
     let mut out = Vec::new();
     let mut reader = match LogReader::open(File::open(path).unwrap(), 0) {
         Ok(r) => r,
@@ -54,7 +57,11 @@ fn truncation_at_every_offset_of_the_last_block() {
         for cut in last_block..=bytes.len() as u64 {
             std::fs::write(&path, &bytes[..cut as usize]).unwrap();
             let (got, err) = records_of(&path);
-            assert!(err.is_none(), "{}: cut at {cut}: {err:?}", original.display());
+            assert!(
+                err.is_none(),
+                "{}: cut at {cut}: {err:?}",
+                original.display()
+            );
             // Exactly the records that end at or before the cut, unchanged.
             let expected: Vec<_> = all.iter().filter(|r| r.1 <= cut).cloned().collect();
             assert_eq!(got.len(), expected.len(), "cut at {cut}");
@@ -69,16 +76,21 @@ fn truncation_at_every_offset_of_the_last_block() {
                 let class = f.classify(Writer::Gone);
                 let early = [FileClass::Empty, FileClass::HeaderOnly];
                 assert!(
-                    matches!(class, FileClass::Truncated | FileClass::Finished) || (cut <= 7 && early.contains(&class)),
+                    matches!(class, FileClass::Truncated | FileClass::Finished)
+                        || (cut <= 7 && early.contains(&class)),
                     "cut {cut}: {class:?}"
                 );
                 // The resume cursor is the end of the last complete record,
                 // or the start of the next block when only padding follows.
                 let last_end = expected.last().map_or(if cut < 7 { 0 } else { 7 }, |r| r.1);
-                assert!(f.cursor >= last_end && f.cursor <= cut && f.cursor - last_end < 7, "cut {cut}");
+                assert!(
+                    f.cursor >= last_end && f.cursor <= cut && f.cursor - last_end < 7,
+                    "cut {cut}"
+                );
                 let alive = f.classify(Writer::Alive);
                 assert!(
-                    matches!(alive, FileClass::Growing | FileClass::Finished) || (cut <= 7 && early.contains(&alive)),
+                    matches!(alive, FileClass::Growing | FileClass::Finished)
+                        || (cut <= 7 && early.contains(&alive)),
                     "cut {cut}: {alive:?}"
                 );
             }
@@ -91,7 +103,10 @@ fn zeroed_block_in_the_middle_is_corruption_with_the_good_prefix() {
     let tmp = tempfile::tempdir().unwrap();
     let original = committed_log("0.31.0", "sigkill");
     let mut bytes = std::fs::read(&original).unwrap();
-    assert!(bytes.len() as u64 >= 3 * BLOCK_SIZE, "fixture spans several blocks");
+    assert!(
+        bytes.len() as u64 >= 3 * BLOCK_SIZE,
+        "fixture spans several blocks"
+    );
     let (all, _) = records_of(&original);
     let block = BLOCK_SIZE as usize;
     bytes[block..2 * block].fill(0);
@@ -102,11 +117,20 @@ fn zeroed_block_in_the_middle_is_corruption_with_the_good_prefix() {
     let c = &stop.corruption[0];
     let before = all.iter().filter(|r| r.1 <= BLOCK_SIZE).count() as u64;
     // The record straddling into the zeroed block is lost; all before are good.
-    assert!(c.good_records_before >= before - 1 && c.good_records_before <= before, "{c:?} vs {before}");
-    assert!(c.offset >= BLOCK_SIZE - 32 && c.offset < 3 * BLOCK_SIZE, "{c:?}");
+    assert!(
+        c.good_records_before >= before - 1 && c.good_records_before <= before,
+        "{c:?} vs {before}"
+    );
+    assert!(
+        c.offset >= BLOCK_SIZE - 32 && c.offset < 3 * BLOCK_SIZE,
+        "{c:?}"
+    );
 
     let go_on = read_fragment(&path, ReadOptions { recover: true }).unwrap();
-    assert!(go_on.records > stop.records, "recovery reads the blocks after the damage");
+    assert!(
+        go_on.records > stop.records,
+        "recovery reads the blocks after the damage"
+    );
     assert!(go_on.records < all.len() as u64);
     assert!(go_on.corruption.iter().all(|c| c.resumed_at.is_some()));
 }
@@ -130,14 +154,28 @@ fn zeroed_space_after_the_last_record_is_not_corruption() {
 fn bad_header_and_tiny_files() {
     let tmp = tempfile::tempdir().unwrap();
     let empty = write_temp(tmp.path(), "empty.wandb", b"");
-    assert_eq!(read_fragment(&empty, ReadOptions::default()).unwrap().classify(Writer::Gone), FileClass::Empty);
+    assert_eq!(
+        read_fragment(&empty, ReadOptions::default())
+            .unwrap()
+            .classify(Writer::Gone),
+        FileClass::Empty
+    );
     let header = write_temp(tmp.path(), "header.wandb", b":W&B\xe1\xbe\x00");
-    assert_eq!(read_fragment(&header, ReadOptions::default()).unwrap().classify(Writer::Alive), FileClass::HeaderOnly);
+    assert_eq!(
+        read_fragment(&header, ReadOptions::default())
+            .unwrap()
+            .classify(Writer::Alive),
+        FileClass::HeaderOnly
+    );
     let partial = write_temp(tmp.path(), "partial.wandb", b":W&");
     let f = read_fragment(&partial, ReadOptions::default()).unwrap();
     assert!(f.corruption.is_empty());
     assert_eq!(f.classify(Writer::Alive), FileClass::Growing);
-    for bad in [&b"PK\x03\x04 not a log"[..], b":W&B\xe1\xbe\x01", b"\x00\x00\x00\x00\x00\x00\x00"] {
+    for bad in [
+        &b"PK\x03\x04 not a log"[..],
+        b":W&B\xe1\xbe\x01",
+        b"\x00\x00\x00\x00\x00\x00\x00",
+    ] {
         let path = write_temp(tmp.path(), "bad.wandb", bad);
         let f = read_fragment(&path, ReadOptions::default()).unwrap();
         assert_eq!(f.classify(Writer::Alive), FileClass::Corrupt, "{bad:?}");

@@ -11,7 +11,11 @@ pub fn committed_root() -> PathBuf {
 pub fn committed_log(version: &str, case: &str) -> PathBuf {
     let dir = committed_root().join(version).join(case);
     let files = wandb_files_under(&dir);
-    assert!(!files.is_empty(), "no committed fixture {version}/{case} under {}", dir.display());
+    assert!(
+        !files.is_empty(),
+        "no committed fixture {version}/{case} under {}",
+        dir.display()
+    );
     files.into_iter().next().unwrap()
 }
 
@@ -30,10 +34,16 @@ pub fn generated_roots() -> Vec<PathBuf> {
             std::env::var_os("SYNCD_REQUIRE_FIXTURES").is_none(),
             "SYNCD_REQUIRE_FIXTURES is set but SYNCD_FIXTURES names no fixture directory"
         );
-        eprintln!("note: SYNCD_FIXTURES not set; only committed fixtures are used (run scripts/test.sh for all)");
+        eprintln!(
+            "note: SYNCD_FIXTURES not set; only committed fixtures are used (run scripts/test.sh for all)"
+        );
     }
     for root in &roots {
-        assert!(root.join("manifest.json").is_file(), "{} has no manifest.json", root.display());
+        assert!(
+            root.join("manifest.json").is_file(),
+            "{} has no manifest.json",
+            root.display()
+        );
     }
     roots
 }
@@ -41,7 +51,12 @@ pub fn generated_roots() -> Vec<PathBuf> {
 /// Every directory holding fixture cases: the committed sets and the generated ones.
 pub fn all_fixture_sets() -> Vec<PathBuf> {
     let mut sets: Vec<PathBuf> = std::fs::read_dir(committed_root())
-        .map(|dir| dir.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()).collect())
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect()
+        })
         .unwrap_or_default();
     sets.sort();
     sets.extend(generated_roots());
@@ -53,10 +68,14 @@ pub fn wandb_files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for entry in entries.flatten() {
             let path = entry.path();
-            let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
             if meta.is_dir() {
                 stack.push(path);
             } else if meta.is_file() && path.extension().is_some_and(|e| e == "wandb") {
@@ -84,7 +103,11 @@ pub fn inspect_json(paths: &[&Path], extra: &[&str]) -> (i32, serde_json::Value)
     args.extend(paths.iter().map(String::as_str));
     let out = syncd(&args, None);
     let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("inspect output is not JSON ({e}): {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+        panic!(
+            "inspect output is not JSON ({e}): {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
     });
     (out.status.code().unwrap_or(-1), json)
 }
@@ -93,7 +116,15 @@ pub fn inspect_json(paths: &[&Path], extra: &[&str]) -> (i32, serde_json::Value)
 pub fn oracle(files: &[PathBuf]) -> serde_json::Value {
     let python = std::env::var("SYNCD_ORACLE_PYTHON").unwrap_or_else(|_| "python3".into());
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oracle/wandb_facts.py");
-    let out = Command::new(python).arg(script).args(files).output().expect("run the Python oracle");
-    assert!(out.status.success(), "oracle failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(python)
+        .arg(script)
+        .args(files)
+        .output()
+        .expect("run the Python oracle");
+    assert!(
+        out.status.success(),
+        "oracle failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("oracle output is JSON")
 }

@@ -11,6 +11,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use super::framing::{LogReader, ReadError, Tail};
+use super::metadata;
 use super::proto::{Record, RecordKind};
 use super::record;
 use super::views::RunState;
@@ -195,6 +196,9 @@ pub fn read_fragment(path: &Path, options: ReadOptions) -> std::io::Result<Fragm
     }
     fragment.cursor = reader.cursor();
     fragment.tail = reader.tail().unwrap_or(Tail::Clean);
+    if let Some(run_dir) = path.parent() {
+        metadata::fill_gaps(&mut fragment.state.identity, run_dir);
+    }
     describe_problems(&mut fragment);
     Ok(fragment)
 }

@@ -511,3 +511,122 @@ pub fn for_each_record(
     let tail = reader.tail().unwrap_or(Tail::Clean);
     Ok((reader.cursor(), tail))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file_with(records: &[Vec<u8>]) -> (tempfile::NamedTempFile, Vec<u8>) {
+        let mut writer = LogWriter::new(Vec::new()).unwrap();
+        for r in records {
+            writer.append(r).unwrap();
+        }
+        let bytes = writer.into_inner();
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(&bytes).unwrap();
+        (file, bytes)
+    }
+
+    fn read_all(path: &std::path::Path, start: u64) -> (Vec<Vec<u8>>, u64, Option<Tail>) {
+        let mut reader = LogReader::open(File::open(path).unwrap(), start).unwrap();
+        let mut out = Vec::new();
+        while let Some(r) = reader.next_record().unwrap() {
+            out.push(r.payload.to_vec());
+        }
+        (out, reader.cursor(), reader.tail())
+    }
+
+    #[test]
+    fn zero_length_first_chunk_when_exactly_a_header_fits() {
+        // 7 (file header) + 7 + 32747 = 32761: exactly 7 bytes left in block 0.
+        let records = vec![vec![1u8; 32747], b"next record".to_vec()];
+        let (file, bytes) = file_with(&records);
+        assert_eq!(
+            &bytes[32761 + 4..32761 + 7],
+            &[0, 0, FIRST],
+            "zero-length FIRST at 32761"
+        );
+        assert_eq!(bytes[32768 + 6], LAST);
+        let (got, cursor, tail) = read_all(file.path(), 0);
+        assert_eq!(got, records);
+        assert_eq!(cursor, bytes.len() as u64);
+        assert_eq!(tail, Some(Tail::Clean));
+    }
+
+    #[test]
+    fn padding_is_skipped_and_resuming_inside_it_works() {
+        // Leaves 3 bytes of padding at the end of block 0.
+        let records = vec![vec![2u8; 32751], vec![3u8; 100_000], b"x".to_vec()];
+        let (file, bytes) = file_with(&records);
+        assert_eq!(&bytes[32765..32768], &[0, 0, 0]);
+        let (got, _, _) = read_all(file.path(), 0);
+        assert_eq!(got, records);
+        // The cursor after the first record points into the padding.
+        let (_, cursor_after_first, _) = {
+            let mut reader = LogReader::open(File::open(file.path()).unwrap(), 0).unwrap();
+            reader.next_record().unwrap();
+            (0, reader.cursor(), 0)
+        };
+        assert_eq!(cursor_after_first, 32765);
+        let (rest, _, _) = read_all(file.path(), cursor_after_first);
+        assert_eq!(rest, records[1..]);
+    }
+
+    #[test]
+    fn orphan_continuation_is_corruption_and_recovery_resyncs() {
+        let records = vec![
+            vec![4u8; 40_000],
+            b"after".to_vec(),
+            vec![5u8; 40_000],
+            b"tail".to_vec(),
+        ];
+        let (_, mut bytes) = file_with(&records);
+        // Break the FIRST chunk of record 0: its MIDDLE/LAST become orphans.
+        bytes[7 + 6] = 0x09;
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(&bytes).unwrap();
+        let mut reader = LogReader::open(File::open(file.path()).unwrap(), 0).unwrap();
+        let err = reader.next_record().unwrap_err();
+        assert!(
+            matches!(err, ReadError::Corrupt(Corruption { offset: 7, .. })),
+            "{err}"
+        );
+        reader.recover();
+        let mut rest = Vec::new();
+        while let Some(r) = reader.next_record().unwrap() {
+            rest.push(r.payload.to_vec());
+        }
+        assert_eq!(
+            rest,
+            records[1..],
+            "the orphaned LAST chunk is skipped, later records read"
+        );
+    }
+
+    #[test]
+    fn start_offsets_outside_the_file_are_refused() {
+        let (file, bytes) = file_with(&[b"a".to_vec()]);
+        for start in [3, bytes.len() as u64 + 1] {
+            let err = LogReader::open(File::open(file.path()).unwrap(), start)
+                .err()
+                .unwrap();
+            assert!(matches!(err, ReadError::BadStart(s) if s == start));
+        }
+    }
+
+    #[test]
+    fn chunk_crossing_a_block_is_impossible() {
+        let (_, mut bytes) = file_with(&[b"abc".to_vec(), b"def".to_vec()]);
+        bytes[7 + 4..7 + 6].copy_from_slice(&40_000u16.to_le_bytes());
+        bytes.resize(100_000, 0);
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(&bytes).unwrap();
+        let mut reader = LogReader::open(File::open(file.path()).unwrap(), 0).unwrap();
+        let err = reader.next_record().unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("crosses the 32 KiB block boundary"),
+            "{err}"
+        );
+    }
+}

@@ -5,11 +5,13 @@
 //! - [`proto`]: the protobuf messages;
 //! - [`value`]: W&B's extended JSON (`NaN`, `Infinity`), kept losslessly;
 //! - [`views`]: config, summary, history, system metrics, console, files, exit;
+//! - [`metadata`]: `wandb-metadata.json` of writers older than 0.21;
 //! - [`fragment`]: one file read end to end and classified;
 //! - [`run`]: fragments grouped into runs.
 
 pub mod fragment;
 pub mod framing;
+pub mod metadata;
 pub mod proto;
 pub mod record;
 pub mod run;

@@ -1,0 +1,109 @@
+//! `files/wandb-metadata.json`, which writers before wandb 0.21 (no
+//! `environment` records) leave in the run directory. It fills what the
+//! records do not say: program, host, git, Slurm variables.
+
+use std::io::Read;
+use std::path::Path;
+
+use super::proto::GitRepoRecord;
+use super::views::RunIdentity;
+
+/// Larger files are not metadata wandb wrote; they are not read.
+const MAX_BYTES: u64 = 1 << 20;
+
+/// Fills the gaps of `identity` from `<run_dir>/files/wandb-metadata.json`,
+/// if there is one. Unreadable or malformed metadata is ignored: it only
+/// adds detail.
+pub fn fill_gaps(identity: &mut RunIdentity, run_dir: &Path) {
+    let path = run_dir.join("files").join("wandb-metadata.json");
+    // A symlink here would not be the run's own file.
+    let Ok(meta) = std::fs::symlink_metadata(&path) else {
+        return;
+    };
+    if !meta.is_file() || meta.len() > MAX_BYTES {
+        return;
+    }
+    let mut text = String::new();
+    let Ok(mut file) = std::fs::File::open(&path) else {
+        return;
+    };
+    if file.read_to_string(&mut text).is_err() {
+        return;
+    }
+    let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return;
+    };
+    let string = |key: &str| {
+        json.get(key)
+            .and_then(|v| v.as_str())
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
+    if identity.program.is_none() {
+        identity.program = string("program");
+    }
+    if identity.host.is_none() {
+        identity.host = string("host");
+    }
+    if identity.git.is_none() {
+        let git = json.get("git");
+        let field = |k: &str| {
+            git.and_then(|g| g.get(k))
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let record = GitRepoRecord {
+            remote_url: field("remote"),
+            commit: field("commit"),
+        };
+        if !record.remote_url.is_empty() || !record.commit.is_empty() {
+            identity.git = Some(record);
+        }
+    }
+    if identity.slurm.is_empty()
+        && let Some(slurm) = json.get("slurm").and_then(|v| v.as_object())
+    {
+        for (k, v) in slurm {
+            if let Some(v) = v.as_str() {
+                identity.slurm.insert(k.clone(), v.to_string());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn legacy_metadata_fills_only_gaps() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("files")).unwrap();
+        std::fs::write(
+            tmp.path().join("files/wandb-metadata.json"),
+            r#"{"program":"train.py","host":"node7","git":{"remote":"https://x/r.git","commit":"abc"},"slurm":{"job_id":"99"}}"#,
+        )
+        .unwrap();
+        let mut identity = RunIdentity {
+            host: Some("login1".into()),
+            ..Default::default()
+        };
+        fill_gaps(&mut identity, tmp.path());
+        assert_eq!(identity.program.as_deref(), Some("train.py"));
+        assert_eq!(identity.host.as_deref(), Some("login1"));
+        assert_eq!(identity.git.as_ref().unwrap().commit, "abc");
+        assert_eq!(identity.slurm_job_id(), Some("99"));
+    }
+
+    #[test]
+    fn missing_or_bad_metadata_changes_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut identity = RunIdentity::default();
+        fill_gaps(&mut identity, tmp.path());
+        std::fs::create_dir(tmp.path().join("files")).unwrap();
+        std::fs::write(tmp.path().join("files/wandb-metadata.json"), "{not json").unwrap();
+        fill_gaps(&mut identity, tmp.path());
+        assert_eq!(identity, RunIdentity::default());
+    }
+}
