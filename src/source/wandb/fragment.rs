@@ -225,10 +225,10 @@ fn describe_problems(f: &mut Fragment) {
             "last chunk fails its checksum ({bytes} bytes from byte {at}): a write in flight, or damage"
         )),
     }
-    if f.malformed_records > 0 {
+    let malformed = f.malformed_records + f.state.malformed_records;
+    if malformed > 0 {
         f.problems.push(format!(
-            "{} records have valid framing but do not decode as W&B records",
-            f.malformed_records
+            "{malformed} records have valid framing but do not decode as W&B records"
         ));
     }
     if f.state.value_errors > 0 {

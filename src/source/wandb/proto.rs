@@ -41,8 +41,10 @@ pub enum RecordType {
     /// Kept as raw bytes: the uploader forwards telemetry by field number.
     #[prost(bytes, tag = "11")]
     Telemetry(Vec<u8>),
-    #[prost(message, tag = "12")]
-    Metric(MetricRecord),
+    /// Raw `MetricRecord`: forwarded to the server by field number, decoded
+    /// with [`MetricRecord`] where syncd needs a field.
+    #[prost(bytes, tag = "12")]
+    Metric(Vec<u8>),
     #[prost(message, tag = "13")]
     OutputRaw(OutputRecord),
     #[prost(message, tag = "17")]
@@ -61,8 +63,10 @@ pub enum RecordType {
     NoopLinkArtifact(Empty),
     #[prost(message, tag = "25")]
     UseArtifact(UseArtifactRecord),
-    #[prost(message, tag = "26")]
-    Environment(EnvironmentRecord),
+    /// Raw `EnvironmentRecord`: uploaded whole as `wandb-metadata.json`,
+    /// decoded with [`EnvironmentRecord`] for the fields syncd reads.
+    #[prost(bytes, tag = "26")]
+    Environment(Vec<u8>),
     #[prost(message, tag = "27")]
     OutputLogger(OutputLoggerRecord),
     /// Never written to disk by wandb; tolerated if present.

@@ -11,6 +11,7 @@ pub mod tree;
 use std::collections::BTreeMap;
 
 use indexmap::IndexMap;
+use prost::Message;
 use serde::Serialize;
 
 use self::console::{Console, Stream};
@@ -178,6 +179,15 @@ pub struct RunState {
     pub alerts: u64,
     pub preempting: bool,
     pub metrics: Vec<String>,
+    /// All `telemetry` records concatenated: decoding the concatenation gives
+    /// their protobuf merge, which is what wandb reports.
+    pub telemetry: Vec<u8>,
+    /// `metric` records as written, in order.
+    pub metric_records: Vec<Vec<u8>>,
+    /// `environment` records by writer id, each writer's records concatenated.
+    pub environments: IndexMap<String, Vec<u8>>,
+    /// Sub-messages that did not decode (their record's framing was intact).
+    pub malformed_records: u64,
     /// Values that were not valid extended JSON (kept as strings).
     pub value_errors: u64,
     pub first_value_error: Option<ParseError>,
@@ -234,8 +244,16 @@ impl RunState {
                 }
                 Update::Run
             }
-            RecordType::Environment(env) => {
-                self.identity.apply_environment(&env);
+            RecordType::Environment(raw) => {
+                match proto::EnvironmentRecord::decode(raw.as_slice()) {
+                    Ok(env) => {
+                        self.identity.apply_environment(&env);
+                        // Records of one writer merge (protobuf concatenation
+                        // is a merge); each writer is reported separately.
+                        self.environments.entry(env.writer_id).or_default().extend_from_slice(&raw);
+                    }
+                    Err(_) => self.malformed_records += 1,
+                }
                 Update::Environment
             }
             RecordType::Header(header) => {
@@ -304,18 +322,23 @@ impl RunState {
                 self.artifacts.push(info.clone());
                 Update::Artifact(info)
             }
-            RecordType::Metric(metric) => {
-                let name = if metric.name.is_empty() {
-                    metric.glob_name
-                } else {
-                    metric.name
-                };
-                if !self.metrics.contains(&name) {
-                    self.metrics.push(name);
+            RecordType::Metric(raw) => {
+                match proto::MetricRecord::decode(raw.as_slice()) {
+                    Ok(metric) => {
+                        let name = if metric.name.is_empty() { metric.glob_name } else { metric.name };
+                        if !self.metrics.contains(&name) {
+                            self.metrics.push(name);
+                        }
+                    }
+                    Err(_) => self.malformed_records += 1,
                 }
+                self.metric_records.push(raw);
                 Update::Metric
             }
-            RecordType::Telemetry(_) => Update::Telemetry,
+            RecordType::Telemetry(raw) => {
+                self.telemetry.extend_from_slice(&raw);
+                Update::Telemetry
+            }
             RecordType::Tbrecord(_)
             | RecordType::Final(_)
             | RecordType::Footer(_)
