@@ -20,6 +20,55 @@ pub struct Cli {
 pub enum Command {
     /// Read offline runs and report what they contain, without uploading.
     Inspect(InspectArgs),
+    /// Upload offline runs once: only what the server does not have yet.
+    Sync(SyncArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// `.wandb` files, run directories, wandb directories or project
+    /// directories. Default: `$WANDB_DIR/wandb`, else `./wandb`.
+    pub paths: Vec<PathBuf>,
+
+    /// Runs uploaded at the same time.
+    #[arg(short = 'j', long = "jobs", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub jobs: u16,
+
+    /// Print one JSON document (schema in README.md) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Read the runs and report what would be sent; send nothing, change no state.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Upload to this entity instead of the run's own.
+    #[arg(short = 'e', long)]
+    pub entity: Option<String>,
+
+    /// Upload to this project instead of the run's own.
+    #[arg(short = 'p', long)]
+    pub project: Option<String>,
+
+    /// Complete runs that have no exit record (killed, timed out) as failed
+    /// (exit code 1), once their newest file has been unchanged for
+    /// `--stale-after`. Without it such runs stay open for a later sync.
+    #[arg(long)]
+    pub finalize: bool,
+
+    /// How long a run's newest file must be unchanged before `--finalize`
+    /// treats its writer as gone. Examples: 10m, 1h, 0s.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub stale_after: Duration,
+
+    /// W&B server. Default: `$WANDB_BASE_URL`, else https://api.wandb.ai.
+    #[arg(long)]
+    pub base_url: Option<String>,
+
+    /// Where the upload ledger lives. Default: `$SYNCD_STATE_DIR`, else
+    /// `$XDG_STATE_HOME/syncd`, else `~/.local/state/syncd`.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

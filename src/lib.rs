@@ -10,9 +10,16 @@
 //!
 //! - [`discover`]: which run files exist under the paths and roots given;
 //! - [`source`]: reads offline run formats into records and run views;
+//! - [`ledger`]: how far each run has been uploaded, durably;
+//! - [`sink`]: the trackers' HTTP protocols;
+//! - [`engine`]: the per-run upload loop that ties them together;
 //! - [`cmd`]: the command-line subcommands built on them.
 
 pub mod cli;
 pub mod cmd;
+pub mod config;
 pub mod discover;
+pub mod engine;
+pub mod ledger;
+pub mod sink;
 pub mod source;

@@ -18,7 +18,7 @@ use crate::source::wandb::fragment::{
 use crate::source::wandb::framing::Tail;
 use crate::source::wandb::run::{self, Run};
 use crate::source::wandb::value::Value;
-use crate::source::wandb::views::{ArtifactInfo, Policy};
+use crate::source::wandb::views::{ArtifactInfo, FileKind, Policy};
 
 /// Version of the `--json` document; bumped on incompatible changes.
 pub const SCHEMA: u32 = 1;
@@ -99,7 +99,7 @@ pub struct FileReport {
     /// Relative to the run's `files/` directory.
     pub path: String,
     pub policy: Policy,
-    pub kind: &'static str,
+    pub kind: FileKind,
     /// `present`, `missing`, or `outside-link` (a symlink leaving the run
     /// directory: never uploaded).
     pub on_disk: &'static str,

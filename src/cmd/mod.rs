@@ -3,6 +3,7 @@
 //! configuration errors (also what an `Err` becomes in `main`).
 
 pub mod inspect;
+pub mod sync;
 
 use crate::cli::{Cli, Command};
 
@@ -26,5 +27,6 @@ impl From<Outcome> for std::process::ExitCode {
 pub fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Inspect(args) => inspect::run(args),
+        Command::Sync(args) => sync::run(args),
     }
 }

@@ -341,7 +341,7 @@ pub struct RunRecord {
     pub resume: bool,
 }
 
-#[derive(Clone, PartialEq, Message, serde::Serialize)]
+#[derive(Clone, PartialEq, Message, serde::Serialize, serde::Deserialize)]
 pub struct GitRepoRecord {
     #[prost(string, tag = "1")]
     pub remote_url: String,

@@ -3,7 +3,10 @@
 //! requeued or resumed job leaves several fragments of one run.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use super::framing::{LogReader, ReadError};
+use super::proto::{Record, RecordType};
 
 use super::fragment::{FileClass, Fragment, Writer};
 use super::views::RunIdentity;
@@ -112,27 +115,96 @@ fn merge(base: RunIdentity, newer: &RunIdentity) -> RunIdentity {
 /// Groups fragments by run id; each group is ordered by start time (from the
 /// run record, else the directory's timestamp, else the path).
 pub fn group(fragments: Vec<Fragment>) -> Vec<Run> {
-    let mut by_id: BTreeMap<String, Vec<Fragment>> = BTreeMap::new();
-    for fragment in fragments {
-        let id = fragment_run_id(&fragment).unwrap_or_else(|| fragment.path.display().to_string());
-        by_id.entry(id).or_default().push(fragment);
+    group_by_run(
+        fragments,
+        |f| fragment_run_id(f).unwrap_or_else(|| f.path.display().to_string()),
+        |f| order_key(&f.path, f.state.identity.start_time),
+    )
+    .into_iter()
+    .map(|(id, fragments)| Run { id, fragments })
+    .collect()
+}
+
+/// What identifies a fragment, read from its first records only.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FragmentHead {
+    pub path: PathBuf,
+    pub run_id: String,
+    pub start_time: Option<f64>,
+}
+
+/// How many records to look through for the run record (it is the second
+/// in files written by every wandb version).
+const HEAD_RECORDS: usize = 64;
+
+/// Reads a fragment's run id and start time without reading the whole file.
+pub fn head(path: &Path) -> Result<FragmentHead, ReadError> {
+    let mut reader = LogReader::open(std::fs::File::open(path)?, 0)?;
+    let mut head = FragmentHead {
+        path: path.to_path_buf(),
+        run_id: String::new(),
+        start_time: None,
+    };
+    for _ in 0..HEAD_RECORDS {
+        let Some(raw) = reader.next_record()? else {
+            break;
+        };
+        if let Ok(Record {
+            record_type: Some(RecordType::Run(run)),
+            ..
+        }) = Record::decode_payload(raw.payload)
+        {
+            head.run_id = run.run_id;
+            head.start_time = run.start_time.map(|t| t.as_secs_f64());
+            break;
+        }
     }
-    let mut runs: Vec<Run> = by_id
+    if head.run_id.is_empty() {
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default();
+        head.run_id = match stem.strip_prefix("run-") {
+            Some(id) => id.to_string(),
+            None => path
+                .parent()
+                .and_then(dir_name_parts)
+                .map(|(_, id)| id)
+                .unwrap_or_else(|| path.display().to_string()),
+        };
+    }
+    Ok(head)
+}
+
+/// Groups fragment heads into runs (see [`group`]).
+pub fn group_heads(heads: Vec<FragmentHead>) -> Vec<(String, Vec<FragmentHead>)> {
+    group_by_run(
+        heads,
+        |h| h.run_id.clone(),
+        |h| order_key(&h.path, h.start_time),
+    )
+}
+
+fn group_by_run<T>(
+    items: Vec<T>,
+    id: impl Fn(&T) -> String,
+    key: impl Fn(&T) -> OrderKey,
+) -> Vec<(String, Vec<T>)> {
+    let mut by_id: BTreeMap<String, Vec<T>> = BTreeMap::new();
+    for item in items {
+        by_id.entry(id(&item)).or_default().push(item);
+    }
+    let cmp = |a: &OrderKey, b: &OrderKey| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal);
+    let mut runs: Vec<(String, Vec<T>)> = by_id
         .into_iter()
-        .map(|(id, mut fragments)| {
-            fragments.sort_by(|a, b| {
-                order_key(a)
-                    .partial_cmp(&order_key(b))
-                    .unwrap_or(std::cmp::Ordering::Equal)
-            });
-            Run { id, fragments }
+        .map(|(id, mut items)| {
+            items.sort_by(|a, b| cmp(&key(a), &key(b)));
+            (id, items)
         })
         .collect();
-    runs.sort_by(|a, b| {
-        let first = |r: &Run| r.fragments.first().map(order_key);
-        first(a)
-            .partial_cmp(&first(b))
-            .unwrap_or(std::cmp::Ordering::Equal)
+    runs.sort_by(|a, b| match (a.1.first(), b.1.first()) {
+        (Some(x), Some(y)) => cmp(&key(x), &key(y)),
+        _ => std::cmp::Ordering::Equal,
     });
     runs
 }
@@ -141,15 +213,11 @@ type OrderKey = (f64, String, String);
 
 /// Fragments with a run record sort by its exact start time; those without
 /// one (empty or header-only files) go after them, by directory timestamp.
-fn order_key(fragment: &Fragment) -> OrderKey {
-    let dir_time = fragment
-        .path
-        .parent()
-        .and_then(dir_name_parts)
-        .map(|(time, _)| time);
+fn order_key(path: &Path, start_time: Option<f64>) -> OrderKey {
+    let dir_time = path.parent().and_then(dir_name_parts).map(|(time, _)| time);
     (
-        fragment.state.identity.start_time.unwrap_or(f64::MAX),
+        start_time.unwrap_or(f64::MAX),
         dir_time.unwrap_or_default(),
-        fragment.path.display().to_string(),
+        path.display().to_string(),
     )
 }

@@ -145,6 +145,20 @@ impl Value {
         }
     }
 
+    /// Writes `map` as an extended-JSON object without cloning it.
+    pub fn write_object(map: &Map, out: &mut String) {
+        out.push('{');
+        for (i, (k, v)) in map.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            write_string(out, k);
+            out.push(':');
+            v.write(out);
+        }
+        out.push('}');
+    }
+
     fn write(&self, out: &mut String) {
         match self {
             Value::Null => out.push_str("null"),
@@ -161,18 +175,7 @@ impl Value {
                 }
                 out.push(']');
             }
-            Value::Object(m) => {
-                out.push('{');
-                for (i, (k, v)) in m.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    write_string(out, k);
-                    out.push(':');
-                    v.write(out);
-                }
-                out.push('}');
-            }
+            Value::Object(m) => Value::write_object(m, out),
         }
     }
 }
@@ -410,6 +413,104 @@ impl Parser<'_> {
         }
         // Lone surrogates (Python can write them) become U+FFFD.
         Ok(char::from_u32(hi).unwrap_or('\u{fffd}'))
+    }
+}
+
+/// Serde for a [`Map`] as one extended-JSON string (lossless, NaN included).
+pub mod extended_json_map {
+    use super::{Map, Value};
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(map: &Map, s: S) -> Result<S::Ok, S::Error> {
+        let mut out = String::new();
+        Value::write_object(map, &mut out);
+        s.serialize_str(&out)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Map, D::Error> {
+        let text = String::deserialize(d)?;
+        match Value::parse(&text).map_err(D::Error::custom)? {
+            Value::Object(map) => Ok(map),
+            _ => Err(D::Error::custom("expected a JSON object")),
+        }
+    }
+}
+
+/// Serde for bytes as base64 text.
+pub mod base64_bytes {
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(D::Error::custom)
+    }
+}
+
+/// Serde for a list of byte strings as base64 texts.
+pub mod base64_list {
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer, de::Error, ser::SerializeSeq};
+
+    pub fn serialize<S: Serializer>(list: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(list.len()))?;
+        for bytes in list {
+            seq.serialize_element(&base64::engine::general_purpose::STANDARD.encode(bytes))?;
+        }
+        seq.end()
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+        let texts = Vec::<String>::deserialize(d)?;
+        texts
+            .into_iter()
+            .map(|t| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(t)
+                    .map_err(D::Error::custom)
+            })
+            .collect()
+    }
+}
+
+/// Serde for a map of byte strings as base64 texts.
+pub mod base64_map {
+    use base64::Engine as _;
+    use indexmap::IndexMap;
+    use serde::{Deserialize, Deserializer, Serializer, de::Error, ser::SerializeMap};
+
+    pub fn serialize<S: Serializer>(
+        map: &IndexMap<String, Vec<u8>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let mut out = s.serialize_map(Some(map.len()))?;
+        for (k, v) in map {
+            out.serialize_entry(k, &base64::engine::general_purpose::STANDARD.encode(v))?;
+        }
+        out.end()
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<IndexMap<String, Vec<u8>>, D::Error> {
+        let texts = IndexMap::<String, String>::deserialize(d)?;
+        texts
+            .into_iter()
+            .map(|(k, t)| {
+                Ok((
+                    k,
+                    base64::engine::general_purpose::STANDARD
+                        .decode(t)
+                        .map_err(D::Error::custom)?,
+                ))
+            })
+            .collect()
     }
 }
 

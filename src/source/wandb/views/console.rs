@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 /// How many recent lines of a stream a cursor movement can still reach.
 pub const WINDOW: usize = 32;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Stream {
     Stdout,
@@ -21,7 +21,7 @@ pub enum Stream {
 }
 
 /// One line of console output as it should be shown.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ConsoleLine {
     /// 0-based line number in the run's console log.
     pub index: u64,
@@ -29,7 +29,7 @@ pub struct ConsoleLine {
     pub text: String,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 struct Cursor {
     /// Global indexes of this stream's recent lines, oldest first.
     rows: VecDeque<u64>,
@@ -42,16 +42,41 @@ struct Cursor {
     pending_escape: String,
 }
 
-#[derive(Debug, Default)]
+/// A line still inside some stream's window.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Line {
+    index: u64,
+    stream: Stream,
+    #[serde(with = "chars_as_string")]
+    text: Vec<char>,
+}
+
+mod chars_as_string {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(chars: &[char], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&chars.iter().collect::<String>())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<char>, D::Error> {
+        Ok(String::deserialize(d)?.chars().collect())
+    }
+}
+
+/// Serializes (window, cursors, numbering) so a checkpoint can continue it.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Console {
     /// Text of lines still inside some stream's window, by global index.
-    lines: VecDeque<(u64, Stream, Vec<char>)>,
+    lines: VecDeque<Line>,
     first_index: u64,
     next_index: u64,
     stdout: Cursor,
     stderr: Cursor,
     /// Lines changed since the last [`Console::take_changed`], by index.
     changed: std::collections::BTreeSet<u64>,
+    /// Changed lines that left the window before they were taken.
+    finished_unsent: Vec<ConsoleLine>,
+    finished_unsent_bytes: usize,
 }
 
 impl Console {
@@ -172,7 +197,7 @@ impl Console {
     fn current_line(&mut self, stream: Stream) -> Option<&mut Vec<char>> {
         let index = self.current_index(stream)?;
         let pos = index.checked_sub(self.first_index)? as usize;
-        self.lines.get_mut(pos).map(|(_, _, text)| text)
+        self.lines.get_mut(pos).map(|line| &mut line.text)
     }
 
     fn put(&mut self, stream: Stream, c: char) {
@@ -211,7 +236,11 @@ impl Console {
     fn open_line(&mut self, stream: Stream) {
         let index = self.next_index;
         self.next_index += 1;
-        self.lines.push_back((index, stream, Vec::new()));
+        self.lines.push_back(Line {
+            index,
+            stream,
+            text: Vec::new(),
+        });
         self.changed.insert(index);
         let cur = self.cursor(stream);
         cur.rows.push_back(index);
@@ -229,36 +258,61 @@ impl Console {
         let keep_from = oldest(&self.stdout)
             .min(oldest(&self.stderr))
             .min(self.next_index);
-        while self.lines.front().is_some_and(|(i, _, _)| *i < keep_from) {
-            self.lines.pop_front();
+        while self
+            .lines
+            .front()
+            .is_some_and(|line| line.index < keep_from)
+        {
+            let Some(line) = self.lines.pop_front() else {
+                break;
+            };
             self.first_index += 1;
+            if self.changed.remove(&line.index) {
+                // Final now, but not yet taken: keep it until it is.
+                self.finished_unsent_bytes += line.text.len() + 32;
+                self.finished_unsent.push(ConsoleLine {
+                    index: line.index,
+                    stream: line.stream,
+                    text: line.text.into_iter().collect(),
+                });
+            }
         }
     }
 
-    /// Lines created or rewritten since the last call, in line order. Lines
-    /// that have already been dropped from the window are not repeated.
+    /// Lines created or rewritten since the last call, in line order,
+    /// including changed lines that have since left the window.
     pub fn take_changed(&mut self) -> Vec<ConsoleLine> {
         let changed = std::mem::take(&mut self.changed);
-        changed
+        let still_open: Vec<ConsoleLine> = changed
             .into_iter()
             .filter_map(|index| {
                 let pos = index.checked_sub(self.first_index)? as usize;
-                let (index, stream, text) = self.lines.get(pos)?;
+                let line = self.lines.get(pos)?;
                 Some(ConsoleLine {
-                    index: *index,
-                    stream: *stream,
-                    text: text.iter().collect(),
+                    index: line.index,
+                    stream: line.stream,
+                    text: line.text.iter().collect(),
                 })
             })
-            .collect()
+            .collect();
+        let mut all = std::mem::take(&mut self.finished_unsent);
+        self.finished_unsent_bytes = 0;
+        all.extend(still_open);
+        all
+    }
+
+    /// Approximate bytes of changed lines not yet taken, so a caller can
+    /// take them before they pile up.
+    pub fn unsent_bytes(&self) -> usize {
+        self.finished_unsent_bytes + self.changed.len() * 16
     }
 
     /// The lines still held (the most recent ones), for display.
     pub fn recent(&self) -> impl Iterator<Item = ConsoleLine> + '_ {
-        self.lines.iter().map(|(index, stream, text)| ConsoleLine {
-            index: *index,
-            stream: *stream,
-            text: text.iter().collect(),
+        self.lines.iter().map(|line| ConsoleLine {
+            index: line.index,
+            stream: line.stream,
+            text: line.text.iter().collect(),
         })
     }
 }
@@ -335,10 +389,26 @@ mod tests {
     }
 
     #[test]
+    fn lines_that_leave_the_window_unsent_are_still_taken() {
+        let mut console = Console::new();
+        for i in 0..100 {
+            console.write(Stream::Stdout, &format!("line {i}\n"));
+        }
+        let taken = console.take_changed();
+        let indexes: Vec<u64> = taken.iter().map(|l| l.index).collect();
+        assert_eq!(indexes, (0..100).collect::<Vec<_>>());
+        assert_eq!(taken[7].text, "line 7");
+        assert!(console.take_changed().is_empty());
+    }
+
+    #[test]
     fn memory_is_bounded_by_the_window() {
         let mut console = Console::new();
         for i in 0..10_000 {
             console.write(Stream::Stdout, &format!("line {i}\n"));
+            if i % 100 == 0 {
+                console.take_changed();
+            }
         }
         assert_eq!(console.line_count(), 10_000);
         assert!(console.recent().count() <= WINDOW + 1);

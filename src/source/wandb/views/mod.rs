@@ -12,14 +12,14 @@ use std::collections::BTreeMap;
 
 use indexmap::IndexMap;
 use prost::Message;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use self::console::{Console, Stream};
 use super::proto::{self, Record, RecordType};
 use super::value::{Map, ParseError};
 
 /// Who and what the run is, from its `run` and `environment` records.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct RunIdentity {
     pub run_id: Option<String>,
     pub entity: Option<String>,
@@ -92,7 +92,7 @@ fn set_nonempty(slot: &mut Option<String>, value: &str) {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Policy {
     /// Upload as soon as seen.
@@ -113,15 +113,25 @@ impl Policy {
     }
 }
 
-/// A file the run asked to upload, relative to the run's `files/` directory.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct FileEntry {
-    pub policy: Policy,
-    /// wandb's file type: other, wandb, media, artifact.
-    pub kind: &'static str,
+/// wandb's file type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileKind {
+    Other,
+    /// Written by wandb itself (requirements.txt, …).
+    Wandb,
+    Media,
+    Artifact,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// A file the run asked to upload, relative to the run's `files/` directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub policy: Policy,
+    pub kind: FileKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExitInfo {
     pub code: i32,
     pub runtime_secs: i32,
@@ -129,7 +139,7 @@ pub struct ExitInfo {
     pub not_complete: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ArtifactInfo {
     pub name: String,
     pub kind: String,
@@ -162,11 +172,15 @@ pub enum Update {
     Nothing,
 }
 
-/// Everything materialised so far from a run's records.
-#[derive(Debug, Default)]
+/// Everything materialised so far from a run's records. It serializes (with
+/// values as extended JSON) so an uploader can checkpoint it and continue
+/// from a cursor without re-reading the run.
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct RunState {
     pub identity: RunIdentity,
+    #[serde(with = "crate::source::wandb::value::extended_json_map")]
     pub config: Map,
+    #[serde(with = "crate::source::wandb::value::extended_json_map")]
     pub summary: Map,
     pub files: IndexMap<String, FileEntry>,
     pub console: Console,
@@ -181,15 +195,19 @@ pub struct RunState {
     pub metrics: Vec<String>,
     /// All `telemetry` records concatenated: decoding the concatenation gives
     /// their protobuf merge, which is what wandb reports.
+    #[serde(with = "crate::source::wandb::value::base64_bytes")]
     pub telemetry: Vec<u8>,
     /// `metric` records as written, in order.
+    #[serde(with = "crate::source::wandb::value::base64_list")]
     pub metric_records: Vec<Vec<u8>>,
     /// `environment` records by writer id, each writer's records concatenated.
+    #[serde(with = "crate::source::wandb::value::base64_map")]
     pub environments: IndexMap<String, Vec<u8>>,
     /// Sub-messages that did not decode (their record's framing was intact).
     pub malformed_records: u64,
     /// Values that were not valid extended JSON (kept as strings).
     pub value_errors: u64,
+    #[serde(skip)]
     pub first_value_error: Option<ParseError>,
 }
 
@@ -250,7 +268,10 @@ impl RunState {
                         self.identity.apply_environment(&env);
                         // Records of one writer merge (protobuf concatenation
                         // is a merge); each writer is reported separately.
-                        self.environments.entry(env.writer_id).or_default().extend_from_slice(&raw);
+                        self.environments
+                            .entry(env.writer_id)
+                            .or_default()
+                            .extend_from_slice(&raw);
                     }
                     Err(_) => self.malformed_records += 1,
                 }
@@ -281,10 +302,10 @@ impl RunState {
             RecordType::Files(files) => {
                 for item in files.files {
                     let kind = match item.kind {
-                        1 => "wandb",
-                        2 => "media",
-                        3 => "artifact",
-                        _ => "other",
+                        1 => FileKind::Wandb,
+                        2 => FileKind::Media,
+                        3 => FileKind::Artifact,
+                        _ => FileKind::Other,
                     };
                     self.files.insert(
                         item.path,
@@ -325,7 +346,11 @@ impl RunState {
             RecordType::Metric(raw) => {
                 match proto::MetricRecord::decode(raw.as_slice()) {
                     Ok(metric) => {
-                        let name = if metric.name.is_empty() { metric.glob_name } else { metric.name };
+                        let name = if metric.name.is_empty() {
+                            metric.glob_name
+                        } else {
+                            metric.name
+                        };
                         if !self.metrics.contains(&name) {
                             self.metrics.push(name);
                         }

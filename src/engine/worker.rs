@@ -1,0 +1,922 @@
+//! One run's upload: read new records from the ledger's cursors, turn them
+//! into what the server stores, send, and move the cursors only after the
+//! server answered 2xx. A step is: read up to a batch → send everything it
+//! produced → checkpoint. A crash anywhere repeats at most the last step,
+//! and because every line goes to a fixed offset, repeating it overwrites.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use prost::Message;
+
+use crate::ledger::{
+    ErrorNote, FileAck, FragmentProgress, Ledger, LedgerError, Phase, RunLedger, sha256_hex,
+};
+use crate::sink::wandb::client::{Client, SinkError};
+use crate::sink::wandb::filestream::{self, Lines, Request};
+use crate::sink::wandb::ops::{self, ServerRun, UpsertRun};
+use crate::sink::wandb::run_config;
+use crate::source::wandb::framing::{LogReader, ReadError, Tail};
+use crate::source::wandb::proto::{self, Record, RecordType};
+use crate::source::wandb::value::Value;
+use crate::source::wandb::views::console::Stream;
+use crate::source::wandb::views::{FileKind, Policy, Update};
+
+/// How runs are synced (the same for every run of one `syncd sync`).
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    pub entity: Option<String>,
+    pub project: Option<String>,
+    /// Complete runs that have no exit record and whose writer is gone.
+    pub finalize: bool,
+    /// A newest fragment unchanged this long counts as abandoned by its writer.
+    pub stale_after: std::time::Duration,
+    /// Read and count, send nothing, write no ledger.
+    pub dry_run: bool,
+    /// Flush to the server after this many bytes of new lines.
+    pub batch_bytes: usize,
+}
+
+impl Default for SyncOptions {
+    fn default() -> Self {
+        SyncOptions {
+            entity: None,
+            project: None,
+            finalize: false,
+            stale_after: std::time::Duration::from_secs(600),
+            dry_run: false,
+            batch_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// A run to sync: its id and its fragments, oldest first.
+#[derive(Debug, Clone)]
+pub struct RunJob {
+    pub id: String,
+    pub fragments: Vec<PathBuf>,
+}
+
+/// Progress of one run, for display.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    pub bytes_read: u64,
+    pub bytes_total: u64,
+}
+
+/// What happened to one run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunOutcome {
+    pub run_id: String,
+    pub key: String,
+    pub phase: Phase,
+    /// `entity/project/name` on the server.
+    pub server_path: Option<String>,
+    pub history_lines: u64,
+    pub events_lines: u64,
+    pub console_lines: u64,
+    /// History lines sent by this invocation (resends included).
+    pub history_lines_sent: u64,
+    pub files_uploaded: Vec<String>,
+    pub exit_code: Option<i32>,
+    pub artifacts_not_uploaded: usize,
+    pub warnings: Vec<String>,
+    pub error: Option<String>,
+    /// The key was refused: no other run will do better.
+    #[serde(skip)]
+    pub auth_failed: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum StepError {
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error("{path}: {source}")]
+    Read { path: PathBuf, source: ReadError },
+    #[error("{0}")]
+    Corrupt(String),
+}
+
+/// Everything produced by records since the last checkpoint.
+#[derive(Default)]
+struct Pending {
+    history: Vec<String>,
+    events: Vec<String>,
+    alerts: Vec<proto::AlertRecord>,
+    preempting: bool,
+    bytes: usize,
+    records: u64,
+}
+
+struct RunSync<'a> {
+    client: Option<&'a Client>,
+    ledger: &'a Ledger,
+    options: &'a SyncOptions,
+    entry: RunLedger,
+    pending: Pending,
+    fragment_dirs: Vec<PathBuf>,
+    history_sent: u64,
+    files_uploaded: Vec<String>,
+    /// Largest `_step` sent so far, renumbering included.
+    last_step: Option<i64>,
+    /// Records read by this invocation.
+    records_read: u64,
+}
+
+/// Syncs one run. Never panics on bad input; every failure ends up in the
+/// outcome (and in the ledger).
+pub async fn sync_run(
+    client: Option<&Client>,
+    ledger: &Ledger,
+    options: &SyncOptions,
+    job: &RunJob,
+    on_progress: &(dyn Fn(Progress) + Sync),
+) -> RunOutcome {
+    let base_url = client.map_or_else(String::new, |c| c.base_url().to_string());
+    let key = crate::ledger::run_key(
+        &job.id,
+        &job.fragments[0],
+        &base_url,
+        options.entity.as_deref(),
+        options.project.as_deref(),
+    );
+    let entry = match ledger.load(&key) {
+        Ok(Some(entry)) => entry,
+        Ok(None) => RunLedger::new(key.clone(), job.id.clone(), base_url),
+        Err(e) => return failed_outcome(job, key, e.to_string()),
+    };
+    let mut run = RunSync {
+        client,
+        ledger,
+        options,
+        entry,
+        pending: Pending::default(),
+        fragment_dirs: job
+            .fragments
+            .iter()
+            .map(|p| p.parent().unwrap_or(Path::new(".")).to_path_buf())
+            .collect(),
+        history_sent: 0,
+        files_uploaded: Vec::new(),
+        last_step: None,
+        records_read: 0,
+    };
+    let result = run.sync(job, on_progress).await;
+    let mut auth_failed = false;
+    if let Err(e) = &result {
+        auth_failed = matches!(e, StepError::Sink(s) if s.is_auth());
+        run.entry.phase = Phase::Failed;
+        run.entry.last_error = Some(ErrorNote {
+            at: now_rfc3339(),
+            message: e.to_string(),
+        });
+        if !options.dry_run {
+            // Best effort: the error is also in the outcome.
+            let _ = ledger.save(&run.entry);
+        }
+    }
+    let entry = &run.entry;
+    RunOutcome {
+        run_id: job.id.clone(),
+        key,
+        phase: entry.phase,
+        server_path: entry
+            .server
+            .as_ref()
+            .map(|s| format!("{}/{}/{}", s.entity, s.project, s.name)),
+        history_lines: entry.acked.history_lines,
+        events_lines: entry.acked.events_lines,
+        console_lines: entry.acked.console_lines,
+        history_lines_sent: run.history_sent,
+        files_uploaded: run.files_uploaded.clone(),
+        exit_code: entry.acked.complete,
+        artifacts_not_uploaded: entry.state.artifacts.len(),
+        warnings: entry.warnings.clone(),
+        error: result.err().map(|e| e.to_string()),
+        auth_failed,
+    }
+}
+
+fn failed_outcome(job: &RunJob, key: String, error: String) -> RunOutcome {
+    RunOutcome {
+        run_id: job.id.clone(),
+        key,
+        phase: Phase::Failed,
+        server_path: None,
+        history_lines: 0,
+        events_lines: 0,
+        console_lines: 0,
+        history_lines_sent: 0,
+        files_uploaded: Vec::new(),
+        exit_code: None,
+        artifacts_not_uploaded: 0,
+        warnings: Vec::new(),
+        error: Some(error),
+        auth_failed: false,
+    }
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+impl RunSync<'_> {
+    async fn sync(
+        &mut self,
+        job: &RunJob,
+        on_progress: &(dyn Fn(Progress) + Sync),
+    ) -> Result<(), StepError> {
+        self.check_fragments(job)?;
+        let sizes: Vec<u64> = job
+            .fragments
+            .iter()
+            .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+            .collect();
+        let total: u64 = sizes.iter().sum();
+        if self.entry.phase == Phase::Synced
+            && self
+                .entry
+                .fragments
+                .iter()
+                .zip(&sizes)
+                .all(|(f, s)| f.cursor >= *s)
+        {
+            return Ok(()); // complete on the server and nothing new on disk
+        }
+        self.last_step = self
+            .entry
+            .state
+            .last_step
+            .map(|s| s + self.entry.fragments.last().map_or(0, |f| f.step_offset));
+        let mut read_before: u64 = self.entry.fragments.iter().map(|f| f.cursor).sum();
+        on_progress(Progress {
+            bytes_read: read_before,
+            bytes_total: total,
+        });
+        for index in 0..job.fragments.len() {
+            let path = &job.fragments[index];
+            let start = self.entry.fragments[index].cursor;
+            let file = File::open(path).map_err(|e| StepError::Read {
+                path: path.clone(),
+                source: e.into(),
+            })?;
+            let mut reader = LogReader::open(file, start).map_err(|e| StepError::Read {
+                path: path.clone(),
+                source: e,
+            })?;
+            loop {
+                let raw = match reader.next_record() {
+                    Ok(Some(raw)) => raw,
+                    Ok(None) => break,
+                    Err(ReadError::Corrupt(c)) => {
+                        // Everything before the damage is uploaded; the run is
+                        // held back (quarantined) with the reason.
+                        let cursor = reader.cursor();
+                        self.flush(index, cursor, false).await?;
+                        return Err(StepError::Corrupt(format!(
+                            "{}: {c}; records before it were uploaded, the rest is held back",
+                            path.display()
+                        )));
+                    }
+                    Err(e) => {
+                        return Err(StepError::Read {
+                            path: path.clone(),
+                            source: e,
+                        });
+                    }
+                };
+                let record = match Record::decode(raw.payload) {
+                    Ok(record) => record,
+                    Err(_) => {
+                        self.entry.warn(format!(
+                            "{}: a record at byte {} does not decode; skipped",
+                            path.display(),
+                            raw.start
+                        ));
+                        continue;
+                    }
+                };
+                let end = raw.end;
+                self.apply(index, record);
+                self.pending.records += 1;
+                self.records_read += 1;
+                if self.pending.bytes + self.entry.state.console.unsent_bytes()
+                    >= self.options.batch_bytes
+                {
+                    self.flush(index, end, false).await?;
+                    on_progress(Progress {
+                        bytes_read: read_before + end - start,
+                        bytes_total: total,
+                    });
+                }
+            }
+            let cursor = reader.cursor();
+            let tail = reader.tail().unwrap_or(Tail::Clean);
+            let last = index + 1 == job.fragments.len();
+            if !last || self.pending.records > 0 {
+                self.flush(index, cursor, false).await?;
+            }
+            read_before += sizes[index].saturating_sub(start);
+            on_progress(Progress {
+                bytes_read: read_before,
+                bytes_total: total,
+            });
+            if last {
+                self.finish(index, cursor, tail, path).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The ledger's fragments must be a prefix of the run's fragments now.
+    fn check_fragments(&mut self, job: &RunJob) -> Result<(), StepError> {
+        for (i, path) in job.fragments.iter().enumerate() {
+            match self.entry.fragments.get(i) {
+                Some(known) if known.path == *path => {}
+                Some(known) => {
+                    return Err(StepError::Corrupt(format!(
+                        "fragment {} of run {} was {} and is now {}; move the ledger {} away to upload the run again",
+                        i + 1,
+                        job.id,
+                        known.path.display(),
+                        path.display(),
+                        self.entry.key
+                    )));
+                }
+                None => self.entry.fragments.push(FragmentProgress {
+                    path: path.clone(),
+                    cursor: 0,
+                    records: 0,
+                    step_offset: 0,
+                    exit: None,
+                }),
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies one record of fragment `index`.
+    fn apply(&mut self, index: usize, record: Record) {
+        // A resumed fragment (wandb 0.31's `resume`) continues the steps of
+        // the fragments before it, as the official sync renumbers them.
+        if let Some(RecordType::Run(run)) = &record.record_type
+            && index > 0
+            && run.resume
+            && self.entry.fragments[index].records == 0
+            && self.entry.fragments[index].step_offset == 0
+        {
+            self.entry.fragments[index].step_offset = self.last_step.map_or(0, |s| s + 1);
+        }
+        let offset = self.entry.fragments[index].step_offset;
+        let sets_step = matches!(&record.record_type, Some(RecordType::Summary(s))
+            if s.update.iter().any(|u| u.key == "_step" || u.nested_key.first().is_some_and(|k| k == "_step")));
+        let update = self.entry.state.apply(record);
+        self.entry.fragments[index].records += 1;
+        match update {
+            Update::History { mut row, step } => {
+                let step = step.map(|s| s + offset);
+                if let (Some(step), true) = (step, offset != 0) {
+                    row.insert("_step".into(), Value::from_i64(step));
+                }
+                if let Some(step) = step {
+                    self.last_step = Some(self.last_step.map_or(step, |s| s.max(step)));
+                }
+                let mut line = String::new();
+                Value::write_object(&row, &mut line);
+                self.push_line(line, true);
+            }
+            Update::Events { row } => {
+                let mut line = String::new();
+                Value::write_object(&row, &mut line);
+                self.push_line(line, false);
+            }
+            Update::Summary if offset != 0 && sets_step => {
+                let summary = &mut self.entry.state.summary;
+                if let Some(step) = summary.get("_step").and_then(Value::as_i64) {
+                    summary.insert("_step".into(), Value::from_i64(step + offset));
+                }
+            }
+            Update::Alert(alert) => self.pending.alerts.push(alert),
+            Update::Preempting => self.pending.preempting = true,
+            Update::Exit(exit) => self.entry.fragments[index].exit = Some(exit),
+            _ => {}
+        }
+    }
+
+    fn push_line(&mut self, line: String, history: bool) {
+        if line.len() > filestream::MAX_LINE_BYTES {
+            let what = if history { "history" } else { "system metrics" };
+            self.entry.warn(format!(
+                "a {what} line of {} bytes is over the server's 10 MiB line limit and was not uploaded",
+                line.len()
+            ));
+            return;
+        }
+        self.pending.bytes += line.len();
+        if history {
+            self.pending.history.push(line);
+        } else {
+            self.pending.events.push(line);
+        }
+    }
+
+    /// Sends everything pending, then records `cursor` for fragment `index`.
+    async fn flush(&mut self, index: usize, cursor: u64, finishing: bool) -> Result<(), StepError> {
+        let pending = std::mem::take(&mut self.pending);
+        let console = self.entry.state.console.take_changed();
+        if self.options.dry_run || self.client.is_none() {
+            self.entry.acked.history_lines += pending.history.len() as u64;
+            self.entry.acked.events_lines += pending.events.len() as u64;
+            self.entry.acked.console_lines = self.entry.state.console.line_count();
+            self.entry.fragments[index].cursor = cursor;
+            return Ok(());
+        }
+        if self.entry.state.identity.run_id.is_none() {
+            // No run record yet (the file has only its header): nothing to
+            // create the run from. Keep the cursor where it was.
+            return Ok(());
+        }
+        let client = self.client.expect("checked above");
+        let server = self.ensure_server_run(client).await?;
+        self.upsert_if_changed(client, &server).await?;
+        let mut uploaded = self.upload_files(client, &server, finishing).await?;
+
+        // FileStream: history and events at their fixed offsets, console
+        // ranges one per request, the whole summary when it changed.
+        let acked = &self.entry.acked;
+        let mut history = Lines {
+            offset: acked.history_base + acked.history_lines,
+            lines: pending.history,
+        };
+        let mut events = Lines {
+            offset: acked.events_base + acked.events_lines,
+            lines: pending.events,
+        };
+        let now = SystemTime::now();
+        let console_runs = filestream::consecutive_runs(
+            console
+                .into_iter()
+                .map(|l| {
+                    (
+                        acked.console_base + l.index,
+                        filestream::console_line(&l.text, l.stream == Stream::Stderr, now),
+                    )
+                })
+                .collect(),
+        );
+        let summary = run_config::summary_json(&self.entry.state);
+        let summary_sha = sha256_hex(summary.as_bytes());
+        let mut summary =
+            (acked.summary_sha256.as_deref() != Some(summary_sha.as_str())).then_some(summary);
+        let mut console_runs = console_runs.into_iter();
+        let mut preempting = pending.preempting && !acked.preempting;
+        let (history_count, events_count) = (history.lines.len() as u64, events.lines.len() as u64);
+        loop {
+            let mut request = Request::default();
+            let mut room = filestream::MAX_REQUEST_BYTES;
+            take_lines(&mut history, &mut request.history, &mut room);
+            take_lines(&mut events, &mut request.events, &mut room);
+            if let Some(run) = console_runs.next() {
+                request.output = Some(run);
+            }
+            request.summary = summary.take();
+            request.uploaded = std::mem::take(&mut uploaded);
+            request.preempting = std::mem::take(&mut preempting);
+            if request.is_empty() {
+                break;
+            }
+            let body = request.to_json();
+            client
+                .file_stream(&server.entity, &server.project, &server.name, body)
+                .await?;
+            self.history_sent += request.history.as_ref().map_or(0, |l| l.lines.len() as u64);
+        }
+        for alert in &pending.alerts {
+            // The record holds milliseconds, as the API takes them.
+            ops::notify_alert(
+                client,
+                &server,
+                &alert.title,
+                &alert.text,
+                &alert.level,
+                alert.wait_duration,
+            )
+            .await?;
+        }
+
+        let acked = &mut self.entry.acked;
+        acked.history_lines += history_count;
+        acked.events_lines += events_count;
+        acked.console_lines = self.entry.state.console.line_count();
+        acked.summary_sha256 = Some(summary_sha);
+        acked.alerts += pending.alerts.len() as u64;
+        acked.preempting |= pending.preempting;
+        self.entry.fragments[index].cursor = cursor;
+        self.entry.last_upload = Some(now_rfc3339());
+        self.entry.last_error = None;
+        if self.entry.phase == Phase::Queued || self.entry.phase == Phase::Failed {
+            self.entry.phase = Phase::Live;
+        }
+        self.ledger.save(&self.entry)?;
+        Ok(())
+    }
+
+    /// The run on the server, created on first contact.
+    async fn ensure_server_run(&mut self, client: &Client) -> Result<ServerRun, StepError> {
+        if let Some(server) = &self.entry.server {
+            return Ok(server.clone());
+        }
+        let upsert = self.upsert_params(true);
+        let identity = &self.entry.state.identity;
+        // A run created with `resume=` may continue one that is already on the
+        // server (trained online before, or synced by another tool): its lines
+        // go after the server's, and its steps continue them.
+        let existing = if identity.resumed {
+            ops::run_resume_status(
+                client,
+                upsert.entity.as_deref(),
+                upsert.project.as_deref(),
+                &upsert.name,
+            )
+            .await?
+        } else {
+            None
+        };
+        let server = ops::upsert_bucket(client, &upsert).await?;
+        if let Some(existing) = existing.filter(|e| e.history_line_count > 0) {
+            self.entry.acked.history_base = existing.history_line_count;
+            self.entry.acked.events_base = existing.events_line_count;
+            self.entry.acked.console_base = existing.log_line_count;
+            if let Some(step) = existing.last_step {
+                self.entry.fragments[0].step_offset = step + 1;
+            }
+            self.entry.warn(format!(
+                "the server already had {} history lines for this run; this upload continues after them",
+                existing.history_line_count
+            ));
+        } else if server.history_line_count > 0 && self.entry.acked.history_lines == 0 {
+            self.entry.warn(format!(
+                "the server already had {} history lines for this run (an earlier upload); they are rewritten in place",
+                server.history_line_count
+            ));
+        }
+        self.entry.acked.config_sha256 = upsert.config.as_deref().map(|c| sha256_hex(c.as_bytes()));
+        self.entry.acked.params_sha256 = Some(self.params_digest());
+        self.entry.server = Some(server.clone());
+        // Remember the server identity and offsets before any line is sent.
+        self.ledger.save(&self.entry)?;
+        Ok(server)
+    }
+
+    fn upsert_params(&self, with_config: bool) -> UpsertRun {
+        let identity = &self.entry.state.identity;
+        UpsertRun {
+            storage_id: self
+                .entry
+                .server
+                .as_ref()
+                .map(|s| s.storage_id.clone())
+                .filter(|s| !s.is_empty()),
+            name: identity
+                .run_id
+                .clone()
+                .unwrap_or_else(|| self.entry.run_id.clone()),
+            entity: self
+                .entry
+                .server
+                .as_ref()
+                .map(|s| s.entity.clone())
+                .or_else(|| self.options.entity.clone())
+                .or_else(|| identity.entity.clone()),
+            project: self
+                .entry
+                .server
+                .as_ref()
+                .map(|s| s.project.clone())
+                .or_else(|| self.options.project.clone())
+                .or_else(|| identity.project.clone()),
+            group: identity.group.clone(),
+            display_name: identity.display_name.clone(),
+            notes: identity.notes.clone(),
+            commit: identity
+                .git
+                .as_ref()
+                .map(|g| g.commit.clone())
+                .filter(|c| !c.is_empty()),
+            repo: identity
+                .git
+                .as_ref()
+                .map(|g| g.remote_url.clone())
+                .filter(|r| !r.is_empty()),
+            config: with_config.then(|| run_config::upsert_config(&self.entry.state)),
+            host: identity.host.clone(),
+            program: identity.program.clone(),
+            job_type: identity.job_type.clone(),
+            tags: Some(identity.tags.clone()),
+            summary_metrics: None,
+        }
+    }
+
+    fn params_digest(&self) -> String {
+        let p = self.upsert_params(false);
+        sha256_hex(
+            format!(
+                "{:?}",
+                (
+                    p.group,
+                    p.display_name,
+                    p.notes,
+                    p.commit,
+                    p.repo,
+                    p.host,
+                    p.program,
+                    p.job_type,
+                    p.tags
+                )
+            )
+            .as_bytes(),
+        )
+    }
+
+    async fn upsert_if_changed(
+        &mut self,
+        client: &Client,
+        server: &ServerRun,
+    ) -> Result<(), StepError> {
+        let config = run_config::upsert_config(&self.entry.state);
+        let config_sha = sha256_hex(config.as_bytes());
+        let params_sha = self.params_digest();
+        let config_changed = self.entry.acked.config_sha256.as_deref() != Some(config_sha.as_str());
+        let params_changed = self.entry.acked.params_sha256.as_deref() != Some(params_sha.as_str());
+        if !config_changed && !params_changed {
+            return Ok(());
+        }
+        let mut upsert = if params_changed {
+            self.upsert_params(false)
+        } else {
+            UpsertRun {
+                storage_id: Some(server.storage_id.clone()).filter(|s| !s.is_empty()),
+                name: server.name.clone(),
+                entity: Some(server.entity.clone()),
+                project: Some(server.project.clone()),
+                ..Default::default()
+            }
+        };
+        if config_changed {
+            upsert.config = Some(config);
+        }
+        ops::upsert_bucket(client, &upsert).await?;
+        self.entry.acked.config_sha256 = Some(config_sha);
+        self.entry.acked.params_sha256 = Some(params_sha);
+        Ok(())
+    }
+
+    /// Uploads files that are new or changed; returns their names for the
+    /// FileStream `uploaded` list. End-policy and generated files go only
+    /// when the run finishes.
+    async fn upload_files(
+        &mut self,
+        client: &Client,
+        server: &ServerRun,
+        finishing: bool,
+    ) -> Result<Vec<String>, StepError> {
+        let mut contents: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        let listed: Vec<(String, Policy, FileKind)> = self
+            .entry
+            .state
+            .files
+            .iter()
+            .map(|(p, e)| (p.clone(), e.policy, e.kind))
+            .collect();
+        for (path, policy, kind) in listed {
+            if kind == FileKind::Artifact || (policy == Policy::End && !finishing) {
+                continue;
+            }
+            if let Some(bytes) = self.read_run_file(&path) {
+                contents.insert(path, bytes);
+            }
+        }
+        if finishing {
+            if let Some(bytes) = self.read_run_file(filestream::OUTPUT) {
+                contents.insert(filestream::OUTPUT.into(), bytes);
+            }
+            contents.insert(
+                "wandb-summary.json".into(),
+                run_config::summary_json(&self.entry.state).into_bytes(),
+            );
+            contents.insert(
+                "config.yaml".into(),
+                run_config::config_yaml(&self.entry.state).into_bytes(),
+            );
+            if let Some(metadata) = run_config::metadata_json(&self.entry.state) {
+                contents.insert("wandb-metadata.json".into(), metadata.into_bytes());
+            }
+        }
+        contents.retain(|path, bytes| {
+            self.entry
+                .acked
+                .files
+                .get(path)
+                .is_none_or(|ack| ack.size != bytes.len() as u64 || ack.sha256 != sha256_hex(bytes))
+        });
+        if contents.is_empty() {
+            return Ok(Vec::new());
+        }
+        let names: Vec<String> = contents.keys().cloned().collect();
+        let targets = ops::create_run_files(client, server, &names).await?;
+        let mut uploaded = Vec::new();
+        for (name, url) in targets.files {
+            let Some(bytes) = contents.remove(&name) else {
+                continue;
+            };
+            let ack = FileAck {
+                size: bytes.len() as u64,
+                sha256: sha256_hex(&bytes),
+            };
+            match url {
+                Some(url) => {
+                    client
+                        .put(&format!("upload of {name}"), &url, &targets.headers, bytes)
+                        .await?;
+                    self.entry.acked.files.insert(name.clone(), ack);
+                    self.files_uploaded.push(name.clone());
+                    uploaded.push(name);
+                }
+                None => self.entry.warn(format!(
+                    "the server did not want files/{name} (no upload URL)"
+                )),
+            }
+        }
+        Ok(uploaded)
+    }
+
+    /// A run file's bytes from the newest fragment that has it. Symlinks that
+    /// leave the run directory are not followed (only the run's own data is
+    /// uploaded); that is reported once.
+    fn read_run_file(&mut self, rel: &str) -> Option<Vec<u8>> {
+        if rel.split('/').any(|part| part == "..") || rel.starts_with('/') {
+            self.entry.warn(format!(
+                "files/{rel}: a path outside the run directory; not uploaded"
+            ));
+            return None;
+        }
+        for dir in self.fragment_dirs.iter().rev() {
+            let path = dir.join("files").join(rel);
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if meta.file_type().is_symlink() {
+                let inside = match (path.canonicalize(), dir.canonicalize()) {
+                    (Ok(target), Ok(root)) => target.starts_with(root),
+                    _ => false,
+                };
+                if !inside {
+                    let message = format!(
+                        "files/{rel} is a symlink pointing outside the run directory; not uploaded (copy the file into the run to upload it)"
+                    );
+                    self.entry.warn(message);
+                    return None;
+                }
+            }
+            match std::fs::read(&path) {
+                Ok(bytes) => return Some(bytes),
+                Err(e) => {
+                    self.entry
+                        .warn(format!("files/{rel}: cannot read ({e}); not uploaded"));
+                    return None;
+                }
+            }
+        }
+        None
+    }
+
+    /// After the newest fragment: complete the run if that fragment ended,
+    /// or, when asked to, finalize a run whose writer is gone.
+    async fn finish(
+        &mut self,
+        index: usize,
+        cursor: u64,
+        tail: Tail,
+        path: &Path,
+    ) -> Result<(), StepError> {
+        let code = match self.entry.fragments[index].exit {
+            Some(exit) if exit.not_complete => None,
+            Some(exit) => Some(exit.code),
+            None => match self.finalize_code(tail, path) {
+                Some(code) => Some(code),
+                None => return self.mark_live(),
+            },
+        };
+        let settled = matches!(self.entry.phase, Phase::Synced | Phase::Finalized);
+        if settled && self.entry.acked.complete == code && self.records_read == 0 {
+            return Ok(());
+        }
+        let phase = if self.entry.finalized_reason.is_some() {
+            Phase::Finalized
+        } else {
+            Phase::Synced
+        };
+        if self.options.dry_run
+            || self.client.is_none()
+            || self.entry.state.identity.run_id.is_none()
+        {
+            self.entry.acked.complete = code;
+            self.entry.phase = phase;
+            return Ok(());
+        }
+        let client = self.client.expect("checked above");
+        let server = self.ensure_server_run(client).await?;
+        self.upsert_if_changed(client, &server).await?;
+        let uploaded = self.upload_files(client, &server, true).await?;
+        // An exit record that says "not complete" leaves the run open.
+        let request = Request {
+            uploaded,
+            complete: code,
+            ..Default::default()
+        };
+        if !request.is_empty() {
+            client
+                .file_stream(
+                    &server.entity,
+                    &server.project,
+                    &server.name,
+                    request.to_json(),
+                )
+                .await?;
+        }
+        self.entry.acked.complete = code;
+        self.entry.fragments[index].cursor = cursor;
+        self.entry.phase = phase;
+        self.entry.last_upload = Some(now_rfc3339());
+        self.ledger.save(&self.entry)?;
+        Ok(())
+    }
+
+    /// Exit code 1 for a run without exit record, when `--finalize` asks for
+    /// it and the newest file has been quiet for `stale_after`; the reason is
+    /// recorded. `None` leaves the run open.
+    fn finalize_code(&mut self, tail: Tail, path: &Path) -> Option<i32> {
+        if !self.options.finalize {
+            return None;
+        }
+        let age = std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|m| SystemTime::now().duration_since(m).ok());
+        if age.is_none_or(|a| a < self.options.stale_after) {
+            self.entry.warn(format!(
+                "not finalized: {} changed less than {} ago, its writer may still be running",
+                path.display(),
+                humantime::format_duration(self.options.stale_after)
+            ));
+            return None;
+        }
+        self.entry.finalized_reason = Some(match tail {
+            Tail::Clean => {
+                "no exit record: the run was cut off (killed, timed out or crashed)".to_string()
+            }
+            Tail::Incomplete { bytes, .. } | Tail::Torn { bytes, .. } => format!(
+                "no exit record, and {bytes} bytes of an unfinished record at the end: \
+                 the run was cut off (killed, timed out or crashed)"
+            ),
+        });
+        Some(1)
+    }
+
+    fn mark_live(&mut self) -> Result<(), StepError> {
+        self.entry.phase = Phase::Live;
+        if !self.options.dry_run && self.client.is_some() {
+            self.ledger.save(&self.entry)?;
+        }
+        Ok(())
+    }
+}
+
+/// Moves as many lines from `source` into `slot` as fit in `room` bytes
+/// (always at least one, so a large line still goes out alone).
+fn take_lines(source: &mut Lines, slot: &mut Option<Lines>, room: &mut usize) {
+    if source.lines.is_empty() {
+        return;
+    }
+    let mut take = 0;
+    let mut used = 0;
+    for line in &source.lines {
+        if take > 0 && used + line.len() + 3 > *room {
+            break;
+        }
+        used += line.len() + 3;
+        take += 1;
+    }
+    let rest = source.lines.split_off(take);
+    let lines = std::mem::replace(&mut source.lines, rest);
+    *slot = Some(Lines {
+        offset: source.offset,
+        lines,
+    });
+    source.offset += take as u64;
+    *room = room.saturating_sub(used);
+}

@@ -1,0 +1,337 @@
+//! How far each run has been uploaded: one JSON file per run in syncd's
+//! state directory, replaced atomically after every acknowledged step. It
+//! holds the byte cursor into each fragment, the materialised run state at
+//! that cursor, what the server has acknowledged, and the last error. It never
+//! holds an API key.
+
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::sink::wandb::ops::ServerRun;
+use crate::source::wandb::views::{ExitInfo, RunState};
+
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Where a run stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Found, nothing acknowledged yet.
+    Queued,
+    /// Everything readable is on the server; the run has not ended.
+    Live,
+    /// Ended and completed on the server.
+    Synced,
+    /// Cut off (no exit record) and completed as failed on request.
+    Finalized,
+    /// The last attempt failed; see `last_error`.
+    Failed,
+}
+
+/// Progress through one `.wandb` file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FragmentProgress {
+    pub path: PathBuf,
+    /// Offset after the last record whose effects the server acknowledged.
+    pub cursor: u64,
+    pub records: u64,
+    /// Added to this fragment's `_step` values (a resumed fragment continues
+    /// the steps of the one before, as wandb 0.31 does).
+    pub step_offset: i64,
+    /// The fragment's exit record, once read.
+    pub exit: Option<ExitInfo>,
+}
+
+/// A file uploaded to the run, by its path relative to `files/`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileAck {
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// What the server has acknowledged.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Acked {
+    /// Lines of `wandb-history.jsonl` / `wandb-events.jsonl` / `output.log`.
+    pub history_lines: u64,
+    pub events_lines: u64,
+    pub console_lines: u64,
+    /// First line this run's history takes on the server (non-zero when it
+    /// continues a run that already had lines there).
+    pub history_base: u64,
+    pub events_base: u64,
+    pub console_base: u64,
+    pub config_sha256: Option<String>,
+    pub params_sha256: Option<String>,
+    pub summary_sha256: Option<String>,
+    pub files: BTreeMap<String, FileAck>,
+    pub alerts: u64,
+    pub preempting: bool,
+    /// Exit code sent with `complete`.
+    pub complete: Option<i32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorNote {
+    /// RFC 3339.
+    pub at: String,
+    pub message: String,
+}
+
+/// The whole record of one run.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RunLedger {
+    pub format: u32,
+    pub key: String,
+    pub run_id: String,
+    pub base_url: String,
+    pub server: Option<ServerRun>,
+    pub fragments: Vec<FragmentProgress>,
+    pub acked: Acked,
+    pub phase: Phase,
+    /// Why a run was finalized without an exit record.
+    pub finalized_reason: Option<String>,
+    pub last_error: Option<ErrorNote>,
+    /// Things the user should know that did not stop the upload.
+    pub warnings: Vec<String>,
+    /// RFC 3339 time of the last acknowledged upload.
+    pub last_upload: Option<String>,
+    /// The run as materialised at the cursors.
+    pub state: RunState,
+}
+
+impl RunLedger {
+    pub fn new(key: String, run_id: String, base_url: String) -> RunLedger {
+        RunLedger {
+            format: FORMAT_VERSION,
+            key,
+            run_id,
+            base_url,
+            server: None,
+            fragments: Vec::new(),
+            acked: Acked::default(),
+            phase: Phase::Queued,
+            finalized_reason: None,
+            last_error: None,
+            warnings: Vec::new(),
+            last_upload: None,
+            state: RunState::new(),
+        }
+    }
+
+    pub fn warn(&mut self, message: String) {
+        if !self.warnings.contains(&message) {
+            self.warnings.push(message);
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("cannot use state directory {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write ledger {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read ledger {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "ledger {path} is damaged ({reason}); move it away to upload the run again from the start"
+    )]
+    Damaged { path: PathBuf, reason: String },
+}
+
+/// The state directory's run ledgers.
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    dir: PathBuf,
+}
+
+impl Ledger {
+    /// Opens (creating if needed) `<state_dir>/runs`.
+    pub fn open(state_dir: &Path) -> Result<Ledger, LedgerError> {
+        let dir = state_dir.join("runs");
+        std::fs::create_dir_all(&dir).map_err(|source| LedgerError::Dir {
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(Ledger { dir })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path_of(&self, key: &str) -> PathBuf {
+        self.dir.join(format!("{key}.json"))
+    }
+
+    pub fn load(&self, key: &str) -> Result<Option<RunLedger>, LedgerError> {
+        let path = self.path_of(key);
+        let Some(bytes) = store::read_optional(&path).map_err(|source| LedgerError::Read {
+            path: path.clone(),
+            source,
+        })?
+        else {
+            return Ok(None);
+        };
+        let entry: RunLedger =
+            serde_json::from_slice(&bytes).map_err(|e| LedgerError::Damaged {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+        if entry.format != FORMAT_VERSION {
+            return Err(LedgerError::Damaged {
+                path,
+                reason: format!("unknown format {}", entry.format),
+            });
+        }
+        Ok(Some(entry))
+    }
+
+    pub fn save(&self, entry: &RunLedger) -> Result<(), LedgerError> {
+        let path = self.path_of(&entry.key);
+        let bytes = serde_json::to_vec_pretty(entry).expect("ledger serializes");
+        store::write_atomic(&path, &bytes).map_err(|source| LedgerError::Write { path, source })
+    }
+
+    /// Every ledger in the directory (for `status`); damaged ones as errors.
+    pub fn all(&self) -> Vec<Result<RunLedger, LedgerError>> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut keys: Vec<String> = entries
+            .flatten()
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()?
+                    .strip_suffix(".json")
+                    .map(str::to_string)
+            })
+            .filter(|k| !k.starts_with('.'))
+            .collect();
+        keys.sort();
+        keys.iter()
+            .filter_map(|k| self.load(k).transpose())
+            .collect()
+    }
+}
+
+/// The ledger key of a run: its id plus a digest of where it lives and
+/// where it goes, so the same run id in two places, or sent to two servers or
+/// projects, is tracked separately.
+pub fn run_key(
+    run_id: &str,
+    first_fragment: &Path,
+    base_url: &str,
+    entity: Option<&str>,
+    project: Option<&str>,
+) -> String {
+    let canonical = first_fragment
+        .canonicalize()
+        .unwrap_or_else(|_| first_fragment.to_path_buf());
+    let mut hasher = Sha256::new();
+    for part in [
+        canonical.to_string_lossy().as_ref(),
+        base_url.trim_end_matches('/'),
+        entity.unwrap_or(""),
+        project.unwrap_or(""),
+    ] {
+        hasher.update(part.as_bytes());
+        hasher.update([0]);
+    }
+    let digest = hasher.finalize();
+    let safe_id: String = run_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    format!("wandb-{safe_id}-{}", hex(&digest[..6]))
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saves_loads_and_lists() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(tmp.path()).unwrap();
+        let mut entry = RunLedger::new(
+            "wandb-abc-000000000000".into(),
+            "abc".into(),
+            "http://x".into(),
+        );
+        entry.acked.history_lines = 42;
+        entry.state.summary.insert(
+            "loss".into(),
+            crate::source::wandb::value::Value::parse("NaN").unwrap(),
+        );
+        ledger.save(&entry).unwrap();
+        let back = ledger.load(&entry.key).unwrap().unwrap();
+        assert_eq!(back.acked.history_lines, 42);
+        assert_eq!(back.state.summary["loss"].to_extended_json(), "NaN");
+        assert_eq!(ledger.all().len(), 1);
+        assert!(ledger.load("missing").unwrap().is_none());
+    }
+
+    #[test]
+    fn damaged_ledger_is_reported_not_replaced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(tmp.path()).unwrap();
+        std::fs::write(ledger.dir().join("wandb-x-1.json"), b"{truncated").unwrap();
+        let err = ledger.load("wandb-x-1").unwrap_err();
+        assert!(err.to_string().contains("move it away"), "{err}");
+    }
+
+    #[test]
+    fn keys_differ_by_place_and_target() {
+        let a = run_key("r1", Path::new("/a/run-r1.wandb"), "http://s", None, None);
+        assert!(a.starts_with("wandb-r1-"));
+        assert_ne!(
+            a,
+            run_key("r1", Path::new("/b/run-r1.wandb"), "http://s", None, None)
+        );
+        assert_ne!(
+            a,
+            run_key(
+                "r1",
+                Path::new("/a/run-r1.wandb"),
+                "http://s",
+                None,
+                Some("p")
+            )
+        );
+        assert_eq!(
+            a,
+            run_key("r1", Path::new("/a/run-r1.wandb"), "http://s/", None, None)
+        );
+    }
+}

@@ -1,0 +1,192 @@
+//! FileStream request bodies. Lines are placed by offset (the server stores
+//! line `offset + i`), so sending the same lines at the same offsets again
+//! overwrites instead of duplicating: that is what makes retries and resends
+//! after a crash safe.
+
+use serde_json::{Map as JsonMap, Value as Json, json};
+
+pub const HISTORY: &str = "wandb-history.jsonl";
+pub const EVENTS: &str = "wandb-events.jsonl";
+pub const SUMMARY: &str = "wandb-summary.json";
+pub const OUTPUT: &str = "output.log";
+
+/// A request is cut before its lines exceed this (the server's limit is 10 MiB).
+pub const MAX_REQUEST_BYTES: usize = 10 * 1024 * 1024 - 64 * 1024;
+/// Longer lines are refused by the server; wandb drops them with a warning.
+pub const MAX_LINE_BYTES: usize = 10 * 1024 * 1024 - 100 * 1024;
+
+/// Consecutive lines of one file starting at `offset`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Lines {
+    pub offset: u64,
+    pub lines: Vec<String>,
+}
+
+impl Lines {
+    pub fn bytes(&self) -> usize {
+        self.lines.iter().map(|l| l.len() + 3).sum()
+    }
+}
+
+/// One FileStream request. Every part is optional; an empty request is a
+/// heartbeat.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Request {
+    pub history: Option<Lines>,
+    pub events: Option<Lines>,
+    /// The whole summary, sent as the single line of `wandb-summary.json`.
+    pub summary: Option<String>,
+    /// One consecutive range of console lines (the server takes one per request).
+    pub output: Option<Lines>,
+    pub uploaded: Vec<String>,
+    pub preempting: bool,
+    /// Marks the run finished with this exit code.
+    pub complete: Option<i32>,
+}
+
+impl Request {
+    pub fn bytes(&self) -> usize {
+        [&self.history, &self.events, &self.output]
+            .iter()
+            .filter_map(|l| l.as_ref())
+            .map(Lines::bytes)
+            .sum::<usize>()
+            + self.summary.as_ref().map_or(0, String::len)
+            + self.uploaded.iter().map(|u| u.len() + 3).sum::<usize>()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Request::default()
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut files = JsonMap::new();
+        let mut put = |name: &str, lines: &Lines| {
+            files.insert(
+                name.to_string(),
+                json!({"offset": lines.offset, "content": lines.lines}),
+            );
+        };
+        for (name, lines) in [
+            (HISTORY, &self.history),
+            (EVENTS, &self.events),
+            (OUTPUT, &self.output),
+        ] {
+            if let Some(lines) = lines.as_ref().filter(|l| !l.lines.is_empty()) {
+                put(name, lines);
+            }
+        }
+        if let Some(summary) = &self.summary {
+            put(
+                SUMMARY,
+                &Lines {
+                    offset: 0,
+                    lines: vec![summary.clone()],
+                },
+            );
+        }
+        let mut body = JsonMap::new();
+        if !files.is_empty() {
+            body.insert("files".into(), Json::Object(files));
+        }
+        if !self.uploaded.is_empty() {
+            body.insert("uploaded".into(), json!(self.uploaded));
+        }
+        if self.preempting {
+            body.insert("preempting".into(), Json::Bool(true));
+        }
+        if let Some(code) = self.complete {
+            body.insert("complete".into(), Json::Bool(true));
+            body.insert("exitcode".into(), json!(code));
+        }
+        serde_json::to_vec(&Json::Object(body)).expect("JSON values serialize")
+    }
+}
+
+/// Console lines as the server stores them: `<UTC time> <text>`, with
+/// `ERROR ` in front of stderr lines.
+pub fn console_line(text: &str, stderr: bool, now: std::time::SystemTime) -> String {
+    let time = humantime::format_rfc3339_micros(now).to_string();
+    // wandb writes the time without the zone designator.
+    let time = time.trim_end_matches('Z');
+    if stderr {
+        format!("ERROR {time} {text}")
+    } else {
+        format!("{time} {text}")
+    }
+}
+
+/// Splits console lines into runs of consecutive indexes; each goes in its
+/// own request.
+pub fn consecutive_runs(lines: Vec<(u64, String)>) -> Vec<Lines> {
+    let mut runs: Vec<Lines> = Vec::new();
+    for (index, text) in lines {
+        match runs.last_mut() {
+            Some(run) if run.offset + run.lines.len() as u64 == index => run.lines.push(text),
+            _ => runs.push(Lines {
+                offset: index,
+                lines: vec![text],
+            }),
+        }
+    }
+    runs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_json_has_only_what_is_set() {
+        assert_eq!(Request::default().to_json(), b"{}");
+        let request = Request {
+            history: Some(Lines {
+                offset: 5,
+                lines: vec![r#"{"_step":5,"x":NaN}"#.into()],
+            }),
+            summary: Some(r#"{"x":1}"#.into()),
+            uploaded: vec!["config.yaml".into()],
+            complete: Some(3),
+            ..Default::default()
+        };
+        let json: Json = serde_json::from_slice(&request.to_json()).unwrap();
+        assert_eq!(
+            json,
+            json!({
+                "files": {
+                    "wandb-history.jsonl": {"offset": 5, "content": ["{\"_step\":5,\"x\":NaN}"]},
+                    "wandb-summary.json": {"offset": 0, "content": ["{\"x\":1}"]}
+                },
+                "uploaded": ["config.yaml"], "complete": true, "exitcode": 3
+            })
+        );
+    }
+
+    #[test]
+    fn console_ranges_split_where_indexes_jump() {
+        let runs = consecutive_runs(vec![(3, "a".into()), (4, "b".into()), (9, "c".into())]);
+        assert_eq!(
+            runs,
+            [
+                Lines {
+                    offset: 3,
+                    lines: vec!["a".into(), "b".into()]
+                },
+                Lines {
+                    offset: 9,
+                    lines: vec!["c".into()]
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn console_lines_carry_time_and_stream() {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_micros(1_790_000_000_123_456);
+        assert_eq!(
+            console_line("hi", false, t),
+            "2026-09-21T14:13:20.123456 hi"
+        );
+        assert!(console_line("bad", true, t).starts_with("ERROR 2026-"));
+    }
+}

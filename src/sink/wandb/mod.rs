@@ -1,0 +1,10 @@
+//! The W&B protocol: GraphQL (`UpsertBucket`, `RunResumeStatus`,
+//! `CreateRunFiles`, alerts), FileStream for history, system metrics,
+//! summary and console lines, and file uploads.
+
+pub mod client;
+pub mod credentials;
+pub mod filestream;
+pub mod ops;
+#[path = "run_config_stub.rs"]
+pub mod run_config;
