@@ -69,6 +69,14 @@ pub struct SyncArgs {
     /// `$XDG_STATE_HOME/syncd`, else `~/.local/state/syncd`.
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
+
+    /// Checkpoint after this many bytes of new lines (tuning and tests).
+    #[arg(long, hide = true, default_value_t = 4 * 1024 * 1024)]
+    pub batch_bytes: usize,
+
+    /// First retry wait in milliseconds; doubles per attempt (tests).
+    #[arg(long, hide = true, default_value_t = 2000)]
+    pub retry_min_ms: u64,
 }
 
 #[derive(Debug, Args)]

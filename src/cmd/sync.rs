@@ -88,10 +88,16 @@ pub fn run(args: SyncArgs) -> anyhow::Result<Outcome> {
         finalize: args.finalize,
         stale_after: args.stale_after,
         dry_run: args.dry_run,
-        ..SyncOptions::default()
+        batch_bytes: args.batch_bytes.max(1),
     };
     let client = match &key {
-        Some(key) => Some(Client::new(&base_url, &key.key, RetryPolicy::default())?),
+        Some(key) => {
+            let policy = RetryPolicy {
+                min_wait: std::time::Duration::from_millis(args.retry_min_ms),
+                ..RetryPolicy::default()
+            };
+            Some(Client::new(&base_url, &key.key, policy)?)
+        }
         None => None,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -257,8 +257,7 @@ impl RunSync<'_> {
             bytes_read: read_before,
             bytes_total: total,
         });
-        for index in 0..job.fragments.len() {
-            let path = &job.fragments[index];
+        for (index, path) in job.fragments.iter().enumerate() {
             let start = self.entry.fragments[index].cursor;
             let file = File::open(path).map_err(|e| StepError::Read {
                 path: path.clone(),
@@ -353,6 +352,7 @@ impl RunSync<'_> {
                     records: 0,
                     step_offset: 0,
                     exit: None,
+                    run_seen: false,
                 }),
             }
         }
@@ -364,12 +364,12 @@ impl RunSync<'_> {
         // A resumed fragment (wandb 0.31's `resume`) continues the steps of
         // the fragments before it, as the official sync renumbers them.
         if let Some(RecordType::Run(run)) = &record.record_type
-            && index > 0
-            && run.resume
-            && self.entry.fragments[index].records == 0
-            && self.entry.fragments[index].step_offset == 0
+            && !self.entry.fragments[index].run_seen
         {
-            self.entry.fragments[index].step_offset = self.last_step.map_or(0, |s| s + 1);
+            self.entry.fragments[index].run_seen = true;
+            if index > 0 && run.resume {
+                self.entry.fragments[index].step_offset = self.last_step.map_or(0, |s| s + 1);
+            }
         }
         let offset = self.entry.fragments[index].step_offset;
         let sets_step = matches!(&record.record_type, Some(RecordType::Summary(s))

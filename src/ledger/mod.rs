@@ -45,6 +45,9 @@ pub struct FragmentProgress {
     pub step_offset: i64,
     /// The fragment's exit record, once read.
     pub exit: Option<ExitInfo>,
+    /// Its first run record has been read (and its step offset decided).
+    #[serde(default)]
+    pub run_seen: bool,
 }
 
 /// A file uploaded to the run, by its path relative to `files/`.

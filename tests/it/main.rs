@@ -9,5 +9,11 @@ mod cli;
 mod corruption;
 /// A file that grows while it is read: every record exactly once.
 mod growing;
+/// The official `wandb sync` against the test server, for every fixture case.
+mod official_sync;
 /// `inspect --json` against an independent reader, for every real fixture run.
 mod oracle;
+/// `syncd sync`: exactly once while a run grows, crashes, faults, keys.
+mod sync;
+/// The W&B-protocol test server: GraphQL, FileStream, uploads, faults, state.
+mod wandb_server;

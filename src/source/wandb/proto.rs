@@ -18,6 +18,9 @@ pub struct Record {
     pub info: Option<RecordInfo>,
 }
 
+// One record is decoded at a time and dropped; boxing the large variants
+// would cost an allocation per record for no memory gain.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, PartialEq, prost::Oneof)]
 pub enum RecordType {
     #[prost(message, tag = "2")]

@@ -1,0 +1,472 @@
+//! The server's own contract, checked with raw HTTP/1.1 requests (the official
+//! client never sends gaps, gzip, or storage headers, so those are shown here).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::{Value, json};
+
+use super::{Endpoint, Fault, Options, RateLimit, WandbServer};
+
+struct Reply {
+    status: u16,
+    headers: String,
+    body: Value,
+}
+
+/// One request on a fresh connection; `None` if the server closed it unanswered.
+fn send(
+    server: &WandbServer,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<Reply> {
+    let mut stream = TcpStream::connect(server.addr()).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
+        server.addr()
+    );
+    head += &format!("Content-Length: {}\r\n", body.len());
+    for (name, value) in headers {
+        head += &format!("{name}: {value}\r\n");
+    }
+    head += "\r\n";
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    if raw.is_empty() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a complete response");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let body = if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(body).expect("JSON body")
+    };
+    Some(Reply {
+        status,
+        headers: head.to_ascii_lowercase(),
+        body,
+    })
+}
+
+fn auth(key: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("api:{key}"))
+    )
+}
+
+fn gql(server: &WandbServer, op: &str, query: &str, variables: Value) -> Option<Reply> {
+    let body = json!({"operationName": op, "query": query, "variables": variables});
+    let key = auth(server.api_key());
+    send(
+        server,
+        "POST",
+        "/graphql",
+        &[("Authorization", &key)],
+        body.to_string().as_bytes(),
+    )
+}
+
+fn stream(server: &WandbServer, run: &str, body: &Value, gzip: bool) -> Option<Reply> {
+    let key = auth(server.api_key());
+    let path = format!("/files/ent/proj/{run}/file_stream");
+    let mut bytes = body.to_string().into_bytes();
+    let mut headers = vec![("Authorization", key.as_str())];
+    if gzip {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(&bytes).unwrap();
+        bytes = encoder.finish().unwrap();
+        headers.push(("Content-Encoding", "gzip"));
+    }
+    send(server, "POST", &path, &headers, &bytes)
+}
+
+const UPSERT: &str = "mutation UpsertBucket($name: String) { upsertBucket { bucket { id } } }";
+
+#[test]
+fn graphql_operations_follow_the_blueprint() {
+    let server = WandbServer::start();
+    // Legacy clients send an empty operationName: the name comes from the query.
+    let vars = json!({"name": "r1", "project": "proj", "entity": null, "config": "{\"lr\":{\"value\":0.1}}",
+        "tags": ["a"], "displayName": "shown", "summaryMetrics": "{\"x\":NaN}", "notes": null});
+    let first = gql(&server, "", &format!("\n  {UPSERT}"), vars).unwrap();
+    assert_eq!(first.status, 200);
+    let bucket = &first.body["data"]["upsertBucket"]["bucket"];
+    assert_eq!(first.body["data"]["upsertBucket"]["inserted"], true);
+    assert_eq!(bucket["project"]["entity"]["name"], "default-entity");
+    assert_eq!(bucket["project"]["name"], "proj");
+    assert_eq!(bucket["historyLineCount"], 0);
+    assert_eq!(bucket["displayName"], "shown");
+    // Null parameters leave stored ones alone.
+    let again = gql(
+        &server,
+        "UpsertBucket",
+        UPSERT,
+        json!({"name": "r1", "project": "proj", "tags": null}),
+    )
+    .unwrap();
+    assert_eq!(again.body["data"]["upsertBucket"]["inserted"], false);
+    assert_eq!(
+        again.body["data"]["upsertBucket"]["bucket"]["id"],
+        bucket["id"]
+    );
+
+    let files = gql(&server, "CreateRunFiles", "mutation CreateRunFiles { x }",
+        json!({"entity": "default-entity", "project": "proj", "run": "r1", "files": ["a b.txt", "media/x.png"]}))
+    .unwrap();
+    let entries = files.body["data"]["createRunFiles"]["files"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(entries.len(), 2);
+    let port = server.addr().port();
+    assert_eq!(
+        entries[0]["uploadUrl"],
+        format!("http://127.0.0.1:{port}/storage/default-entity/proj/r1/a%20b.txt")
+    );
+    assert_eq!(
+        files.body["data"]["createRunFiles"]["uploadHeaders"],
+        json!([])
+    );
+
+    let unknown = gql(
+        &server,
+        "RunResumeStatus",
+        "query RunResumeStatus { x }",
+        json!({"project": "proj", "name": "zz"}),
+    );
+    assert_eq!(unknown.unwrap().body, json!({"data": {"model": null}}));
+    let resume = gql(
+        &server,
+        "RunResumeStatus",
+        "query RunResumeStatus { x }",
+        json!({"project": "proj", "name": "r1"}),
+    );
+    let resume = resume.unwrap().body["data"]["model"]["bucket"].clone();
+    assert_eq!(resume["historyLineCount"], 0);
+    assert_eq!(resume["historyTail"], "[]");
+    assert!(
+        serde_json::from_str::<Value>(resume["wandbConfig"].as_str().unwrap())
+            .unwrap()
+            .get("t")
+            .is_some()
+    );
+
+    let other = gql(
+        &server,
+        "CreateArtifact",
+        "mutation CreateArtifact { x }",
+        json!({}),
+    )
+    .unwrap();
+    assert_eq!(
+        other.body,
+        json!({"data": null, "errors": [{"message": "not implemented: CreateArtifact"}]})
+    );
+
+    let run = server.run("r1").unwrap();
+    assert_eq!(run["config"]["lr"]["value"], 0.1);
+    assert_eq!(run["tags"], json!(["a"]));
+    assert_eq!(run["summaryMetrics"]["x"], "NaN");
+    assert_eq!(run["upserts"], 2);
+    let names = server.operation_names();
+    assert_eq!(
+        names,
+        [
+            "UpsertBucket",
+            "UpsertBucket",
+            "CreateRunFiles",
+            "RunResumeStatus",
+            "RunResumeStatus",
+            "CreateArtifact"
+        ]
+    );
+    assert_eq!(
+        server.snapshot()["operations"][1]["variables"]["name"],
+        "r1"
+    );
+}
+
+#[test]
+fn file_stream_stores_lines_by_offset() {
+    let server = WandbServer::start();
+    let h = |o: usize, lines: &[&str]| json!({"files": {"wandb-history.jsonl": {"offset": o, "content": lines}}});
+    stream(
+        &server,
+        "r",
+        &h(0, &[r#"{"_step":0,"v":NaN}"#, r#"{"_step":1}"#]),
+        false,
+    )
+    .unwrap();
+    stream(
+        &server,
+        "r",
+        &h(1, &[r#"{"_step":1,"again":true}"#, r#"{"_step":2}"#]),
+        true,
+    )
+    .unwrap();
+    stream(&server, "r", &h(5, &[r#"{"_step":5}"#]), false).unwrap();
+    let done = json!({"files": {"wandb-summary.json": {"offset": 0, "content": ["{\"loss\":Infinity}"]}},
+        "uploaded": ["config.yaml"], "preempting": true, "complete": true, "exitcode": 3});
+    let reply = stream(&server, "r", &done, false).unwrap();
+    assert_eq!(reply.body, json!({"exitcode": null, "limits": {}}));
+    stream(&server, "r", &json!({}), false).unwrap();
+
+    let run = server.run("r").unwrap();
+    assert_eq!(run["history_raw"][0], r#"{"_step":0,"v":NaN}"#);
+    assert_eq!(run["history"][0]["v"], "NaN");
+    assert_eq!(run["history"][1]["again"], true);
+    assert_eq!(run["history"].as_array().unwrap().len(), 6);
+    assert_eq!(run["history"][3], Value::Null);
+    assert_eq!(run["gaps"], 2);
+    assert_eq!(run["history_lines_received"], 5);
+    assert_eq!(run["summary"]["loss"], "Infinity");
+    assert_eq!(run["uploaded"], json!(["config.yaml"]));
+    assert_eq!(
+        (
+            run["preempting"].clone(),
+            run["complete"].clone(),
+            run["exitcode"].clone()
+        ),
+        (json!(true), json!(true), json!(3))
+    );
+    assert_eq!(run["heartbeats"], 1);
+    assert_eq!(server.snapshot()["counters"]["history_lines_received"], 5);
+
+    server.set_stopped(true);
+    assert_eq!(
+        stream(&server, "r", &json!({}), false).unwrap().body["stopped"],
+        true
+    );
+}
+
+#[test]
+fn auth_and_storage_rules_are_enforced_and_recorded() {
+    let options = Options {
+        upload_headers: vec!["X-Old:1".into()],
+        ..Options::default()
+    };
+    let server = WandbServer::with_options(options);
+    server.set_upload_headers(vec!["X-Test-Upload:yes".into()]);
+    let body = json!({"query": UPSERT, "variables": {"name": "r"}}).to_string();
+    let wrong = auth("some-other-key-0123456789abcdef0123456789abcdef");
+    let refused = send(
+        &server,
+        "POST",
+        "/graphql",
+        &[("Authorization", &wrong)],
+        body.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(refused.status, 401);
+    assert!(refused.body["errors"][0]["message"].is_string());
+    assert_eq!(
+        send(&server, "POST", "/files/e/p/r/file_stream", &[], b"{}")
+            .unwrap()
+            .status,
+        401
+    );
+
+    let ok = send(
+        &server,
+        "PUT",
+        "/storage/e/p/r/media/a%20b.png",
+        &[("X-Test-Upload", "yes")],
+        b"png",
+    )
+    .unwrap();
+    assert_eq!(ok.status, 200);
+    let key = auth(server.api_key());
+    send(
+        &server,
+        "PUT",
+        "/storage/e/p/r/config.yaml",
+        &[("Authorization", &key)],
+        b"lr: 1",
+    )
+    .unwrap();
+    let snapshot = server.snapshot();
+    assert_eq!(snapshot["counters"]["unauthorized"], 2);
+    assert_eq!(snapshot["counters"]["storage_auth_violations"], 1);
+    assert_eq!(snapshot["counters"]["missing_upload_headers"], 1);
+    let storage = &snapshot["runs"][0]["storage"];
+    assert_eq!(storage["media/a b.png"]["size"], 3);
+    assert_eq!(
+        storage["config.yaml"]["sha256"],
+        "56803655119c9c119ecd09e436f85028254393f4c67c76873300732e605fea1f"
+    );
+    assert_eq!(server.stored_file("r", "config.yaml").unwrap(), b"lr: 1");
+
+    assert_eq!(
+        send(&server, "GET", "/api/v1/nope", &[], b"")
+            .unwrap()
+            .status,
+        404
+    );
+    let last = server.snapshot()["requests"]
+        .as_array()
+        .unwrap()
+        .last()
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (&last["path"], &last["status"]),
+        (&json!("/api/v1/nope"), &json!(404))
+    );
+    let over_http = send(&server, "GET", "/_state", &[], b"").unwrap().body;
+    assert_eq!(over_http["counters"], server.snapshot()["counters"]);
+}
+
+#[test]
+fn faults_hit_the_next_n_matching_requests() {
+    let server = WandbServer::start();
+    server.inject(
+        Endpoint::Operation("UpsertBucket".into()),
+        Fault::Status {
+            code: 429,
+            retry_after: Some(7),
+        },
+        1,
+    );
+    server.inject(Endpoint::Graphql, Fault::GraphqlError("boom".into()), 1);
+    server.inject(Endpoint::FileStream, Fault::Drop, 1);
+    server.inject(Endpoint::FileStream, Fault::DropAfterProcessing, 1);
+    server.inject_after(
+        Endpoint::Storage,
+        Fault::Delay(Duration::from_millis(300)),
+        1,
+        1,
+    );
+    server.set_rate_limit(Some(RateLimit {
+        remaining: 4,
+        reset: 9,
+    }));
+    let cleared = WandbServer::start();
+    cleared.inject(Endpoint::Graphql, Fault::Drop, 1);
+    cleared.clear_faults();
+    assert!(
+        gql(
+            &cleared,
+            "Viewer",
+            "query Viewer { viewer { id } }",
+            json!({})
+        )
+        .unwrap()
+        .body["data"]["viewer"]
+            .is_object()
+    );
+
+    // The operation-specific rule does not match another operation.
+    let other = gql(
+        &server,
+        "ServerFeaturesQuery",
+        "query ServerFeaturesQuery { x }",
+        json!({}),
+    )
+    .unwrap();
+    assert_eq!(other.body["errors"][0]["message"], "boom");
+    let limited = gql(&server, "UpsertBucket", UPSERT, json!({"name": "u"})).unwrap();
+    assert_eq!(limited.status, 429);
+    assert!(
+        limited.headers.contains("retry-after: 7"),
+        "{}",
+        limited.headers
+    );
+    assert!(
+        limited.headers.contains("ratelimit-remaining: 4")
+            && limited.headers.contains("ratelimit-reset: 9")
+    );
+    assert_eq!(
+        gql(&server, "UpsertBucket", UPSERT, json!({"name": "u"}))
+            .unwrap()
+            .status,
+        200
+    );
+
+    let line = json!({"files": {"wandb-history.jsonl": {"offset": 0, "content": ["{}"]}}});
+    let received = || server.snapshot()["counters"]["history_lines_received"].clone();
+    assert!(
+        stream(&server, "r", &line, false).is_none(),
+        "dropped unprocessed"
+    );
+    assert_eq!(received(), 0);
+    assert!(
+        stream(&server, "r", &line, false).is_none(),
+        "dropped after processing"
+    );
+    assert_eq!(received(), 1);
+    assert_eq!(stream(&server, "r", &line, false).unwrap().status, 200);
+    assert_eq!(
+        server.run("r").unwrap()["history"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // A rule for one FileStream file ignores requests without it.
+    server.inject(
+        Endpoint::FileStreamWith("output.log".into()),
+        Fault::Status {
+            code: 503,
+            retry_after: None,
+        },
+        1,
+    );
+    assert_eq!(stream(&server, "r", &line, false).unwrap().status, 200);
+    let output = json!({"files": {"output.log": {"offset": 0, "content": ["hi"]}}});
+    assert_eq!(stream(&server, "r", &output, false).unwrap().status, 503);
+    assert_eq!(stream(&server, "r", &output, false).unwrap().status, 200);
+
+    // The delay skips the first upload and hits the second.
+    let started = Instant::now();
+    assert_eq!(
+        send(&server, "PUT", "/storage/e/p/r/f", &[], b"x")
+            .unwrap()
+            .status,
+        200
+    );
+    assert!(started.elapsed() < Duration::from_millis(300));
+    assert_eq!(
+        send(&server, "PUT", "/storage/e/p/r/f", &[], b"x")
+            .unwrap()
+            .status,
+        200
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(server.snapshot()["counters"]["faults_injected"], 6);
+    let statuses: Vec<Value> = server.snapshot()["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].clone())
+        .collect();
+    assert_eq!(
+        statuses,
+        [200, 429, 200, 0, 0, 200, 200, 503, 200, 200, 200].map(|s| json!(s))
+    );
+}
+
+#[test]
+fn dropping_the_handle_stops_the_server() {
+    let server = WandbServer::start();
+    let addr = server.addr();
+    assert!(addr.ip().is_loopback());
+    drop(server);
+    assert!(TcpStream::connect(addr).is_err());
+}
