@@ -62,6 +62,8 @@ done
 export SYNCD_FIXTURES="$(IFS=:; echo "${fixture_dirs[*]}")"
 export SYNCD_REQUIRE_FIXTURES=1
 export SYNCD_ORACLE_PYTHON="${SYNCD_ORACLE_PYTHON:-python3}"
+# The official client, as the oracle for uploads.
+export SYNCD_WANDB_VENV="$(venv_for 0.31.0)"
 
 cd "$repo"
 log "running cargo test"

@@ -121,8 +121,6 @@ struct RunSync<'a> {
     fragment_dirs: Vec<PathBuf>,
     history_sent: u64,
     files_uploaded: Vec<String>,
-    /// Largest `_step` sent so far, renumbering included.
-    last_step: Option<i64>,
     /// Records read by this invocation.
     records_read: u64,
 }
@@ -162,7 +160,6 @@ pub async fn sync_run(
             .collect(),
         history_sent: 0,
         files_uploaded: Vec::new(),
-        last_step: None,
         records_read: 0,
     };
     let result = run.sync(job, on_progress).await;
@@ -247,11 +244,6 @@ impl RunSync<'_> {
         {
             return Ok(()); // complete on the server and nothing new on disk
         }
-        self.last_step = self
-            .entry
-            .state
-            .last_step
-            .map(|s| s + self.entry.fragments.last().map_or(0, |f| f.step_offset));
         let mut read_before: u64 = self.entry.fragments.iter().map(|f| f.cursor).sum();
         on_progress(Progress {
             bytes_read: read_before,
@@ -367,24 +359,20 @@ impl RunSync<'_> {
             && !self.entry.fragments[index].run_seen
         {
             self.entry.fragments[index].run_seen = true;
-            if index > 0 && run.resume {
-                self.entry.fragments[index].step_offset = self.last_step.map_or(0, |s| s + 1);
+            if index > 0 {
+                let state = &mut self.entry.state;
+                if run.resume {
+                    state.step_offset = state.last_step.map_or(0, |s| s + 1);
+                }
+                // wandb-metadata.json describes the newest fragment's process.
+                state.environments.clear();
             }
+            self.entry.fragments[index].step_offset = self.entry.state.step_offset;
         }
-        let offset = self.entry.fragments[index].step_offset;
-        let sets_step = matches!(&record.record_type, Some(RecordType::Summary(s))
-            if s.update.iter().any(|u| u.key == "_step" || u.nested_key.first().is_some_and(|k| k == "_step")));
         let update = self.entry.state.apply(record);
         self.entry.fragments[index].records += 1;
         match update {
-            Update::History { mut row, step } => {
-                let step = step.map(|s| s + offset);
-                if let (Some(step), true) = (step, offset != 0) {
-                    row.insert("_step".into(), Value::from_i64(step));
-                }
-                if let Some(step) = step {
-                    self.last_step = Some(self.last_step.map_or(step, |s| s.max(step)));
-                }
+            Update::History { row, .. } => {
                 let mut line = String::new();
                 Value::write_object(&row, &mut line);
                 self.push_line(line, true);
@@ -393,12 +381,6 @@ impl RunSync<'_> {
                 let mut line = String::new();
                 Value::write_object(&row, &mut line);
                 self.push_line(line, false);
-            }
-            Update::Summary if offset != 0 && sets_step => {
-                let summary = &mut self.entry.state.summary;
-                if let Some(step) = summary.get("_step").and_then(Value::as_i64) {
-                    summary.insert("_step".into(), Value::from_i64(step + offset));
-                }
             }
             Update::Alert(alert) => self.pending.alerts.push(alert),
             Update::Preempting => self.pending.preempting = true,
@@ -616,7 +598,8 @@ impl RunSync<'_> {
             host: identity.host.clone(),
             program: identity.program.clone(),
             job_type: identity.job_type.clone(),
-            tags: Some(identity.tags.clone()),
+            // Like wandb: no tags is null, not an empty list.
+            tags: (!identity.tags.is_empty()).then(|| identity.tags.clone()),
             summary_metrics: None,
         }
     }

@@ -15,5 +15,7 @@ mod official_sync;
 mod oracle;
 /// `syncd sync`: exactly once while a run grows, crashes, faults, keys.
 mod sync;
+/// `syncd sync` leaves the same server state as the official `wandb sync`.
+mod sync_oracle;
 /// The W&B-protocol test server: GraphQL, FileStream, uploads, faults, state.
 mod wandb_server;

@@ -41,7 +41,7 @@ fn required() -> bool {
 /// The venv's `wandb` executable, or `None` (with a note) when it is missing.
 /// `SYNCD_WANDB_VENV`, else the 0.31.0 venv in the cache `scripts/test.sh`
 /// uses (`$SYNCD_TEST_CACHE`, else `${XDG_CACHE_HOME:-$HOME/.cache}/syncd-test`).
-fn wandb_cli() -> Option<PathBuf> {
+pub fn wandb_cli() -> Option<PathBuf> {
     let env = |name: &str| {
         std::env::var_os(name)
             .filter(|v| !v.is_empty())
@@ -73,18 +73,18 @@ fn wandb_cli() -> Option<PathBuf> {
 
 /// One fixture case of one generated set.
 #[derive(Clone, Debug)]
-struct Case {
-    set: String,
-    name: String,
-    run_id: String,
+pub struct Case {
+    pub set: String,
+    pub name: String,
+    pub run_id: String,
     /// The case directory (parent of its wandb dir), copied whole.
-    dir: PathBuf,
+    pub dir: PathBuf,
     /// Run dirs relative to `dir`.
-    run_dirs: Vec<PathBuf>,
-    expect: Value,
+    pub run_dirs: Vec<PathBuf>,
+    pub expect: Value,
 }
 
-fn cases_of(set: &Path) -> (String, Vec<Case>) {
+pub fn cases_of(set: &Path) -> (String, Vec<Case>) {
     let text = std::fs::read_to_string(set.join("manifest.json")).expect("manifest.json");
     let manifest: Value = serde_json::from_str(&text).expect("manifest is JSON");
     let version = manifest["wandb_version"]
@@ -127,7 +127,7 @@ fn cases_of(set: &Path) -> (String, Vec<Case>) {
 }
 
 /// A case copied so the client can write its markers; returns the run dirs.
-fn copy_case(case: &Case, into: &Path) -> Vec<PathBuf> {
+pub fn copy_case(case: &Case, into: &Path) -> Vec<PathBuf> {
     let dst = into.join(&case.name);
     copy_tree_rooted(&case.dir, &dst);
     case.run_dirs.iter().map(|d| dst.join(d)).collect()
@@ -135,7 +135,7 @@ fn copy_case(case: &Case, into: &Path) -> Vec<PathBuf> {
 
 /// Copies a tree, keeping symlinks; links pointing into `from` are re-pointed
 /// into `to`, so nothing the client touches leads back into the fixture.
-fn copy_tree_rooted(from: &Path, to: &Path) {
+pub fn copy_tree_rooted(from: &Path, to: &Path) {
     fn walk(root_from: &Path, root_to: &Path, from: &Path, to: &Path) {
         std::fs::create_dir_all(to).unwrap();
         for entry in std::fs::read_dir(from).unwrap().flatten() {
@@ -159,15 +159,15 @@ fn copy_tree_rooted(from: &Path, to: &Path) {
     walk(from, to, from, to);
 }
 
-struct SyncRun {
-    status: Option<ExitStatus>,
-    elapsed: Duration,
-    stdout: String,
-    stderr: String,
+pub struct SyncRun {
+    pub status: Option<ExitStatus>,
+    pub elapsed: Duration,
+    pub stdout: String,
+    pub stderr: String,
 }
 
 impl SyncRun {
-    fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
         format!(
             "wandb sync: {:?} after {:.1}s\n--- stdout\n{}\n--- stderr\n{}",
             self.status,
@@ -179,7 +179,7 @@ impl SyncRun {
 }
 
 /// Runs `wandb sync` against `server` with a private HOME under `scratch`.
-fn wandb_sync(
+pub fn wandb_sync(
     cli: &Path,
     server: &WandbServer,
     api_key: &str,

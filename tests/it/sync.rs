@@ -7,47 +7,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::official_sync::{copy_tree_rooted, wandb_cli, wandb_sync};
 use crate::support::{committed_root, generated_roots};
 use crate::wandb_server::{Endpoint, Fault, WandbServer};
 
-/// The wandb 0.31.0 venv the test script installs (`SYNCD_WANDB_VENV` to override).
+/// The wandb 0.31.0 venv the test script installs, from its `wandb` CLI.
 fn venv() -> Option<PathBuf> {
-    let dir = std::env::var_os("SYNCD_WANDB_VENV")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME")
-                .map(|h| PathBuf::from(h).join(".cache/syncd-test/venv-wandb-0.31.0"))
-        })?;
-    if dir.join("bin/wandb").is_file() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var_os("SYNCD_REQUIRE_FIXTURES").is_none(),
-        "the wandb venv is required but missing at {}",
-        dir.display()
-    );
-    eprintln!(
-        "note: no wandb venv at {}; skipping tests that need the real client",
-        dir.display()
-    );
-    None
-}
-
-/// Copies a directory tree (symlinks copied as links).
-pub fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap().flatten() {
-        let src = entry.path();
-        let dst = to.join(entry.file_name());
-        let meta = std::fs::symlink_metadata(&src).unwrap();
-        if meta.file_type().is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(&src).unwrap(), &dst).unwrap();
-        } else if meta.is_dir() {
-            copy_tree(&src, &dst);
-        } else {
-            std::fs::copy(&src, &dst).unwrap();
-        }
-    }
+    Some(wandb_cli()?.parent()?.parent()?.to_path_buf())
 }
 
 /// `syncd sync` with the server's URL and key; `HOME` points at `home` so no
@@ -92,7 +58,7 @@ fn text(out: &Output) -> String {
 
 fn committed_case(version: &str, case: &str, into: &Path) -> PathBuf {
     let dst = into.join(case);
-    copy_tree(&committed_root().join(version).join(case), &dst);
+    copy_tree_rooted(&committed_root().join(version).join(case), &dst);
     dst.join("wandb")
 }
 
@@ -537,7 +503,7 @@ fn growing_run_is_sent_exactly_once_while_the_official_client_duplicates() {
         if official_syncs < 3 {
             // The official client on a snapshot of the same moment.
             let copy = tmp.path().join(format!("official-{official_syncs}"));
-            copy_tree(&wandb_dir, &copy);
+            copy_tree_rooted(&wandb_dir, &copy);
             official_wandb_sync(&venv, &official, &copy);
             official_syncs += 1;
         }
@@ -564,7 +530,7 @@ fn growing_run_is_sent_exactly_once_while_the_official_client_duplicates() {
 
     // The official client on the finished run, after its partial syncs.
     let copy = tmp.path().join("official-final");
-    copy_tree(&wandb_dir, &copy);
+    copy_tree_rooted(&wandb_dir, &copy);
     official_wandb_sync(&venv, &official, &copy);
     let theirs = official.run("fxlive00").unwrap();
     let their_rows = steps(&theirs).len();
@@ -582,9 +548,9 @@ fn growing_run_is_sent_exactly_once_while_the_official_client_duplicates() {
     }
 }
 
+/// The official client on every run of `wandb_dir` (its exit status is
+/// not checked: syncing a live run makes it fail, which is the point).
 fn official_wandb_sync(venv: &Path, server: &WandbServer, wandb_dir: &Path) {
-    let home = wandb_dir.parent().unwrap().join("official-home");
-    std::fs::create_dir_all(&home).unwrap();
     let runs: Vec<PathBuf> = std::fs::read_dir(wandb_dir)
         .unwrap()
         .flatten()
@@ -596,22 +562,18 @@ fn official_wandb_sync(venv: &Path, server: &WandbServer, wandb_dir: &Path) {
                 .starts_with("offline-run-")
         })
         .collect();
-    let out = Command::new(venv.join("bin/wandb"))
-        .arg("sync")
-        .arg("--include-synced")
-        .args(&runs)
-        .env("WANDB_BASE_URL", server.base_url())
-        .env("WANDB_API_KEY", server.api_key())
-        .env("HOME", &home)
-        .env("WANDB_CONFIG_DIR", home.join("config"))
-        .env("WANDB_CACHE_DIR", home.join("cache"))
-        .env("WANDB_ERROR_REPORTING", "false")
-        .env_remove("WANDB_MODE")
-        .env_remove("WANDB_DIR")
-        .output()
-        .unwrap();
-    // Syncing a live run makes the official client exit 1; that is the point.
-    let _ = out;
+    let runs: Vec<&Path> = runs.iter().map(PathBuf::as_path).collect();
+    let scratch = wandb_dir.parent().unwrap().join(format!(
+        "{}-scratch",
+        wandb_dir.file_name().unwrap().to_string_lossy()
+    ));
+    wandb_sync(
+        &venv.join("bin/wandb"),
+        server,
+        server.api_key(),
+        &scratch,
+        &runs,
+    );
 }
 
 /// The generated sets hold the media case with a `run.save` symlink that
@@ -625,7 +587,7 @@ fn symlinks_out_of_the_run_are_not_uploaded() {
         }
         let tmp = tempfile::tempdir().unwrap();
         let copy = tmp.path().join("media_save");
-        copy_tree(&set.join("media_save"), &copy);
+        copy_tree_rooted(&set.join("media_save"), &copy);
         let server = WandbServer::start();
         let out = syncd_sync(
             &server,

@@ -6,5 +6,6 @@ pub mod client;
 pub mod credentials;
 pub mod filestream;
 pub mod ops;
-#[path = "run_config_stub.rs"]
+pub mod protojson;
 pub mod run_config;
+pub mod schema;

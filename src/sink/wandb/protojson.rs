@@ -176,7 +176,12 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads one field's value; `None` for a group (skipped whole).
-    fn value(&mut self, number: u64, wire_type: u8, depth: usize) -> Result<Option<Raw<'a>>, DecodeError> {
+    fn value(
+        &mut self,
+        number: u64,
+        wire_type: u8,
+        depth: usize,
+    ) -> Result<Option<Raw<'a>>, DecodeError> {
         Ok(Some(match wire_type {
             0 => Raw::Varint(self.varint()?),
             1 => Raw::Fixed64(self.fixed64()?),
@@ -247,7 +252,11 @@ struct Fields<'a> {
 
 impl<'a> Fields<'a> {
     /// Decodes the merge of `parts` (each one encoded `msg`).
-    fn decode(msg: &'static Message, parts: &[&'a [u8]], depth: usize) -> Result<Self, DecodeError> {
+    fn decode(
+        msg: &'static Message,
+        parts: &[&'a [u8]],
+        depth: usize,
+    ) -> Result<Self, DecodeError> {
         if depth > MAX_DEPTH {
             return Err(DecodeError::TooDeep);
         }
@@ -264,7 +273,11 @@ impl<'a> Fields<'a> {
                 let Some(raw) = r.value(number, wire_type, depth)? else {
                     continue;
                 };
-                let Some(index) = msg.fields.iter().position(|f| u64::from(f.number) == number) else {
+                let Some(index) = msg
+                    .fields
+                    .iter()
+                    .position(|f| u64::from(f.number) == number)
+                else {
                     continue; // unknown field
                 };
                 let field = &msg.fields[index];
@@ -287,7 +300,12 @@ impl<'a> Fields<'a> {
     }
 
     /// The merged sub-message of a non-repeated message field.
-    fn sub(&self, index: usize, sub: &'static Message, depth: usize) -> Result<Fields<'a>, DecodeError> {
+    fn sub(
+        &self,
+        index: usize,
+        sub: &'static Message,
+        depth: usize,
+    ) -> Result<Fields<'a>, DecodeError> {
         let parts: Vec<&[u8]> = self.values[index].iter().filter_map(len_bytes).collect();
         Fields::decode(sub, &parts, depth + 1)
     }
@@ -306,7 +324,11 @@ impl<'a> Fields<'a> {
                 Kind::Map(entry) => {
                     let mut entries: Vec<(MapKey, Json)> = Vec::new();
                     for raw in values {
-                        let fields = Fields::decode(entry, &[len_bytes(raw).unwrap_or_default()], depth + 1)?;
+                        let fields = Fields::decode(
+                            entry,
+                            &[len_bytes(raw).unwrap_or_default()],
+                            depth + 1,
+                        )?;
                         let (key, value) = fields.map_entry(depth + 1)?;
                         match entries.iter_mut().find(|(k, _)| *k == key) {
                             Some(slot) => slot.1 = value,
@@ -314,9 +336,16 @@ impl<'a> Fields<'a> {
                         }
                     }
                     entries.sort_by(|a, b| a.0.cmp(&b.0));
-                    Json::Object(entries.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+                    Json::Object(
+                        entries
+                            .into_iter()
+                            .map(|(k, v)| (k.to_string(), v))
+                            .collect(),
+                    )
                 }
-                Kind::Message(sub) if !field.repeated => self.sub(index, sub, depth)?.protojson(depth + 1)?,
+                Kind::Message(sub) if !field.repeated => {
+                    self.sub(index, sub, depth)?.protojson(depth + 1)?
+                }
                 Kind::Message(sub) => {
                     let mut items = Vec::with_capacity(values.len());
                     for raw in values {
@@ -325,7 +354,9 @@ impl<'a> Fields<'a> {
                     }
                     Json::Array(items)
                 }
-                kind if field.repeated => Json::Array(values.iter().map(|raw| scalar_json(kind, *raw)).collect()),
+                kind if field.repeated => {
+                    Json::Array(values.iter().map(|raw| scalar_json(kind, *raw)).collect())
+                }
                 kind => {
                     let raw = *values.last().expect("not empty");
                     if !field.presence && is_zero(raw) {
@@ -347,7 +378,9 @@ impl<'a> Fields<'a> {
                 (1, kind) => {
                     key = map_key(kind, self.last(index));
                 }
-                (2, Kind::Message(sub)) => value = self.sub(index, sub, depth)?.protojson(depth + 1)?,
+                (2, Kind::Message(sub)) => {
+                    value = self.sub(index, sub, depth)?.protojson(depth + 1)?
+                }
                 (2, kind) => {
                     value = match self.last(index) {
                         Some(raw) => scalar_json(kind, raw),
@@ -382,7 +415,8 @@ impl<'a> Fields<'a> {
 
     fn field_dict(&self) -> Result<Json, DecodeError> {
         let mut out = JsonMap::new();
-        for (index, field) in self.msg.fields.iter().enumerate() {
+        for index in range_order(self.msg) {
+            let field = &self.msg.fields[index];
             if field.name.starts_with('_') || field.repeated || self.values[index].is_empty() {
                 continue;
             }
@@ -419,8 +453,15 @@ impl<'a> Fields<'a> {
             self.last(index)
                 .is_some_and(|raw| field.presence || !is_zero(raw))
         };
-        let fields = self.msg.fields.iter().enumerate();
-        if self.msg.fields.iter().all(|f| matches!(f.kind, Kind::Bool) && !f.repeated) {
+        let fields = range_order(self.msg)
+            .into_iter()
+            .map(|i| (i, &self.msg.fields[i]));
+        if self
+            .msg
+            .fields
+            .iter()
+            .all(|f| matches!(f.kind, Kind::Bool) && !f.repeated)
+        {
             let numbers = fields
                 .filter(|(i, f)| populated(*i, f))
                 .map(|(_, f)| Json::from(f.number))
@@ -429,11 +470,38 @@ impl<'a> Fields<'a> {
         } else {
             let strings = fields
                 .filter(|(i, f)| matches!(f.kind, Kind::String) && !f.repeated && populated(*i, f))
-                .map(|(i, f)| (f.number.to_string(), Json::String(string_of(self.last(i).expect("populated")))))
+                .map(|(i, f)| {
+                    (
+                        f.number.to_string(),
+                        Json::String(string_of(self.last(i).expect("populated"))),
+                    )
+                })
                 .collect();
             Json::Object(strings)
         }
     }
+}
+
+/// The detrand seed of wandb-core 0.31.0 for linux-x86_64 (protobuf-go's
+/// `internal/detrand`: an FNV-64 hash of the executable's size and eight
+/// 64-byte samples). protobuf-go makes `Message.Range` order unstable on
+/// purpose: with an odd seed, each message type visits the fields at
+/// positions `seed % (n - 1)` and the next one swapped. That order shows in
+/// `ProtoEncodeToDict`'s lists (`MetricOptions` hidden+defined is `[3, 2]`),
+/// so syncd reproduces the reference binary's; other platforms' binaries
+/// have other seeds and the server treats the lists as sets.
+pub const GO_RANGE_SEED: u64 = 1_061_189_224_923_752_333;
+
+/// The order Go's `protoreflect.Message.Range` visits `msg`'s fields in (as
+/// indices into `msg.fields`): declaration order, one adjacent pair swapped.
+fn range_order(msg: &Message) -> Vec<usize> {
+    let n = msg.fields.len();
+    let mut order: Vec<usize> = (0..n).collect();
+    if n > 1 && GO_RANGE_SEED % 2 == 1 {
+        let i = (GO_RANGE_SEED % (n as u64 - 1)) as usize;
+        order.swap(i, i + 1);
+    }
+    order
 }
 
 fn unpack<'a>(packed: &'a [u8], wire_type: u8, out: &mut Vec<Raw<'a>>) -> Result<(), DecodeError> {
@@ -497,7 +565,9 @@ fn scalar_json(kind: Kind, raw: Raw) -> Json {
     let v = raw_u64(raw);
     match kind {
         Kind::String => Json::String(string_of(raw)),
-        Kind::Bytes => Json::String(base64::engine::general_purpose::STANDARD.encode(len_bytes(&raw).unwrap_or_default())),
+        Kind::Bytes => Json::String(
+            base64::engine::general_purpose::STANDARD.encode(len_bytes(&raw).unwrap_or_default()),
+        ),
         Kind::Bool => Json::Bool(v != 0),
         Kind::Int32 | Kind::Sfixed32 => Json::from(v as i32),
         Kind::Sint32 => Json::from(zigzag(u64::from(v as u32)) as i32),
@@ -507,7 +577,12 @@ fn scalar_json(kind: Kind, raw: Raw) -> Json {
         Kind::Uint64 | Kind::Fixed64 => Json::String(v.to_string()),
         Kind::Double => float_json(f64::from_bits(v)),
         // The shortest text of the f32, read back as f64: 0.1f32 is 0.1.
-        Kind::Float => float_json(f32::from_bits(v as u32).to_string().parse().unwrap_or(f64::NAN)),
+        Kind::Float => float_json(
+            f32::from_bits(v as u32)
+                .to_string()
+                .parse()
+                .unwrap_or(f64::NAN),
+        ),
         Kind::Enum(e) => {
             let n = v as i32;
             match e.values.iter().find(|(num, _)| *num == n) {
@@ -596,7 +671,11 @@ fn format_duration(seconds: i64, nanos: i32) -> Option<String> {
         return None;
     }
     let sign = if seconds < 0 || nanos < 0 { "-" } else { "" };
-    Some(format!("{sign}{}{}s", seconds.unsigned_abs(), fraction(nanos.unsigned_abs())))
+    Some(format!(
+        "{sign}{}{}s",
+        seconds.unsigned_abs(),
+        fraction(nanos.unsigned_abs())
+    ))
 }
 
 /// `.123`, `.123456`, `.123456789` or nothing, as Go trims nanoseconds.
@@ -712,8 +791,22 @@ mod tests {
         map_entry: false,
         well_known: None,
         fields: &[
-            Field { number: 2, name: "b", json_name: "b", kind: Kind::Bool, repeated: false, presence: false },
-            Field { number: 1, name: "a", json_name: "a", kind: Kind::Bool, repeated: false, presence: false },
+            Field {
+                number: 2,
+                name: "b",
+                json_name: "b",
+                kind: Kind::Bool,
+                repeated: false,
+                presence: false,
+            },
+            Field {
+                number: 1,
+                name: "a",
+                json_name: "a",
+                kind: Kind::Bool,
+                repeated: false,
+                presence: false,
+            },
         ],
     };
     static DURATION: Message = Message {
@@ -721,8 +814,22 @@ mod tests {
         map_entry: false,
         well_known: Some(WellKnown::Duration),
         fields: &[
-            Field { number: 1, name: "seconds", json_name: "seconds", kind: Kind::Int64, repeated: false, presence: false },
-            Field { number: 2, name: "nanos", json_name: "nanos", kind: Kind::Int32, repeated: false, presence: false },
+            Field {
+                number: 1,
+                name: "seconds",
+                json_name: "seconds",
+                kind: Kind::Int64,
+                repeated: false,
+                presence: false,
+            },
+            Field {
+                number: 2,
+                name: "nanos",
+                json_name: "nanos",
+                kind: Kind::Int32,
+                repeated: false,
+                presence: false,
+            },
         ],
     };
     static ENTRY: Message = Message {
@@ -730,8 +837,22 @@ mod tests {
         map_entry: true,
         well_known: None,
         fields: &[
-            Field { number: 1, name: "key", json_name: "key", kind: Kind::Sint32, repeated: false, presence: false },
-            Field { number: 2, name: "value", json_name: "value", kind: Kind::Fixed64, repeated: false, presence: false },
+            Field {
+                number: 1,
+                name: "key",
+                json_name: "key",
+                kind: Kind::Sint32,
+                repeated: false,
+                presence: false,
+            },
+            Field {
+                number: 2,
+                name: "value",
+                json_name: "value",
+                kind: Kind::Fixed64,
+                repeated: false,
+                presence: false,
+            },
         ],
     };
     static ALL: Message = Message {
@@ -739,22 +860,134 @@ mod tests {
         map_entry: false,
         well_known: None,
         fields: &[
-            Field { number: 1, name: "s", json_name: "s", kind: Kind::String, repeated: false, presence: false },
-            Field { number: 2, name: "raw", json_name: "raw", kind: Kind::Bytes, repeated: false, presence: false },
-            Field { number: 3, name: "i32", json_name: "i32", kind: Kind::Int32, repeated: false, presence: false },
-            Field { number: 4, name: "i64", json_name: "i64", kind: Kind::Int64, repeated: false, presence: false },
-            Field { number: 5, name: "u64", json_name: "u64", kind: Kind::Uint64, repeated: false, presence: false },
-            Field { number: 6, name: "s64", json_name: "s64", kind: Kind::Sint64, repeated: false, presence: false },
-            Field { number: 7, name: "d", json_name: "d", kind: Kind::Double, repeated: false, presence: false },
-            Field { number: 8, name: "f", json_name: "f", kind: Kind::Float, repeated: false, presence: false },
-            Field { number: 9, name: "color", json_name: "color", kind: Kind::Enum(&COLOR), repeated: false, presence: false },
-            Field { number: 10, name: "flags", json_name: "flags", kind: Kind::Message(&FLAGS), repeated: false, presence: true },
-            Field { number: 11, name: "nums", json_name: "nums", kind: Kind::Uint32, repeated: true, presence: false },
-            Field { number: 12, name: "counts", json_name: "counts", kind: Kind::Map(&ENTRY), repeated: true, presence: false },
-            Field { number: 13, name: "opt", json_name: "opt", kind: Kind::Int32, repeated: false, presence: true },
-            Field { number: 14, name: "took", json_name: "took", kind: Kind::Message(&DURATION), repeated: false, presence: true },
-            Field { number: 15, name: "_hidden", json_name: "Hidden", kind: Kind::String, repeated: false, presence: false },
-            Field { number: 16, name: "items", json_name: "items", kind: Kind::Message(&FLAGS), repeated: true, presence: false },
+            Field {
+                number: 1,
+                name: "s",
+                json_name: "s",
+                kind: Kind::String,
+                repeated: false,
+                presence: false,
+            },
+            Field {
+                number: 2,
+                name: "raw",
+                json_name: "raw",
+                kind: Kind::Bytes,
+                repeated: false,
+                presence: false,
+            },
+            Field {
+                number: 3,
+                name: "i32",
+                json_name: "i32",
+                kind: Kind::Int32,
+                repeated: false,
+                presence: false,
+            },
+            Field {
+                number: 4,
+                name: "i64",
+                json_name: "i64",
+                kind: Kind::Int64,
+                repeated: false,
+                presence: false,
+            },
+            Field {
+                number: 5,
+                name: "u64",
+                json_name: "u64",
+                kind: Kind::Uint64,
+                repeated: false,
+                presence: false,
+            },
+            Field {
+                number: 6,
+                name: "s64",
+                json_name: "s64",
+                kind: Kind::Sint64,
+                repeated: false,
+                presence: false,
+            },
+            Field {
+                number: 7,
+                name: "d",
+                json_name: "d",
+                kind: Kind::Double,
+                repeated: false,
+                presence: false,
+            },
+            Field {
+                number: 8,
+                name: "f",
+                json_name: "f",
+                kind: Kind::Float,
+                repeated: false,
+                presence: false,
+            },
+            Field {
+                number: 9,
+                name: "color",
+                json_name: "color",
+                kind: Kind::Enum(&COLOR),
+                repeated: false,
+                presence: false,
+            },
+            Field {
+                number: 10,
+                name: "flags",
+                json_name: "flags",
+                kind: Kind::Message(&FLAGS),
+                repeated: false,
+                presence: true,
+            },
+            Field {
+                number: 11,
+                name: "nums",
+                json_name: "nums",
+                kind: Kind::Uint32,
+                repeated: true,
+                presence: false,
+            },
+            Field {
+                number: 12,
+                name: "counts",
+                json_name: "counts",
+                kind: Kind::Map(&ENTRY),
+                repeated: true,
+                presence: false,
+            },
+            Field {
+                number: 13,
+                name: "opt",
+                json_name: "opt",
+                kind: Kind::Int32,
+                repeated: false,
+                presence: true,
+            },
+            Field {
+                number: 14,
+                name: "took",
+                json_name: "took",
+                kind: Kind::Message(&DURATION),
+                repeated: false,
+                presence: true,
+            },
+            Field {
+                number: 15,
+                name: "_hidden",
+                json_name: "Hidden",
+                kind: Kind::String,
+                repeated: false,
+                presence: false,
+            },
+            Field {
+                number: 16,
+                name: "items",
+                json_name: "items",
+                kind: Kind::Message(&FLAGS),
+                repeated: true,
+                presence: false,
+            },
         ],
     };
 
@@ -783,9 +1016,16 @@ mod tests {
     #[test]
     fn zero_values_are_left_out_and_last_scalar_wins() {
         let mut e = enc();
-        e.varint(3, 9).varint(3, 0).string(1, "a").string(1, "").varint(9, 7);
+        e.varint(3, 9)
+            .varint(3, 0)
+            .string(1, "a")
+            .string(1, "")
+            .varint(9, 7);
         // An unknown enum number is written as a number.
-        assert_eq!(to_protojson(&ALL, &e.into_bytes()).unwrap(), json!({"color": 7}));
+        assert_eq!(
+            to_protojson(&ALL, &e.into_bytes()).unwrap(),
+            json!({"color": 7})
+        );
     }
 
     #[test]
@@ -795,13 +1035,21 @@ mod tests {
         let mut b = enc();
         b.varint(2, 1);
         let mut e = enc();
-        e.message(10, &a).message(10, &b).varint(11, 1).bytes(11, &[2, 3]).message(16, &a).message(16, &Encoder::new());
+        e.message(10, &a)
+            .message(10, &b)
+            .varint(11, 1)
+            .bytes(11, &[2, 3])
+            .message(16, &a)
+            .message(16, &Encoder::new());
         let json = to_protojson(&ALL, &e.into_bytes()).unwrap();
         // Declaration order: b before a.
         assert_eq!(json["flags"], json!({"b": true, "a": true}));
         assert_eq!(json["nums"], json!([1, 2, 3]));
         assert_eq!(json["items"], json!([{"a": true}, {}]));
-        assert_eq!(serde_json::to_string(&json["flags"]).unwrap(), r#"{"b":true,"a":true}"#);
+        assert_eq!(
+            serde_json::to_string(&json["flags"]).unwrap(),
+            r#"{"b":true,"a":true}"#
+        );
     }
 
     #[test]
@@ -812,40 +1060,63 @@ mod tests {
         second.string(1, "new").varint(11, 2);
         let mut both = first.into_bytes();
         both.extend(second.into_bytes());
-        assert_eq!(to_protojson(&ALL, &both).unwrap(), json!({"s": "new", "nums": [1, 2]}));
+        assert_eq!(
+            to_protojson(&ALL, &both).unwrap(),
+            json!({"s": "new", "nums": [1, 2]})
+        );
     }
 
     #[test]
     fn maps_are_sorted_objects_and_later_entries_win() {
         let entry = |k: i32, v: u64| {
             let mut e = enc();
-            e.varint(1, ((k << 1) ^ (k >> 31)) as u32 as u64).fixed64(2, v);
+            e.varint(1, ((k << 1) ^ (k >> 31)) as u32 as u64)
+                .fixed64(2, v);
             e
         };
         let mut e = enc();
-        e.message(12, &entry(10, 1)).message(12, &entry(-3, 2)).message(12, &entry(10, 3)).message(12, &Encoder::new());
+        e.message(12, &entry(10, 1))
+            .message(12, &entry(-3, 2))
+            .message(12, &entry(10, 3))
+            .message(12, &Encoder::new());
         let json = to_protojson(&ALL, &e.into_bytes()).unwrap();
-        assert_eq!(serde_json::to_string(&json).unwrap(), r#"{"counts":{"-3":"2","0":"0","10":"3"}}"#);
+        assert_eq!(
+            serde_json::to_string(&json).unwrap(),
+            r#"{"counts":{"-3":"2","0":"0","10":"3"}}"#
+        );
     }
 
     #[test]
     fn durations_and_timestamps() {
         let mut d = enc();
-        d.varint(1, (-1i64) as u64).varint(2, (-500_000_000i64) as u64);
+        d.varint(1, (-1i64) as u64)
+            .varint(2, (-500_000_000i64) as u64);
         let mut e = enc();
         e.message(14, &d);
-        assert_eq!(to_protojson(&ALL, &e.into_bytes()).unwrap(), json!({"took": "-1.500s"}));
+        assert_eq!(
+            to_protojson(&ALL, &e.into_bytes()).unwrap(),
+            json!({"took": "-1.500s"})
+        );
         assert_eq!(format_duration(3, 0).as_deref(), Some("3s"));
         assert_eq!(format_duration(0, 1000).as_deref(), Some("0.000001s"));
         assert_eq!(format_duration(1, -1), None);
 
-        assert_eq!(format_timestamp(0, 0).as_deref(), Some("1970-01-01T00:00:00Z"));
+        assert_eq!(
+            format_timestamp(0, 0).as_deref(),
+            Some("1970-01-01T00:00:00Z")
+        );
         assert_eq!(
             format_timestamp(1_795_432_908, 747_273_000).as_deref(),
             Some("2026-11-23T11:21:48.747273Z")
         );
-        assert_eq!(format_timestamp(951_782_400, 1).as_deref(), Some("2000-02-29T00:00:00.000000001Z"));
-        assert_eq!(format_timestamp(-62_135_596_800, 0).as_deref(), Some("0001-01-01T00:00:00Z"));
+        assert_eq!(
+            format_timestamp(951_782_400, 1).as_deref(),
+            Some("2000-02-29T00:00:00.000000001Z")
+        );
+        assert_eq!(
+            format_timestamp(-62_135_596_800, 0).as_deref(),
+            Some("0001-01-01T00:00:00Z")
+        );
         assert_eq!(format_timestamp(253_402_300_800, 0), None);
         assert_eq!(format_timestamp(0, -1), None);
 
@@ -878,15 +1149,24 @@ mod tests {
             .varint(11, 4) // repeated: left out
             .string(15, "hidden"); // leading underscore: left out
         let json = to_field_dict(&ALL, &e.into_bytes()).unwrap();
-        // Bool messages list their true fields in declaration order.
-        assert_eq!(json, json!({"1": "name", "3": -2, "9": 1, "10": [2, 1]}));
-        assert_eq!(serde_json::to_string(&json).unwrap(), r#"{"1":"name","3":-2,"9":1,"10":[2,1]}"#);
+        // Bool messages list their true fields in Go's range order: here
+        // declaration order with the pair swapped.
+        assert_eq!(json, json!({"1": "name", "3": -2, "9": 1, "10": [1, 2]}));
+        assert_eq!(
+            serde_json::to_string(&json).unwrap(),
+            r#"{"1":"name","3":-2,"10":[1,2],"9":1}"#
+        );
     }
 
     #[test]
     fn field_dict_of_real_telemetry() {
         let mut feature = enc();
-        feature.varint(63, 1).varint(76, 1).varint(2, 1);
+        feature
+            .varint(42, 1)
+            .varint(41, 1)
+            .varint(63, 1)
+            .varint(76, 1)
+            .varint(2, 1);
         let mut labels = enc();
         labels.string(1, "code").string(2, "");
         let mut t = enc();
@@ -897,14 +1177,21 @@ mod tests {
             .string(12, "0.31.0")
             .message(200, &Encoder::new());
         let json = to_field_dict(&schema::TELEMETRY_RECORD, &t.into_bytes()).unwrap();
-        // Feature 76 is declared before 63 in wandb_telemetry.proto.
-        assert_eq!(json, json!({"1": [], "3": [2, 76, 63], "4": "3.11.7", "9": {"1": "code"}, "12": "0.31.0"}));
+        // Feature 76 is declared before 63 in wandb_telemetry.proto, and the
+        // reference wandb-core visits 42 before 41 (observed).
+        assert_eq!(
+            json,
+            json!({"1": [], "3": [2, 42, 41, 76, 63], "4": "3.11.7", "9": {"1": "code"}, "12": "0.31.0"})
+        );
     }
 
     #[test]
     fn unknown_fields_and_mismatched_wire_types_are_skipped() {
         let mut e = enc();
-        e.string(99, "unknown").fixed32(1, 7).varint(3, 4).fixed64(1000, 1);
+        e.string(99, "unknown")
+            .fixed32(1, 7)
+            .varint(3, 4)
+            .fixed64(1000, 1);
         // A group (wire types 3/4) is skipped whole.
         let mut bytes = e.into_bytes();
         bytes.extend([0xab, 0x02, 0x08, 0x01, 0xac, 0x02]);
@@ -914,15 +1201,17 @@ mod tests {
     #[test]
     fn bad_input_is_an_error_not_a_panic() {
         let cases: &[&[u8]] = &[
-            &[0x0a, 0x05, b'a'],               // truncated string
-            &[0x18],                           // missing varint
-            &[0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01], // 11-byte varint
-            &[0x00, 0x01],                     // field 0
-            &[0x0e],                           // wire type 6
-            &[0x0c],                           // end group without start
-            &[0x0b, 0x10, 0x01],               // unterminated group
-            &[0x5a, 0x02, 0x80, 0x80],         // bad packed varints
-            &[0x52, 0x03, 0x08, 0x01, 0x0d],   // bad sub-message
+            &[0x0a, 0x05, b'a'], // truncated string
+            &[0x18],             // missing varint
+            &[
+                0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+            ], // 11-byte varint
+            &[0x00, 0x01],       // field 0
+            &[0x0e],             // wire type 6
+            &[0x0c],             // end group without start
+            &[0x0b, 0x10, 0x01], // unterminated group
+            &[0x5a, 0x02, 0x80, 0x80], // bad packed varints
+            &[0x52, 0x03, 0x08, 0x01, 0x0d], // bad sub-message
             &[0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f], // huge length
         ];
         for case in cases {
@@ -937,7 +1226,14 @@ mod tests {
             name: "t.Node",
             map_entry: false,
             well_known: None,
-            fields: &[Field { number: 1, name: "child", json_name: "child", kind: Kind::Message(&NODE), repeated: false, presence: true }],
+            fields: &[Field {
+                number: 1,
+                name: "child",
+                json_name: "child",
+                kind: Kind::Message(&NODE),
+                repeated: false,
+                presence: true,
+            }],
         };
         let mut bytes = Vec::new();
         for _ in 0..100 {
@@ -961,7 +1257,12 @@ mod tests {
         for _ in 0..20_000 {
             let len = rng.usize(0..40);
             let bytes: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
-            for msg in [&schema::ENVIRONMENT_RECORD, &schema::TELEMETRY_RECORD, &schema::METRIC_RECORD, &ALL] {
+            for msg in [
+                &schema::ENVIRONMENT_RECORD,
+                &schema::TELEMETRY_RECORD,
+                &schema::METRIC_RECORD,
+                &ALL,
+            ] {
                 let _ = to_protojson(msg, &bytes);
                 let _ = to_field_dict(msg, &bytes);
             }

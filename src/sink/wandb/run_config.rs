@@ -41,17 +41,30 @@ pub const CORE_VERSION: &str = "0.31.0";
 
 /// The `_wandb` config value: `cli_version`, `python_version`, `t`, `m`, `e`.
 pub fn wandb_internals(state: &RunState) -> Json {
+    // The sync marks the run's telemetry as synced (`Feature.sync2`, 76).
+    let mut sync2 = Encoder::new();
+    sync2.varint(76, 1);
+    let mut marker = Encoder::new();
+    marker.message(3, &sync2);
+    let marker = marker.into_bytes();
     // A telemetry payload that does not decode spoils the merge; wandb-core
-    // would have dropped that record, syncd drops the telemetry.
-    let mut t = protojson::to_field_dict(&schema::TELEMETRY_RECORD, &state.telemetry)
-        .unwrap_or_else(|_| json!({}));
+    // would have dropped that record, syncd drops the run's telemetry.
+    let mut t = protojson::to_field_dict(
+        &schema::TELEMETRY_RECORD,
+        &[&state.telemetry[..], &marker].concat(),
+    )
+    .or_else(|_| protojson::to_field_dict(&schema::TELEMETRY_RECORD, &marker))
+    .unwrap_or_else(|_| json!({}));
     let t_map = t.as_object_mut().expect("a dict");
     t_map
         .entry("12")
         .or_insert_with(|| Json::from(CORE_VERSION));
     let mut out = JsonMap::new();
     for (key, field) in [("cli_version", "5"), ("python_version", "4")] {
-        if let Some(version) = t_map.get(field).filter(|v| v.as_str().is_some_and(|s| !s.is_empty())) {
+        if let Some(version) = t_map
+            .get(field)
+            .filter(|v| v.as_str().is_some_and(|s| !s.is_empty()))
+        {
             out.insert(key.into(), version.clone());
         }
     }
@@ -66,7 +79,7 @@ pub fn wandb_internals(state: &RunState) -> Json {
 /// The `UpsertBucket` `config` variable: `{"<key>": {"value": <v>}, …}`,
 /// extended JSON (`NaN`, `Infinity` stay bare tokens).
 pub fn upsert_config(state: &RunState) -> String {
-    let tree = full_config(state);
+    let tree = full_config(state, &wandb_internals(state));
     let mut out = String::from("{");
     for (i, (key, value)) in tree.iter().enumerate() {
         if i > 0 {
@@ -86,26 +99,23 @@ pub fn upsert_config(state: &RunState) -> String {
 pub fn config_yaml(state: &RunState) -> String {
     let mut root: Vec<(String, Yaml)> = Vec::new();
     let internals = wandb_internals(state);
-    for (key, value) in full_config(state) {
-        let node = if key == "_wandb" {
-            // Rebuilt from the Go-typed parts: `e` went through
+    for (key, value) in full_config(state, &internals) {
+        let node = match (&*key, &value) {
+            // The internal parts keep their Go types: `e` went through
             // `json.Unmarshal`, so its numbers are float64 there.
-            let mut entries = match state.config.get("_wandb") {
-                Some(Value::Object(user)) => {
-                    user.iter().map(|(k, v)| (k.clone(), Yaml::from_value(v))).collect()
-                }
-                _ => Vec::new(),
-            };
-            for (k, v) in internals.as_object().expect("a dict") {
-                let node = Yaml::from_json(v, k == "e");
-                match entries.iter_mut().find(|(existing, _)| existing == k) {
-                    Some(slot) => slot.1 = node,
-                    None => entries.push((k.clone(), node)),
-                }
-            }
-            Yaml::Map(entries)
-        } else {
-            Yaml::from_value(&value)
+            ("_wandb", Value::Object(wandb)) => Yaml::Map(
+                wandb
+                    .iter()
+                    .map(|(k, v)| {
+                        let node = match internals.get(k) {
+                            Some(json) => Yaml::from_json(json, k == "e"),
+                            None => Yaml::from_value(v),
+                        };
+                        (k.clone(), node)
+                    })
+                    .collect(),
+            ),
+            _ => Yaml::from_value(&value),
         };
         root.push((key, Yaml::Map(vec![("value".into(), node)])));
     }
@@ -130,6 +140,9 @@ pub fn metadata_json(state: &RunState) -> Option<String> {
 /// history), as wandb-core's history step tracker does.
 pub fn summary_json(state: &RunState) -> String {
     let mut summary = state.summary.clone();
+    // wandb-core's summary leaves out a key set to null (a metric without
+    // data); nulls inside an object value stay.
+    summary.retain(|_, v| !matches!(v, Value::Null));
     summary.shift_remove("_step");
     let last_step = state
         .last_step
@@ -142,9 +155,24 @@ pub fn summary_json(state: &RunState) -> String {
     out
 }
 
+/// Removes empty objects from a tree, and the objects left empty by that;
+/// objects inside arrays are values and stay as they are.
+fn prune_empty_objects(map: &mut Map) {
+    map.retain(|_, v| match v {
+        Value::Object(inner) => {
+            prune_empty_objects(inner);
+            !inner.is_empty()
+        }
+        _ => true,
+    });
+}
+
 /// The run config with `_wandb` filled in, top-level keys in order.
-fn full_config(state: &RunState) -> Map {
+fn full_config(state: &RunState, internals: &Json) -> Map {
     let mut tree = state.config.clone();
+    // wandb-core's config tree stores objects as paths to their leaves, so an
+    // empty object (`{}`, or one whose keys were all removed) is not in it.
+    prune_empty_objects(&mut tree);
     let slot = tree
         .entry("_wandb".to_string())
         .or_insert_with(|| Value::Object(Map::new()));
@@ -154,9 +182,9 @@ fn full_config(state: &RunState) -> Map {
     let Value::Object(wandb) = slot else {
         unreachable!("just made an object")
     };
-    if let Json::Object(internals) = wandb_internals(state) {
+    if let Json::Object(internals) = internals {
         for (k, v) in internals {
-            wandb.insert(k, value_from_json(&v));
+            wandb.insert(k.clone(), value_from_json(v));
         }
     }
     tree
@@ -169,7 +197,11 @@ fn value_from_json(json: &Json) -> Value {
         Json::Number(n) => Value::Number(n.to_string().into()),
         Json::String(s) => Value::String(s.clone()),
         Json::Array(a) => Value::Array(a.iter().map(value_from_json).collect()),
-        Json::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), value_from_json(v))).collect()),
+        Json::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| (k.clone(), value_from_json(v)))
+                .collect(),
+        ),
     }
 }
 
@@ -187,7 +219,14 @@ fn environment(state: &RunState) -> Option<(String, Json)> {
         .as_str()
         .filter(|s| !s.is_empty())
         .map(str::to_string)
-        .or_else(|| state.environments.keys().rev().find(|k| !k.is_empty()).cloned())
+        .or_else(|| {
+            state
+                .environments
+                .keys()
+                .rev()
+                .find(|k| !k.is_empty())
+                .cloned()
+        })
         .or_else(|| state.identity.run_id.clone())
         .unwrap_or_else(|| "syncd".to_string());
     Some((key, json))
@@ -252,7 +291,14 @@ impl Defined {
         let mut summary = Encoder::new();
         // MetricSummary: min=1 max=2 mean=3 last=5 none=6 first=8.
         let [min, max, mean, last, first] = self.summary;
-        for (number, set) in [(1, min), (2, max), (3, mean), (5, last), (6, self.no_summary), (8, first)] {
+        for (number, set) in [
+            (1, min),
+            (2, max),
+            (3, mean),
+            (5, last),
+            (6, self.no_summary),
+            (8, first),
+        ] {
             if set {
                 summary.varint(number, 1);
             }
@@ -356,7 +402,11 @@ impl Yaml {
             },
             Value::String(s) => Yaml::Str(s.clone()),
             Value::Array(a) => Yaml::Seq(a.iter().map(Yaml::from_value).collect()),
-            Value::Object(m) => Yaml::Map(m.iter().map(|(k, v)| (k.clone(), Yaml::from_value(v))).collect()),
+            Value::Object(m) => Yaml::Map(
+                m.iter()
+                    .map(|(k, v)| (k.clone(), Yaml::from_value(v)))
+                    .collect(),
+            ),
         }
     }
 
@@ -371,7 +421,11 @@ impl Yaml {
             },
             Json::String(s) => Yaml::Str(s.clone()),
             Json::Array(a) => Yaml::Seq(a.iter().map(|v| Yaml::from_json(v, floats)).collect()),
-            Json::Object(m) => Yaml::Map(m.iter().map(|(k, v)| (k.clone(), Yaml::from_json(v, floats))).collect()),
+            Json::Object(m) => Yaml::Map(
+                m.iter()
+                    .map(|(k, v)| (k.clone(), Yaml::from_json(v, floats)))
+                    .collect(),
+            ),
         }
     }
 
@@ -464,7 +518,9 @@ fn yaml_string(s: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\t' => out.push_str("\\t"),
             '\r' => out.push_str("\\r"),
-            c if yaml_printable(c) && !matches!(c, '\u{85}' | '\u{2028}' | '\u{2029}') => out.push(c),
+            c if yaml_printable(c) && !matches!(c, '\u{85}' | '\u{2028}' | '\u{2029}') => {
+                out.push(c)
+            }
             c if (c as u32) <= 0xff => out.push_str(&format!("\\x{:02x}", c as u32)),
             c if (c as u32) <= 0xffff => out.push_str(&format!("\\u{:04x}", c as u32)),
             c => out.push_str(&format!("\\U{:08x}", c as u32)),
@@ -482,10 +538,21 @@ fn plain_ok(s: &str) -> bool {
     let Some(first) = s.chars().next() else {
         return false;
     };
-    if s.starts_with(' ') || s.ends_with(' ') || s.ends_with(':') || s.contains(": ") || s.contains(" #") {
+    if s.starts_with(' ')
+        || s.ends_with(' ')
+        || s.ends_with(':')
+        || s.contains(": ")
+        || s.contains(" #")
+    {
         return false;
     }
-    if s.chars().any(|c| !yaml_printable(c) || matches!(c, '\t' | '\n' | '\r' | '\u{85}' | '\u{2028}' | '\u{2029}' | '\u{feff}')) {
+    if s.chars().any(|c| {
+        !yaml_printable(c)
+            || matches!(
+                c,
+                '\t' | '\n' | '\r' | '\u{85}' | '\u{2028}' | '\u{2029}' | '\u{feff}'
+            )
+    }) {
         return false;
     }
     let indicator = "?:,[]{}#&*!|>'\"%@`".contains(first);
@@ -506,8 +573,17 @@ fn resolves_to_non_string(s: &str) -> bool {
     ) {
         return true;
     }
+    // YAML 1.1 timestamps: 2001-12-14, 2001-12-14t21:59:43.10-05:00
+    let b = s.as_bytes();
+    if b.len() >= 8
+        && b[..4].iter().all(u8::is_ascii_digit)
+        && b[4] == b'-'
+        && b[5].is_ascii_digit()
+    {
+        return true;
+    }
     let unsigned = lower.trim_start_matches(['+', '-']);
-    if matches!(unsigned, ".inf" | ".nan" | "inf" | "nan" | "infinity") {
+    if matches!(unsigned, ".inf" | ".nan") {
         return true;
     }
     let digits = unsigned.replace('_', "");
@@ -517,12 +593,18 @@ fn resolves_to_non_string(s: &str) -> bool {
     if !(first.is_ascii_digit() || first == '.') {
         return false;
     }
-    if let Some(rest) = digits.strip_prefix("0x").or_else(|| digits.strip_prefix("0o")).or_else(|| digits.strip_prefix("0b")) {
+    if let Some(rest) = digits
+        .strip_prefix("0x")
+        .or_else(|| digits.strip_prefix("0o"))
+        .or_else(|| digits.strip_prefix("0b"))
+    {
         return rest.chars().all(|c| c.is_ascii_hexdigit());
     }
     if digits.contains(':') {
         // Sexagesimal (YAML 1.1): 1:30, 190:20:30.15
-        return digits.chars().all(|c| c.is_ascii_digit() || c == ':' || c == '.');
+        return digits
+            .chars()
+            .all(|c| c.is_ascii_digit() || c == ':' || c == '.');
     }
     digits.parse::<f64>().is_ok()
 }
@@ -594,13 +676,19 @@ fn yaml_key_order(a: &str, b: &str) -> std::cmp::Ordering {
         if al || bl {
             // Right after a digit a letter sorts first; elsewhere last.
             let a_first = if after_digit { al } else { bl };
-            return if a_first { Ordering::Less } else { Ordering::Greater };
+            return if a_first {
+                Ordering::Less
+            } else {
+                Ordering::Greater
+            };
         }
         let number = |s: &[char], lead: i64| {
             let mut n = lead;
             let mut end = i;
             while end < s.len() && s[end].is_ascii_digit() {
-                n = n.wrapping_mul(10).wrapping_add(i64::from(s[end] as u8 - b'0'));
+                n = n
+                    .wrapping_mul(10)
+                    .wrapping_add(i64::from(s[end] as u8 - b'0'));
                 end += 1;
             }
             (n, end)
@@ -608,7 +696,11 @@ fn yaml_key_order(a: &str, b: &str) -> std::cmp::Ordering {
         // A zero inside a number that already has a non-zero digit counts.
         let lead = i64::from(
             (a[i] == '0' || b[i] == '0')
-                && a[..i].iter().rev().take_while(|c| c.is_ascii_digit()).any(|c| *c != '0'),
+                && a[..i]
+                    .iter()
+                    .rev()
+                    .take_while(|c| c.is_ascii_digit())
+                    .any(|c| *c != '0'),
         );
         let ((an, ae), (bn, be)) = (number(&a, lead), number(&b, lead));
         if an != bn {
@@ -640,7 +732,10 @@ mod tests {
         let mut feature = Encoder::new();
         feature.varint(2, 1).varint(63, 1).varint(76, 1);
         let mut t = Encoder::new();
-        t.message(3, &feature).string(4, "3.11.7").string(5, "0.31.0").string(13, "linux-x86_64");
+        t.message(3, &feature)
+            .string(4, "3.11.7")
+            .string(5, "0.31.0")
+            .string(13, "linux-x86_64");
         t.into_bytes()
     }
 
@@ -673,8 +768,17 @@ mod tests {
                    "t": {"3": [2, 4, 76, 63], "4": "3.11.7", "5": "0.31.0", "12": "0.31.0", "13": "linux-x86_64"},
                    "m": []})
         );
-        // A run without telemetry still reports the core version.
-        assert_eq!(wandb_internals(&RunState::new()), json!({"t": {"12": "0.31.0"}, "m": []}));
+        // A run without telemetry still reports the sync and the core version.
+        assert_eq!(
+            wandb_internals(&RunState::new()),
+            json!({"t": {"3": [76], "12": "0.31.0"}, "m": []})
+        );
+        // Telemetry that does not decode is dropped.
+        state.telemetry.push(0xff);
+        assert_eq!(
+            wandb_internals(&state)["t"],
+            json!({"3": [76], "12": "0.31.0"})
+        );
     }
 
     #[test]
@@ -682,17 +786,30 @@ mod tests {
         let mut state = RunState::new();
         state.metric_records = vec![
             metric(|e| {
-                e.string(1, "val/acc").message(6, &flags(&[3])).message(7, &flags(&[2]));
+                e.string(1, "val/acc")
+                    .message(6, &flags(&[3]))
+                    .message(7, &flags(&[2]));
             }),
             metric(|e| {
                 e.string(1, "epoch").message(6, &flags(&[3]));
             }),
             metric(|e| {
-                e.string(2, "train/*").string(4, "epoch").message(6, &flags(&[1, 3]));
+                e.string(2, "train/*")
+                    .string(4, "epoch")
+                    .message(6, &flags(&[1, 3]));
             }),
             // Undefined step metric: added, empty.
             metric(|e| {
-                e.string(1, "loss").string(4, "batch").message(7, &flags(&[4, 7, 8])).varint(8, 1);
+                e.string(1, "loss")
+                    .string(4, "batch")
+                    .message(7, &flags(&[4, 7, 8]))
+                    .varint(8, 1);
+            }),
+            // Hidden and defined: [3, 2] in the reference wandb-core's order.
+            metric(|e| {
+                e.string(1, "hid")
+                    .message(6, &flags(&[2, 3]))
+                    .message(7, &flags(&[6]));
             }),
             // Only a step metric: no definition.
             metric(|e| {
@@ -711,6 +828,7 @@ mod tests {
                 {"1": "epoch", "6": [3], "7": []},
                 {"1": "loss", "5": 4, "6": [3], "7": [8], "8": 1},
                 {"1": "batch", "6": [], "7": []},
+                {"1": "hid", "6": [3, 2], "7": [6]},
                 {"2": "train/*", "5": 2, "6": [1], "7": []},
             ])
         );
@@ -720,7 +838,10 @@ mod tests {
         state.metric_records.push(metric(|e| {
             e.string(1, "val/acc").message(9, &overwrite);
         }));
-        assert_eq!(wandb_internals(&state)["m"][0], json!({"1": "val/acc", "6": [3], "7": []}));
+        assert_eq!(
+            wandb_internals(&state)["m"][0],
+            json!({"1": "val/acc", "6": [3], "7": []})
+        );
     }
 
     #[test]
@@ -730,36 +851,63 @@ mod tests {
         first.string(12, "vm").string(199, "w1");
         let mut second = Encoder::new();
         second.varint(16, 2).string(199, "w1");
-        state.environments.insert("w1".into(), [first.into_bytes(), second.into_bytes()].concat());
+        state.environments.insert(
+            "w1".into(),
+            [first.into_bytes(), second.into_bytes()].concat(),
+        );
         let internals = wandb_internals(&state);
-        assert_eq!(internals["e"], json!({"w1": {"host": "vm", "cpu_count": 2, "writerId": "w1"}}));
+        assert_eq!(
+            internals["e"],
+            json!({"w1": {"host": "vm", "cpu_count": 2, "writerId": "w1"}})
+        );
         let meta: Json = serde_json::from_str(&metadata_json(&state).unwrap()).unwrap();
-        assert_eq!(meta, json!({"host": "vm", "cpu_count": 2, "writerId": "w1"}));
+        assert_eq!(
+            meta,
+            json!({"host": "vm", "cpu_count": 2, "writerId": "w1"})
+        );
 
         // Two writers merge into one record too; the later writer's id wins.
         let mut other = Encoder::new();
         other.string(12, "node2").string(199, "w2");
         state.environments.insert("w2".into(), other.into_bytes());
         let internals = wandb_internals(&state);
-        assert_eq!(internals["e"], json!({"w2": {"host": "node2", "cpu_count": 2, "writerId": "w2"}}));
+        assert_eq!(
+            internals["e"],
+            json!({"w2": {"host": "node2", "cpu_count": 2, "writerId": "w2"}})
+        );
         assert!(metadata_json(&RunState::new()).is_none());
     }
 
     #[test]
     fn upsert_config_wraps_values_and_keeps_non_finite_numbers() {
-        let mut state = state_with_config(r#"{"lr": 0.001, "bad": NaN, "big": -Infinity, "nested": {"a": [1, "x"]}, "_wandb": {}}"#);
+        let mut state = state_with_config(
+            r#"{"lr": 0.001, "bad": NaN, "big": -Infinity, "nested": {"a": [1, "x"]}, "_wandb": {}}"#,
+        );
         state.telemetry = telemetry();
         let config = upsert_config(&state);
         assert!(config.starts_with(
             r#"{"lr":{"value":0.001},"bad":{"value":NaN},"big":{"value":-Infinity},"nested":{"value":{"a":[1,"x"]}},"_wandb":{"value":{"#
         ));
         let parsed = Value::parse(&config).unwrap();
-        assert_eq!(parsed.pointer(&["_wandb", "value", "cli_version"]).and_then(Value::as_str), Some("0.31.0"));
-        assert_eq!(parsed.pointer(&["_wandb", "value", "t", "12"]).and_then(Value::as_str), Some("0.31.0"));
+        assert_eq!(
+            parsed
+                .pointer(&["_wandb", "value", "cli_version"])
+                .and_then(Value::as_str),
+            Some("0.31.0")
+        );
+        assert_eq!(
+            parsed
+                .pointer(&["_wandb", "value", "t", "12"])
+                .and_then(Value::as_str),
+            Some("0.31.0")
+        );
         // Keys of the run's own `_wandb` survive next to the internal ones.
         let state = state_with_config(r#"{"_wandb": {"is_jupyter_run": false, "t": 1}}"#);
         let parsed = Value::parse(&upsert_config(&state)).unwrap();
-        assert_eq!(parsed.pointer(&["_wandb", "value", "is_jupyter_run"]), Some(&Value::Bool(false)));
+        assert_eq!(
+            parsed.pointer(&["_wandb", "value", "is_jupyter_run"]),
+            Some(&Value::Bool(false))
+        );
         assert!(parsed.pointer(&["_wandb", "value", "t", "12"]).is_some());
     }
 
@@ -788,8 +936,6 @@ mod tests {
             "13": linux-x86_64
 batch_size:
     value: 32
-empty:
-    value: {}
 huge:
     value: 1.1805916207174113e+21
 inf:
@@ -878,23 +1024,68 @@ whole:
 
     #[test]
     fn yaml_key_order_is_natural() {
-        let mut keys = vec!["13", "3", "12", "4", "b", "a10", "a2", "_wandb", "A", "a", "x1y", "x1", "x01", "x10"];
+        let mut keys = vec![
+            "13", "3", "12", "4", "b", "a10", "a2", "_wandb", "A", "a", "x1y", "x1", "x01", "x10",
+        ];
         keys.sort_by(|a, b| yaml_key_order(a, b));
-        assert_eq!(keys, ["_wandb", "3", "4", "12", "13", "A", "a", "a2", "a10", "b", "x1", "x1y", "x01", "x10"]);
+        assert_eq!(
+            keys,
+            [
+                "_wandb", "3", "4", "12", "13", "A", "a", "a2", "a10", "b", "x1", "x1y", "x01",
+                "x10"
+            ]
+        );
     }
 
     #[test]
     fn summary_step_is_the_last_history_step() {
         let mut state = RunState::new();
-        let Value::Object(map) = Value::parse(r#"{"_step": 3, "loss": NaN, "_wandb": {"runtime": 0}}"#).unwrap() else {
+        let Value::Object(map) =
+            Value::parse(r#"{"_step": 3, "loss": NaN, "_wandb": {"runtime": 0}}"#).unwrap()
+        else {
             panic!()
         };
         state.summary = map;
-        assert_eq!(summary_json(&state), r#"{"loss":NaN,"_wandb":{"runtime":0}}"#);
+        assert_eq!(
+            summary_json(&state),
+            r#"{"loss":NaN,"_wandb":{"runtime":0}}"#
+        );
         state.history_rows = 10;
         state.last_step = Some(9);
-        assert_eq!(summary_json(&state), r#"{"loss":NaN,"_wandb":{"runtime":0},"_step":9}"#);
+        assert_eq!(
+            summary_json(&state),
+            r#"{"loss":NaN,"_wandb":{"runtime":0},"_step":9}"#
+        );
         state.last_step = None;
-        assert_eq!(summary_json(&state), r#"{"loss":NaN,"_wandb":{"runtime":0},"_step":9}"#);
+        assert_eq!(
+            summary_json(&state),
+            r#"{"loss":NaN,"_wandb":{"runtime":0},"_step":9}"#
+        );
+        // Top-level nulls are left out; nulls inside values and `{}` stay.
+        let text =
+            r#"{"a": null, "b": {"c": null}, "d": {}, "e": [null, {}], "f": {"g": null, "h": 1}}"#;
+        let Value::Object(map) = Value::parse(text).unwrap() else {
+            panic!()
+        };
+        state.summary = map;
+        state.history_rows = 0;
+        assert_eq!(
+            summary_json(&state),
+            r#"{"b":{"c":null},"d":{},"e":[null,{}],"f":{"g":null,"h":1}}"#
+        );
+    }
+
+    #[test]
+    fn empty_config_objects_are_left_out() {
+        let state =
+            state_with_config(r#"{"a": {}, "b": {"c": {}}, "d": [{}], "e": {"f": {}, "g": null}}"#);
+        let parsed = Value::parse(&upsert_config(&state)).unwrap();
+        let keys: Vec<&String> = parsed.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["d", "e", "_wandb"]);
+        assert_eq!(
+            parsed.pointer(&["e", "value"]).unwrap().to_extended_json(),
+            r#"{"g":null}"#
+        );
+        assert!(config_yaml(&state).contains("d:\n    value:\n        - {}\n"));
     }
 }

@@ -193,7 +193,7 @@ pub struct StatsItem {
     pub value_json: String,
 }
 
-#[derive(Clone, Copy, PartialEq, Message)]
+#[derive(Clone, Copy, PartialEq, Message, serde::Serialize, serde::Deserialize)]
 pub struct Timestamp {
     #[prost(int64, tag = "1")]
     pub seconds: i64,

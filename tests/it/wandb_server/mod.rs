@@ -22,6 +22,8 @@ mod graphql;
 mod selftest;
 mod state;
 
+pub use state::parse_lenient;
+
 use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -200,17 +202,18 @@ impl WandbServer {
     /// received, overwrites included), `gaps`, `file_stream_requests`,
     /// `heartbeats`.
     pub fn snapshot(&self) -> Value {
-        self.lock().snapshot()
+        let observed = self.lock().observe();
+        observed.snapshot()
     }
 
     /// The snapshot of the (first) run named `name`, in any entity or project.
     pub fn run(&self, name: &str) -> Option<Value> {
-        let snapshot = self.snapshot();
-        snapshot["runs"]
-            .as_array()?
-            .iter()
-            .find(|r| r["name"] == name)
-            .cloned()
+        let found = {
+            let state = self.lock();
+            let (key, run) = state.runs.iter().find(|((_, _, n), _)| n == name)?;
+            (key.clone(), run.clone())
+        };
+        Some(state::run_snapshot(&found.0, &found.1))
     }
 
     /// GraphQL operation names in arrival order (faulted and refused ones too).
@@ -321,6 +324,11 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Answ
         .map_err(|_| Dropped)?
         .to_bytes();
     let route = route(&method, &path);
+    if matches!(route, Route::State) {
+        // The observer: neither counted nor logged.
+        let observed = lock(&state).observe();
+        return Ok(json_answer(200, &observed.snapshot()));
+    }
     let kind = match route {
         Route::Graphql => Kind::Graphql,
         Route::FileStream(_) => Kind::FileStream,
@@ -357,11 +365,7 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Answ
 
     let fault = {
         let mut s = lock(&state);
-        // `GET /_state` is the observer, not traffic: neither counted nor logged.
-        let observer = matches!(route, Route::State);
-        if !observer {
-            s.counters.requests += 1;
-        }
+        s.counters.requests += 1;
         match kind {
             Kind::Graphql => s.counters.graphql += 1,
             Kind::FileStream => s.counters.file_stream += 1,
@@ -473,7 +477,6 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Answ
                     Err(e) => error_answer(400, &e),
                 }
             }
-            (Route::State, _) => json_answer(200, &s.snapshot()),
             _ => error_answer(404, &format!("no route for {method} {path}")),
         }
     };
@@ -482,9 +485,7 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Answ
         log(0, &fault);
         return Err(Dropped);
     }
-    if !matches!(route, Route::State) {
-        log(status, &fault);
-    }
+    log(status, &fault);
     Ok(with_rate_limit(&state, answer))
 }
 

@@ -35,7 +35,7 @@ pub const PARAMS: &[&str] = &[
 
 pub type RunKey = (String, String, String);
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct Run {
     pub id: String,
     pub config_raw: Option<String>,
@@ -73,7 +73,7 @@ impl Run {
     }
 }
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct Counters {
     pub requests: u64,
     pub graphql: u64,
@@ -245,6 +245,26 @@ impl State {
         })
     }
 
+    /// A copy of what the snapshot is built from, so the (slow) building
+    /// happens outside the lock and never holds up requests.
+    pub fn observe(&self) -> Observed {
+        Observed {
+            runs: self.runs.clone(),
+            operations: self.operations.clone(),
+            requests: self.requests.clone(),
+            counters: self.counters.clone(),
+        }
+    }
+}
+
+pub struct Observed {
+    runs: BTreeMap<RunKey, Run>,
+    operations: Vec<Value>,
+    requests: Vec<Value>,
+    counters: Counters,
+}
+
+impl Observed {
     pub fn snapshot(&self) -> Value {
         let runs: Vec<Value> = self
             .runs
@@ -275,7 +295,8 @@ impl State {
     }
 }
 
-fn run_snapshot((entity, project, name): &RunKey, run: &Run) -> Value {
+/// One run's part of the snapshot.
+pub fn run_snapshot((entity, project, name): &RunKey, run: &Run) -> Value {
     let raw = |file: &str| -> Vec<Value> {
         run.files
             .get(file)

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use self::console::{Console, Stream};
 use super::proto::{self, Record, RecordType};
-use super::value::{Map, ParseError};
+use super::value::{Map, ParseError, Value};
 
 /// Who and what the run is, from its `run` and `environment` records.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -209,6 +209,15 @@ pub struct RunState {
     pub value_errors: u64,
     #[serde(skip)]
     pub first_value_error: Option<ParseError>,
+    /// Added to `_step` in history rows and the summary: a resumed fragment
+    /// continues the steps of the ones before it (set by the reader of a
+    /// multi-fragment run).
+    #[serde(default)]
+    pub step_offset: i64,
+    /// Start of the fragment being read; system-metric rows count their
+    /// `_runtime` from it.
+    #[serde(default)]
+    pub fragment_start: Option<proto::Timestamp>,
 }
 
 impl RunState {
@@ -223,7 +232,13 @@ impl RunState {
         let mut errors = Vec::new();
         let update = match kind {
             RecordType::History(history) => {
-                let (row, step) = rows::history_row(&history, &mut errors);
+                let (mut row, mut step) = rows::history_row(&history, &mut errors);
+                if self.step_offset != 0
+                    && let Some(s) = step.as_mut()
+                {
+                    *s += self.step_offset;
+                    row.insert("_step".into(), Value::from_i64(*s));
+                }
                 self.history_rows += 1;
                 if let Some(step) = step {
                     self.first_step.get_or_insert(step);
@@ -233,11 +248,22 @@ impl RunState {
             }
             RecordType::Stats(stats) => {
                 self.events_rows += 1;
-                let row = rows::events_row(&stats, self.identity.start_time, &mut errors);
+                let row = rows::events_row(&stats, self.fragment_start, &mut errors);
                 Update::Events { row }
             }
             RecordType::Summary(summary) => {
                 errors = tree::apply(&mut self.summary, &summary.update, &summary.remove);
+                let sets_step = summary
+                    .update
+                    .iter()
+                    .any(|u| tree::item_path(&u.key, &u.nested_key) == ["_step"]);
+                if self.step_offset != 0
+                    && sets_step
+                    && let Some(step) = self.summary.get("_step").and_then(Value::as_i64)
+                {
+                    self.summary
+                        .insert("_step".into(), Value::from_i64(step + self.step_offset));
+                }
                 Update::Summary
             }
             RecordType::Config(config) => {
@@ -246,6 +272,9 @@ impl RunState {
             }
             RecordType::Run(run) => {
                 self.identity.apply_run(&run);
+                if run.start_time.is_some() {
+                    self.fragment_start = run.start_time;
+                }
                 if let Some(config) = &run.config {
                     errors.extend(tree::apply(
                         &mut self.config,

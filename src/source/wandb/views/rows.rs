@@ -2,7 +2,7 @@
 //! `stats` record, the lines of `wandb-history.jsonl` and `wandb-events.jsonl`.
 
 use super::tree::{item_path, set_path};
-use crate::source::wandb::proto::{HistoryItem, HistoryRecord, StatsRecord, TypedValue};
+use crate::source::wandb::proto::{HistoryItem, HistoryRecord, StatsRecord, Timestamp, TypedValue};
 use crate::source::wandb::value::{Map, ParseError, Value};
 
 /// A history item's value: 0.31's typed value when present, else `value_json`.
@@ -48,15 +48,19 @@ pub fn history_row(record: &HistoryRecord, errors: &mut Vec<ParseError>) -> (Map
 /// the run started), as wandb's sender builds it.
 pub fn events_row(
     record: &StatsRecord,
-    start_time: Option<f64>,
+    start_time: Option<Timestamp>,
     errors: &mut Vec<ParseError>,
 ) -> Map {
     let mut row = Map::new();
     row.insert("_wandb".into(), Value::Bool(true));
-    if let Some(ts) = record.timestamp.map(|t| t.as_secs_f64()) {
-        row.insert("_timestamp".into(), Value::from_f64(ts));
+    if let Some(ts) = record.timestamp {
+        row.insert("_timestamp".into(), Value::from_f64(ts.as_secs_f64()));
         if let Some(start) = start_time {
-            row.insert("_runtime".into(), Value::from_f64(ts - start));
+            // Whole seconds and nanoseconds apart, so the difference keeps
+            // nanosecond precision (an f64 of Unix time has ~0.2 µs).
+            let nanos =
+                (ts.seconds - start.seconds) as f64 * 1e9 + f64::from(ts.nanos - start.nanos);
+            row.insert("_runtime".into(), Value::from_f64(nanos / 1e9));
         }
     }
     for item in &record.item {
@@ -72,7 +76,7 @@ pub fn events_row(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::wandb::proto::{HistoryStep, StatsItem, Timestamp};
+    use crate::source::wandb::proto::{HistoryStep, StatsItem};
 
     fn item(path: &[&str], json: &str) -> HistoryItem {
         HistoryItem {
@@ -135,7 +139,11 @@ mod tests {
                 value_json: "12.5".into(),
             }],
         };
-        let row = events_row(&rec, Some(100.0), &mut vec![]);
+        let start = Timestamp {
+            seconds: 100,
+            nanos: 0,
+        };
+        let row = events_row(&rec, Some(start), &mut vec![]);
         assert_eq!(
             Value::Object(row).to_extended_json(),
             r#"{"_wandb":true,"_timestamp":110.5,"_runtime":10.5,"system.cpu":12.5}"#
