@@ -8,9 +8,10 @@ It walks TelemetryRecord (wandb_telemetry.proto), MetricRecord and
 EnvironmentRecord (wandb_internal.proto) and every message and enum they
 reference, recursively (map entries included), and writes one Rust `static`
 per message and enum: each field's number, name, protojson name, type,
-repeated flag and explicit presence. Fields are listed in declaration order,
-the order Go's protobuf runtime (`protoreflect.Message.Range`, protojson)
-visits them; wandb-core's outputs depend on that order.
+repeated flag and explicit presence. Fields are listed in declaration order:
+protojson writes fields in that order, and Go's `protoreflect.Message.Range`
+visits them in it with one adjacent pair swapped (see `GO_RANGE_SEED` in
+protojson.rs); wandb-core's outputs depend on both.
 
 The types the tables use (`Message`, `Field`, `Kind`, `Enum`, `WellKnown`) are
 defined in src/sink/wandb/protojson.rs. Run it with the wandb version whose
@@ -131,9 +132,10 @@ def main():
     w("//! ```")
     w("//!")
     w("//! `TelemetryRecord`, `MetricRecord` and `EnvironmentRecord` and every type")
-    w("//! they reference. Fields are in declaration order (the order Go's protobuf")
-    w("//! runtime visits them); `presence` marks fields with explicit presence")
-    w("//! (messages, proto3 `optional`), which protojson writes even when zero.")
+    w("//! they reference. Fields are in declaration order (protojson's order; Go's")
+    w("//! `Message.Range` swaps one pair, see `protojson::GO_RANGE_SEED`); `presence`")
+    w("//! marks fields with explicit presence (messages, proto3 `optional`), which")
+    w("//! protojson writes even when zero.")
     w("")
     w("use super::protojson::{Enum, Field, Kind, Message, WellKnown};")
     w("")

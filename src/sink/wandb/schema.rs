@@ -7,9 +7,10 @@
 //! ```
 //!
 //! `TelemetryRecord`, `MetricRecord` and `EnvironmentRecord` and every type
-//! they reference. Fields are in declaration order (the order Go's protobuf
-//! runtime visits them); `presence` marks fields with explicit presence
-//! (messages, proto3 `optional`), which protojson writes even when zero.
+//! they reference. Fields are in declaration order (protojson's order; Go's
+//! `Message.Range` swaps one pair, see `protojson::GO_RANGE_SEED`); `presence`
+//! marks fields with explicit presence (messages, proto3 `optional`), which
+//! protojson writes even when zero.
 
 use super::protojson::{Enum, Field, Kind, Message, WellKnown};
 

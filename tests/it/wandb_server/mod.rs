@@ -323,6 +323,7 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Answ
         .await
         .map_err(|_| Dropped)?
         .to_bytes();
+    let wire_bytes = body.len() as u64;
     let route = route(&method, &path);
     if matches!(route, Route::State) {
         // The observer: neither counted nor logged.
@@ -366,6 +367,7 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Answ
     let fault = {
         let mut s = lock(&state);
         s.counters.requests += 1;
+        s.counters.bytes_received += wire_bytes;
         match kind {
             Kind::Graphql => s.counters.graphql += 1,
             Kind::FileStream => s.counters.file_stream += 1,

@@ -76,6 +76,8 @@ impl Run {
 #[derive(Clone, Default)]
 pub struct Counters {
     pub requests: u64,
+    /// Request body bytes as they came over the wire (before gunzip).
+    pub bytes_received: u64,
     pub graphql: u64,
     pub file_stream: u64,
     pub storage_puts: u64,
@@ -278,6 +280,7 @@ impl Observed {
             "requests": self.requests,
             "counters": {
                 "requests": c.requests,
+                "bytes_received": c.bytes_received,
                 "graphql": c.graphql,
                 "file_stream": c.file_stream,
                 "storage_puts": c.storage_puts,
