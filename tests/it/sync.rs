@@ -616,3 +616,32 @@ fn symlinks_out_of_the_run_are_not_uploaded() {
         assert_eq!(media.len(), 3, "{:#}", run["storage"]);
     }
 }
+
+#[test]
+fn entity_and_project_can_be_overridden() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wandb_dir = committed_case("0.31.0", "exit_code_3", tmp.path());
+    let server = WandbServer::start();
+    let out = syncd_sync(
+        &server,
+        tmp.path(),
+        &[
+            "-e",
+            "team-x",
+            "-p",
+            "elsewhere",
+            wandb_dir.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let run = server.run("fxexit03").unwrap();
+    assert_eq!(
+        (run["entity"].as_str(), run["project"].as_str()),
+        (Some("team-x"), Some("elsewhere"))
+    );
+    assert_eq!(run["exitcode"], 3);
+    // The same run to its own project is tracked separately.
+    let out = syncd_sync(&server, tmp.path(), &[wandb_dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(server.snapshot()["runs"].as_array().unwrap().len(), 2);
+}

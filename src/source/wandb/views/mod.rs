@@ -252,7 +252,12 @@ impl RunState {
                 Update::Events { row }
             }
             RecordType::Summary(summary) => {
-                errors = tree::apply(&mut self.summary, &summary.update, &summary.remove);
+                errors = tree::apply(
+                    &mut self.summary,
+                    &summary.update,
+                    &summary.remove,
+                    tree::Objects::Replace,
+                );
                 let sets_step = summary
                     .update
                     .iter()
@@ -267,7 +272,12 @@ impl RunState {
                 Update::Summary
             }
             RecordType::Config(config) => {
-                errors = tree::apply(&mut self.config, &config.update, &config.remove);
+                errors = tree::apply(
+                    &mut self.config,
+                    &config.update,
+                    &config.remove,
+                    tree::Objects::Merge,
+                );
                 Update::Config
             }
             RecordType::Run(run) => {
@@ -280,6 +290,7 @@ impl RunState {
                         &mut self.config,
                         &config.update,
                         &config.remove,
+                        tree::Objects::Merge,
                     ));
                 }
                 if let Some(summary) = &run.summary {
@@ -287,6 +298,7 @@ impl RunState {
                         &mut self.summary,
                         &summary.update,
                         &summary.remove,
+                        tree::Objects::Replace,
                     ));
                 }
                 Update::Run

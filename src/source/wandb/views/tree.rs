@@ -35,6 +35,24 @@ pub fn set_path(map: &mut Map, path: &[String], value: Value) {
     level.insert(last.clone(), value);
 }
 
+/// Sets every leaf of `leaves` below `path`, keeping what is already there
+/// and not overwritten.
+pub fn merge_path(map: &mut Map, path: &[String], leaves: Map) {
+    if leaves.is_empty() {
+        // An empty object is a value of its own.
+        set_path(map, path, Value::Object(leaves));
+        return;
+    }
+    for (key, value) in leaves {
+        let mut child = path.to_vec();
+        child.push(key);
+        match value {
+            Value::Object(inner) => merge_path(map, &child, inner),
+            value => set_path(map, &child, value),
+        }
+    }
+}
+
 /// Removes `path` from `map`; a missing path is not an error.
 pub fn remove_path(map: &mut Map, path: &[String]) {
     let Some((last, parents)) = path.split_last() else {
@@ -50,17 +68,36 @@ pub fn remove_path(map: &mut Map, path: &[String]) {
     level.shift_remove(last);
 }
 
+/// How an update meets an object already at its path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Objects {
+    /// The new value replaces the old one (summary).
+    Replace,
+    /// Object values merge leaf by leaf into the existing subtree, as wandb
+    /// applies `config.update({"model": {"a": 5}})` (config).
+    Merge,
+}
+
 /// Applies one `ConfigRecord`/`SummaryRecord` to `tree`. A value that does
 /// not parse is kept as its raw text in a string, so nothing is dropped
 /// silently; the error is returned for the caller to report.
-pub fn apply(tree: &mut Map, update: &[KeyedJson], remove: &[KeyedJson]) -> Vec<ParseError> {
+pub fn apply(
+    tree: &mut Map,
+    update: &[KeyedJson],
+    remove: &[KeyedJson],
+    objects: Objects,
+) -> Vec<ParseError> {
     let mut errors = Vec::new();
     for item in update {
         let value = Value::parse(&item.value_json).unwrap_or_else(|e| {
             errors.push(e);
             Value::String(item.value_json.clone())
         });
-        set_path(tree, &item_path(&item.key, &item.nested_key), value);
+        let path = item_path(&item.key, &item.nested_key);
+        match (objects, value) {
+            (Objects::Merge, Value::Object(leaves)) => merge_path(tree, &path, leaves),
+            (_, value) => set_path(tree, &path, value),
+        }
     }
     for item in remove {
         remove_path(tree, &item_path(&item.key, &item.nested_key));
@@ -91,6 +128,7 @@ mod tests {
                 item(&["val/acc"], "NaN"),
             ],
             &[],
+            Objects::Replace,
         );
         assert!(errors.is_empty());
         let v = Value::Object(tree.clone());
@@ -102,6 +140,7 @@ mod tests {
             &mut tree,
             &[],
             &[item(&["opt", "lr"], ""), item(&["missing", "x"], "")],
+            Objects::Replace,
         );
         assert_eq!(
             Value::Object(tree).to_extended_json(),
@@ -117,14 +156,50 @@ mod tests {
             nested_key: vec![],
             value_json: "1".into(),
         };
-        apply(&mut tree, &[plain, item(&["a", "b"], "2")], &[]);
+        apply(
+            &mut tree,
+            &[plain, item(&["a", "b"], "2")],
+            &[],
+            Objects::Replace,
+        );
         assert_eq!(Value::Object(tree).to_extended_json(), r#"{"a":{"b":2}}"#);
+    }
+
+    #[test]
+    fn config_objects_merge_leaf_by_leaf() {
+        let mut tree = Map::new();
+        apply(
+            &mut tree,
+            &[item(&["model"], r#"{"a":1,"b":{"c":2}}"#)],
+            &[],
+            Objects::Merge,
+        );
+        apply(
+            &mut tree,
+            &[item(&["model"], r#"{"a":5,"b":{"d":3}}"#)],
+            &[],
+            Objects::Merge,
+        );
+        assert_eq!(
+            Value::Object(tree.clone()).to_extended_json(),
+            r#"{"model":{"a":5,"b":{"c":2,"d":3}}}"#
+        );
+        apply(
+            &mut tree,
+            &[item(&["model"], r#"{"a":6}"#)],
+            &[],
+            Objects::Replace,
+        );
+        assert_eq!(
+            Value::Object(tree).to_extended_json(),
+            r#"{"model":{"a":6}}"#
+        );
     }
 
     #[test]
     fn unparsable_values_are_kept_and_reported() {
         let mut tree = Map::new();
-        let errors = apply(&mut tree, &[item(&["x"], "{bad")], &[]);
+        let errors = apply(&mut tree, &[item(&["x"], "{bad")], &[], Objects::Replace);
         assert_eq!(errors.len(), 1);
         assert_eq!(tree["x"], Value::String("{bad".into()));
     }
