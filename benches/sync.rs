@@ -8,8 +8,8 @@
 //! Corpus (written once by the real wandb 0.31.0 and cached under
 //! `target/tmp/bench-sync`): 20 runs of 5,000 steps and one of 500,000
 //! (`SYNCD_BENCH_BIG_STEPS` to change). Printed per scenario and tool: wall
-//! time, peak RSS (the whole process tree, sampled every 10 ms, and the
-//! largest single process), bytes the server received, and the ratios. Then
+//! time, peak RSS (the whole process tree's VmRSS and the tool's own
+//! process's VmHWM, sampled every 10 ms), bytes the server received, and the ratios. Then
 //! the growing run: a run written over time, synced every second by each
 //! tool; bytes sent in all against the run's own size. Not a pass/fail test.
 
@@ -48,7 +48,7 @@ fn main() {
     println!();
     println!(
         "{:<26} {:>8} {:>10} {:>10} {:>12} {:>11}",
-        "scenario / tool", "wall s", "tree RSS", "max RSS", "sent MB", "server CPU"
+        "scenario / tool", "wall s", "tree RSS", "own RSS", "sent MB", "server CPU"
     );
     for (label, source) in [
         ("20 runs x 5,000 steps", &small),
@@ -266,33 +266,41 @@ fn self_cpu() -> f64 {
     secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
-/// Waits for `child`, sampling the RSS of its whole process tree. Returns
-/// (peak tree RSS, peak RSS of the largest single process) in bytes.
+/// Waits for `child`, sampling its process tree every 10 ms. Returns (peak
+/// of the tree's summed VmRSS, the child's own VmHWM) in bytes. (`wait4`'s
+/// ru_maxrss is no use here: a child inherits the parent's high-water mark
+/// at fork, and this process holds the test server's data.)
 fn wait_sampling(mut child: Child) -> (u64, u64) {
     let pid = child.id();
     let done = Arc::new(AtomicBool::new(false));
     let peak = Arc::new(AtomicU64::new(0));
+    let own = Arc::new(AtomicU64::new(0));
     let sampler = {
-        let (done, peak) = (done.clone(), peak.clone());
+        let (done, peak, own) = (done.clone(), peak.clone(), own.clone());
         std::thread::spawn(move || {
             while !done.load(Ordering::Relaxed) {
                 peak.fetch_max(tree_rss(pid), Ordering::Relaxed);
+                own.fetch_max(status_kb(pid, "VmHWM:") * 1024, Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(10));
             }
         })
     };
-    let mut status = 0;
-    // SAFETY: wait4 on our own child; `usage` is a valid out-pointer.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut usage) };
-    let _ = child.try_wait();
+    child.wait().unwrap();
     done.store(true, Ordering::Relaxed);
     sampler.join().unwrap();
-    // ru_maxrss of the child covers the largest of it and its waited-for descendants.
-    let mut children: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut children) };
-    let max_single = (usage.ru_maxrss.max(children.ru_maxrss) as u64) * 1024;
-    (peak.load(Ordering::Relaxed).max(max_single), max_single)
+    (peak.load(Ordering::Relaxed), own.load(Ordering::Relaxed))
+}
+
+fn status_kb(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// Sum of VmRSS over `pid` and its descendants.
@@ -300,14 +308,7 @@ fn tree_rss(pid: u32) -> u64 {
     let mut total = 0;
     let mut stack = vec![pid];
     while let Some(p) = stack.pop() {
-        if let Ok(status) = std::fs::read_to_string(format!("/proc/{p}/status")) {
-            let kb: u64 = status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-                .unwrap_or(0);
-            total += kb * 1024;
-        }
+        total += status_kb(p, "VmRSS:") * 1024;
         let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
             continue;
         };

@@ -22,6 +22,112 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Upload offline runs once: only what the server does not have yet.
     Sync(SyncArgs),
+    /// Keep uploading every run under the roots: live while it trains,
+    /// complete when it ends (the daemon).
+    Run(RunArgs),
+    /// Show what is queued, uploading, done or stuck, and why.
+    Status(StatusArgs),
+    /// From a job: ask the daemon to upload a run now (writes a small file;
+    /// needs no network).
+    Notify(NotifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Directories to watch: wandb directories, or directories holding a
+    /// `wandb/`; glob patterns allowed (quote them). Default: `roots` from
+    /// the config file, else `$SYNCD_ROOTS` (colon-separated).
+    pub roots: Vec<String>,
+
+    /// Config file. Default: `$XDG_CONFIG_HOME/syncd/config.toml`.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+
+    /// Where the ledger, lease and heartbeat live.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+
+    /// W&B server. Default: `$WANDB_BASE_URL`, else https://api.wandb.ai.
+    #[arg(long)]
+    pub base_url: Option<String>,
+
+    /// How often active runs are checked (e.g. 5s).
+    #[arg(long, value_parser = parse_duration)]
+    pub poll: Option<Duration>,
+
+    /// How often settled runs and whole roots are checked (e.g. 2m).
+    #[arg(long, value_parser = parse_duration)]
+    pub idle_poll: Option<Duration>,
+
+    /// Runs uploaded at the same time.
+    #[arg(short = 'j', long = "jobs")]
+    pub jobs: Option<usize>,
+
+    /// After Slurm reports a job gone, wait this long for its exit record
+    /// before finalizing the run as failed.
+    #[arg(long, value_parser = parse_duration)]
+    pub grace: Option<Duration>,
+
+    /// Runs without a Slurm job are finalized after this long unchanged.
+    #[arg(long, value_parser = parse_duration)]
+    pub quiescence: Option<Duration>,
+
+    /// If another daemon holds the lease on the state directory, wait for it
+    /// instead of exiting.
+    #[arg(long)]
+    pub wait: bool,
+
+    /// Do not ask Slurm (squeue/sacct); use the quiescence timeout only.
+    #[arg(long)]
+    pub no_slurm: bool,
+
+    /// Lower the daemon's CPU priority (0-19), as on a shared login node.
+    #[arg(long)]
+    pub nice: Option<i32>,
+
+    /// `text` (default) or `json` (one object per line, for journald).
+    #[arg(long, default_value = "text")]
+    pub log_format: String,
+
+    /// Lease time to live (tests).
+    #[arg(long, hide = true, value_parser = parse_duration)]
+    pub lease_ttl: Option<Duration>,
+
+    /// First retry wait in milliseconds (tests).
+    #[arg(long, hide = true)]
+    pub retry_min_ms: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print JSON (schema in README.md).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Only runs in this state: queued, live, uploading, synced, finalized,
+    /// quarantined, failed.
+    #[arg(long)]
+    pub state: Option<String>,
+
+    /// Only runs of this project.
+    #[arg(long)]
+    pub project: Option<String>,
+
+    /// Redraw every 2 seconds until interrupted.
+    #[arg(long)]
+    pub watch: bool,
+
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct NotifyArgs {
+    /// The run (or wandb) directory. Default: `$WANDB_DIR/wandb`, else `./wandb`.
+    pub path: Option<PathBuf>,
+
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -31,9 +31,135 @@ pub fn wandb_base_url(flag: Option<String>, env: impl Fn(&str) -> Option<String>
         .to_string()
 }
 
+/// `$XDG_CONFIG_HOME/syncd/config.toml`, else `~/.config/syncd/config.toml`.
+pub fn config_file(env: impl Fn(&str) -> Option<String>) -> PathBuf {
+    let base = env("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env("HOME").unwrap_or_else(|| ".".into())).join(".config")
+        });
+    base.join("syncd/config.toml")
+}
+
+/// The config file's contents. Every field is optional; flags override it,
+/// and it overrides the built-in defaults.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub roots: Option<Vec<String>>,
+    pub state_dir: Option<PathBuf>,
+    pub base_url: Option<String>,
+    pub poll: Option<String>,
+    pub idle_poll: Option<String>,
+    pub jobs: Option<usize>,
+    pub grace: Option<String>,
+    pub quiescence: Option<String>,
+    /// wandb-osh's command directory; `""` turns reading it off.
+    pub osh_command_dir: Option<String>,
+    pub slurm: Option<bool>,
+    pub nice: Option<i32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl FileConfig {
+    /// The file at `path`; a missing file is an empty config unless it was
+    /// named explicitly.
+    pub fn load(path: &std::path::Path, explicit: bool) -> Result<FileConfig, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+                return Ok(FileConfig::default());
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        let config: FileConfig = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        for (name, value) in [
+            ("poll", &config.poll),
+            ("idle_poll", &config.idle_poll),
+            ("grace", &config.grace),
+            ("quiescence", &config.quiescence),
+        ] {
+            if let Some(v) = value {
+                humantime::parse_duration(v).map_err(|e| ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    message: format!("{name} = {v:?}: {e} (examples: 5s, 2m, 1h)"),
+                })?;
+            }
+        }
+        Ok(config)
+    }
+
+    pub fn duration(value: &Option<String>) -> Option<std::time::Duration> {
+        value
+            .as_deref()
+            .and_then(|v| humantime::parse_duration(v).ok())
+    }
+}
+
+/// This machine's name, for the lease and the heartbeat.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown-host".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_file_parses_and_rejects_typos() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("config.toml");
+        std::fs::write(
+            &path,
+            "roots = [\"/scratch/*/wandb\"]\npoll = \"3s\"\njobs = 2\n",
+        )
+        .unwrap();
+        let config = FileConfig::load(&path, true).unwrap();
+        assert_eq!(config.roots.unwrap(), ["/scratch/*/wandb"]);
+        assert_eq!(
+            FileConfig::duration(&config.poll),
+            Some(std::time::Duration::from_secs(3))
+        );
+        std::fs::write(&path, "rots = []\n").unwrap();
+        assert!(
+            FileConfig::load(&path, true)
+                .unwrap_err()
+                .to_string()
+                .contains("rots")
+        );
+        std::fs::write(&path, "poll = \"soon\"\n").unwrap();
+        assert!(
+            FileConfig::load(&path, true)
+                .unwrap_err()
+                .to_string()
+                .contains("poll")
+        );
+        assert!(FileConfig::load(&tmp.path().join("missing.toml"), false).is_ok());
+        assert!(FileConfig::load(&tmp.path().join("missing.toml"), true).is_err());
+    }
 
     #[test]
     fn state_dir_precedence() {

@@ -3,6 +3,9 @@
 //! configuration errors (also what an `Err` becomes in `main`).
 
 pub mod inspect;
+pub mod notify;
+pub mod run;
+pub mod status;
 pub mod sync;
 
 use crate::cli::{Cli, Command};
@@ -28,5 +31,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Inspect(args) => inspect::run(args),
         Command::Sync(args) => sync::run(args),
+        Command::Run(args) => run::run(args),
+        Command::Status(args) => status::run(args),
+        Command::Notify(args) => notify::run(args),
     }
 }

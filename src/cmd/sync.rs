@@ -86,6 +86,7 @@ pub fn run(args: SyncArgs) -> anyhow::Result<Outcome> {
         entity: args.entity.clone(),
         project: args.project.clone(),
         finalize: args.finalize,
+        verdict: None,
         stale_after: args.stale_after,
         dry_run: args.dry_run,
         batch_bytes: args.batch_bytes.max(1),
@@ -259,6 +260,7 @@ fn phase_name(phase: Phase) -> &'static str {
         Phase::Synced => "synced",
         Phase::Finalized => "finalized",
         Phase::Failed => "failed",
+        Phase::Quarantined => "quarantined",
     }
 }
 

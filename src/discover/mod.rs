@@ -7,6 +7,9 @@
 //! Only bounded directory reads are made (a path and at most its children),
 //! never a recursive walk.
 
+pub mod scan;
+pub mod trigger;
+
 use std::collections::HashSet;
 use std::fs;
 use std::io;

@@ -31,6 +31,10 @@ pub struct SyncOptions {
     pub project: Option<String>,
     /// Complete runs that have no exit record and whose writer is gone.
     pub finalize: bool,
+    /// The writer is known to be gone (the daemon asked the scheduler): a
+    /// run without exit record is completed as failed now, and the verdict
+    /// is recorded in the run.
+    pub verdict: Option<Verdict>,
     /// A newest fragment unchanged this long counts as abandoned by its writer.
     pub stale_after: std::time::Duration,
     /// Read and count, send nothing, write no ledger.
@@ -39,12 +43,23 @@ pub struct SyncOptions {
     pub batch_bytes: usize,
 }
 
+/// Why a run without exit record is finalized.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// Human sentence for the ledger and `status`.
+    pub reason: String,
+    /// Slurm's final job state (`TIMEOUT`, `CANCELLED`, …), recorded in the
+    /// run's summary (`slurm_state`) and tags (`slurm:TIMEOUT`).
+    pub slurm_state: Option<String>,
+}
+
 impl Default for SyncOptions {
     fn default() -> Self {
         SyncOptions {
             entity: None,
             project: None,
             finalize: false,
+            verdict: None,
             stale_after: std::time::Duration::from_secs(600),
             dry_run: false,
             batch_bytes: 4 * 1024 * 1024,
@@ -84,9 +99,24 @@ pub struct RunOutcome {
     pub artifacts_not_uploaded: usize,
     pub warnings: Vec<String>,
     pub error: Option<String>,
-    /// The key was refused: no other run will do better.
+    /// What kind of failure `error` is, for a scheduler to react to.
     #[serde(skip)]
-    pub auth_failed: bool,
+    pub failure: Option<Failure>,
+}
+
+/// How a failed run should be treated by whoever retries it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The server could not be reached: every run is affected.
+    Offline,
+    /// The key was refused: no run will do better until it changes.
+    Auth,
+    /// The server refused this run for good (403, 404, 410, 422…).
+    Permanent,
+    /// The run's files are damaged; retrying cannot help until they change.
+    Corrupt,
+    /// Anything else: retry later.
+    Transient,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -116,7 +146,12 @@ struct RunSync<'a> {
     client: Option<&'a Client>,
     ledger: &'a Ledger,
     options: &'a SyncOptions,
+    /// The run as being read: ahead of what the server acknowledged.
     entry: RunLedger,
+    /// The run as last saved: state and cursors that agree. Only this is
+    /// ever written outside a checkpoint, so a crash can never pair a state
+    /// with a cursor it does not belong to (that would apply records twice).
+    checkpoint: RunLedger,
     pending: Pending,
     fragment_dirs: Vec<PathBuf>,
     history_sent: u64,
@@ -151,6 +186,7 @@ pub async fn sync_run(
         client,
         ledger,
         options,
+        checkpoint: entry.clone(),
         entry,
         pending: Pending::default(),
         fragment_dirs: job
@@ -163,18 +199,35 @@ pub async fn sync_run(
         records_read: 0,
     };
     let result = run.sync(job, on_progress).await;
-    let mut auth_failed = false;
+    let failure = result.as_ref().err().map(|e| match e {
+        StepError::Sink(s) if s.is_offline() => Failure::Offline,
+        StepError::Sink(s) if s.is_auth() => Failure::Auth,
+        StepError::Sink(SinkError::Rejected { .. } | SinkError::GraphQl { .. }) => {
+            Failure::Permanent
+        }
+        StepError::Corrupt(_) => Failure::Corrupt,
+        _ => Failure::Transient,
+    });
     if let Err(e) = &result {
-        auth_failed = matches!(e, StepError::Sink(s) if s.is_auth());
-        run.entry.phase = Phase::Failed;
-        run.entry.last_error = Some(ErrorNote {
+        // The error goes onto the last checkpoint, never onto the state read
+        // past it (saved with the old cursors, that state would make the next
+        // sync apply the same records twice).
+        let mut stored = run.checkpoint.clone();
+        stored.phase = if matches!(e, StepError::Corrupt(_)) {
+            Phase::Quarantined
+        } else {
+            Phase::Failed
+        };
+        stored.last_error = Some(ErrorNote {
             at: now_rfc3339(),
             message: e.to_string(),
         });
-        if !options.dry_run {
+        stored.warnings = run.entry.warnings.clone();
+        if !options.dry_run && client.is_some() {
             // Best effort: the error is also in the outcome.
-            let _ = ledger.save(&run.entry);
+            let _ = ledger.save(&stored);
         }
+        run.entry = stored;
     }
     let entry = &run.entry;
     RunOutcome {
@@ -194,7 +247,7 @@ pub async fn sync_run(
         artifacts_not_uploaded: entry.state.artifacts.len(),
         warnings: entry.warnings.clone(),
         error: result.err().map(|e| e.to_string()),
-        auth_failed,
+        failure,
     }
 }
 
@@ -213,7 +266,7 @@ fn failed_outcome(job: &RunJob, key: String, error: String) -> RunOutcome {
         artifacts_not_uploaded: 0,
         warnings: Vec::new(),
         error: Some(error),
-        auth_failed: false,
+        failure: Some(Failure::Transient),
     }
 }
 
@@ -503,7 +556,7 @@ impl RunSync<'_> {
         if self.entry.phase == Phase::Queued || self.entry.phase == Phase::Failed {
             self.entry.phase = Phase::Live;
         }
-        self.ledger.save(&self.entry)?;
+        self.save_checkpoint()?;
         Ok(())
     }
 
@@ -513,34 +566,11 @@ impl RunSync<'_> {
             return Ok(server.clone());
         }
         let upsert = self.upsert_params(true);
-        let identity = &self.entry.state.identity;
-        // A run created with `resume=` may continue one that is already on the
-        // server (trained online before, or synced by another tool): its lines
-        // go after the server's, and its steps continue them.
-        let existing = if identity.resumed {
-            ops::run_resume_status(
-                client,
-                upsert.entity.as_deref(),
-                upsert.project.as_deref(),
-                &upsert.name,
-            )
-            .await?
-        } else {
-            None
-        };
         let server = ops::upsert_bucket(client, &upsert).await?;
-        if let Some(existing) = existing.filter(|e| e.history_line_count > 0) {
-            self.entry.acked.history_base = existing.history_line_count;
-            self.entry.acked.events_base = existing.events_line_count;
-            self.entry.acked.console_base = existing.log_line_count;
-            if let Some(step) = existing.last_step {
-                self.entry.fragments[0].step_offset = step + 1;
-            }
-            self.entry.warn(format!(
-                "the server already had {} history lines for this run; this upload continues after them",
-                existing.history_line_count
-            ));
-        } else if server.history_line_count > 0 && self.entry.acked.history_lines == 0 {
+        if server.history_line_count > 0
+            && self.entry.acked.history_lines == 0
+            && self.entry.acked.history_base == 0
+        {
             self.entry.warn(format!(
                 "the server already had {} history lines for this run (an earlier upload); they are rewritten in place",
                 server.history_line_count
@@ -549,9 +579,31 @@ impl RunSync<'_> {
         self.entry.acked.config_sha256 = upsert.config.as_deref().map(|c| sha256_hex(c.as_bytes()));
         self.entry.acked.params_sha256 = Some(self.params_digest());
         self.entry.server = Some(server.clone());
-        // Remember the server identity and offsets before any line is sent.
-        self.ledger.save(&self.entry)?;
+        // Remember the server identity before any line is sent, on the last
+        // checkpoint (the records read since are not acknowledged yet).
+        let (server_run, acked) = (self.entry.server.clone(), self.entry.acked.clone());
+        let warnings = self.entry.warnings.clone();
+        self.save_decision(|stored| {
+            stored.server = server_run;
+            stored.acked.config_sha256 = acked.config_sha256;
+            stored.acked.params_sha256 = acked.params_sha256;
+            stored.warnings = warnings;
+        })?;
         Ok(server)
+    }
+
+    fn save_checkpoint(&mut self) -> Result<(), StepError> {
+        self.ledger.save(&self.entry)?;
+        self.checkpoint = self.entry.clone();
+        Ok(())
+    }
+
+    /// Records a decision that holds whatever the cursors are (the server's
+    /// identity, say) without checkpointing the state read past them.
+    fn save_decision(&mut self, decide: impl FnOnce(&mut RunLedger)) -> Result<(), StepError> {
+        decide(&mut self.checkpoint);
+        self.ledger.save(&self.checkpoint)?;
+        Ok(())
     }
 
     fn upsert_params(&self, with_config: bool) -> UpsertRun {
@@ -815,9 +867,14 @@ impl RunSync<'_> {
         let server = self.ensure_server_run(client).await?;
         self.upsert_if_changed(client, &server).await?;
         let uploaded = self.upload_files(client, &server, true).await?;
+        let summary = run_config::summary_json(&self.entry.state);
+        let summary_sha = sha256_hex(summary.as_bytes());
+        let summary = (self.entry.acked.summary_sha256.as_deref() != Some(summary_sha.as_str()))
+            .then_some(summary);
         // An exit record that says "not complete" leaves the run open.
         let request = Request {
             uploaded,
+            summary,
             complete: code,
             ..Default::default()
         };
@@ -832,10 +889,11 @@ impl RunSync<'_> {
                 .await?;
         }
         self.entry.acked.complete = code;
+        self.entry.acked.summary_sha256 = Some(summary_sha);
         self.entry.fragments[index].cursor = cursor;
         self.entry.phase = phase;
         self.entry.last_upload = Some(now_rfc3339());
-        self.ledger.save(&self.entry)?;
+        self.save_checkpoint()?;
         Ok(())
     }
 
@@ -843,6 +901,19 @@ impl RunSync<'_> {
     /// it and the newest file has been quiet for `stale_after`; the reason is
     /// recorded. `None` leaves the run open.
     fn finalize_code(&mut self, tail: Tail, path: &Path) -> Option<i32> {
+        if let Some(verdict) = &self.options.verdict {
+            self.entry.finalized_reason = Some(verdict.reason.clone());
+            if let Some(state) = &verdict.slurm_state {
+                let run = &mut self.entry.state;
+                run.summary
+                    .insert("slurm_state".into(), Value::String(state.clone()));
+                let tag = format!("slurm:{state}");
+                if !run.identity.tags.contains(&tag) {
+                    run.identity.tags.push(tag);
+                }
+            }
+            return Some(1);
+        }
         if !self.options.finalize {
             return None;
         }
@@ -873,7 +944,7 @@ impl RunSync<'_> {
     fn mark_live(&mut self) -> Result<(), StepError> {
         self.entry.phase = Phase::Live;
         if !self.options.dry_run && self.client.is_some() {
-            self.ledger.save(&self.entry)?;
+            self.save_checkpoint()?;
         }
         Ok(())
     }

@@ -4,6 +4,7 @@
 //! that cursor, what the server has acknowledged, and the last error. It never
 //! holds an API key.
 
+pub mod lease;
 pub mod store;
 
 use std::collections::BTreeMap;
@@ -31,6 +32,8 @@ pub enum Phase {
     Finalized,
     /// The last attempt failed; see `last_error`.
     Failed,
+    /// The run's files are damaged; held back until they change.
+    Quarantined,
 }
 
 /// Progress through one `.wandb` file.
@@ -87,7 +90,7 @@ pub struct ErrorNote {
 }
 
 /// The whole record of one run.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunLedger {
     pub format: u32,
     pub key: String,
@@ -171,6 +174,19 @@ impl Ledger {
             path: dir.clone(),
             source,
         })?;
+        Ok(Ledger { dir })
+    }
+
+    /// The ledger of a state directory that may not exist (for `status`,
+    /// which must not create anything).
+    pub fn open_existing(state_dir: &Path) -> Result<Ledger, LedgerError> {
+        let dir = state_dir.join("runs");
+        if !dir.is_dir() {
+            return Err(LedgerError::Dir {
+                path: dir,
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            });
+        }
         Ok(Ledger { dir })
     }
 

@@ -7,6 +7,8 @@ mod support;
 mod cli;
 /// Damaged files: bit flips, zeroed blocks, truncation at every offset, noise.
 mod corruption;
+/// `syncd run` end to end: live runs, Slurm verdicts, chaos, outage, triggers.
+mod daemon;
 /// A file that grows while it is read: every record exactly once.
 mod growing;
 /// The official `wandb sync` against the test server, for every fixture case.

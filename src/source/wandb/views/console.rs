@@ -29,7 +29,7 @@ pub struct ConsoleLine {
     pub text: String,
 }
 
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct Cursor {
     /// Global indexes of this stream's recent lines, oldest first.
     rows: VecDeque<u64>,
@@ -43,7 +43,7 @@ struct Cursor {
 }
 
 /// A line still inside some stream's window.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Line {
     index: u64,
     stream: Stream,
@@ -64,7 +64,7 @@ mod chars_as_string {
 }
 
 /// Serializes (window, cursors, numbering) so a checkpoint can continue it.
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Console {
     /// Text of lines still inside some stream's window, by global index.
     lines: VecDeque<Line>,

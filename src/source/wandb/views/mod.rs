@@ -175,7 +175,7 @@ pub enum Update {
 /// Everything materialised so far from a run's records. It serializes (with
 /// values as extended JSON) so an uploader can checkpoint it and continue
 /// from a cursor without re-reading the run.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RunState {
     pub identity: RunIdentity,
     #[serde(with = "crate::source::wandb::value::extended_json_map")]

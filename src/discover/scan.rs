@@ -1,0 +1,344 @@
+//! Polling the configured roots: the source of truth, because writes made on
+//! compute nodes to NFS, Lustre or GPFS are invisible to inotify on the login
+//! node. The cost of a poll grows with the number of *active* runs:
+//!
+//! - a root (wandb directory) is listed again only when its mtime changed
+//!   (a new run directory was created) or on the slow schedule;
+//! - a run's `.wandb` files are stat'ed every fast poll while the run is
+//!   active, and only on the slow schedule once it is settled (synced);
+//! - nothing is ever walked recursively: a root and its run directories, one
+//!   level each.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+/// A root as configured: a wandb directory, a directory holding `wandb/`,
+/// or a glob pattern of either.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootSpec(pub String);
+
+/// Size and modification time: the cheap "did it change" check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    pub size: u64,
+    pub mtime_ns: i128,
+}
+
+impl Stamp {
+    pub fn of(meta: &fs::Metadata) -> Stamp {
+        Stamp {
+            size: meta.len(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+        }
+    }
+}
+
+/// What one scan found.
+#[derive(Debug, Default)]
+pub struct ScanReport {
+    /// `.wandb` files seen for the first time.
+    pub new_files: Vec<PathBuf>,
+    /// Known files whose size or mtime changed.
+    pub changed_files: Vec<PathBuf>,
+    /// Run directories skipped because another user owns them (reported once).
+    pub foreign: Vec<PathBuf>,
+    /// Roots that do not exist or cannot be read (reported once per cause).
+    pub problems: Vec<String>,
+    /// System calls made, roughly (directory reads + stats), for the benchmark.
+    pub syscalls: u64,
+}
+
+#[derive(Debug)]
+struct WandbDir {
+    mtime_ns: Option<i128>,
+    run_dirs: BTreeSet<PathBuf>,
+}
+
+/// Remembers what it has seen so a scan only looks at what may have changed.
+#[derive(Debug)]
+pub struct Scanner {
+    roots: Vec<RootSpec>,
+    uid: u32,
+    wandb_dirs: BTreeMap<PathBuf, WandbDir>,
+    files: BTreeMap<PathBuf, Stamp>,
+    /// Run directories whose `.wandb` file did not exist yet when listed
+    /// (wandb creates the directory first): looked at again every scan.
+    empty_run_dirs: BTreeSet<PathBuf>,
+    reported_foreign: HashSet<PathBuf>,
+    reported_problems: HashSet<String>,
+}
+
+impl Scanner {
+    /// `uid`: only run directories owned by this user are synced.
+    pub fn new(roots: Vec<RootSpec>, uid: u32) -> Scanner {
+        Scanner {
+            roots,
+            uid,
+            wandb_dirs: BTreeMap::new(),
+            files: BTreeMap::new(),
+            empty_run_dirs: BTreeSet::new(),
+            reported_foreign: HashSet::new(),
+            reported_problems: HashSet::new(),
+        }
+    }
+
+    pub fn known_files(&self) -> usize {
+        self.files.len()
+    }
+
+    /// Finds wandb directories (expanding globs) and lists those whose mtime
+    /// changed, or all of them when `full`. New `.wandb` files are reported.
+    pub fn scan_roots(&mut self, full: bool) -> ScanReport {
+        let mut report = ScanReport::default();
+        for run_dir in std::mem::take(&mut self.empty_run_dirs) {
+            self.look_at_run_dir(&run_dir, &mut report);
+        }
+        let mut dirs = Vec::new();
+        for root in self.roots.clone() {
+            match expand_root(&root.0, &mut report.syscalls) {
+                Ok(found) if found.is_empty() => {
+                    self.problem(&mut report, format!("{}: no such directory yet", root.0))
+                }
+                Ok(found) => dirs.extend(found),
+                Err(e) => self.problem(&mut report, format!("{}: {e}", root.0)),
+            }
+        }
+        for dir in dirs {
+            report.syscalls += 1;
+            let mtime = fs::metadata(&dir).ok().map(|m| Stamp::of(&m).mtime_ns);
+            let known = self.wandb_dirs.get(&dir).and_then(|d| d.mtime_ns);
+            if !full && known.is_some() && known == mtime {
+                continue;
+            }
+            let run_dirs = match list_run_dirs(&dir, &mut report.syscalls) {
+                Ok(run_dirs) => run_dirs,
+                Err(e) => {
+                    self.problem(&mut report, format!("{}: {e}", dir.display()));
+                    continue;
+                }
+            };
+            let previous = self.wandb_dirs.insert(
+                dir.clone(),
+                WandbDir {
+                    mtime_ns: mtime,
+                    run_dirs: BTreeSet::new(),
+                },
+            );
+            let previous_runs = previous.map(|p| p.run_dirs).unwrap_or_default();
+            for run_dir in &run_dirs {
+                if previous_runs.contains(run_dir) && !full {
+                    continue;
+                }
+                self.look_at_run_dir(run_dir, &mut report);
+            }
+            if let Some(entry) = self.wandb_dirs.get_mut(&dir) {
+                entry.run_dirs = run_dirs;
+            }
+        }
+        report
+    }
+
+    /// Adds the `.wandb` files of one run directory (new ones are reported).
+    pub fn look_at_run_dir(&mut self, run_dir: &Path, report: &mut ScanReport) {
+        report.syscalls += 1;
+        let Ok(meta) = fs::metadata(run_dir) else {
+            return;
+        };
+        if meta.uid() != self.uid {
+            if self.reported_foreign.insert(run_dir.to_path_buf()) {
+                report.foreign.push(run_dir.to_path_buf());
+            }
+            return;
+        }
+        report.syscalls += 1;
+        let Ok(entries) = fs::read_dir(run_dir) else {
+            return;
+        };
+        let mut found = false;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_none_or(|e| e != "wandb") {
+                continue;
+            }
+            report.syscalls += 1;
+            let Ok(meta) = fs::metadata(&path) else {
+                continue;
+            };
+            if !meta.is_file() {
+                continue;
+            }
+            found = true;
+            if self.files.contains_key(&path) {
+                continue;
+            }
+            self.files.insert(path.clone(), Stamp::of(&meta));
+            report.new_files.push(path);
+        }
+        if !found {
+            self.empty_run_dirs.insert(run_dir.to_path_buf());
+        }
+    }
+
+    /// Stats `files` (the ones the caller considers worth a look) and
+    /// reports those that changed since last seen.
+    pub fn check_files<'a>(
+        &mut self,
+        files: impl IntoIterator<Item = &'a PathBuf>,
+        report: &mut ScanReport,
+    ) {
+        for path in files {
+            report.syscalls += 1;
+            let Ok(meta) = fs::metadata(path) else {
+                continue;
+            };
+            let stamp = Stamp::of(&meta);
+            match self.files.insert(path.clone(), stamp) {
+                Some(old) if old == stamp => {}
+                Some(_) => report.changed_files.push(path.clone()),
+                None => report.new_files.push(path.clone()),
+            }
+        }
+    }
+
+    fn problem(&mut self, report: &mut ScanReport, message: String) {
+        if self.reported_problems.insert(message.clone()) {
+            report.problems.push(message);
+        }
+    }
+}
+
+/// The wandb directories a root names: itself, its `wandb/` or `.wandb/`,
+/// for each match of a glob pattern. Directories only.
+fn expand_root(root: &str, syscalls: &mut u64) -> Result<Vec<PathBuf>, String> {
+    let candidates: Vec<PathBuf> = if root.contains(['*', '?', '[']) {
+        let paths = glob::glob(root).map_err(|e| format!("bad glob pattern: {e}"))?;
+        paths.filter_map(Result::ok).collect()
+    } else {
+        vec![PathBuf::from(root)]
+    };
+    let mut dirs = Vec::new();
+    for candidate in candidates {
+        *syscalls += 1;
+        if !candidate.is_dir() {
+            continue;
+        }
+        let inner = ["wandb", ".wandb"]
+            .iter()
+            .map(|n| candidate.join(n))
+            .find(|p| {
+                *syscalls += 1;
+                p.is_dir()
+            });
+        dirs.push(inner.unwrap_or(candidate));
+    }
+    Ok(dirs)
+}
+
+/// Run directories (`offline-run-*`, and `run-*` for online runs' logs are
+/// not ours) directly inside a wandb directory.
+fn list_run_dirs(dir: &Path, syscalls: &mut u64) -> std::io::Result<BTreeSet<PathBuf>> {
+    *syscalls += 1;
+    let mut out = BTreeSet::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if !name.to_string_lossy().starts_with("offline-run-") {
+            continue;
+        }
+        // `file_type` comes with the directory entry on most filesystems: no
+        // extra stat per entry.
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            out.insert(entry.path());
+        }
+    }
+    Ok(out)
+}
+
+/// Seconds since `stamp` was written, by the file's mtime.
+pub fn age_of(stamp: &Stamp, now: SystemTime) -> f64 {
+    let now_ns = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128);
+    (now_ns - stamp.mtime_ns) as f64 / 1e9
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uid() -> u32 {
+        fs::metadata(".").unwrap().uid()
+    }
+
+    fn make_run(wandb: &Path, name: &str) -> PathBuf {
+        let dir = wandb.join(name);
+        fs::create_dir_all(&dir).unwrap();
+        let file = dir.join(format!("run-{}.wandb", name.rsplit('-').next().unwrap()));
+        fs::write(&file, b":W&B\xe1\xbe\x00").unwrap();
+        file
+    }
+
+    #[test]
+    fn finds_new_runs_and_changes_without_relisting() {
+        let tmp = tempfile::tempdir().unwrap();
+        let wandb = tmp.path().join("proj/wandb");
+        fs::create_dir_all(&wandb).unwrap();
+        let first = make_run(&wandb, "offline-run-20260101_000000-aaa");
+        let mut scanner = Scanner::new(
+            vec![RootSpec(tmp.path().join("proj").display().to_string())],
+            uid(),
+        );
+        let report = scanner.scan_roots(false);
+        assert_eq!(report.new_files, std::slice::from_ref(&first));
+        // Nothing changed: the root is not listed again.
+        let report = scanner.scan_roots(false);
+        assert!(report.new_files.is_empty());
+        assert!(report.syscalls <= 4, "{}", report.syscalls);
+
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let second = make_run(&wandb, "offline-run-20260101_000100-bbb");
+        let report = scanner.scan_roots(false);
+        assert_eq!(report.new_files, [second]);
+
+        fs::write(&first, b":W&B\xe1\xbe\x00more").unwrap();
+        let mut report = ScanReport::default();
+        scanner.check_files([&first], &mut report);
+        assert_eq!(report.changed_files, [first]);
+    }
+
+    #[test]
+    fn globs_and_missing_roots() {
+        let tmp = tempfile::tempdir().unwrap();
+        for p in ["a", "b"] {
+            make_run(
+                &tmp.path().join(p).join("wandb"),
+                "offline-run-20260101_000000-x",
+            );
+        }
+        let pattern = format!("{}/*", tmp.path().display());
+        let missing = tmp.path().join("nope").display().to_string();
+        let mut scanner = Scanner::new(vec![RootSpec(pattern), RootSpec(missing.clone())], uid());
+        let report = scanner.scan_roots(false);
+        assert_eq!(report.new_files.len(), 2);
+        assert_eq!(report.problems.len(), 1);
+        assert!(report.problems[0].contains(&missing));
+        assert!(
+            scanner.scan_roots(false).problems.is_empty(),
+            "a problem is reported once"
+        );
+    }
+
+    #[test]
+    fn foreign_run_dirs_are_skipped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let wandb = tmp.path().join("wandb");
+        let file = make_run(&wandb, "offline-run-20260101_000000-ccc");
+        let mut scanner = Scanner::new(vec![RootSpec(wandb.display().to_string())], uid() + 1);
+        let report = scanner.scan_roots(false);
+        assert!(report.new_files.is_empty());
+        assert_eq!(report.foreign, [file.parent().unwrap().to_path_buf()]);
+    }
+}

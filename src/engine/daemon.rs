@@ -1,0 +1,762 @@
+//! `syncd run`: the loop that finds runs and keeps them uploaded.
+//!
+//! Every tick it takes trigger files (uploads now), polls the roots on the
+//! fast schedule for active runs and on the slow one for everything else,
+//! asks Slurm once for all live runs' jobs, finalizes runs whose job is gone,
+//! and hands runs to workers: a fair FIFO queue (a run is queued once, goes
+//! to the back after its turn), at most `concurrency` at a time, one worker
+//! per run. When the server cannot be reached it goes offline: no uploads,
+//! a probe with capped backoff, and everything resumes when it answers.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::mpsc;
+
+use crate::discover::scan::{RootSpec, ScanReport, Scanner};
+use crate::discover::trigger::TriggerDirs;
+use crate::discover::wandb_files;
+use crate::engine::heartbeat::{self, Activity, Heartbeat};
+use crate::engine::sd_notify::Notifier;
+use crate::engine::slurm::Slurm;
+use crate::engine::worker::{self, Failure, RunJob, RunOutcome, SyncOptions, Verdict};
+use crate::ledger::lease::Lease;
+use crate::ledger::{Ledger, Phase};
+use crate::sink::retry::RetryPolicy;
+use crate::sink::wandb::client::Client;
+use crate::sink::wandb::ops;
+use crate::source::wandb::run as wandb_run;
+
+/// Everything `syncd run` is told.
+#[derive(Clone)]
+pub struct DaemonConfig {
+    pub roots: Vec<RootSpec>,
+    pub state_dir: PathBuf,
+    pub base_url: String,
+    pub api_key: String,
+    /// How often active runs' files are checked and roots' mtimes looked at.
+    pub live_poll: Duration,
+    /// How often everything (settled runs, full root listings) is checked.
+    pub idle_poll: Duration,
+    /// How often trigger directories are read.
+    pub trigger_poll: Duration,
+    pub concurrency: usize,
+    /// After Slurm says a job is gone, how long to wait for its exit record
+    /// (the file may still be flushing over NFS) before finalizing.
+    pub grace: Duration,
+    /// For runs without a Slurm job (or without Slurm): finalize when the
+    /// newest file has not changed for this long.
+    pub quiescence: Duration,
+    pub osh_dir: Option<PathBuf>,
+    pub lease_ttl: Duration,
+    /// Wait for another daemon's lease instead of exiting.
+    pub wait_for_lease: bool,
+    pub retry: RetryPolicy,
+    /// Use `squeue`/`sacct` when they are on PATH.
+    pub slurm: bool,
+}
+
+impl std::fmt::Debug for DaemonConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DaemonConfig")
+            .field("roots", &self.roots)
+            .field("state_dir", &self.state_dir)
+            .field("base_url", &self.base_url)
+            .field("api_key", &"(redacted)")
+            .finish_non_exhaustive()
+    }
+}
+
+/// One run as the daemon follows it.
+struct Tracked {
+    job: RunJob,
+    /// Start time of each fragment, for keeping them in order.
+    starts: Vec<Option<f64>>,
+    key: Option<String>,
+    phase: Phase,
+    queued: bool,
+    in_flight: bool,
+    /// Something changed since the last upload began.
+    dirty: bool,
+    failures: u32,
+    not_before: Option<Instant>,
+    /// A permanent error: not retried until its files change or on SIGHUP.
+    stopped: Option<String>,
+    slurm_job: Option<String>,
+    slurm_state: Option<String>,
+    /// When Slurm was first seen to say the job is over.
+    gone_since: Option<Instant>,
+    verdict: Option<Verdict>,
+    ended: bool,
+    newest_mtime: Option<SystemTime>,
+    /// Acknowledged byte cursor per fragment, from the ledger.
+    acked: HashMap<PathBuf, u64>,
+}
+
+impl Tracked {
+    fn settled(&self) -> bool {
+        matches!(self.phase, Phase::Synced | Phase::Finalized) && !self.dirty
+    }
+}
+
+/// Why the daemon stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("{0}")]
+    Lease(#[from] crate::ledger::lease::LeaseError),
+    #[error("{0}")]
+    Ledger(#[from] crate::ledger::LedgerError),
+    #[error("{0}")]
+    Client(#[from] crate::sink::wandb::client::SinkError),
+}
+
+/// What the signal handlers ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Stop,
+    Reload,
+}
+
+/// Runs until `control` says stop. `log` receives one line per event.
+pub async fn run(
+    config: DaemonConfig,
+    mut control: mpsc::Receiver<Control>,
+    log: Arc<dyn Fn(&str) + Send + Sync>,
+) -> Result<(), DaemonError> {
+    let mut lease = acquire_lease(&config, &log).await?;
+    let ledger = Ledger::open(&config.state_dir)?;
+    let client = Arc::new(Client::new(
+        &config.base_url,
+        &config.api_key,
+        config.retry,
+    )?);
+    let uid = current_uid(&config.state_dir);
+    let mut scanner = Scanner::new(config.roots.clone(), uid);
+    let triggers = TriggerDirs {
+        spool: config.state_dir.join(crate::discover::trigger::SPOOL_DIR),
+        osh: config.osh_dir.clone(),
+    };
+    let _ = std::fs::create_dir_all(&triggers.spool);
+    let mut slurm = if config.slurm { Slurm::detect() } else { None };
+    let notifier = Notifier::from_env();
+    let started_at = now_rfc3339();
+    let mut state = DaemonState {
+        base_url: config.base_url.clone(),
+        ..DaemonState::default()
+    };
+    let (done_tx, mut done_rx) = mpsc::channel::<(String, RunOutcome)>(64);
+
+    // The first full scan; the ledger says what is already done.
+    let report = scanner.scan_roots(true);
+    state.absorb(report, &ledger, &log);
+    if let Some(n) = &notifier {
+        let _ = n.ready();
+    }
+    log(&format!(
+        "syncd run: watching {} root(s), {} run(s) known, uploading to {}",
+        config.roots.len(),
+        state.runs.len(),
+        config.base_url
+    ));
+
+    let tick = Duration::from_millis(250);
+    let mut last_live = Instant::now();
+    let mut last_idle = Instant::now();
+    let mut last_trigger = Instant::now() - config.trigger_poll;
+    let mut last_heartbeat = Instant::now() - Duration::from_secs(60);
+    let mut last_renew = Instant::now();
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            message = control.recv() => match message {
+                Some(Control::Reload) => {
+                    log("SIGHUP: retrying stopped runs");
+                    for run in state.runs.values_mut() {
+                        run.stopped = None;
+                        run.not_before = None;
+                    }
+                }
+                Some(Control::Stop) | None => stopping = true,
+            },
+            Some((id, outcome)) = done_rx.recv() => state.finished(&id, outcome, &ledger, &log),
+            _ = tokio::time::sleep(tick) => {}
+        }
+        if stopping {
+            break;
+        }
+        let now = Instant::now();
+        if now.duration_since(last_renew) >= lease.renew_interval() {
+            if let Err(e) = lease.renew() {
+                log(&format!("lost the lease, stopping: {e}"));
+                break;
+            }
+            last_renew = now;
+        }
+        if now.duration_since(last_trigger) >= config.trigger_poll {
+            last_trigger = now;
+            let mut problems = Vec::new();
+            for trigger in triggers.take(&mut problems) {
+                let (files, errors) = wandb_files(std::slice::from_ref(&trigger.target));
+                for e in errors {
+                    log(&format!("trigger {}: {e}", trigger.source.display()));
+                }
+                let mut report = ScanReport::default();
+                for file in files {
+                    if let Some(run_dir) = file.path.parent() {
+                        scanner.look_at_run_dir(run_dir, &mut report);
+                    }
+                    report.changed_files.push(file.path);
+                }
+                state.absorb(report, &ledger, &log);
+                state.prioritize(&trigger.target);
+            }
+            for p in problems {
+                log(&p);
+            }
+        }
+        if now.duration_since(last_live) >= config.live_poll {
+            last_live = now;
+            let full = now.duration_since(last_idle) >= config.idle_poll;
+            let mut report = scanner.scan_roots(full);
+            let watched: Vec<PathBuf> = state
+                .runs
+                .values()
+                .filter(|r| full || !r.settled())
+                .flat_map(|r| r.job.fragments.last().cloned())
+                .collect();
+            scanner.check_files(&watched, &mut report);
+            if full {
+                last_idle = now;
+            }
+            state.absorb(report, &ledger, &log);
+            if let Some(s) = slurm.as_mut() {
+                state.ask_slurm(s, &log);
+            }
+            state.decide_finalization(&config);
+        }
+        if state.offline_until.is_some_and(|t| now >= t) {
+            state.probe(&client, &log).await;
+        }
+        if state.offline_until.is_none() {
+            while state.in_flight < config.concurrency.max(1) {
+                let Some(id) = state.next_ready(now) else {
+                    break;
+                };
+                let run = state.runs.get_mut(&id).expect("queued runs are tracked");
+                run.in_flight = true;
+                run.dirty = false;
+                state.in_flight += 1;
+                let job = run.job.clone();
+                let options = SyncOptions {
+                    verdict: run.verdict.clone(),
+                    ..SyncOptions::default()
+                };
+                let (client, ledger, done) = (client.clone(), ledger.clone(), done_tx.clone());
+                tokio::spawn(async move {
+                    let outcome =
+                        worker::sync_run(Some(&client), &ledger, &options, &job, &|_| {}).await;
+                    let _ = done.send((id, outcome)).await;
+                });
+            }
+        }
+        if now.duration_since(last_heartbeat) >= Duration::from_secs(2) {
+            last_heartbeat = now;
+            let beat = state.heartbeat(&config, &started_at);
+            if let Err(e) = heartbeat::write(&config.state_dir, &beat) {
+                log(&format!("cannot write the heartbeat: {e}"));
+            }
+            if let Some(n) = &notifier {
+                let _ = n.status(&state.summary_line());
+                if n.watchdog_interval().is_some() {
+                    let _ = n.watchdog();
+                }
+            }
+        }
+    }
+
+    // Shutdown: no new work; in-flight uploads get a few seconds to reach a
+    // checkpoint (each step is checkpointed, so abandoning one loses nothing).
+    if let Some(n) = &notifier {
+        let _ = n.stopping();
+    }
+    log(&format!(
+        "stopping: waiting up to 5 s for {} upload(s)",
+        state.in_flight
+    ));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while state.in_flight > 0 && Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_millis(200), done_rx.recv()).await {
+            Ok(Some((id, outcome))) => state.finished(&id, outcome, &ledger, &log),
+            _ => continue,
+        }
+    }
+    let _ = std::fs::remove_file(heartbeat::path(&config.state_dir));
+    if let Err(e) = lease.release() {
+        log(&format!("could not release the lease: {e}"));
+    }
+    Ok(())
+}
+
+async fn acquire_lease(
+    config: &DaemonConfig,
+    log: &Arc<dyn Fn(&str) + Send + Sync>,
+) -> Result<Lease, DaemonError> {
+    loop {
+        match Lease::acquire(&config.state_dir, config.lease_ttl) {
+            Ok(lease) => return Ok(lease),
+            Err(e) if config.wait_for_lease => {
+                log(&format!("{e}; waiting for it"));
+                tokio::time::sleep(config.lease_ttl / 3).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn current_uid(state_dir: &Path) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    // The owner of our own state directory is us, without unsafe getuid.
+    std::fs::metadata(state_dir)
+        .map(|m| m.uid())
+        .unwrap_or(u32::MAX)
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+#[derive(Default)]
+struct DaemonState {
+    base_url: String,
+    runs: HashMap<String, Tracked>,
+    /// Which run each `.wandb` file belongs to.
+    file_to_run: HashMap<PathBuf, String>,
+    queue: VecDeque<String>,
+    in_flight: usize,
+    /// Offline: no uploads until this instant, then a probe.
+    offline_until: Option<Instant>,
+    offline_backoff: Duration,
+    last_contact: Option<String>,
+    foreign_reported: HashSet<PathBuf>,
+    /// The last Slurm query succeeded; when not, quiescence decides.
+    slurm_answers: bool,
+}
+
+impl DaemonState {
+    /// Takes a scan's findings: new files join (or start) runs, changed
+    /// files mark their run dirty.
+    fn absorb(
+        &mut self,
+        report: ScanReport,
+        ledger: &Ledger,
+        log: &Arc<dyn Fn(&str) + Send + Sync>,
+    ) {
+        for problem in report.problems {
+            log(&problem);
+        }
+        for dir in report.foreign {
+            if self.foreign_reported.insert(dir.clone()) {
+                log(&format!(
+                    "{}: owned by another user; not synced",
+                    dir.display()
+                ));
+            }
+        }
+        for path in report.new_files.into_iter().chain(report.changed_files) {
+            let id = match self.file_to_run.get(&path) {
+                Some(id) => id.clone(),
+                None => match self.add_file(&path, ledger) {
+                    Some(id) => id,
+                    None => continue,
+                },
+            };
+            if let Some(run) = self.runs.get_mut(&id) {
+                // Known to the ledger as done, and not grown since: nothing to do
+                // (this is what keeps a restart over thousands of runs cheap).
+                let size = std::fs::metadata(&path).map_or(u64::MAX, |m| m.len());
+                if matches!(run.phase, Phase::Synced | Phase::Finalized)
+                    && run.acked.get(&path) == Some(&size)
+                {
+                    run.dirty = false;
+                    continue;
+                }
+                run.dirty = true;
+                run.stopped = None;
+                run.newest_mtime = std::fs::metadata(run.job.fragments.last().unwrap())
+                    .and_then(|m| m.modified())
+                    .ok();
+                if !run.queued && !run.in_flight {
+                    run.queued = true;
+                    self.queue.push_back(id);
+                }
+            }
+        }
+    }
+
+    /// Registers a newly seen `.wandb` file with its run (same wandb
+    /// directory and run id), keeping fragments in start-time order.
+    fn add_file(&mut self, path: &Path, ledger: &Ledger) -> Option<String> {
+        let head = wandb_run::head(path).ok()?;
+        let wandb_dir = path.parent()?.parent()?.to_path_buf();
+        let id = format!("{}#{}", wandb_dir.display(), head.run_id);
+        self.file_to_run.insert(path.to_path_buf(), id.clone());
+        let run = self.runs.entry(id.clone()).or_insert_with(|| Tracked {
+            job: RunJob {
+                id: head.run_id.clone(),
+                fragments: Vec::new(),
+            },
+            starts: Vec::new(),
+            key: None,
+            phase: Phase::Queued,
+            queued: false,
+            in_flight: false,
+            dirty: true,
+            failures: 0,
+            not_before: None,
+            stopped: None,
+            slurm_job: None,
+            slurm_state: None,
+            gone_since: None,
+            verdict: None,
+            ended: false,
+            newest_mtime: None,
+            acked: HashMap::new(),
+        });
+        let at = run
+            .starts
+            .partition_point(|s| order(*s) <= order(head.start_time));
+        run.job.fragments.insert(at, path.to_path_buf());
+        run.starts.insert(at, head.start_time);
+        // A new fragment (a requeued job) reopens a finalized run.
+        run.verdict = None;
+        run.gone_since = None;
+        run.key = Some(crate::ledger::run_key(
+            &run.job.id,
+            &run.job.fragments[0],
+            &self.base_url,
+            None,
+            None,
+        ));
+        refresh_from_ledger(run, ledger);
+        Some(id)
+    }
+
+    /// A triggered run jumps the queue.
+    fn prioritize(&mut self, target: &Path) {
+        let ids: Vec<String> =
+            self.runs
+                .iter()
+                .filter(|(_, r)| {
+                    r.job.fragments.iter().any(|f| {
+                        f.starts_with(target) || target.starts_with(f.parent().unwrap_or(f))
+                    })
+                })
+                .map(|(id, _)| id.clone())
+                .collect();
+        for id in ids {
+            self.queue.retain(|q| q != &id);
+            if let Some(run) = self.runs.get_mut(&id) {
+                run.not_before = None;
+                if !run.in_flight {
+                    run.queued = true;
+                    self.queue.push_front(id);
+                }
+            }
+        }
+    }
+
+    /// The next queued run that may go now (FIFO; runs backing off stay
+    /// queued without blocking the others).
+    fn next_ready(&mut self, now: Instant) -> Option<String> {
+        let position = self.queue.iter().position(|id| {
+            let run = &self.runs[id];
+            run.stopped.is_none() && run.not_before.is_none_or(|t| now >= t)
+        })?;
+        let id = self.queue.remove(position)?;
+        if let Some(run) = self.runs.get_mut(&id) {
+            run.queued = false;
+        }
+        Some(id)
+    }
+
+    fn finished(
+        &mut self,
+        id: &str,
+        outcome: RunOutcome,
+        ledger: &Ledger,
+        log: &Arc<dyn Fn(&str) + Send + Sync>,
+    ) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        let Some(run) = self.runs.get_mut(id) else {
+            return;
+        };
+        run.in_flight = false;
+        run.key = Some(outcome.key.clone());
+        refresh_from_ledger(run, ledger);
+        match outcome.failure {
+            None => {
+                run.failures = 0;
+                run.not_before = None;
+                self.last_contact = Some(now_rfc3339());
+                self.offline_until = None;
+                self.offline_backoff = Duration::ZERO;
+            }
+            Some(Failure::Offline) => {
+                run.dirty = true;
+                if self.offline_until.is_none() {
+                    log(&format!(
+                        "server unreachable, going offline: {}",
+                        outcome.error.clone().unwrap_or_default()
+                    ));
+                    self.offline_backoff = Duration::from_secs(2);
+                    self.offline_until = Some(Instant::now() + self.offline_backoff);
+                }
+            }
+            Some(Failure::Auth | Failure::Permanent | Failure::Corrupt) => {
+                let error = outcome.error.clone().unwrap_or_default();
+                log(&format!("{}: stopped: {error}", outcome.run_id));
+                run.stopped = Some(error);
+            }
+            Some(Failure::Transient) => {
+                run.failures += 1;
+                run.dirty = true;
+                let wait = Duration::from_secs(5u64.saturating_mul(1 << run.failures.min(7)))
+                    .min(Duration::from_secs(600));
+                run.not_before = Some(Instant::now() + wait);
+                log(&format!(
+                    "{}: failed ({}), retrying in {}",
+                    outcome.run_id,
+                    outcome.error.clone().unwrap_or_default(),
+                    humantime::format_duration(wait)
+                ));
+            }
+        }
+        // Dirty again while it ran (or failed): back in the queue, at the end.
+        let run = self.runs.get_mut(id).expect("still tracked");
+        if run.dirty && !run.queued && run.stopped.is_none() {
+            run.queued = true;
+            self.queue.push_back(id.to_string());
+        }
+    }
+
+    /// Asks Slurm about every live run's job at once.
+    fn ask_slurm(&mut self, slurm: &mut Slurm, log: &Arc<dyn Fn(&str) + Send + Sync>) {
+        let ids: Vec<String> = self
+            .runs
+            .values()
+            .filter(|r| !r.ended && !r.settled())
+            .filter_map(|r| r.slurm_job.clone())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        match slurm.states(&ids) {
+            Ok(states) => {
+                self.slurm_answers = true;
+                for run in self.runs.values_mut() {
+                    let Some(job) = &run.slurm_job else { continue };
+                    if !ids.contains(job) {
+                        continue;
+                    }
+                    // Absent from both squeue and sacct: Slurm has forgotten
+                    // the job (purged, or another cluster's): it is not alive.
+                    let alive = states.get(job).is_some_and(|info| info.state.is_alive());
+                    run.slurm_state = states.get(job).map(|info| info.state.name().to_string());
+                    if alive {
+                        run.gone_since = None;
+                    } else if run.gone_since.is_none() {
+                        run.gone_since = Some(Instant::now());
+                    }
+                }
+            }
+            Err(e) => {
+                if self.slurm_answers {
+                    log(&format!(
+                        "asking Slurm failed ({e}); using the quiescence timeout until it answers"
+                    ));
+                }
+                self.slurm_answers = false;
+            }
+        }
+    }
+
+    /// Runs without exit record whose writer is gone get a verdict and are
+    /// queued to be finalized.
+    fn decide_finalization(&mut self, config: &DaemonConfig) {
+        let now = Instant::now();
+        let mut queue = Vec::new();
+        for (id, run) in self.runs.iter_mut() {
+            if run.ended
+                || run.verdict.is_some()
+                || run.phase != Phase::Live
+                || run.stopped.is_some()
+            {
+                continue;
+            }
+            let job = run.slurm_job.clone().unwrap_or_default();
+            let verdict = if let (Some(since), true) = (run.gone_since, self.slurm_answers) {
+                (now.duration_since(since) >= config.grace).then(|| Verdict {
+                    reason: match &run.slurm_state {
+                        Some(state) => format!(
+                            "Slurm job {job} ended ({state}) without the run writing an exit record"
+                        ),
+                        None => format!(
+                            "Slurm no longer knows job {job}, and the run wrote no exit record"
+                        ),
+                    },
+                    slurm_state: run.slurm_state.clone(),
+                })
+            } else if run.slurm_job.is_none() || !self.slurm_answers {
+                let quiet = run
+                    .newest_mtime
+                    .and_then(|m| SystemTime::now().duration_since(m).ok());
+                quiet.filter(|q| *q >= config.quiescence).map(|q| Verdict {
+                    reason: format!(
+                        "no exit record and no change for {}: taken as cut off",
+                        humantime::format_duration(Duration::from_secs(q.as_secs()))
+                    ),
+                    slurm_state: None,
+                })
+            } else {
+                None
+            };
+            if let Some(verdict) = verdict {
+                run.verdict = Some(verdict);
+                run.dirty = true;
+                if !run.queued && !run.in_flight {
+                    run.queued = true;
+                    queue.push(id.clone());
+                }
+            }
+        }
+        self.queue.extend(queue);
+    }
+
+    /// While offline: one cheap request; any HTTP answer means the server is back.
+    async fn probe(&mut self, client: &Client, log: &Arc<dyn Fn(&str) + Send + Sync>) {
+        match ops::server_features(client).await {
+            Err(e) if e.is_offline() => {
+                self.offline_backoff = (self.offline_backoff * 2).min(Duration::from_secs(60));
+                self.offline_until = Some(Instant::now() + self.offline_backoff);
+            }
+            _ => {
+                log("server reachable again, resuming uploads");
+                self.offline_until = None;
+                self.offline_backoff = Duration::ZERO;
+                self.last_contact = Some(now_rfc3339());
+                let dirty: Vec<String> = self
+                    .runs
+                    .iter()
+                    .filter(|(_, r)| r.dirty && !r.queued && !r.in_flight)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for id in dirty {
+                    if let Some(run) = self.runs.get_mut(&id) {
+                        run.queued = true;
+                    }
+                    self.queue.push_back(id);
+                }
+            }
+        }
+    }
+
+    fn counts(&self) -> (usize, usize, usize) {
+        let live = self
+            .runs
+            .values()
+            .filter(|r| r.phase == Phase::Live && !r.ended)
+            .count();
+        (live, self.queue.len(), self.in_flight)
+    }
+
+    fn summary_line(&self) -> String {
+        let (live, queued, uploading) = self.counts();
+        let network = if self.offline_until.is_some() {
+            "offline"
+        } else {
+            "online"
+        };
+        format!("{live} runs live, {queued} queued, {uploading} uploading, {network}")
+    }
+
+    fn heartbeat(&self, config: &DaemonConfig, started_at: &str) -> Heartbeat {
+        let activity = self
+            .runs
+            .values()
+            .filter_map(|run| {
+                let key = run.key.clone()?;
+                let state = if run.in_flight {
+                    "uploading"
+                } else if run.queued {
+                    "queued"
+                } else if run.not_before.is_some() {
+                    "waiting"
+                } else if run.stopped.is_some() {
+                    "stopped"
+                } else {
+                    "idle"
+                };
+                let next_retry = run.not_before.map(|t| {
+                    let at = SystemTime::now() + t.saturating_duration_since(Instant::now());
+                    humantime::format_rfc3339_seconds(at).to_string()
+                });
+                Some((
+                    key,
+                    Activity {
+                        state: state.into(),
+                        next_retry,
+                        path: run
+                            .job
+                            .fragments
+                            .last()
+                            .and_then(|p| p.parent())
+                            .map(Path::to_path_buf),
+                        slurm_job: run.slurm_job.clone(),
+                        slurm_state: run.slurm_state.clone(),
+                    },
+                ))
+            })
+            .collect();
+        Heartbeat {
+            pid: std::process::id(),
+            host: crate::config::hostname(),
+            started_at: started_at.to_string(),
+            heartbeat_at: now_rfc3339(),
+            stale_after_secs: 15,
+            online: self.offline_until.is_none(),
+            last_contact: self.last_contact.clone(),
+            base_url: config.base_url.clone(),
+            activity,
+        }
+    }
+}
+
+fn order(start: Option<f64>) -> f64 {
+    start.unwrap_or(f64::MAX)
+}
+
+/// Reads what the last upload recorded: phase, Slurm job, whether the
+/// newest fragment has its exit record.
+fn refresh_from_ledger(run: &mut Tracked, ledger: &Ledger) {
+    let Some(key) = &run.key else { return };
+    let Ok(Some(entry)) = ledger.load(key) else {
+        return;
+    };
+    run.phase = entry.phase;
+    run.acked = entry
+        .fragments
+        .iter()
+        .map(|f| (f.path.clone(), f.cursor))
+        .collect();
+    run.ended =
+        entry.fragments.last().is_some_and(|f| f.exit.is_some()) || entry.acked.complete.is_some();
+    let slurm = &entry.state.identity.slurm;
+    run.slurm_job = match (slurm.get("array_job_id"), slurm.get("array_task_id")) {
+        (Some(array), Some(task)) => Some(format!("{array}_{task}")),
+        _ => slurm.get("job_id").cloned(),
+    };
+}

@@ -1,0 +1,59 @@
+//! The daemon's heartbeat file (`<state dir>/daemon.json`): who runs, since
+//! when, whether the server answers, and what each run is doing right now.
+//! Written atomically every few seconds by `syncd run`; read by `syncd
+//! status`, which trusts it only while `heartbeat_at` is recent.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// File name inside the state directory.
+pub const FILE: &str = "daemon.json";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub pid: u32,
+    pub host: String,
+    /// RFC 3339.
+    pub started_at: String,
+    /// RFC 3339; the daemon is considered gone when this is older than
+    /// `stale_after_secs`.
+    pub heartbeat_at: String,
+    pub stale_after_secs: u64,
+    /// The server answered the last request (or probe).
+    pub online: bool,
+    /// RFC 3339 of the last 2xx from the server.
+    pub last_contact: Option<String>,
+    pub base_url: String,
+    /// What each run is doing now, by ledger key: `uploading`, `queued`,
+    /// `waiting` (backing off until `next_retry`).
+    pub activity: BTreeMap<String, Activity>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Activity {
+    pub state: String,
+    /// RFC 3339.
+    pub next_retry: Option<String>,
+    /// The run directory (for display).
+    pub path: Option<PathBuf>,
+    /// Slurm job id and state, when known.
+    pub slurm_job: Option<String>,
+    pub slurm_state: Option<String>,
+}
+
+pub fn path(state_dir: &Path) -> PathBuf {
+    state_dir.join(FILE)
+}
+
+pub fn write(state_dir: &Path, heartbeat: &Heartbeat) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(heartbeat).expect("heartbeat serializes");
+    crate::ledger::store::write_atomic(&path(state_dir), &bytes)
+}
+
+/// The heartbeat, if the file exists and parses.
+pub fn read(state_dir: &Path) -> Option<Heartbeat> {
+    let bytes = std::fs::read(path(state_dir)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}

@@ -1,0 +1,626 @@
+//! `syncd run` end to end against the W&B-protocol test server: live runs
+//! written by the real wandb, finalization by Slurm's verdict (fake
+//! `squeue`/`sacct`) and by quiescence, kill -9 chaos, an outage, trigger
+//! files, a second daemon, foreign-owned runs, `status`, `sd_notify`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::official_sync::{copy_tree_rooted, wandb_cli};
+use crate::support::committed_root;
+use crate::sync::{comparable, syncd_sync};
+use crate::wandb_server::{Endpoint, Fault, WandbServer};
+
+/// A `syncd run` child process, killed (SIGKILL) if the test ends early.
+struct Daemon {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- daemon log {}:\n{}",
+                self.log.display(),
+                self.log_text()
+            );
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Daemon {
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    fn stop(mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        unsafe_kill(child.id(), "TERM");
+        wait_timeout(&mut child, Duration::from_secs(15)).expect("daemon exits on SIGTERM")
+    }
+
+    fn kill9(mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
+fn unsafe_kill(pid: u32, signal: &str) {
+    Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+}
+
+fn wait_timeout(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+/// Starts `syncd run` on `roots` with fast polls; `extra` flags and `env` added.
+fn start_daemon(
+    server: &WandbServer,
+    home: &Path,
+    roots: &[&Path],
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Daemon {
+    std::fs::create_dir_all(home).unwrap();
+    let log = home.join(format!(
+        "daemon-{}.log",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_syncd"));
+    cmd.arg("run")
+        .args(["--state-dir", home.join("state").to_str().unwrap()]);
+    // Fast polls unless the test sets its own.
+    for (flag, value) in [
+        ("--poll", "300ms"),
+        ("--idle-poll", "2s"),
+        ("--retry-min-ms", "50"),
+        ("--lease-ttl", "3s"),
+    ] {
+        if !extra.contains(&flag) {
+            cmd.args([flag, value]);
+        }
+    }
+    cmd.args(extra)
+        .args(roots)
+        .env("WANDB_API_KEY", server.api_key())
+        .env("WANDB_BASE_URL", server.base_url())
+        .env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join("config"))
+        .env_remove("SYNCD_STATE_DIR")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("SYNCD_ROOTS")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Daemon {
+        child: Some(cmd.spawn().expect("start syncd run")),
+        log,
+    }
+}
+
+fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out after {limit:?} waiting for {what}");
+}
+
+fn steps(run: &Value) -> usize {
+    run["history"].as_array().map_or(0, Vec::len)
+}
+
+fn status_json(home: &Path) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_syncd"))
+        .args([
+            "status",
+            "--json",
+            "--state-dir",
+            home.join("state").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn committed_copy(version: &str, case: &str, root: &Path) {
+    copy_tree_rooted(
+        &committed_root().join(version).join(case).join("wandb"),
+        root,
+    );
+}
+
+fn python_writer(venv: &Path, dir: &Path, id: &str, steps: u32, sleep: &str) -> Child {
+    Command::new(venv.join("bin/python"))
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/wandb/live_writer.py"))
+        .args([
+            "--dir",
+            dir.to_str().unwrap(),
+            "--id",
+            id,
+            "--steps",
+            &steps.to_string(),
+            "--sleep",
+            sleep,
+        ])
+        .env("HOME", dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn live_runs_grow_without_completing_and_finish_once() {
+    let Some(cli) = wandb_cli() else { return };
+    let venv = cli.parent().unwrap().parent().unwrap().to_path_buf();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("scratch");
+    std::fs::create_dir_all(&root).unwrap();
+    let server = WandbServer::start();
+    let daemon = start_daemon(
+        &server,
+        &tmp.path().join("home"),
+        &[&root],
+        &["--no-slurm"],
+        &[],
+    );
+    let mut writer = python_writer(&venv, &root, "fxdaemon", 3000, "0.002");
+    let mut seen_partial = false;
+    while writer.try_wait().unwrap().is_none() {
+        std::thread::sleep(Duration::from_millis(200));
+        if let Some(run) = server.run("fxdaemon") {
+            let n = steps(&run);
+            if run["complete"] == true {
+                assert_eq!(n, 3000, "completed only with everything");
+            }
+            seen_partial |= n > 0 && n < 3000;
+        }
+    }
+    assert!(writer.wait().unwrap().success());
+    wait_until(Duration::from_secs(20), "the run to complete", || {
+        server
+            .run("fxdaemon")
+            .is_some_and(|r| r["complete"] == true)
+    });
+    let run = server.run("fxdaemon").unwrap();
+    assert!(seen_partial, "the run was on the server while it trained");
+    assert_eq!(steps(&run), 3000);
+    assert_eq!(run["history_lines_received"], 3000, "each line sent once");
+    assert_eq!(run["exitcode"], 0);
+    let status = status_json(&tmp.path().join("home"));
+    assert_eq!(status["daemon"]["running"], true);
+    assert_eq!(status["runs"][0]["state"], "synced");
+    assert!(daemon.stop().success(), "SIGTERM exits 0");
+    let status = status_json(&tmp.path().join("home"));
+    assert_eq!(status["daemon"]["running"], false);
+}
+
+/// Fake Slurm commands on PATH: `squeue` knows no job any more; `sacct`
+/// says array task 4240_2 (job 4242) ended in TIMEOUT.
+fn fake_slurm(dir: &Path) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    for (name, body) in [
+        ("squeue", "#!/bin/sh\nexit 0\n"),
+        // The fixture is array task 4240_2, whose own job id is 4242.
+        ("sacct", "#!/bin/sh\necho '4240_2|4242|TIMEOUT|0:15'\n"),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, body).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    format!(
+        "{}:{}",
+        dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+/// The committed Slurm fixture cut just before its exit record: a run whose
+/// job (4242) was killed at its time limit.
+fn timed_out_run(root: &Path) -> PathBuf {
+    committed_copy("0.31.0", "slurm_env", root);
+    let file = crate::support::wandb_files_under(root).remove(0);
+    let fragment = syncd::source::wandb::fragment::read_fragment(&file, Default::default())
+        .expect("read fixture");
+    assert!(fragment.state.exit.is_some());
+    // Find where the exit record starts and cut there.
+    let mut reader =
+        syncd::source::wandb::framing::LogReader::open(std::fs::File::open(&file).unwrap(), 0)
+            .unwrap();
+    let mut exit_at = None;
+    while let Some(raw) = reader.next_record().unwrap() {
+        if syncd::source::wandb::record::peek(raw.payload)
+            .unwrap()
+            .kind
+            == syncd::source::wandb::proto::RecordKind::Exit
+        {
+            exit_at = Some(raw.start);
+        }
+    }
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &bytes[..exit_at.unwrap() as usize]).unwrap();
+    file
+}
+
+#[test]
+fn a_job_gone_without_exit_record_is_finalized_with_slurms_verdict() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("scratch");
+    timed_out_run(&root);
+    let path = fake_slurm(&tmp.path().join("bin"));
+    let server = WandbServer::start();
+    let home = tmp.path().join("home");
+    let daemon = start_daemon(
+        &server,
+        &home,
+        &[&root],
+        &["--grace", "1s"],
+        &[("PATH", &path)],
+    );
+    wait_until(Duration::from_secs(20), "the run to be finalized", || {
+        server
+            .run("fxslurm0")
+            .is_some_and(|r| r["complete"] == true)
+    });
+    let run = server.run("fxslurm0").unwrap();
+    assert_eq!(run["exitcode"], 1);
+    assert_eq!(run["summary"]["slurm_state"], "TIMEOUT");
+    assert!(
+        run["tags"].to_string().contains("slurm:TIMEOUT"),
+        "{}",
+        run["tags"]
+    );
+    assert_eq!(steps(&run), 10);
+    let status = status_json(&home);
+    let entry = &status["runs"][0];
+    assert_eq!(entry["state"], "finalized");
+    assert!(
+        entry["reason"].as_str().unwrap().contains("TIMEOUT"),
+        "{entry:#}"
+    );
+    assert_eq!(entry["slurm_job"], "4240_2");
+    daemon.stop();
+}
+
+#[test]
+fn without_slurm_a_quiet_run_is_finalized_after_the_quiescence_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("scratch");
+    committed_copy("0.31.0", "sigkill", &root);
+    let server = WandbServer::start();
+    let home = tmp.path().join("home");
+    let daemon = start_daemon(
+        &server,
+        &home,
+        &[&root],
+        &["--no-slurm", "--quiescence", "2s"],
+        &[],
+    );
+    wait_until(Duration::from_secs(20), "finalization", || {
+        server
+            .run("fxsigkil")
+            .is_some_and(|r| r["complete"] == true)
+    });
+    assert_eq!(server.run("fxsigkil").unwrap()["exitcode"], 1);
+    assert_eq!(status_json(&home)["runs"][0]["state"], "finalized");
+    daemon.stop();
+}
+
+/// kill -9 of the daemon at random moments while runs grow: the final state
+/// equals one clean sync of the final files; no line missing or doubled.
+#[test]
+fn killing_the_daemon_again_and_again_loses_and_duplicates_nothing() {
+    let Some(cli) = wandb_cli() else { return };
+    let venv = cli.parent().unwrap().parent().unwrap().to_path_buf();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("scratch");
+    std::fs::create_dir_all(&root).unwrap();
+    let server = WandbServer::start();
+    let home = tmp.path().join("home");
+    let mut writers = vec![
+        python_writer(&venv, &root, "fxchaos1", 4000, "0.003"),
+        python_writer(&venv, &root, "fxchaos2", 2000, "0.005"),
+    ];
+    let iterations: u64 = std::env::var("SYNCD_CHAOS_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    for i in 0..iterations {
+        let daemon = start_daemon(&server, &home, &[&root], &["--no-slurm", "--wait"], &[]);
+        std::thread::sleep(Duration::from_millis(100 + (i * 7919) % 300));
+        daemon.kill9();
+    }
+    for w in &mut writers {
+        assert!(w.wait().unwrap().success());
+    }
+    let daemon = start_daemon(&server, &home, &[&root], &["--no-slurm", "--wait"], &[]);
+    wait_until(Duration::from_secs(60), "both runs complete", || {
+        ["fxchaos1", "fxchaos2"]
+            .iter()
+            .all(|id| server.run(id).is_some_and(|r| r["complete"] == true))
+    });
+    daemon.stop();
+    let clean = WandbServer::start();
+    let out = syncd_sync(
+        &clean,
+        &tmp.path().join("clean"),
+        &[root.join("wandb").to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    for id in ["fxchaos1", "fxchaos2"] {
+        let run = server.run(id).unwrap();
+        assert_eq!(run["gaps"], 0, "{id}");
+        assert_eq!(
+            comparable(&run),
+            comparable(&clean.run(id).unwrap()),
+            "{id} after {iterations} kills"
+        );
+    }
+}
+
+#[test]
+fn an_outage_is_ridden_out_and_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("scratch");
+    committed_copy("0.31.0", "finished", &root);
+    let server = WandbServer::start();
+    for endpoint in [Endpoint::Graphql, Endpoint::FileStream, Endpoint::Storage] {
+        server.inject(endpoint, Fault::Drop, 100_000);
+    }
+    let home = tmp.path().join("home");
+    let daemon = start_daemon(&server, &home, &[&root], &["--no-slurm"], &[]);
+    wait_until(Duration::from_secs(20), "status to say offline", || {
+        status_json(&home)["daemon"]["online"] == false
+    });
+    let requests_while_down = server.snapshot()["counters"]["requests"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let later = server.snapshot()["counters"]["requests"].as_u64().unwrap();
+    assert!(
+        later - requests_while_down <= 6,
+        "offline: probes only, not hammering ({requests_while_down} -> {later})"
+    );
+    server.clear_faults();
+    wait_until(Duration::from_secs(90), "upload after the outage", || {
+        server
+            .run("fxfinish")
+            .is_some_and(|r| r["complete"] == true)
+    });
+    let run = server.run("fxfinish").unwrap();
+    assert_eq!(steps(&run), 200);
+    assert_eq!(run["gaps"], 0);
+    wait_until(
+        Duration::from_secs(10),
+        "status to say online again",
+        || status_json(&home)["daemon"]["online"] == true,
+    );
+    daemon.stop();
+}
+
+#[test]
+fn trigger_files_and_wandb_osh_commands_upload_without_waiting_for_the_poll() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("scratch");
+    std::fs::create_dir_all(root.join("wandb")).unwrap();
+    let server = WandbServer::start();
+    let home = tmp.path().join("home");
+    // Polls far apart: only a trigger can make the upload quick.
+    let daemon = start_daemon(
+        &server,
+        &home,
+        &[&root],
+        &["--no-slurm", "--poll", "60s", "--idle-poll", "600s"],
+        &[],
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    committed_copy("0.31.0", "exit_code_3", &root);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        server.run("fxexit03").is_none(),
+        "not found by polling this soon"
+    );
+    let run_dir = crate::support::wandb_files_under(&root)[0]
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_syncd"))
+        .args([
+            "notify",
+            run_dir.to_str().unwrap(),
+            "--state-dir",
+            home.join("state").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    wait_until(Duration::from_secs(10), "the triggered upload", || {
+        server
+            .run("fxexit03")
+            .is_some_and(|r| r["complete"] == true)
+    });
+    eprintln!("trigger to completed run: {:?}", started.elapsed());
+
+    // The same through wandb-osh's command directory.
+    committed_copy("0.31.0", "nan_inf", &root);
+    let osh = home.join(".wandb_osh_command_dir");
+    std::fs::create_dir_all(&osh).unwrap();
+    let nan_dir = crate::support::wandb_files_under(&root)
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains("fxnaninf"))
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    std::fs::write(osh.join("0123abcd.command"), nan_dir.to_str().unwrap()).unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "the wandb-osh triggered upload",
+        || {
+            server
+                .run("fxnaninf")
+                .is_some_and(|r| r["complete"] == true)
+        },
+    );
+    assert!(
+        !osh.join("0123abcd.command").exists(),
+        "command file consumed like wandb-osh does"
+    );
+    daemon.stop();
+}
+
+#[test]
+fn a_second_daemon_on_the_same_state_refuses_or_waits_then_takes_over() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("scratch");
+    committed_copy("0.31.0", "finished", &root);
+    let server = WandbServer::start();
+    let home = tmp.path().join("home");
+    let first = start_daemon(&server, &home, &[&root], &["--no-slurm"], &[]);
+    wait_until(Duration::from_secs(20), "the first daemon's upload", || {
+        server.run("fxfinish").is_some()
+    });
+    let mut second = start_daemon(&server, &home, &[&root], &["--no-slurm"], &[]);
+    let status = wait_timeout(second.child.as_mut().unwrap(), Duration::from_secs(10))
+        .expect("second daemon exits");
+    assert_eq!(status.code(), Some(2));
+    assert!(
+        second.log_text().contains("lease") || second.log_text().contains("holds"),
+        "{}",
+        second.log_text()
+    );
+    second.child = None;
+
+    // With --wait, it takes over once the first is gone (its lease expires).
+    let waiting = start_daemon(&server, &home, &[&root], &["--no-slurm", "--wait"], &[]);
+    std::thread::sleep(Duration::from_secs(1));
+    first.kill9();
+    wait_until(
+        Duration::from_secs(20),
+        "the waiting daemon to take over",
+        || {
+            status_json(&home)["daemon"]["running"] == true
+                && waiting.log_text().contains("watching")
+        },
+    );
+    let run = server.run("fxfinish").unwrap();
+    assert_eq!(run["history_lines_received"], 200, "never uploaded twice");
+    waiting.stop();
+}
+
+#[test]
+fn runs_owned_by_someone_else_are_not_uploaded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("scratch");
+    committed_copy("0.31.0", "exit_code_3", &root);
+    committed_copy("0.31.0", "finished", &root);
+    let foreign = crate::support::wandb_files_under(&root)
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains("fxexit03"))
+        .unwrap();
+    let foreign_dir = foreign.parent().unwrap();
+    if Command::new("chown")
+        .args(["-R", "12345:12345"])
+        .arg(foreign_dir)
+        .status()
+        .map_or(true, |s| !s.success())
+    {
+        eprintln!("note: cannot chown (not root); foreign-owner test skipped");
+        return;
+    }
+    let server = WandbServer::start();
+    let home = tmp.path().join("home");
+    let daemon = start_daemon(&server, &home, &[&root], &["--no-slurm"], &[]);
+    wait_until(Duration::from_secs(20), "the user's own run", || {
+        server
+            .run("fxfinish")
+            .is_some_and(|r| r["complete"] == true)
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        server.run("fxexit03").is_none(),
+        "a foreign run is never uploaded"
+    );
+    assert!(
+        daemon.log_text().contains("owned by another user"),
+        "{}",
+        daemon.log_text()
+    );
+    daemon.stop();
+}
+
+#[test]
+fn systemd_is_told_ready_and_status() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("scratch");
+    committed_copy("0.31.0", "exit_code_3", &root);
+    let socket_path = tmp.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let server = WandbServer::start();
+    let daemon = start_daemon(
+        &server,
+        &tmp.path().join("home"),
+        &[&root],
+        &["--no-slurm"],
+        &[
+            ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "2000000"),
+        ],
+    );
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline
+        && !(seen.iter().any(|m: &String| m.contains("READY=1"))
+            && seen.iter().any(|m| m.contains("STATUS="))
+            && seen.iter().any(|m| m.contains("WATCHDOG=1")))
+    {
+        if let Ok(n) = socket.recv(&mut buf) {
+            seen.push(String::from_utf8_lossy(&buf[..n]).to_string());
+        }
+    }
+    assert!(seen.iter().any(|m| m.contains("READY=1")), "{seen:?}");
+    let status = seen
+        .iter()
+        .find(|m| m.contains("STATUS="))
+        .expect("a STATUS message");
+    assert!(
+        status.contains("queued") && status.contains("online"),
+        "{status}"
+    );
+    assert!(seen.iter().any(|m| m.contains("WATCHDOG=1")), "{seen:?}");
+    daemon.stop();
+}
