@@ -624,3 +624,157 @@ fn systemd_is_told_ready_and_status() {
     assert!(seen.iter().any(|m| m.contains("WATCHDOG=1")), "{seen:?}");
     daemon.stop();
 }
+
+/// `syncd status` on a ledger with known contents and no daemon.
+#[test]
+fn status_reports_known_ledger_contents_without_a_daemon() {
+    use syncd::ledger::{ErrorNote, Ledger, Phase, RunLedger};
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let ledger = Ledger::open(&state).unwrap();
+    let mut synced = RunLedger::new("wandb-aaa-1".into(), "aaa".into(), "http://x".into());
+    synced.phase = Phase::Synced;
+    synced.acked.history_lines = 1200;
+    synced.acked.complete = Some(0);
+    synced.state.identity.project = Some("proj-a".into());
+    synced.state.identity.display_name = Some("v3-train_4242".into());
+    synced
+        .state
+        .identity
+        .slurm
+        .insert("job_id".into(), "4242".into());
+    synced.last_upload = Some("2026-11-23T10:00:00Z".into());
+    let mut finalized = RunLedger::new("wandb-bbb-2".into(), "bbb".into(), "http://x".into());
+    finalized.phase = Phase::Finalized;
+    finalized.finalized_reason =
+        Some("Slurm job 77 ended (TIMEOUT) without the run writing an exit record".into());
+    finalized.state.identity.project = Some("proj-b".into());
+    let mut broken = RunLedger::new("wandb-ccc-3".into(), "ccc".into(), "http://x".into());
+    broken.phase = Phase::Quarantined;
+    broken.last_error = Some(ErrorNote {
+        at: "2026-11-23T10:00:00Z".into(),
+        message: "corrupt at byte 99".into(),
+    });
+    broken.state.identity.project = Some("proj-a".into());
+    for entry in [&synced, &finalized, &broken] {
+        ledger.save(entry).unwrap();
+    }
+    std::fs::write(state.join("runs/wandb-bad-4.json"), b"{not json").unwrap();
+
+    let status = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_syncd"))
+            .arg("status")
+            .args(["--state-dir", state.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "status always exits 0");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let json: Value = serde_json::from_str(&status(&["--json"])).unwrap();
+    assert_eq!(json["schema"], 1);
+    assert_eq!(json["daemon"]["running"], false);
+    let runs = json["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 3);
+    let by_id = |id: &str| runs.iter().find(|r| r["run_id"] == id).unwrap().clone();
+    assert_eq!(by_id("aaa")["state"], "synced");
+    assert_eq!(by_id("aaa")["history_lines_sent"], 1200);
+    assert_eq!(by_id("aaa")["slurm_job"], "4242");
+    assert_eq!(by_id("aaa")["name"], "v3-train_4242");
+    assert_eq!(by_id("aaa")["exit_code"], 0);
+    assert_eq!(by_id("bbb")["state"], "finalized");
+    assert!(by_id("bbb")["reason"].as_str().unwrap().contains("TIMEOUT"));
+    assert_eq!(by_id("ccc")["state"], "quarantined");
+    assert_eq!(by_id("ccc")["reason"], "corrupt at byte 99");
+    assert_eq!(
+        json["errors"].as_array().unwrap().len(),
+        1,
+        "the damaged ledger is reported"
+    );
+
+    let filtered: Value = serde_json::from_str(&status(&[
+        "--json",
+        "--project",
+        "proj-a",
+        "--state",
+        "quarantined",
+    ]))
+    .unwrap();
+    assert_eq!(filtered["runs"].as_array().unwrap().len(), 1);
+    assert_eq!(filtered["runs"][0]["run_id"], "ccc");
+
+    let human = status(&[]);
+    for expected in [
+        "daemon not running",
+        "v3-train_4242",
+        "synced",
+        "finalized",
+        "TIMEOUT",
+        "quarantined",
+        "corrupt at byte 99",
+        "4242",
+    ] {
+        assert!(
+            human.contains(expected),
+            "missing {expected:?} in:\n{human}"
+        );
+    }
+    // A state directory that does not exist yet is not an error either.
+    let out = Command::new(env!("CARGO_BIN_EXE_syncd"))
+        .args([
+            "status",
+            "--state-dir",
+            tmp.path().join("none").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("daemon not running"));
+    assert!(!tmp.path().join("none").exists(), "status creates nothing");
+}
+
+/// A 429 storm with several runs uploading at once: Retry-After pauses all
+/// of them, and everything completes.
+#[test]
+fn a_429_storm_is_waited_out_by_every_worker() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("scratch");
+    for case in ["finished", "exit_code_3", "nan_inf", "slurm_env"] {
+        committed_copy("0.31.0", case, &root);
+    }
+    let server = WandbServer::start();
+    server.inject(
+        Endpoint::FileStream,
+        Fault::Status {
+            code: 429,
+            retry_after: Some(2),
+        },
+        6,
+    );
+    let home = tmp.path().join("home");
+    let started = Instant::now();
+    let daemon = start_daemon(&server, &home, &[&root], &["--no-slurm"], &[]);
+    wait_until(Duration::from_secs(60), "all four runs complete", || {
+        ["fxfinish", "fxexit03", "fxnaninf", "fxslurm0"]
+            .iter()
+            .all(|id| server.run(id).is_some_and(|r| r["complete"] == true))
+    });
+    let elapsed = started.elapsed();
+    let file_stream = server.snapshot()["counters"]["file_stream"]
+        .as_u64()
+        .unwrap();
+    // Six 429s with Retry-After 2 s, shared by all workers: the storm costs
+    // seconds, not six back-to-back failures per worker.
+    assert!(
+        elapsed >= Duration::from_secs(2),
+        "Retry-After was honoured ({elapsed:?})"
+    );
+    assert!(
+        file_stream <= 6 + 4 * 3,
+        "workers waited instead of hammering: {file_stream} file_stream requests"
+    );
+    for id in ["fxfinish", "fxexit03", "fxnaninf", "fxslurm0"] {
+        assert_eq!(server.run(id).unwrap()["gaps"], 0);
+    }
+    daemon.stop();
+}
