@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use comfy_table::{Table, presets};
+use comfy_table::{ContentArrangement, Table, presets};
 use serde::Serialize;
 
 use super::Outcome;
@@ -259,6 +259,8 @@ fn write_human(out: &mut impl Write, report: &StatusReport) -> std::io::Result<(
     } else {
         let mut table = Table::new();
         table.load_preset(presets::UTF8_BORDERS_ONLY);
+        // Wrap to the terminal's width instead of running off its edge.
+        table.set_content_arrangement(ContentArrangement::Dynamic);
         table.set_header(vec![
             "run",
             "project",

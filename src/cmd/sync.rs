@@ -5,7 +5,7 @@ use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use comfy_table::{Table, presets};
+use comfy_table::{ContentArrangement, Table, presets};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
@@ -280,6 +280,8 @@ fn write_human(out: &mut impl Write, report: &SyncReport) -> std::io::Result<()>
     if !report.runs.is_empty() {
         let mut table = Table::new();
         table.load_preset(presets::UTF8_BORDERS_ONLY);
+        // Wrap to the terminal's width instead of running off its edge.
+        table.set_content_arrangement(ContentArrangement::Dynamic);
         table.set_header(vec![
             "run",
             "state",

@@ -532,7 +532,7 @@ impl RunSync<'_> {
         }
         for alert in &pending.alerts {
             // The record holds milliseconds, as the API takes them.
-            ops::notify_alert(
+            let sent = ops::notify_alert(
                 client,
                 &server,
                 &alert.title,
@@ -540,7 +540,17 @@ impl RunSync<'_> {
                 &alert.level,
                 alert.wait_duration,
             )
-            .await?;
+            .await;
+            match sent {
+                Ok(()) => {}
+                // A notification the server refuses must not hold the run's
+                // data back; an unreachable server or a bad key still stops.
+                Err(e) if !e.is_offline() && !e.is_auth() => {
+                    self.entry
+                        .warn(format!("alert {:?} was not sent: {e}", alert.title));
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
 
         let acked = &mut self.entry.acked;
