@@ -9,6 +9,7 @@
 
 pub mod scan;
 pub mod trigger;
+pub mod watch;
 
 use std::collections::HashSet;
 use std::fs;

@@ -89,6 +89,11 @@ impl Scanner {
         self.files.len()
     }
 
+    /// The wandb directories found so far.
+    pub fn wandb_dirs(&self) -> impl Iterator<Item = &PathBuf> {
+        self.wandb_dirs.keys()
+    }
+
     /// Finds wandb directories (expanding globs) and lists those whose mtime
     /// changed, or all of them when `full`. New `.wandb` files are reported.
     pub fn scan_roots(&mut self, full: bool) -> ScanReport {

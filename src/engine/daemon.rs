@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use crate::discover::scan::{RootSpec, ScanReport, Scanner};
 use crate::discover::trigger::TriggerDirs;
 use crate::discover::wandb_files;
+use crate::discover::watch::{Accelerator, FsKind, fs_kind};
 use crate::engine::heartbeat::{self, Activity, Heartbeat};
 use crate::engine::sd_notify::Notifier;
 use crate::engine::slurm::Slurm;
@@ -151,6 +152,20 @@ pub async fn run(
     // The first full scan; the ledger says what is already done.
     let report = scanner.scan_roots(true);
     state.absorb(report, &ledger, &log);
+    let mut accelerator = Accelerator::new();
+    for dir in scanner.wandb_dirs().cloned().collect::<Vec<_>>() {
+        match fs_kind(&dir) {
+            FsKind::Network(name) => log(&format!(
+                "{}: on {name}, found by polling only",
+                dir.display()
+            )),
+            _ if accelerator.watch(&dir) => log(&format!(
+                "{}: local, polled and watched with inotify",
+                dir.display()
+            )),
+            _ => log(&format!("{}: found by polling", dir.display())),
+        }
+    }
     if let Some(n) = &notifier {
         let _ = n.ready();
     }
@@ -216,6 +231,24 @@ pub async fn run(
                 log(&p);
             }
         }
+        // inotify on local roots: a change is seen before the next poll.
+        let changed = accelerator.changed();
+        if !changed.is_empty() {
+            let mut report = ScanReport::default();
+            for path in changed {
+                if path.extension().is_some_and(|e| e == "wandb") {
+                    scanner.check_files([&path], &mut report);
+                } else if path.is_dir()
+                    && path
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("offline-run-"))
+                {
+                    accelerator.watch(&path);
+                    scanner.look_at_run_dir(&path, &mut report);
+                }
+            }
+            state.absorb(report, &ledger, &log);
+        }
         if now.duration_since(last_live) >= config.live_poll {
             last_live = now;
             let full = now.duration_since(last_idle) >= config.idle_poll;
@@ -231,6 +264,14 @@ pub async fn run(
                 last_idle = now;
             }
             state.absorb(report, &ledger, &log);
+            for dir in scanner.wandb_dirs().cloned().collect::<Vec<_>>() {
+                accelerator.watch(&dir);
+            }
+            for run in state.runs.values().filter(|r| !r.settled()) {
+                if let Some(dir) = run.job.fragments.last().and_then(|p| p.parent()) {
+                    accelerator.watch(dir);
+                }
+            }
             if let Some(s) = slurm.as_mut() {
                 state.ask_slurm(s, &log);
             }
