@@ -21,18 +21,52 @@ use crate::sink::retry::RetryPolicy;
 use crate::sink::wandb::credentials;
 
 pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
+    let (daemon_config, nice) = match build_config(&args) {
+        Ok(built) => built,
+        Err(message) => {
+            eprintln!("syncd: error: {message}");
+            return Ok(Outcome::Usage);
+        }
+    };
+    std::fs::create_dir_all(&daemon_config.state_dir).with_context(|| {
+        format!(
+            "cannot create state directory {}",
+            daemon_config.state_dir.display()
+        )
+    })?;
+    if let Some(nice) = nice {
+        lower_priority(nice);
+    }
+    let log = logger(&args.log_format)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(async move {
+        let (tx, rx) = mpsc::channel(8);
+        spawn_signal_handlers(tx, args, log.clone())?;
+        anyhow::Ok(daemon::run(daemon_config, rx, log).await)
+    })?;
+    match result {
+        Ok(()) => Ok(Outcome::Ok),
+        Err(DaemonError::Lease(e)) => {
+            eprintln!("syncd: {e}");
+            Ok(Outcome::Usage)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The daemon's settings from flags, the config file and the environment
+/// (read again on SIGHUP), and the nice level. `Err` is a message for the user.
+fn build_config(args: &RunArgs) -> Result<(DaemonConfig, Option<i32>), String> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let config_path = args
         .config
         .clone()
         .unwrap_or_else(|| config::config_file(env));
-    let file = match FileConfig::load(&config_path, args.config.is_some()) {
-        Ok(file) => file,
-        Err(e) => {
-            eprintln!("syncd: error: {e}");
-            return Ok(Outcome::Usage);
-        }
-    };
+    let file = FileConfig::load(&config_path, args.config.is_some()).map_err(|e| e.to_string())?;
     let roots: Vec<String> = if !args.roots.is_empty() {
         args.roots.clone()
     } else if let Some(roots) = file.roots.clone() {
@@ -43,23 +77,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
             .unwrap_or_default()
     };
     if roots.is_empty() {
-        eprintln!(
-            "syncd: error: no roots to watch: name them (`syncd run $SCRATCH/wandb`), set `roots` in {}, or set SYNCD_ROOTS",
+        return Err(format!(
+            "no roots to watch: name them (`syncd run $SCRATCH/wandb`), set `roots` in {}, or set SYNCD_ROOTS",
             config_path.display()
-        );
-        return Ok(Outcome::Usage);
+        ));
     }
     let base_url = config::wandb_base_url(args.base_url.clone().or(file.base_url.clone()), env);
-    let key = match credentials::find_api_key(&base_url, env) {
-        Ok(key) => key,
-        Err(e) => {
-            eprintln!("syncd: error: {e}");
-            return Ok(Outcome::Usage);
-        }
-    };
+    let key = credentials::find_api_key(&base_url, env).map_err(|e| e.to_string())?;
     let state_dir = config::state_dir(args.state_dir.clone().or(file.state_dir.clone()), env);
-    std::fs::create_dir_all(&state_dir)
-        .with_context(|| format!("cannot create state directory {}", state_dir.display()))?;
     let home = PathBuf::from(env("HOME").unwrap_or_else(|| ".".into()));
     let osh_dir = match file.osh_command_dir.as_deref() {
         Some("") => None,
@@ -78,60 +103,33 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     if let Some(ms) = args.retry_min_ms {
         retry.min_wait = Duration::from_millis(ms);
     }
-    let daemon_config = DaemonConfig {
+    let duration = |flag: Option<Duration>, value: &Option<String>, default: u64| {
+        flag.or(FileConfig::duration(value))
+            .unwrap_or(Duration::from_secs(default))
+    };
+    let config = DaemonConfig {
         roots: roots.into_iter().map(RootSpec).collect(),
         state_dir,
         base_url,
         api_key: key.key,
-        live_poll: args
-            .poll
-            .or(FileConfig::duration(&file.poll))
-            .unwrap_or(Duration::from_secs(5)),
-        idle_poll: args
-            .idle_poll
-            .or(FileConfig::duration(&file.idle_poll))
-            .unwrap_or(Duration::from_secs(120)),
+        live_poll: duration(args.poll, &file.poll, 5),
+        idle_poll: duration(args.idle_poll, &file.idle_poll, 120),
         trigger_poll: Duration::from_millis(500),
         concurrency: args.jobs.or(file.jobs).unwrap_or(4).max(1),
-        grace: args
-            .grace
-            .or(FileConfig::duration(&file.grace))
-            .unwrap_or(Duration::from_secs(120)),
-        quiescence: args
-            .quiescence
-            .or(FileConfig::duration(&file.quiescence))
-            .unwrap_or(Duration::from_secs(1800)),
+        grace: duration(args.grace, &file.grace, 120),
+        quiescence: duration(args.quiescence, &file.quiescence, 1800),
         osh_dir,
         lease_ttl: args.lease_ttl.unwrap_or(Duration::from_secs(30)),
         wait_for_lease: args.wait,
         retry,
         slurm: !args.no_slurm && file.slurm.unwrap_or(true),
     };
-    if let Some(nice) = args.nice.or(file.nice) {
-        lower_priority(nice);
-    }
-    let log = logger(&args.log_format)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let result = runtime.block_on(async move {
-        let (tx, rx) = mpsc::channel(8);
-        spawn_signal_handlers(tx)?;
-        anyhow::Ok(daemon::run(daemon_config, rx, log).await)
-    })?;
-    match result {
-        Ok(()) => Ok(Outcome::Ok),
-        Err(DaemonError::Lease(e)) => {
-            eprintln!("syncd: {e}");
-            Ok(Outcome::Usage)
-        }
-        Err(e) => Err(e.into()),
-    }
+    Ok((config, args.nice.or(file.nice)))
 }
 
-fn spawn_signal_handlers(tx: mpsc::Sender<Control>) -> anyhow::Result<()> {
+/// SIGTERM/SIGINT stop the daemon; SIGHUP reads the settings again (a
+/// broken config file is reported and the old settings kept).
+fn spawn_signal_handlers(tx: mpsc::Sender<Control>, args: RunArgs, log: Log) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -140,7 +138,13 @@ fn spawn_signal_handlers(tx: mpsc::Sender<Control>) -> anyhow::Result<()> {
             let message = tokio::select! {
                 _ = term.recv() => Control::Stop,
                 _ = int.recv() => Control::Stop,
-                _ = hup.recv() => Control::Reload,
+                _ = hup.recv() => match build_config(&args) {
+                    Ok((config, _)) => Control::Reload(Some(Box::new(config))),
+                    Err(message) => {
+                        log(&format!("SIGHUP: keeping the current settings: {message}"));
+                        Control::Reload(None)
+                    }
+                },
             };
             if tx.send(message).await.is_err() {
                 break;
@@ -150,20 +154,17 @@ fn spawn_signal_handlers(tx: mpsc::Sender<Control>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `nice(2)` through `/proc/self` is not possible; setpriority needs libc,
-/// so the renice command does it for our pid.
+/// Lowers the CPU priority. Linux applies it to the calling thread, and
+/// threads started later inherit it: call before the runtime starts.
 fn lower_priority(nice: i32) {
     let nice = nice.clamp(0, 19);
-    let _ = std::process::Command::new("renice")
-        .args([
-            "-n",
-            &nice.to_string(),
-            "-p",
-            &std::process::id().to_string(),
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status();
+    // SAFETY: a plain syscall about our own process.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } != 0 {
+        eprintln!(
+            "syncd: could not set nice {nice}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 type Log = Arc<dyn Fn(&str) + Send + Sync>;

@@ -89,6 +89,11 @@ impl Scanner {
         self.files.len()
     }
 
+    /// Replaces the configured roots (on reload); what was seen is kept.
+    pub fn set_roots(&mut self, roots: Vec<RootSpec>) {
+        self.roots = roots;
+    }
+
     /// The wandb directories found so far.
     pub fn wandb_dirs(&self) -> impl Iterator<Item = &PathBuf> {
         self.wandb_dirs.keys()

@@ -114,21 +114,22 @@ pub enum DaemonError {
 }
 
 /// What the signal handlers ask for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Control {
     Stop,
-    Reload,
+    /// Reload: new settings (or `None` to keep them), and retry stopped runs.
+    Reload(Option<Box<DaemonConfig>>),
 }
 
 /// Runs until `control` says stop. `log` receives one line per event.
 pub async fn run(
-    config: DaemonConfig,
+    mut config: DaemonConfig,
     mut control: mpsc::Receiver<Control>,
     log: Arc<dyn Fn(&str) + Send + Sync>,
 ) -> Result<(), DaemonError> {
     let mut lease = acquire_lease(&config, &log).await?;
     let ledger = Ledger::open(&config.state_dir)?;
-    let client = Arc::new(Client::new(
+    let mut client = Arc::new(Client::new(
         &config.base_url,
         &config.api_key,
         config.retry,
@@ -186,7 +187,18 @@ pub async fn run(
     loop {
         tokio::select! {
             message = control.recv() => match message {
-                Some(Control::Reload) => {
+                Some(Control::Reload(new)) => {
+                    if let Some(new) = new {
+                        log(&format!("SIGHUP: settings reloaded, watching {} root(s)", new.roots.len()));
+                        scanner.set_roots(new.roots.clone());
+                        if new.base_url != config.base_url || new.api_key != config.api_key {
+                            client = Arc::new(Client::new(&new.base_url, &new.api_key, new.retry)?);
+                        }
+                        let keep = (config.state_dir.clone(), config.lease_ttl);
+                        config = *new;
+                        // The state directory and lease stay what they were.
+                        (config.state_dir, config.lease_ttl) = keep;
+                    }
                     log("SIGHUP: retrying stopped runs");
                     for run in state.runs.values_mut() {
                         run.stopped = None;

@@ -778,3 +778,52 @@ fn a_429_storm_is_waited_out_by_every_worker() {
     }
     daemon.stop();
 }
+
+/// SIGHUP reads the config file again: a root added there is watched.
+#[test]
+fn sighup_reloads_the_config_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (first, second) = (tmp.path().join("first"), tmp.path().join("second"));
+    committed_copy("0.31.0", "exit_code_3", &first.join("wandb"));
+    committed_copy("0.31.0", "nan_inf", &second.join("wandb"));
+    let home = tmp.path().join("home");
+    let config = home.join("config/syncd/config.toml");
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "roots = [{:?}]\nslurm = false\n",
+            first.display().to_string()
+        ),
+    )
+    .unwrap();
+    let server = WandbServer::start();
+    let daemon = start_daemon(&server, &home, &[], &[], &[]);
+    wait_until(Duration::from_secs(20), "the first root's run", || {
+        server
+            .run("fxexit03")
+            .is_some_and(|r| r["complete"] == true)
+    });
+    assert!(server.run("fxnaninf").is_none());
+    std::fs::write(
+        &config,
+        format!(
+            "roots = [{:?}, {:?}]\nslurm = false\n",
+            first.display().to_string(),
+            second.display().to_string()
+        ),
+    )
+    .unwrap();
+    unsafe_kill(daemon.child.as_ref().unwrap().id(), "HUP");
+    wait_until(Duration::from_secs(20), "the added root's run", || {
+        server
+            .run("fxnaninf")
+            .is_some_and(|r| r["complete"] == true)
+    });
+    assert!(
+        daemon.log_text().contains("settings reloaded"),
+        "{}",
+        daemon.log_text()
+    );
+    daemon.stop();
+}
