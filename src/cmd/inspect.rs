@@ -37,6 +37,15 @@ pub struct PathError {
     pub error: String,
 }
 
+impl From<&discover::DiscoverError> for PathError {
+    fn from(e: &discover::DiscoverError) -> Self {
+        PathError {
+            path: e.path().to_path_buf(),
+            error: e.to_string(),
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct RunReport {
     pub run_id: String,
@@ -148,13 +157,7 @@ pub fn inspect(
     now: SystemTime,
 ) -> Report {
     let (files, discover_errors) = discover::wandb_files(paths);
-    let mut errors: Vec<PathError> = discover_errors
-        .into_iter()
-        .map(|e| PathError {
-            path: e.path().to_path_buf(),
-            error: e.to_string(),
-        })
-        .collect();
+    let mut errors: Vec<PathError> = discover_errors.iter().map(PathError::from).collect();
     let mut fragments = Vec::new();
     for file in files {
         match fragment::read_fragment(&file.path, options) {

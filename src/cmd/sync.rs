@@ -57,13 +57,7 @@ pub fn run(args: SyncArgs) -> anyhow::Result<Outcome> {
     };
 
     let (files, discover_errors) = discover::wandb_files(&paths);
-    let mut errors: Vec<PathError> = discover_errors
-        .into_iter()
-        .map(|e| PathError {
-            path: e.path().to_path_buf(),
-            error: e.to_string(),
-        })
-        .collect();
+    let mut errors: Vec<PathError> = discover_errors.iter().map(PathError::from).collect();
     let mut heads = Vec::new();
     for file in files {
         match run::head(&file.path) {
