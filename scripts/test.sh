@@ -16,12 +16,27 @@ export PIP_CACHE_DIR="$cache/pip"
 
 log() { printf '==> %s\n' "$*" >&2; }
 
+apt_updated=0
+apt_install() {
+    local sudo_cmd=""
+    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+    log "installing $*"
+    if [ $apt_updated -eq 0 ]; then
+        $sudo_cmd apt-get update -qq
+        apt_updated=1
+    fi
+    $sudo_cmd env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
 # Debian splits venv support out of python3.
 if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
-    log "installing python3-venv"
-    sudo_cmd=""; [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-    $sudo_cmd apt-get update -qq
-    $sudo_cmd apt-get install -y -qq python3-venv >/dev/null
+    apt_install python3-venv
+fi
+# `systemd-analyze verify` checks the shipped unit; the package is only its
+# tools here (no user manager runs in a container).
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+    apt_install systemd
 fi
 
 venv_for() { echo "$cache/venv-wandb-$1"; }

@@ -30,6 +30,9 @@ pub enum Command {
     /// From a job: ask the daemon to upload a run now (writes a small file;
     /// needs no network).
     Notify(NotifyArgs),
+    /// Install the systemd user unit that keeps `syncd run` going, or learn
+    /// the alternatives where no user manager runs.
+    Service(ServiceArgs),
 }
 
 #[derive(Debug, Args)]
@@ -205,6 +208,42 @@ pub struct InspectArgs {
     /// instead of stopping at it.
     #[arg(long)]
     pub recover: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceArgs {
+    #[command(subcommand)]
+    pub action: ServiceAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceAction {
+    /// Write `$XDG_CONFIG_HOME/systemd/user/syncd.service` (default
+    /// `~/.config/systemd/user/`) running this binary, and say what to do
+    /// next.
+    Install(ServiceInstallArgs),
+    /// Print the unit `install` would write.
+    Unit,
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceInstallArgs {
+    /// Say what would be written; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Replace a unit that differs from what syncd wrote (it is kept as
+    /// `syncd.service.bak`).
+    #[arg(long)]
+    pub force: bool,
+
+    /// Print one JSON document (schema in systemd/README.md).
+    #[arg(long)]
+    pub json: bool,
+
+    /// The systemctl to ask whether a user manager runs (tests).
+    #[arg(long, hide = true, default_value = "systemctl")]
+    pub systemctl: PathBuf,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {

@@ -13,6 +13,7 @@
 //! - [`ledger`]: how far each run has been uploaded, durably;
 //! - [`sink`]: the trackers' HTTP protocols;
 //! - [`engine`]: the per-run upload loop that ties them together;
+//! - [`target`]: where each run goes (`.env` credentials) and its name there;
 //! - [`cmd`]: the command-line subcommands built on them.
 
 pub mod cli;
@@ -23,3 +24,4 @@ pub mod engine;
 pub mod ledger;
 pub mod sink;
 pub mod source;
+pub mod target;

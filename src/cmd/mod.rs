@@ -5,6 +5,7 @@
 pub mod inspect;
 pub mod notify;
 pub mod run;
+pub mod service;
 pub mod status;
 pub mod sync;
 
@@ -34,5 +35,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Run(args) => run::run(args),
         Command::Status(args) => status::run(args),
         Command::Notify(args) => notify::run(args),
+        Command::Service(args) => service::run(args),
     }
 }

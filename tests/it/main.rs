@@ -15,6 +15,8 @@ mod growing;
 mod official_sync;
 /// `inspect --json` against an independent reader, for every real fixture run.
 mod oracle;
+/// The systemd user unit and service install.
+mod service;
 /// `syncd sync`: exactly once while a run grows, crashes, faults, keys.
 mod sync;
 /// `syncd sync` leaves the same server state as the official `wandb sync`.

@@ -1,0 +1,543 @@
+//! `syncd run` on a login-node-like load, against the local W&B-protocol
+//! test server:
+//!
+//! ```sh
+//! cargo bench --bench daemon                               # 180 s window
+//! SYNCD_BENCH_SECONDS=20 SYNCD_BENCH_RUNS=300 cargo bench --bench daemon   # smoke
+//! ```
+//!
+//! 10,000 finished runs (`SYNCD_BENCH_RUNS`; written once with our own
+//! `LogWriter`, cached under `target/tmp/bench-daemon`) are synced once with
+//! `syncd sync`; then `syncd run --no-slurm --poll 5s` (`SYNCD_BENCH_POLL`)
+//! watches them while this process appends one history record a second to
+//! each of 50 live runs (`SYNCD_BENCH_LIVE`) for `SYNCD_BENCH_SECONDS`
+//! (default 180). Printed: the daemon's CPU (whole window, last 60 s), peak
+//! RSS, syscalls per poll cycle (`strace -c` for 30 s after the window, appends
+//! going on), and freshness (write to the line being on the server), plain
+//! and, for 10 s at the end, with `syncd notify` after each write of a few
+//! runs. Not a pass/fail test.
+
+// The test suite's server; the bench uses part of its API.
+#[allow(dead_code, unused_imports)]
+#[path = "../tests/it/wandb_server/mod.rs"]
+mod wandb_server;
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use prost::Message;
+use syncd::discover::scan::{RootSpec, Scanner};
+use syncd::source::wandb::framing::LogWriter;
+use syncd::source::wandb::proto::{
+    HistoryItem, HistoryRecord, HistoryStep, Record, RecordType, RunExitRecord, RunRecord,
+    Timestamp,
+};
+use wandb_server::WandbServer;
+
+const STRACE_SECS: u64 = 30;
+const TRIGGER_SECS: u64 = 10;
+/// Live runs whose appends are followed by `syncd notify` in the trigger phase.
+const TRIGGERED_RUNS: usize = 5;
+/// The daemon's default `--idle-poll`: a full scan of every run this often.
+const IDLE_POLL: u64 = 120;
+
+/// What a history line's freshness is counted as.
+#[derive(Clone, Copy)]
+enum Kind {
+    Plain = 0,
+    /// Written while strace slowed the daemon down: not reported.
+    Straced = 1,
+    Notified = 2,
+}
+
+fn main() {
+    let runs = env_or("SYNCD_BENCH_RUNS", 10_000) as usize;
+    let live_n = env_or("SYNCD_BENCH_LIVE", 50) as usize;
+    let window = env_or("SYNCD_BENCH_SECONDS", 180).max(2);
+    let poll = env_or("SYNCD_BENCH_POLL", 5);
+    let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-daemon");
+    let root = finished_tree(&work, runs);
+    for entry in std::fs::read_dir(&root).unwrap().flatten() {
+        if entry.file_name().to_string_lossy().contains("-live") {
+            std::fs::remove_dir_all(entry.path()).unwrap();
+        }
+    }
+    let scratch = work.join("scratch");
+    let _ = std::fs::remove_dir_all(&scratch);
+    let state = scratch.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let server = WandbServer::start();
+
+    // 1. Everything finished is synced once, as by a first `syncd sync`.
+    let (cpu0, started) = (cpu_usage(libc::RUSAGE_CHILDREN), Instant::now());
+    let status = syncd(&server, &scratch)
+        .args(["sync", "--state-dir"])
+        .arg(&state)
+        .arg(&root)
+        .stdout(Stdio::null())
+        .stderr(File::create(scratch.join("presync.log")).unwrap())
+        .status()
+        .unwrap();
+    assert!(status.success(), "pre-sync failed: {}", scratch.display());
+    let presync_cpu = cpu_usage(libc::RUSAGE_CHILDREN) - cpu0;
+    let presync = started.elapsed().as_secs_f64();
+    assert!(server.run(&format!("r{runs:05}")).is_some());
+
+    // 2. The live runs (run record only so far), and the scanner's own count.
+    let lives: Vec<Live> = (0..live_n).map(|i| Live::create(&root, i)).collect();
+    let scanned = scanner_syscalls(&root, &state, &lives);
+
+    // 3. The daemon; start-up ends with its "watching" line (first scan done).
+    let log = scratch.join("daemon.log");
+    let mut cmd = syncd(&server, &scratch);
+    let poll_arg = format!("{poll}s");
+    cmd.args(["run", "--no-slurm", "--poll", &poll_arg, "--state-dir"])
+        .arg(&state)
+        .arg(&root)
+        .stdout(Stdio::null())
+        .stderr(File::create(&log).unwrap());
+    let spawned = Instant::now();
+    let daemon = Proc(cmd.spawn().unwrap());
+    let pid = daemon.0.id();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("syncd run: watching")
+    {
+        assert!(spawned.elapsed().as_secs() < 600, "see {}", log.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let up = Instant::now();
+    let startup = (up.duration_since(spawned).as_secs_f64(), proc_cpu(pid));
+    let full_polls = |a: Instant, b: Instant| {
+        let at = |k: u64| up + Duration::from_secs(IDLE_POLL * k);
+        (1..100).filter(|&k| at(k) >= a && at(k) < b).count()
+    };
+
+    // 4. The window: appends, freshness, CPU.
+    let mut bench = Bench {
+        lives,
+        server: &server,
+        lat: Default::default(),
+    };
+    let start = Instant::now();
+    for (i, live) in bench.lives.iter_mut().enumerate() {
+        live.next = start + Duration::from_millis(1000 * i as u64 / live_n as u64);
+    }
+    let (cpu_start, self_start) = (proc_cpu(pid), cpu_usage(libc::RUSAGE_SELF));
+    let tail = window.min(60);
+    let (mid, end) = (
+        start + Duration::from_secs(window - tail),
+        start + Duration::from_secs(window),
+    );
+    bench.drive(mid, Kind::Plain, None);
+    let cpu_mid = proc_cpu(pid);
+    bench.drive(end, Kind::Plain, None);
+    let cpu_end = proc_cpu(pid);
+    let self_cpu = 100.0 * (cpu_usage(libc::RUSAGE_SELF) - self_start) / window as f64;
+    let (hwm, rss) = (status_kb(pid, "VmHWM:"), status_kb(pid, "VmRSS:"));
+
+    // strace for 30 s, then appends followed by `syncd notify`.
+    let strace_start = Instant::now();
+    let strace = strace_counts(pid, &mut bench);
+    let strace_fulls = full_polls(strace_start, Instant::now());
+    let notify = |dir: &Path| {
+        let mut cmd = syncd(&server, &scratch);
+        let status = cmd.arg("notify").arg(dir).arg("--state-dir").arg(&state);
+        assert!(status.status().unwrap().success());
+    };
+    let last = Instant::now() + Duration::from_secs(TRIGGER_SECS);
+    bench.drive(last, Kind::Plain, Some(&notify));
+    // Stragglers get a poll interval and some.
+    for live in &mut bench.lives {
+        live.next = last + Duration::from_secs(3600);
+    }
+    let pending = |b: &Bench| b.lives.iter().map(|l| l.written.len() - l.seen).sum();
+    while pending(&bench) > 0 && last.elapsed().as_secs() < poll + 10 {
+        bench.drive(Instant::now() + Duration::from_secs(1), Kind::Plain, None);
+    }
+    let unseen: usize = pending(&bench);
+    let written: usize = bench.lives.iter().map(|l| l.written.len()).sum();
+    let stopped = daemon.stop(libc::SIGTERM, Duration::from_secs(15));
+
+    // 5. Figures.
+    println!("syncd run: {runs} synced + {live_n} live runs, --poll {poll}s, window {window} s");
+    println!("pre-sync (syncd sync, {runs} runs): {presync:.1} s wall, {presync_cpu:.1} s CPU");
+    println!(
+        "start-up (spawn to first scan done): {:.2} s wall, {:.2} s CPU",
+        startup.0, startup.1
+    );
+    println!(
+        "appends: {written} history records, {unseen} never seen on the server; bench process \
+         (writer + server + checks): {self_cpu:.1} % of a core; daemon exit: {stopped}"
+    );
+    println!("{:<48} {:>22}  goal", "figure", "measured");
+    let row = |name: String, value: String, goal: &str| println!("{name:<48} {value:>22}  {goal}");
+    let cpu = |a: f64, secs: u64| format!("{:.2} % of a core", 100.0 * (cpu_end - a) / secs as f64);
+    let fulls = |a, b| match full_polls(a, b) {
+        0 => String::new(),
+        n => format!(", {n} full poll"),
+    };
+    row(
+        format!("CPU, whole window ({window} s{})", fulls(start, end)),
+        cpu(cpu_start, window),
+        "<= 0.5 %",
+    );
+    let name = format!(
+        "CPU, last {tail} s (only live runs change{})",
+        fulls(mid, end)
+    );
+    row(name, cpu(cpu_mid, tail), "<= 0.5 %");
+    let (hwm, rss) = (hwm as f64 / 1024.0, rss as f64 / 1024.0);
+    let name = "peak RSS (VmHWM, with start-up) / RSS at end";
+    row(name.into(), format!("{hwm:.1} / {rss:.1} MB"), "<= 30 MB");
+    let name =
+        format!("syscalls per poll cycle (strace {STRACE_SECS} s, {strace_fulls} full poll)");
+    match &strace {
+        Ok((calls, _)) => {
+            let per_cycle = *calls as f64 * poll as f64 / STRACE_SECS as f64;
+            let per_sec = *calls as f64 / STRACE_SECS as f64;
+            row(name, format!("{per_cycle:.0} ({per_sec:.0}/s)"), "")
+        }
+        Err(why) => row(name, "skipped".into(), why),
+    }
+    let counts = format!("{} / {}", scanned.0, scanned.1);
+    row("scanner's own count, fast / full poll".into(), counts, "");
+    let [plain, _, notified] = &mut bench.lat;
+    row(
+        format!("freshness p50 / p95 / max (n={})", plain.len()),
+        percentiles(plain),
+        &format!("p50 <= {} s", poll + 1),
+    );
+    let name = format!("freshness, notify p50 / p95 / max (n={})", notified.len());
+    row(name, percentiles(notified), "p50 <= 1 s");
+    if let Ok((_, top)) = &strace {
+        println!("strace -c -f, top syscalls by calls over {STRACE_SECS} s:\n{top}");
+    }
+}
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A child process, killed if still running when dropped (also on panic).
+struct Proc(Child);
+
+impl Proc {
+    /// Sends `signal` and waits up to `limit` for the exit.
+    fn stop(mut self, signal: i32, limit: Duration) -> String {
+        // SAFETY: a signal to our own child, which has not been reaped yet.
+        unsafe { libc::kill(self.0.id() as libc::pid_t, signal) };
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.0.try_wait() {
+                return status.to_string();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        "did not stop in time (killed)".into()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// `syncd` with the server's URL and key and a private home.
+fn syncd(server: &WandbServer, scratch: &Path) -> Command {
+    let home = scratch.join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_syncd"));
+    for (name, _) in std::env::vars_os() {
+        let text = name.to_string_lossy();
+        if text.starts_with("WANDB_") || text.starts_with("SYNCD_") {
+            cmd.env_remove(&name);
+        }
+    }
+    cmd.env_remove("NOTIFY_SOCKET")
+        .env("HOME", &home)
+        .env("XDG_CONFIG_HOME", home.join("config"))
+        .env("WANDB_BASE_URL", server.base_url())
+        .env("WANDB_API_KEY", server.api_key());
+    cmd
+}
+
+fn record(num: i64, record_type: RecordType) -> Vec<u8> {
+    let record_type = Some(record_type);
+    Record {
+        num,
+        record_type,
+        info: None,
+    }
+    .encode_to_vec()
+}
+
+fn run_record(id: &str, seconds: i64) -> Vec<u8> {
+    let run = RunRecord {
+        run_id: id.into(),
+        project: "bench".into(),
+        start_time: Some(Timestamp { seconds, nanos: 0 }),
+        ..Default::default()
+    };
+    record(1, RecordType::Run(run))
+}
+
+fn history(step: i64, start: i64) -> Vec<u8> {
+    let item = |key: &str, value_json: String| HistoryItem {
+        key: String::new(),
+        nested_key: vec![key.into()],
+        typed: None,
+        value_json,
+    };
+    let item = vec![
+        item("_step", step.to_string()),
+        item("_runtime", step.to_string()),
+        item("_timestamp", (start + step).to_string()),
+        item("loss", format!("{}", 1.0 / (step + 1) as f64)),
+    ];
+    let history = HistoryRecord {
+        item,
+        step: Some(HistoryStep { num: step }),
+    };
+    record(2 + step, RecordType::History(history))
+}
+
+fn run_dir(root: &Path, id: &str) -> PathBuf {
+    root.join(format!("offline-run-20260101_000000-{id}"))
+}
+
+/// `runs` finished runs (5 history records and an exit record each), written once.
+fn finished_tree(work: &Path, runs: usize) -> PathBuf {
+    let top = work.join(format!("root-{runs}"));
+    let root = top.join("wandb");
+    if top.join(".complete").exists() {
+        return root;
+    }
+    let _ = std::fs::remove_dir_all(&top);
+    eprintln!(
+        "writing {runs} finished runs under {} (once)...",
+        root.display()
+    );
+    for i in 1..=runs {
+        let id = format!("r{i:05}");
+        let dir = run_dir(&root, &id);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = File::create(dir.join(format!("run-{id}.wandb"))).unwrap();
+        let mut writer = LogWriter::new(BufWriter::new(file)).unwrap();
+        let start = 1_790_000_000 + i as i64;
+        writer.append(&run_record(&id, start)).unwrap();
+        for step in 0..5 {
+            writer.append(&history(step, start)).unwrap();
+        }
+        let exit = RunExitRecord {
+            exit_code: 0,
+            runtime: 5,
+            not_complete: false,
+        };
+        writer.append(&record(7, RecordType::Exit(exit))).unwrap();
+        writer.into_inner().flush().unwrap();
+    }
+    std::fs::write(top.join(".complete"), b"").unwrap();
+    root
+}
+
+/// A run this process appends to, like the legacy writer: every record is in
+/// the file when `append` returns (no buffering).
+struct Live {
+    name: String,
+    dir: PathBuf,
+    file: PathBuf,
+    writer: LogWriter<File>,
+    start: i64,
+    /// When history line k was written, and how its freshness counts.
+    written: Vec<(Instant, Kind)>,
+    /// Lines the server is known to have.
+    seen: usize,
+    next: Instant,
+}
+
+impl Live {
+    fn create(root: &Path, i: usize) -> Live {
+        let name = format!("live{i:04}");
+        let dir = run_dir(root, &name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join(format!("run-{name}.wandb"));
+        let out = File::options().create(true).append(true).open(&file);
+        let mut writer = LogWriter::new(out.unwrap()).unwrap();
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH);
+        let start = now.unwrap().as_secs() as i64;
+        writer.append(&run_record(&name, start)).unwrap();
+        let next = Instant::now();
+        let (written, seen) = (Vec::new(), 0);
+        Live {
+            name,
+            dir,
+            file,
+            writer,
+            start,
+            written,
+            seen,
+            next,
+        }
+    }
+}
+
+struct Bench<'a> {
+    lives: Vec<Live>,
+    server: &'a WandbServer,
+    /// Freshness in seconds, by [`Kind`].
+    lat: [Vec<f64>; 3],
+}
+
+impl Bench<'_> {
+    /// Appends once a second to each live run (staggered) until `until`,
+    /// runs `notify` after each write of the first few runs when given, and
+    /// asks the server every 100 ms which lines arrived.
+    fn drive(&mut self, until: Instant, kind: Kind, notify: Option<&dyn Fn(&Path)>) {
+        let mut next_check = Instant::now();
+        while Instant::now() < until {
+            for (i, live) in self.lives.iter_mut().enumerate() {
+                if Instant::now() < live.next {
+                    continue;
+                }
+                let step = live.written.len() as i64;
+                live.writer.append(&history(step, live.start)).unwrap();
+                let notify = notify.filter(|_| i < TRIGGERED_RUNS);
+                let kind = notify.map_or(kind, |_| Kind::Notified);
+                live.written.push((Instant::now(), kind));
+                if let Some(notify) = notify {
+                    notify(&live.dir);
+                }
+                live.next += Duration::from_secs(1);
+            }
+            if Instant::now() >= next_check {
+                next_check = Instant::now() + Duration::from_millis(100);
+                self.check();
+            }
+            let wake = self.lives.iter().map(|l| l.next).chain([next_check, until]);
+            let wait = wake
+                .min()
+                .unwrap()
+                .saturating_duration_since(Instant::now());
+            std::thread::sleep(wait.min(Duration::from_millis(20)));
+        }
+    }
+
+    /// Which of the written lines the server has now.
+    fn check(&mut self) {
+        for live in self.lives.iter_mut().filter(|l| l.seen < l.written.len()) {
+            let lines = (self.server.run(&live.name))
+                .and_then(|r| r["stream_files"]["wandb-history.jsonl"].as_u64())
+                .unwrap_or(0) as usize;
+            let lines = lines.min(live.written.len());
+            let now = Instant::now();
+            for &(at, kind) in &live.written[live.seen.min(lines)..lines] {
+                self.lat[kind as usize].push(now.duration_since(at).as_secs_f64());
+            }
+            live.seen = live.seen.max(lines);
+        }
+    }
+}
+
+fn percentiles(v: &mut [f64]) -> String {
+    if v.is_empty() {
+        return "-".into();
+    }
+    v.sort_by(f64::total_cmp);
+    let at = |p: usize| v[(v.len() * p / 100).min(v.len() - 1)];
+    format!("{:.2} / {:.2} / {:.2} s", at(50), at(95), v[v.len() - 1])
+}
+
+/// What the scanner counts (directory reads + stats) for one fast poll (root
+/// mtime unchanged, live runs' files stat'ed) and one full (idle) poll (all
+/// run directories listed, every run's file stat'ed).
+fn scanner_syscalls(root: &Path, state: &Path, lives: &[Live]) -> (u64, u64) {
+    let uid = std::fs::metadata(state).unwrap().uid();
+    let mut scanner = Scanner::new(vec![RootSpec(root.display().to_string())], uid);
+    let all = scanner.scan_roots(true).new_files;
+    let mut fast = scanner.scan_roots(false);
+    scanner.check_files(lives.iter().map(|l| &l.file), &mut fast);
+    let mut full = scanner.scan_roots(true);
+    scanner.check_files(&all, &mut full);
+    (fast.syscalls, full.syscalls)
+}
+
+/// CPU seconds (user + system) of `pid`, from /proc/<pid>/stat.
+fn proc_cpu(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf only reads a constant.
+    ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// CPU seconds (user + system) of this process or its waited-for children.
+fn cpu_usage(who: i32) -> f64 {
+    // SAFETY: getrusage fills the struct we pass.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(who, &mut usage) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+fn status_kb(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// `strace -c -f -p <pid>` for STRACE_SECS while appends go on: the total
+/// calls and the top rows by calls.
+fn strace_counts(pid: u32, bench: &mut Bench) -> Result<(u64, String), &'static str> {
+    let out = std::env::temp_dir().join(format!("syncd-bench-strace-{}", std::process::id()));
+    let child = Command::new("strace")
+        .args(["-c", "-f", "-S", "calls", "-o"])
+        .arg(&out)
+        .args(["-p", &pid.to_string()])
+        .stderr(Stdio::null())
+        .spawn();
+    let Ok(child) = child else {
+        return Err("strace not installed (apt-get install -y strace)");
+    };
+    let strace = Proc(child);
+    bench.drive(
+        Instant::now() + Duration::from_secs(STRACE_SECS),
+        Kind::Straced,
+        None,
+    );
+    strace.stop(libc::SIGINT, Duration::from_secs(10));
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    let _ = std::fs::remove_file(&out);
+    let rows: Vec<&str> = (text.lines())
+        .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+        .filter(|l| !l.ends_with(" total"))
+        .collect();
+    if rows.is_empty() {
+        return Err("strace counted nothing (ptrace not permitted?)");
+    }
+    let calls = (rows.iter())
+        .filter_map(|l| l.split_whitespace().nth(3)?.parse::<u64>().ok())
+        .sum();
+    let header = text.lines().find(|l| l.contains("syscall")).unwrap_or("");
+    let top: Vec<&str> = std::iter::once(header)
+        .chain(rows.into_iter().take(12))
+        .collect();
+    Ok((calls, top.join("\n")))
+}

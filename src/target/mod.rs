@@ -1,0 +1,141 @@
+//! Where a run goes and what it is called there.
+//!
+//! - [`naming`]: the server-side display name and group of a run, rendered
+//!   from a template (`v{version}-{experiment}_{job}`) over the run's Slurm
+//!   facts, its config and the job manifest the sbatch templates write;
+//! - [`dotenv`]: the server, key, entity and project for a run, from the
+//!   nearest `.env` up to the watched root, the user's own `.env`, the
+//!   environment and `~/.netrc`; keys are redacted wherever they could be
+//!   printed.
+//!
+//! Both look for a file from the run directory upwards; [`search_dirs`] says
+//! which directories that walk visits.
+
+pub mod dotenv;
+pub mod naming;
+
+use std::path::{Path, PathBuf};
+
+pub use dotenv::{ApiKey, Origin, Target, TargetError, redact, resolve_target};
+pub use naming::{
+    Field, JobManifest, MANIFEST_FILE, ManifestError, NameFacts, Naming, NamingRule, Template,
+    TemplateError, find_manifest, name_run, read_manifest, render,
+};
+
+/// How many directories above the run directory are searched when the run
+/// is not under the root: its `wandb/` directory and the `WANDB_DIR` that
+/// holds it.
+const LEVELS_OUTSIDE_ROOT: usize = 2;
+
+/// The directories searched for a run's `.env` and job manifest, nearest
+/// first: `run_dir`, then each parent up to and including `root`. When
+/// `run_dir` is not under `root` (compared as given, then with both paths
+/// canonicalized, so a root reached through a symlink still matches), only
+/// `run_dir`, its `wandb/` directory and that directory's parent are
+/// searched: never the whole way up to `/`.
+pub fn search_dirs(run_dir: &Path, root: &Path) -> Vec<PathBuf> {
+    if let Some(dirs) = dirs_under(run_dir, root) {
+        return dirs;
+    }
+    if let (Ok(run), Ok(root)) = (run_dir.canonicalize(), root.canonicalize())
+        && let Some(dirs) = dirs_under(&run, &root)
+    {
+        return dirs;
+    }
+    run_dir
+        .ancestors()
+        .take(1 + LEVELS_OUTSIDE_ROOT)
+        .filter(|d| !d.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .collect()
+}
+
+fn dirs_under(run_dir: &Path, root: &Path) -> Option<Vec<PathBuf>> {
+    if !run_dir.starts_with(root) {
+        return None;
+    }
+    let mut dirs = Vec::new();
+    for dir in run_dir.ancestors() {
+        dirs.push(dir.to_path_buf());
+        if dir == root {
+            break;
+        }
+    }
+    Some(dirs)
+}
+
+/// The uid this process runs as (the owner of `/proc/self`, which avoids an
+/// `unsafe` call), or `u32::MAX` when it cannot be told: then every `.env`
+/// is refused as not ours, which is the safe side.
+pub fn current_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn search_stops_at_the_root() {
+        let dirs = search_dirs(
+            Path::new("/scratch/u/proj/wandb/offline-run-1"),
+            Path::new("/scratch/u"),
+        );
+        assert_eq!(
+            dirs,
+            [
+                "/scratch/u/proj/wandb/offline-run-1",
+                "/scratch/u/proj/wandb",
+                "/scratch/u/proj",
+                "/scratch/u"
+            ]
+            .map(PathBuf::from)
+        );
+    }
+
+    #[test]
+    fn outside_the_root_only_the_run_and_two_levels() {
+        let dirs = search_dirs(
+            Path::new("/elsewhere/proj/wandb/offline-run-1"),
+            Path::new("/scratch/u"),
+        );
+        assert_eq!(
+            dirs,
+            [
+                "/elsewhere/proj/wandb/offline-run-1",
+                "/elsewhere/proj/wandb",
+                "/elsewhere/proj"
+            ]
+            .map(PathBuf::from)
+        );
+        // A root that is a sibling with a common prefix is not an ancestor.
+        let dirs = search_dirs(Path::new("/scratch/u2/run"), Path::new("/scratch/u"));
+        assert_eq!(
+            dirs,
+            ["/scratch/u2/run", "/scratch/u2", "/scratch"].map(PathBuf::from)
+        );
+    }
+
+    #[test]
+    fn a_root_reached_through_a_symlink_still_bounds_the_search() {
+        let tmp = tempfile::tempdir().unwrap();
+        let real = tmp.path().join("real");
+        let run = real.join("proj/wandb/offline-run-1");
+        std::fs::create_dir_all(&run).unwrap();
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let dirs = search_dirs(&run, &link);
+        assert_eq!(dirs.len(), 4, "{dirs:?}");
+        assert_eq!(dirs.last().unwrap(), &real.canonicalize().unwrap());
+    }
+
+    #[test]
+    fn current_uid_is_the_owner_of_files_we_create() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        assert_eq!(std::fs::metadata(tmp.path()).unwrap().uid(), current_uid());
+    }
+}
