@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::target::Template;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "syncd",
@@ -50,9 +52,15 @@ pub struct RunArgs {
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
 
-    /// W&B server. Default: `$WANDB_BASE_URL`, else https://api.wandb.ai.
+    /// W&B server for runs whose `.env` files name none. Default:
+    /// `$WANDB_BASE_URL`, else https://api.wandb.ai.
     #[arg(long)]
     pub base_url: Option<String>,
+
+    /// Server-side display name template, e.g. `v{version}-{experiment}_{job}`
+    /// (the default; see README "Run names"). Overrides `[naming] template`.
+    #[arg(long, value_parser = parse_template)]
+    pub name_template: Option<Template>,
 
     /// How often active runs are checked (e.g. 5s).
     #[arg(long, value_parser = parse_duration)]
@@ -170,9 +178,15 @@ pub struct SyncArgs {
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pub stale_after: Duration,
 
-    /// W&B server. Default: `$WANDB_BASE_URL`, else https://api.wandb.ai.
+    /// W&B server for runs whose `.env` files name none. Default:
+    /// `$WANDB_BASE_URL`, else https://api.wandb.ai.
     #[arg(long)]
     pub base_url: Option<String>,
+
+    /// Server-side display name template, e.g. `v{version}-{experiment}_{job}`
+    /// (the default; see README "Run names"). Overrides `[naming] template`.
+    #[arg(long, value_parser = parse_template)]
+    pub name_template: Option<Template>,
 
     /// Where the upload ledger lives. Default: `$SYNCD_STATE_DIR`, else
     /// `$XDG_STATE_HOME/syncd`, else `~/.local/state/syncd`.
@@ -208,6 +222,11 @@ pub struct InspectArgs {
     /// instead of stopping at it.
     #[arg(long)]
     pub recover: bool,
+
+    /// Display name template to show the names runs will get with (default:
+    /// the config file's `[naming] template`, else `v{version}-{experiment}_{job}`).
+    #[arg(long, value_parser = parse_template)]
+    pub name_template: Option<Template>,
 }
 
 #[derive(Debug, Args)]
@@ -244,6 +263,10 @@ pub struct ServiceInstallArgs {
     /// The systemctl to ask whether a user manager runs (tests).
     #[arg(long, hide = true, default_value = "systemctl")]
     pub systemctl: PathBuf,
+}
+
+fn parse_template(text: &str) -> Result<Template, String> {
+    Template::parse(text).map_err(|e| e.to_string())
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {

@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use crate::target::{NamingRule, Template};
+
 /// The public W&B API, used when `WANDB_BASE_URL` is not set.
 pub const DEFAULT_WANDB_BASE_URL: &str = "https://api.wandb.ai";
 
@@ -59,6 +61,24 @@ pub struct FileConfig {
     pub osh_command_dir: Option<String>,
     pub slurm: Option<bool>,
     pub nice: Option<i32>,
+    /// How runs are named on the server (`[naming]`).
+    pub naming: Option<NamingSection>,
+}
+
+/// The `[naming]` table:
+///
+/// ```toml
+/// [naming]
+/// template = "v{version}-{experiment}_{job}"
+/// override_user_names = false
+/// array_group = "{experiment}_{array_job_id}"   # "" leaves arrays ungrouped
+/// ```
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamingSection {
+    pub template: Option<Template>,
+    pub override_user_names: Option<bool>,
+    pub array_group: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,7 +125,33 @@ impl FileConfig {
                 })?;
             }
         }
+        config.naming_rule(None).map_err(|e| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message: format!("[naming] {e}"),
+        })?;
         Ok(config)
+    }
+
+    /// The naming rule: `flag_template` (a `--name-template`) over the
+    /// `[naming]` table over the defaults.
+    pub fn naming_rule(
+        &self,
+        flag_template: Option<&Template>,
+    ) -> Result<NamingRule, crate::target::TemplateError> {
+        let mut rule = NamingRule::default();
+        let section = self.naming.clone().unwrap_or_default();
+        if let Some(template) = flag_template.cloned().or(section.template) {
+            rule.template = template;
+        }
+        if let Some(override_user_names) = section.override_user_names {
+            rule.override_user_names = override_user_names;
+        }
+        match section.array_group.as_deref() {
+            None => {}
+            Some("") => rule.array_group = None,
+            Some(group) => rule.array_group = Some(Template::parse(group)?),
+        }
+        Ok(rule)
     }
 
     pub fn duration(value: &Option<String>) -> Option<std::time::Duration> {
@@ -113,6 +159,16 @@ impl FileConfig {
             .as_deref()
             .and_then(|v| humantime::parse_duration(v).ok())
     }
+}
+
+/// The naming rule of a command that has no `--config`: the default config
+/// file's `[naming]` under `--name-template`. `Err` is for the user.
+pub fn naming_rule(
+    flag_template: Option<&Template>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<NamingRule, String> {
+    let file = FileConfig::load(&config_file(env), false).map_err(|e| e.to_string())?;
+    file.naming_rule(flag_template).map_err(|e| e.to_string())
 }
 
 /// This machine's name, for the lease and the heartbeat.
@@ -157,6 +213,26 @@ mod tests {
                 .to_string()
                 .contains("poll")
         );
+        std::fs::write(&path, "[naming]\ntemplate = \"{experimnt}\"\n").unwrap();
+        let error = FileConfig::load(&path, true).unwrap_err().to_string();
+        assert!(error.contains("experimnt"), "{error}");
+        std::fs::write(&path, "[naming]\narray_group = \"{nope}\"\n").unwrap();
+        let error = FileConfig::load(&path, true).unwrap_err().to_string();
+        assert!(
+            error.contains("[naming]") && error.contains("nope"),
+            "{error}"
+        );
+        std::fs::write(
+            &path,
+            "[naming]\ntemplate = \"{experiment}-{job}\"\noverride_user_names = true\narray_group = \"\"\n",
+        )
+        .unwrap();
+        let rule = FileConfig::load(&path, true)
+            .unwrap()
+            .naming_rule(None)
+            .unwrap();
+        assert_eq!(rule.template.as_str(), "{experiment}-{job}");
+        assert!(rule.override_user_names && rule.array_group.is_none());
         assert!(FileConfig::load(&tmp.path().join("missing.toml"), false).is_ok());
         assert!(FileConfig::load(&tmp.path().join("missing.toml"), true).is_err());
     }

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use super::Outcome;
 use crate::cli::InspectArgs;
+use crate::config;
 use crate::discover;
 use crate::source::wandb::fragment::{
     self, CorruptionReport, FileClass, Fragment, ReadOptions, Writer,
@@ -19,6 +20,7 @@ use crate::source::wandb::framing::Tail;
 use crate::source::wandb::run::{self, Run};
 use crate::source::wandb::value::Value;
 use crate::source::wandb::views::{ArtifactInfo, FileKind, Policy};
+use crate::target::{NamingRule, find_manifest, name_run, search_root};
 
 /// Version of the `--json` document; bumped on incompatible changes.
 pub const SCHEMA: u32 = 1;
@@ -81,6 +83,21 @@ pub struct RunReport {
     pub config: serde_json::Value,
     pub fragments: Vec<FragmentReport>,
     pub problems: Vec<String>,
+    /// What the run will be called on the server.
+    pub naming: NamingReport,
+}
+
+/// The display name and group a run gets on the server: the naming
+/// template's when it renders (and the user did not name the run), else the
+/// run's own.
+#[derive(Debug, Serialize)]
+pub struct NamingReport {
+    pub display_name: Option<String>,
+    pub group: Option<String>,
+    /// The name comes from the template (not the run's own).
+    pub from_template: bool,
+    /// The job manifest the Slurm facts were also taken from.
+    pub manifest: Option<PathBuf>,
 }
 
 #[derive(Debug, Serialize)]
@@ -123,7 +140,21 @@ pub fn run(args: InspectArgs) -> anyhow::Result<Outcome> {
     let options = ReadOptions {
         recover: args.recover,
     };
-    let report = inspect(&paths, options, args.stale_after, SystemTime::now());
+    let env = |k: &str| std::env::var(k).ok();
+    let naming = match config::naming_rule(args.name_template.as_ref(), env) {
+        Ok(rule) => rule,
+        Err(e) => {
+            eprintln!("syncd: error: {e}");
+            return Ok(Outcome::Usage);
+        }
+    };
+    let report = inspect(
+        &paths,
+        options,
+        args.stale_after,
+        SystemTime::now(),
+        &naming,
+    );
     let mut out = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut out, &report)?;
@@ -155,6 +186,7 @@ pub fn inspect(
     options: ReadOptions,
     stale_after: Duration,
     now: SystemTime,
+    naming: &NamingRule,
 ) -> Report {
     let (files, discover_errors) = discover::wandb_files(paths);
     let mut errors: Vec<PathError> = discover_errors.iter().map(PathError::from).collect();
@@ -172,13 +204,49 @@ pub fn inspect(
         .into_iter()
         .map(|run| {
             let writer = newest_writer(&run, stale_after, now);
-            run_report(&run, writer)
+            let mut report = run_report(&run, writer);
+            report.naming = naming_report(&run, naming, paths);
+            report
         })
         .collect();
     Report {
         schema: SCHEMA,
         runs,
         errors,
+    }
+}
+
+fn naming_report(run: &Run, rule: &NamingRule, paths: &[PathBuf]) -> NamingReport {
+    let identity = run.identity();
+    let first = &run.fragments[0].path;
+    let run_dir = first.parent().unwrap_or(Path::new("."));
+    let found_under = paths.iter().find(|p| first.starts_with(p));
+    let manifest = find_manifest(
+        run_dir,
+        &search_root(run_dir, found_under.map(PathBuf::as_path)),
+    )
+    .ok()
+    .flatten();
+    // Config keys as the uploader sees them: later fragments continue the
+    // earlier ones.
+    let mut config = crate::source::wandb::value::Map::new();
+    for fragment in &run.fragments {
+        config.extend(
+            fragment
+                .state
+                .config
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+    }
+    let naming = name_run(rule, &identity, &config, manifest.as_ref().map(|(_, m)| m));
+    NamingReport {
+        from_template: naming.display_name.is_some(),
+        display_name: naming
+            .display_name
+            .or_else(|| identity.display_name.clone()),
+        group: naming.group.or_else(|| identity.group.clone()),
+        manifest: manifest.map(|(path, _)| path),
     }
 }
 
@@ -331,6 +399,12 @@ fn run_report(run: &Run, newest_writer: Writer) -> RunReport {
         config: Value::Object(last.state.config.clone()).to_strict(),
         fragments,
         problems,
+        naming: NamingReport {
+            display_name: None,
+            group: None,
+            from_template: false,
+            manifest: None,
+        },
     }
 }
 
@@ -363,6 +437,11 @@ fn write_human(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
             format!("{} ({})", run.run_id, run.class.name()),
         ]);
         table.add_row(vec!["name".to_string(), opt(&run.name)]);
+        let server_name = match (&run.naming.display_name, &run.naming.group) {
+            (name, Some(group)) => format!("{} (group {group})", opt(name)),
+            (name, None) => opt(name),
+        };
+        table.add_row(vec!["name on server".to_string(), server_name]);
         let project = match (&run.entity, &run.project) {
             (Some(e), Some(p)) => format!("{e}/{p}"),
             (None, Some(p)) => p.clone(),

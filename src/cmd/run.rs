@@ -1,6 +1,7 @@
 //! `syncd run`: the daemon. Flags override the config file, which overrides
-//! the environment's defaults; the API key comes from `WANDB_API_KEY` or
-//! netrc and is checked before anything starts.
+//! the environment's defaults. Each run's server and key come from the
+//! nearest `.env` above it, the user's `.env`, the environment or netrc
+//! (`engine::targets`); a run with none is reported, not fatal.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -17,8 +18,8 @@ use crate::config::{self, FileConfig};
 use crate::discover::scan::RootSpec;
 use crate::discover::trigger;
 use crate::engine::daemon::{self, Control, DaemonConfig, DaemonError};
+use crate::engine::targets::Targets;
 use crate::sink::retry::RetryPolicy;
-use crate::sink::wandb::credentials;
 
 pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     let (daemon_config, nice) = match build_config(&args) {
@@ -82,8 +83,9 @@ fn build_config(args: &RunArgs) -> Result<(DaemonConfig, Option<i32>), String> {
             config_path.display()
         ));
     }
-    let base_url = config::wandb_base_url(args.base_url.clone().or(file.base_url.clone()), env);
-    let key = credentials::find_api_key(&base_url, env).map_err(|e| e.to_string())?;
+    let naming = file
+        .naming_rule(args.name_template.as_ref())
+        .map_err(|e| e.to_string())?;
     let state_dir = config::state_dir(args.state_dir.clone().or(file.state_dir.clone()), env);
     let home = PathBuf::from(env("HOME").unwrap_or_else(|| ".".into()));
     let osh_dir = match file.osh_command_dir.as_deref() {
@@ -107,11 +109,12 @@ fn build_config(args: &RunArgs) -> Result<(DaemonConfig, Option<i32>), String> {
         flag.or(FileConfig::duration(value))
             .unwrap_or(Duration::from_secs(default))
     };
+    let targets = Targets::from_process(args.base_url.clone().or(file.base_url.clone()), retry);
     let config = DaemonConfig {
         roots: roots.into_iter().map(RootSpec).collect(),
         state_dir,
-        base_url,
-        api_key: key.key,
+        targets: Arc::new(targets),
+        naming,
         live_poll: duration(args.poll, &file.poll, 5),
         idle_poll: duration(args.idle_poll, &file.idle_poll, 120),
         trigger_poll: Duration::from_millis(500),

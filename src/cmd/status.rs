@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::Outcome;
 use crate::cli::StatusArgs;
 use crate::config;
-use crate::engine::heartbeat::{self, Heartbeat};
+use crate::engine::heartbeat::{self, Activity, Heartbeat};
 use crate::ledger::{Ledger, Phase, RunLedger};
 
 /// Version of the `--json` document.
@@ -45,7 +45,10 @@ pub struct DaemonStatus {
 pub struct RunStatus {
     pub key: String,
     pub run_id: String,
+    /// The display name on the server: the naming template's (see
+    /// `naming`), else the run's own.
     pub name: Option<String>,
+    pub group: Option<String>,
     pub entity: Option<String>,
     pub project: Option<String>,
     pub path: Option<PathBuf>,
@@ -140,6 +143,15 @@ pub fn status(
             }
         }
     }
+    // Runs the daemon follows that have no ledger entry yet: new ones, and
+    // ones refused before their first upload (a `.env` it will not read).
+    if let Some(beat) = &beat {
+        for (key, activity) in &beat.activity {
+            if key.starts_with(heartbeat::UNSYNCED_PREFIX) {
+                runs.push(unsynced_status(key, activity));
+            }
+        }
+    }
     runs.retain(|r| {
         state.is_none_or(|s| r.state == s)
             && project.is_none_or(|p| r.project.as_deref() == Some(p))
@@ -158,6 +170,47 @@ fn is_fresh(beat: &Heartbeat, now: SystemTime) -> bool {
         .ok()
         .and_then(|at| now.duration_since(at).ok().or(Some(Duration::ZERO)))
         .is_some_and(|age| age.as_secs() <= beat.stale_after_secs)
+}
+
+fn unsynced_status(key: &str, activity: &Activity) -> RunStatus {
+    let (state, reason) = match activity.state.as_str() {
+        "stopped" => ("failed", activity.error.clone()),
+        "uploading" => ("uploading", None),
+        _ => ("queued", None),
+    };
+    let on_disk = activity
+        .path
+        .as_deref()
+        .and_then(|dir| std::fs::read_dir(dir).ok())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "wandb"))
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    RunStatus {
+        key: key.to_string(),
+        run_id: activity.run_id.clone().unwrap_or_default(),
+        name: None,
+        group: None,
+        entity: None,
+        project: None,
+        path: activity.path.clone(),
+        state,
+        reason,
+        history_lines_sent: 0,
+        bytes_sent: 0,
+        bytes_on_disk: on_disk,
+        behind_bytes: on_disk,
+        last_upload: None,
+        slurm_job: activity.slurm_job.clone(),
+        slurm_state: activity.slurm_state.clone(),
+        exit_code: None,
+        last_error: activity.error.clone(),
+        next_retry: activity.next_retry.clone(),
+        warnings: Vec::new(),
+    }
 }
 
 fn run_status(entry: &RunLedger, beat: Option<&Heartbeat>) -> RunStatus {
@@ -198,7 +251,16 @@ fn run_status(entry: &RunLedger, beat: Option<&Heartbeat>) -> RunStatus {
     RunStatus {
         key: entry.key.clone(),
         run_id: entry.run_id.clone(),
-        name: identity.display_name.clone(),
+        name: entry
+            .naming
+            .as_ref()
+            .and_then(|n| n.display_name.clone())
+            .or_else(|| identity.display_name.clone()),
+        group: entry
+            .naming
+            .as_ref()
+            .and_then(|n| n.group.clone())
+            .or_else(|| identity.group.clone()),
         entity: entry
             .server
             .as_ref()

@@ -14,12 +14,13 @@ use super::inspect::{PathError, default_wandb_dir};
 use crate::cli::SyncArgs;
 use crate::config;
 use crate::discover;
+use crate::engine::targets::Targets;
 use crate::engine::worker::{self, Progress, RunJob, RunOutcome, SyncOptions};
 use crate::ledger::{Ledger, Phase};
 use crate::sink::retry::RetryPolicy;
 use crate::sink::wandb::client::Client;
-use crate::sink::wandb::credentials;
 use crate::source::wandb::run;
+use crate::target::search_root;
 
 /// Version of the `--json` document.
 pub const SCHEMA: u32 = 1;
@@ -35,19 +36,18 @@ pub struct SyncReport {
 
 pub fn run(args: SyncArgs) -> anyhow::Result<Outcome> {
     let env = |k: &str| std::env::var(k).ok();
-    let base_url = config::wandb_base_url(args.base_url.clone(), env);
-    // The key is checked before anything is read, so a missing one costs nothing.
-    let key = if args.dry_run {
-        None
-    } else {
-        match credentials::find_api_key(&base_url, env) {
-            Ok(key) => Some(key),
-            Err(e) => {
-                eprintln!("syncd: error: {e}");
-                return Ok(Outcome::Usage);
-            }
+    let naming = match config::naming_rule(args.name_template.as_ref(), env) {
+        Ok(rule) => rule,
+        Err(e) => {
+            eprintln!("syncd: error: {e}");
+            return Ok(Outcome::Usage);
         }
     };
+    let policy = RetryPolicy {
+        min_wait: std::time::Duration::from_millis(args.retry_min_ms),
+        ..RetryPolicy::default()
+    };
+    let targets = Targets::from_process(args.base_url.clone(), policy);
     let state_dir = config::state_dir(args.state_dir.clone(), env);
     let ledger = Ledger::open(&state_dir)?;
     let paths = if args.paths.is_empty() {
@@ -70,12 +70,46 @@ pub fn run(args: SyncArgs) -> anyhow::Result<Outcome> {
     }
     let jobs: Vec<RunJob> = run::group_heads(heads)
         .into_iter()
-        .map(|(id, heads)| RunJob {
-            id,
-            fragments: heads.into_iter().map(|h| h.path).collect(),
+        .map(|(id, heads)| {
+            let mut job = RunJob::new(id, heads.into_iter().map(|h| h.path).collect());
+            job.found_under = paths
+                .iter()
+                .find(|p| job.fragments[0].starts_with(p))
+                .cloned();
+            job
         })
         .collect();
 
+    // Each run's server, key, entity and project (its `.env`, the user's,
+    // the environment, netrc); a dry run sends nothing and needs no key.
+    let mut planned = Vec::new();
+    let mut target_failures = Vec::new();
+    for mut job in jobs {
+        if args.dry_run {
+            planned.push((job, None));
+            continue;
+        }
+        let root = search_root(job.run_dir(), job.found_under.as_deref());
+        match targets.resolve(job.run_dir(), &root) {
+            Ok(target) => {
+                job.entity = target.entity.clone();
+                job.project = target.project.clone();
+                planned.push((job, Some(target.client)));
+            }
+            Err(message) => target_failures.push((job, message)),
+        }
+    }
+    if !args.dry_run && planned.is_empty() && errors.is_empty() && !target_failures.is_empty() {
+        // Nothing can be sent at all: a configuration error, said once per
+        // distinct cause.
+        let mut said = std::collections::HashSet::new();
+        for (_, message) in &target_failures {
+            if said.insert(message.clone()) {
+                eprintln!("syncd: error: {message}");
+            }
+        }
+        return Ok(Outcome::Usage);
+    }
     let options = SyncOptions {
         entity: args.entity.clone(),
         project: args.project.clone(),
@@ -84,35 +118,30 @@ pub fn run(args: SyncArgs) -> anyhow::Result<Outcome> {
         stale_after: args.stale_after,
         dry_run: args.dry_run,
         batch_bytes: args.batch_bytes.max(1),
-    };
-    let client = match &key {
-        Some(key) => {
-            let policy = RetryPolicy {
-                min_wait: std::time::Duration::from_millis(args.retry_min_ms),
-                ..RetryPolicy::default()
-            };
-            Some(Client::new(&base_url, &key.key, policy)?)
-        }
-        None => None,
+        naming,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let outcomes = runtime.block_on(sync_all(
-        client,
+    let mut outcomes = runtime.block_on(sync_all(
         ledger,
         options,
-        jobs,
+        planned,
         usize::from(args.jobs),
         args.json,
     ));
+    outcomes.extend(
+        target_failures
+            .into_iter()
+            .map(|(job, message)| worker::not_attempted(&job, message)),
+    );
 
     let report = SyncReport {
         schema: SCHEMA,
         dry_run: args.dry_run,
-        base_url,
+        base_url: targets.default_base_url(),
         runs: outcomes,
         errors,
     };
@@ -132,30 +161,24 @@ pub fn run(args: SyncArgs) -> anyhow::Result<Outcome> {
 }
 
 async fn sync_all(
-    client: Option<Client>,
     ledger: Ledger,
     options: SyncOptions,
-    jobs: Vec<RunJob>,
+    jobs: Vec<(RunJob, Option<Arc<Client>>)>,
     parallel: usize,
     quiet: bool,
 ) -> Vec<RunOutcome> {
     let bars = Bars::new(jobs.len(), quiet);
-    let shared = Arc::new((
-        client,
-        ledger,
-        options,
-        tokio::sync::Semaphore::new(parallel),
-        bars,
-    ));
+    let shared = Arc::new((ledger, options, tokio::sync::Semaphore::new(parallel), bars));
     let mut tasks = tokio::task::JoinSet::new();
-    for (order, job) in jobs.into_iter().enumerate() {
+    for (order, (job, client)) in jobs.into_iter().enumerate() {
         let shared = Arc::clone(&shared);
         tasks.spawn(async move {
-            let (client, ledger, options, limit, bars) = &*shared;
+            let (ledger, options, limit, bars) = &*shared;
             let _permit = limit.acquire().await.expect("semaphore never closes");
             let bar = bars.start(&job.id);
             let progress = |p: Progress| bar.update(p);
-            let outcome = worker::sync_run(client.as_ref(), ledger, options, &job, &progress).await;
+            let outcome =
+                worker::sync_run(client.as_deref(), ledger, options, &job, &progress).await;
             bars.finish(bar, &outcome);
             (order, outcome)
         });

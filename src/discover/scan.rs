@@ -20,6 +20,17 @@ use std::time::SystemTime;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RootSpec(pub String);
 
+impl RootSpec {
+    /// The directory every match of the root lies under: the root itself,
+    /// or for a glob pattern its components before the first wildcard.
+    pub fn base(&self) -> PathBuf {
+        Path::new(&self.0)
+            .components()
+            .take_while(|c| !c.as_os_str().to_string_lossy().contains(['*', '?', '[']))
+            .collect()
+    }
+}
+
 /// Size and modification time: the cheap "did it change" check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stamp {
@@ -317,6 +328,18 @@ mod tests {
         let mut report = ScanReport::default();
         scanner.check_files([&first], &mut report);
         assert_eq!(report.changed_files, [first]);
+    }
+
+    #[test]
+    fn a_roots_base_is_what_precedes_its_first_wildcard() {
+        for (root, base) in [
+            ("/scratch/u/wandb", "/scratch/u/wandb"),
+            ("/scratch/*/wandb", "/scratch"),
+            ("/home/u/projects/exp-[0-9]*/", "/home/u/projects"),
+            ("rel/dir", "rel/dir"),
+        ] {
+            assert_eq!(RootSpec(root.into()).base(), PathBuf::from(base), "{root}");
+        }
     }
 
     #[test]

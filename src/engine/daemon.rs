@@ -19,9 +19,10 @@ use crate::discover::scan::{RootSpec, ScanReport, Scanner};
 use crate::discover::trigger::TriggerDirs;
 use crate::discover::wandb_files;
 use crate::discover::watch::{Accelerator, FsKind, fs_kind};
-use crate::engine::heartbeat::{self, Activity, Heartbeat};
+use crate::engine::heartbeat::{self, Activity, Heartbeat, UNSYNCED_PREFIX};
 use crate::engine::sd_notify::Notifier;
 use crate::engine::slurm::Slurm;
+use crate::engine::targets::{RunTarget, Targets};
 use crate::engine::worker::{self, Failure, RunJob, RunOutcome, SyncOptions, Verdict};
 use crate::ledger::lease::Lease;
 use crate::ledger::{Ledger, Phase};
@@ -29,14 +30,17 @@ use crate::sink::retry::RetryPolicy;
 use crate::sink::wandb::client::Client;
 use crate::sink::wandb::ops;
 use crate::source::wandb::run as wandb_run;
+use crate::target::{NamingRule, search_root};
 
 /// Everything `syncd run` is told.
 #[derive(Clone)]
 pub struct DaemonConfig {
     pub roots: Vec<RootSpec>,
     pub state_dir: PathBuf,
-    pub base_url: String,
-    pub api_key: String,
+    /// Each run's server, key, entity and project (its `.env`, the user's,
+    /// the environment, netrc).
+    pub targets: Arc<Targets>,
+    pub naming: NamingRule,
     /// How often active runs' files are checked and roots' mtimes looked at.
     pub live_poll: Duration,
     /// How often everything (settled runs, full root listings) is checked.
@@ -64,8 +68,7 @@ impl std::fmt::Debug for DaemonConfig {
         f.debug_struct("DaemonConfig")
             .field("roots", &self.roots)
             .field("state_dir", &self.state_dir)
-            .field("base_url", &self.base_url)
-            .field("api_key", &"(redacted)")
+            .field("base_url", &self.targets.default_base_url())
             .finish_non_exhaustive()
     }
 }
@@ -73,9 +76,13 @@ impl std::fmt::Debug for DaemonConfig {
 /// One run as the daemon follows it.
 struct Tracked {
     job: RunJob,
-    /// Start time of each fragment, for keeping them in order.
-    starts: Vec<Option<f64>>,
+    /// Each fragment's place in the run, for keeping them in order.
+    starts: Vec<wandb_run::OrderKey>,
     key: Option<String>,
+    /// Where it goes; `None` until resolved (or while refused).
+    target: Option<RunTarget>,
+    /// Why its target is refused (an exposed `.env`, no key).
+    target_error: Option<String>,
     phase: Phase,
     queued: bool,
     in_flight: bool,
@@ -109,8 +116,6 @@ pub enum DaemonError {
     Lease(#[from] crate::ledger::lease::LeaseError),
     #[error("{0}")]
     Ledger(#[from] crate::ledger::LedgerError),
-    #[error("{0}")]
-    Client(#[from] crate::sink::wandb::client::SinkError),
 }
 
 /// What the signal handlers ask for.
@@ -129,11 +134,6 @@ pub async fn run(
 ) -> Result<(), DaemonError> {
     let mut lease = acquire_lease(&config, &log).await?;
     let ledger = Ledger::open(&config.state_dir)?;
-    let mut client = Arc::new(Client::new(
-        &config.base_url,
-        &config.api_key,
-        config.retry,
-    )?);
     let uid = current_uid(&config.state_dir);
     let mut scanner = Scanner::new(config.roots.clone(), uid);
     let triggers = TriggerDirs {
@@ -145,7 +145,8 @@ pub async fn run(
     let notifier = Notifier::from_env();
     let started_at = now_rfc3339();
     let mut state = DaemonState {
-        base_url: config.base_url.clone(),
+        targets: Arc::clone(&config.targets),
+        roots: config.roots.clone(),
         ..DaemonState::default()
     };
     let (done_tx, mut done_rx) = mpsc::channel::<(String, RunOutcome)>(64);
@@ -171,10 +172,10 @@ pub async fn run(
         let _ = n.ready();
     }
     log(&format!(
-        "syncd run: watching {} root(s), {} run(s) known, uploading to {}",
+        "syncd run: watching {} root(s), {} run(s) known, default server {} (a run's .env may name another)",
         config.roots.len(),
         state.runs.len(),
-        config.base_url
+        config.targets.default_base_url()
     ));
 
     let tick = Duration::from_millis(250);
@@ -191,19 +192,14 @@ pub async fn run(
                     if let Some(new) = new {
                         log(&format!("SIGHUP: settings reloaded, watching {} root(s)", new.roots.len()));
                         scanner.set_roots(new.roots.clone());
-                        if new.base_url != config.base_url || new.api_key != config.api_key {
-                            client = Arc::new(Client::new(&new.base_url, &new.api_key, new.retry)?);
-                        }
+                        state.retarget(&new, &ledger);
                         let keep = (config.state_dir.clone(), config.lease_ttl);
                         config = *new;
                         // The state directory and lease stay what they were.
                         (config.state_dir, config.lease_ttl) = keep;
                     }
                     log("SIGHUP: retrying stopped runs");
-                    for run in state.runs.values_mut() {
-                        run.stopped = None;
-                        run.not_before = None;
-                    }
+                    state.retry_stopped();
                 }
                 Some(Control::Stop) | None => stopping = true,
             },
@@ -290,12 +286,15 @@ pub async fn run(
             state.decide_finalization(&config);
         }
         if state.offline_until.is_some_and(|t| now >= t) {
-            state.probe(&client, &log).await;
+            state.probe(&log).await;
         }
         if state.offline_until.is_none() {
             while state.in_flight < config.concurrency.max(1) {
                 let Some(id) = state.next_ready(now) else {
                     break;
+                };
+                let Some(client) = state.target_of(&id, &ledger, &log) else {
+                    continue;
                 };
                 let run = state.runs.get_mut(&id).expect("queued runs are tracked");
                 run.in_flight = true;
@@ -304,9 +303,10 @@ pub async fn run(
                 let job = run.job.clone();
                 let options = SyncOptions {
                     verdict: run.verdict.clone(),
+                    naming: config.naming.clone(),
                     ..SyncOptions::default()
                 };
-                let (client, ledger, done) = (client.clone(), ledger.clone(), done_tx.clone());
+                let (ledger, done) = (ledger.clone(), done_tx.clone());
                 tokio::spawn(async move {
                     let outcome =
                         worker::sync_run(Some(&client), &ledger, &options, &job, &|_| {}).await;
@@ -382,7 +382,8 @@ fn now_rfc3339() -> String {
 
 #[derive(Default)]
 struct DaemonState {
-    base_url: String,
+    targets: Arc<Targets>,
+    roots: Vec<RootSpec>,
     runs: HashMap<String, Tracked>,
     /// Which run each `.wandb` file belongs to.
     file_to_run: HashMap<PathBuf, String>,
@@ -455,13 +456,20 @@ impl DaemonState {
         let wandb_dir = path.parent()?.parent()?.to_path_buf();
         let id = format!("{}#{}", wandb_dir.display(), head.run_id);
         self.file_to_run.insert(path.to_path_buf(), id.clone());
+        let found_under = self
+            .roots
+            .iter()
+            .map(RootSpec::base)
+            .find(|base| path.starts_with(base));
         let run = self.runs.entry(id.clone()).or_insert_with(|| Tracked {
             job: RunJob {
-                id: head.run_id.clone(),
-                fragments: Vec::new(),
+                found_under,
+                ..RunJob::new(head.run_id.clone(), Vec::new())
             },
             starts: Vec::new(),
             key: None,
+            target: None,
+            target_error: None,
             phase: Phase::Queued,
             queued: false,
             in_flight: false,
@@ -477,23 +485,63 @@ impl DaemonState {
             newest_mtime: None,
             acked: HashMap::new(),
         });
-        let at = run
-            .starts
-            .partition_point(|s| order(*s) <= order(head.start_time));
+        let key = wandb_run::order_key(path, head.start_time);
+        let at = run.starts.partition_point(|s| *s <= key);
         run.job.fragments.insert(at, path.to_path_buf());
-        run.starts.insert(at, head.start_time);
+        run.starts.insert(at, key);
         // A new fragment (a requeued job) reopens a finalized run.
         run.verdict = None;
         run.gone_since = None;
-        run.key = Some(crate::ledger::run_key(
-            &run.job.id,
-            &run.job.fragments[0],
-            &self.base_url,
-            None,
-            None,
-        ));
-        refresh_from_ledger(run, ledger);
+        attach_target(run, &self.targets, ledger);
         Some(id)
+    }
+
+    /// The client for a run about to be uploaded; a run whose target is
+    /// refused is stopped (until its files change or SIGHUP) and said why.
+    fn target_of(
+        &mut self,
+        id: &str,
+        ledger: &Ledger,
+        log: &Arc<dyn Fn(&str) + Send + Sync>,
+    ) -> Option<Arc<Client>> {
+        let run = self.runs.get_mut(id)?;
+        if run.target.is_none() {
+            attach_target(run, &self.targets, ledger);
+        }
+        if let Some(target) = &run.target {
+            return Some(Arc::clone(&target.client));
+        }
+        let error = run.target_error.clone().unwrap_or_default();
+        log(&format!(
+            "{}: not uploaded: {error}",
+            run.job.run_dir().display()
+        ));
+        run.stopped = Some(error);
+        None
+    }
+
+    /// SIGHUP: stopped and backing-off runs go again, at the back of the
+    /// queue.
+    fn retry_stopped(&mut self) {
+        for (id, run) in self.runs.iter_mut() {
+            let was_stopped = run.stopped.take().is_some();
+            run.not_before = None;
+            if was_stopped && !run.queued && !run.in_flight {
+                run.dirty = true;
+                run.queued = true;
+                self.queue.push_back(id.clone());
+            }
+        }
+    }
+
+    /// New settings (SIGHUP): every run's target is looked up again.
+    fn retarget(&mut self, config: &DaemonConfig, ledger: &Ledger) {
+        self.targets = Arc::clone(&config.targets);
+        self.roots = config.roots.clone();
+        for run in self.runs.values_mut() {
+            run.target = None;
+            attach_target(run, &self.targets, ledger);
+        }
     }
 
     /// A triggered run jumps the queue.
@@ -567,7 +615,7 @@ impl DaemonState {
                     self.offline_until = Some(Instant::now() + self.offline_backoff);
                 }
             }
-            Some(Failure::Auth | Failure::Permanent | Failure::Corrupt) => {
+            Some(Failure::Auth | Failure::Permanent | Failure::Corrupt | Failure::Config) => {
                 let error = outcome.error.clone().unwrap_or_default();
                 log(&format!("{}: stopped: {error}", outcome.run_id));
                 run.stopped = Some(error);
@@ -689,14 +737,25 @@ impl DaemonState {
         self.queue.extend(queue);
     }
 
-    /// While offline: one cheap request; any HTTP answer means the server is back.
-    async fn probe(&mut self, client: &Client, log: &Arc<dyn Fn(&str) + Send + Sync>) {
-        match ops::server_features(client).await {
-            Err(e) if e.is_offline() => {
+    /// While offline: one cheap request to each server; any HTTP answer
+    /// means the network is back.
+    async fn probe(&mut self, log: &Arc<dyn Fn(&str) + Send + Sync>) {
+        let mut reached = false;
+        for client in self.targets.clients() {
+            match ops::server_features(&client).await {
+                Err(e) if e.is_offline() => {}
+                _ => {
+                    reached = true;
+                    break;
+                }
+            }
+        }
+        match reached {
+            false => {
                 self.offline_backoff = (self.offline_backoff * 2).min(Duration::from_secs(60));
                 self.offline_until = Some(Instant::now() + self.offline_backoff);
             }
-            _ => {
+            true => {
                 log("server reachable again, resuming uploads");
                 self.offline_until = None;
                 self.offline_backoff = Duration::ZERO;
@@ -740,8 +799,13 @@ impl DaemonState {
         let activity = self
             .runs
             .values()
-            .filter_map(|run| {
-                let key = run.key.clone()?;
+            // Settled runs: the ledger says all there is.
+            .filter(|run| !run.settled() || run.in_flight || run.queued || run.stopped.is_some())
+            .map(|run| {
+                let key = run
+                    .key
+                    .clone()
+                    .unwrap_or_else(|| format!("{UNSYNCED_PREFIX}{}", run.job.run_dir().display()));
                 let state = if run.in_flight {
                     "uploading"
                 } else if run.queued {
@@ -757,9 +821,11 @@ impl DaemonState {
                     let at = SystemTime::now() + t.saturating_duration_since(Instant::now());
                     humantime::format_rfc3339_seconds(at).to_string()
                 });
-                Some((
+                (
                     key,
                     Activity {
+                        run_id: Some(run.job.id.clone()),
+                        error: run.stopped.clone().or_else(|| run.target_error.clone()),
                         state: state.into(),
                         next_retry,
                         path: run
@@ -771,7 +837,7 @@ impl DaemonState {
                         slurm_job: run.slurm_job.clone(),
                         slurm_state: run.slurm_state.clone(),
                     },
-                ))
+                )
             })
             .collect();
         Heartbeat {
@@ -782,14 +848,35 @@ impl DaemonState {
             stale_after_secs: 15,
             online: self.offline_until.is_none(),
             last_contact: self.last_contact.clone(),
-            base_url: config.base_url.clone(),
+            base_url: config.targets.default_base_url(),
             activity,
         }
     }
 }
 
-fn order(start: Option<f64>) -> f64 {
-    start.unwrap_or(f64::MAX)
+/// Resolves where the run goes and, with that, its ledger key.
+fn attach_target(run: &mut Tracked, targets: &Targets, ledger: &Ledger) {
+    let root = search_root(run.job.run_dir(), run.job.found_under.as_deref());
+    match targets.resolve(run.job.run_dir(), &root) {
+        Ok(target) => {
+            run.job.entity = target.entity.clone();
+            run.job.project = target.project.clone();
+            run.key = Some(crate::ledger::run_key(
+                &run.job.id,
+                &run.job.fragments[0],
+                target.client.base_url(),
+                None,
+                None,
+            ));
+            run.target = Some(target);
+            run.target_error = None;
+            refresh_from_ledger(run, ledger);
+        }
+        Err(error) => {
+            run.target = None;
+            run.target_error = Some(error);
+        }
+    }
 }
 
 /// Reads what the last upload recorded: phase, Slurm job, whether the

@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 /// File name inside the state directory.
 pub const FILE: &str = "daemon.json";
 
+/// The activity key of a run the ledger does not know yet.
+pub const UNSYNCED_PREFIX: &str = "unsynced:";
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Heartbeat {
     pub pid: u32,
@@ -27,7 +30,9 @@ pub struct Heartbeat {
     pub last_contact: Option<String>,
     pub base_url: String,
     /// What each run is doing now, by ledger key: `uploading`, `queued`,
-    /// `waiting` (backing off until `next_retry`).
+    /// `waiting` (backing off until `next_retry`), `stopped` (with
+    /// `error`), `idle`. Runs without a ledger entry yet (new, or refused
+    /// before their first upload) are keyed `unsynced:<run directory>`.
     pub activity: BTreeMap<String, Activity>,
 }
 
@@ -41,6 +46,12 @@ pub struct Activity {
     /// Slurm job id and state, when known.
     pub slurm_job: Option<String>,
     pub slurm_state: Option<String>,
+    /// The run id, for runs the ledger does not know yet.
+    #[serde(default)]
+    pub run_id: Option<String>,
+    /// Why the run is stopped: e.g. its `.env` is refused.
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 pub fn path(state_dir: &Path) -> PathBuf {

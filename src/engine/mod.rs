@@ -5,4 +5,5 @@ pub mod daemon;
 pub mod heartbeat;
 pub mod sd_notify;
 pub mod slurm;
+pub mod targets;
 pub mod worker;

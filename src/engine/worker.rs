@@ -23,6 +23,7 @@ use crate::source::wandb::proto::{self, Record, RecordType};
 use crate::source::wandb::value::Value;
 use crate::source::wandb::views::console::Stream;
 use crate::source::wandb::views::{FileKind, Policy, Update};
+use crate::target::{JobManifest, Naming, NamingRule, name_run, read_manifest, search_root};
 
 /// How runs are synced (the same for every run of one `syncd sync`).
 #[derive(Debug, Clone)]
@@ -41,6 +42,8 @@ pub struct SyncOptions {
     pub dry_run: bool,
     /// Flush to the server after this many bytes of new lines.
     pub batch_bytes: usize,
+    /// How runs are named and grouped on the server.
+    pub naming: NamingRule,
 }
 
 /// Why a run without exit record is finalized.
@@ -63,6 +66,7 @@ impl Default for SyncOptions {
             stale_after: std::time::Duration::from_secs(600),
             dry_run: false,
             batch_bytes: 4 * 1024 * 1024,
+            naming: NamingRule::default(),
         }
     }
 }
@@ -72,6 +76,33 @@ impl Default for SyncOptions {
 pub struct RunJob {
     pub id: String,
     pub fragments: Vec<PathBuf>,
+    /// The watched root or command-line path the run was found under: it
+    /// bounds the search for the job manifest.
+    pub found_under: Option<PathBuf>,
+    /// The entity and project of the run's `.env`, for a run that names
+    /// none and is given none on the command line.
+    pub entity: Option<String>,
+    pub project: Option<String>,
+}
+
+impl RunJob {
+    pub fn new(id: String, fragments: Vec<PathBuf>) -> RunJob {
+        RunJob {
+            id,
+            fragments,
+            found_under: None,
+            entity: None,
+            project: None,
+        }
+    }
+
+    /// The directory of the oldest fragment.
+    pub fn run_dir(&self) -> &Path {
+        self.fragments
+            .first()
+            .and_then(|f| f.parent())
+            .unwrap_or(Path::new("."))
+    }
 }
 
 /// Progress of one run, for display.
@@ -115,6 +146,9 @@ pub enum Failure {
     Permanent,
     /// The run's files are damaged; retrying cannot help until they change.
     Corrupt,
+    /// The run's settings are refused (its `.env`, no key for its server):
+    /// nothing is tried until they change.
+    Config,
     /// Anything else: retry later.
     Transient,
 }
@@ -158,6 +192,10 @@ struct RunSync<'a> {
     files_uploaded: Vec<String>,
     /// Records read by this invocation.
     records_read: u64,
+    /// The job manifest the sbatch templates wrote, if any.
+    manifest: Option<JobManifest>,
+    job_entity: Option<String>,
+    job_project: Option<String>,
 }
 
 /// Syncs one run. Never panics on bad input; every failure ends up in the
@@ -197,6 +235,12 @@ pub async fn sync_run(
         history_sent: 0,
         files_uploaded: Vec::new(),
         records_read: 0,
+        manifest: read_manifest(
+            job.run_dir(),
+            &search_root(job.run_dir(), job.found_under.as_deref()),
+        ),
+        job_entity: job.entity.clone(),
+        job_project: job.project.clone(),
     };
     let result = run.sync(job, on_progress).await;
     let failure = result.as_ref().err().map(|e| match e {
@@ -248,6 +292,22 @@ pub async fn sync_run(
         warnings: entry.warnings.clone(),
         error: result.err().map(|e| e.to_string()),
         failure,
+    }
+}
+
+/// The display name and group an upsert set.
+fn sent_naming(upsert: &UpsertRun) -> Naming {
+    Naming {
+        display_name: upsert.display_name.clone(),
+        group: upsert.group.clone(),
+    }
+}
+
+/// The outcome of a run that could not be tried: its target is refused.
+pub fn not_attempted(job: &RunJob, error: String) -> RunOutcome {
+    RunOutcome {
+        failure: Some(Failure::Config),
+        ..failed_outcome(job, String::new(), error)
     }
 }
 
@@ -588,13 +648,16 @@ impl RunSync<'_> {
         }
         self.entry.acked.config_sha256 = upsert.config.as_deref().map(|c| sha256_hex(c.as_bytes()));
         self.entry.acked.params_sha256 = Some(self.params_digest());
+        self.entry.naming = Some(sent_naming(&upsert));
         self.entry.server = Some(server.clone());
         // Remember the server identity before any line is sent, on the last
         // checkpoint (the records read since are not acknowledged yet).
         let (server_run, acked) = (self.entry.server.clone(), self.entry.acked.clone());
         let warnings = self.entry.warnings.clone();
+        let naming = self.entry.naming.clone();
         self.save_decision(|stored| {
             stored.server = server_run;
+            stored.naming = naming;
             stored.acked.config_sha256 = acked.config_sha256;
             stored.acked.params_sha256 = acked.params_sha256;
             stored.warnings = warnings;
@@ -616,8 +679,20 @@ impl RunSync<'_> {
         Ok(())
     }
 
+    /// The display name and group the naming rule gives the run now.
+    fn naming(&self) -> Naming {
+        let state = &self.entry.state;
+        name_run(
+            &self.options.naming,
+            &state.identity,
+            &state.config,
+            self.manifest.as_ref(),
+        )
+    }
+
     fn upsert_params(&self, with_config: bool) -> UpsertRun {
         let identity = &self.entry.state.identity;
+        let naming = self.naming();
         UpsertRun {
             storage_id: self
                 .entry
@@ -635,16 +710,20 @@ impl RunSync<'_> {
                 .as_ref()
                 .map(|s| s.entity.clone())
                 .or_else(|| self.options.entity.clone())
-                .or_else(|| identity.entity.clone()),
+                .or_else(|| identity.entity.clone())
+                .or_else(|| self.job_entity.clone()),
             project: self
                 .entry
                 .server
                 .as_ref()
                 .map(|s| s.project.clone())
                 .or_else(|| self.options.project.clone())
-                .or_else(|| identity.project.clone()),
-            group: identity.group.clone(),
-            display_name: identity.display_name.clone(),
+                .or_else(|| identity.project.clone())
+                .or_else(|| self.job_project.clone()),
+            group: naming.group.or_else(|| identity.group.clone()),
+            display_name: naming
+                .display_name
+                .or_else(|| identity.display_name.clone()),
             notes: identity.notes.clone(),
             commit: identity
                 .git
@@ -715,6 +794,9 @@ impl RunSync<'_> {
             upsert.config = Some(config);
         }
         ops::upsert_bucket(client, &upsert).await?;
+        if params_changed {
+            self.entry.naming = Some(sent_naming(&upsert));
+        }
         self.entry.acked.config_sha256 = Some(config_sha);
         self.entry.acked.params_sha256 = Some(params_sha);
         Ok(())

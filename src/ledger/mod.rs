@@ -107,6 +107,9 @@ pub struct RunLedger {
     pub warnings: Vec<String>,
     /// RFC 3339 time of the last acknowledged upload.
     pub last_upload: Option<String>,
+    /// The display name and group the server was last told.
+    #[serde(default)]
+    pub naming: Option<crate::target::Naming>,
     /// The run as materialised at the cursors.
     pub state: RunState,
 }
@@ -126,6 +129,7 @@ impl RunLedger {
             last_error: None,
             warnings: Vec::new(),
             last_upload: None,
+            naming: None,
             state: RunState::new(),
         }
     }

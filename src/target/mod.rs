@@ -50,6 +50,24 @@ pub fn search_dirs(run_dir: &Path, root: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// The root that bounds the search for the `.env` and job manifest of the
+/// run in `run_dir`, found under `found_under` (a watched root, a `syncd
+/// sync` argument): that path when it is above the directory holding the
+/// run's `wandb/` directory (the job's `WANDB_DIR`, where the templates put
+/// the manifest and a project keeps its `.env`), else that directory
+/// itself, so the search always reaches it.
+pub fn search_root(run_dir: &Path, found_under: Option<&Path>) -> PathBuf {
+    let wandb_dir_parent = run_dir
+        .ancestors()
+        .nth(LEVELS_OUTSIDE_ROOT)
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(run_dir);
+    match found_under {
+        Some(root) if wandb_dir_parent.starts_with(root) => root.to_path_buf(),
+        _ => wandb_dir_parent.to_path_buf(),
+    }
+}
+
 fn dirs_under(run_dir: &Path, root: &Path) -> Option<Vec<PathBuf>> {
     if !run_dir.starts_with(root) {
         return None;
@@ -130,6 +148,25 @@ mod tests {
         let dirs = search_dirs(&run, &link);
         assert_eq!(dirs.len(), 4, "{dirs:?}");
         assert_eq!(dirs.last().unwrap(), &real.canonicalize().unwrap());
+    }
+
+    #[test]
+    fn the_search_root_reaches_at_least_the_jobs_wandb_dir() {
+        let run = Path::new("/s/u/proj/wandb/offline-run-1");
+        assert_eq!(search_root(run, Some(Path::new("/s/u"))), Path::new("/s/u"));
+        // A root below the job's directory (a `wandb/` dir, the run itself)
+        // or none: the job's directory.
+        for under in [
+            Some("/s/u/proj/wandb"),
+            Some("/s/u/proj/wandb/offline-run-1"),
+            None,
+        ] {
+            assert_eq!(
+                search_root(run, under.map(Path::new)),
+                Path::new("/s/u/proj")
+            );
+        }
+        assert_eq!(search_root(Path::new("run"), None), Path::new("run"));
     }
 
     #[test]

@@ -492,7 +492,7 @@ fn user_named(identity: &RunIdentity) -> bool {
 }
 
 /// What to set on the server run; `None` leaves the run's own value.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Naming {
     pub display_name: Option<String>,
     pub group: Option<String>,

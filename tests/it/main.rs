@@ -21,5 +21,7 @@ mod service;
 mod sync;
 /// `syncd sync` leaves the same server state as the official `wandb sync`.
 mod sync_oracle;
+/// `.env` targets per directory, refusals, redaction, run names.
+mod targets;
 /// The W&B-protocol test server: GraphQL, FileStream, uploads, faults, state.
 mod wandb_server;

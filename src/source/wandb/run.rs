@@ -209,15 +209,49 @@ fn group_by_run<T>(
     runs
 }
 
-type OrderKey = (f64, String, String);
+pub type OrderKey = (String, f64, String);
 
-/// Fragments with a run record sort by its exact start time; those without
-/// one (empty or header-only files) go after them, by directory timestamp.
-fn order_key(path: &Path, start_time: Option<f64>) -> OrderKey {
+/// The order of a run's fragments: by the time in their directory name
+/// (`offline-run-YYYYMMDD_HHMMSS-id`, which every fragment has, even an
+/// empty or header-only one left by a job killed at start-up), then by the
+/// exact start time of their run record, then by path. Ordering by start
+/// time alone would put a header-only fragment of a requeued job after a
+/// later, finished one.
+pub fn order_key(path: &Path, start_time: Option<f64>) -> OrderKey {
     let dir_time = path.parent().and_then(dir_name_parts).map(|(time, _)| time);
     (
-        start_time.unwrap_or(f64::MAX),
         dir_time.unwrap_or_default(),
+        start_time.unwrap_or(f64::MAX),
         path.display().to_string(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_header_only_fragment_keeps_its_place_by_directory_time() {
+        // A requeued job killed at start-up left a header-only fragment (no
+        // start time) before the attempt that finished.
+        let early = order_key(
+            Path::new("/w/wandb/offline-run-20261123_100000-abc/run-abc.wandb"),
+            None,
+        );
+        let late = order_key(
+            Path::new("/w/wandb/offline-run-20261123_101500-abc/run-abc.wandb"),
+            Some(1_795_400_000.0),
+        );
+        assert!(early < late);
+        // Within one second, the start time decides.
+        let a = order_key(
+            Path::new("/w/wandb/offline-run-20261123_100000-abc/run-x.wandb"),
+            Some(2.0),
+        );
+        let b = order_key(
+            Path::new("/w/wandb/offline-run-20261123_100000-abc/run-y.wandb"),
+            Some(1.0),
+        );
+        assert!(b < a);
+    }
 }

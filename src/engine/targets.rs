@@ -1,0 +1,215 @@
+//! Where each run goes, resolved once per run directory, and one HTTP client
+//! per server and key however many runs share them.
+//!
+//! The environment is read once, when the resolver is made (at start and on
+//! SIGHUP), so a `.env` edited while the daemon runs takes effect on SIGHUP,
+//! as the service documentation says.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::sink::retry::RetryPolicy;
+use crate::sink::wandb::client::Client;
+use crate::target::{self, Target, TargetError, resolve_target};
+
+/// The environment variables target resolution reads.
+const ENV_VARS: [&str; 7] = [
+    "WANDB_API_KEY",
+    "WANDB_BASE_URL",
+    "WANDB_ENTITY",
+    "WANDB_PROJECT",
+    "HOME",
+    "NETRC",
+    "XDG_CONFIG_HOME",
+];
+
+/// A run's destination: the client for its server and key, and the entity
+/// and project to use when neither the command line nor the run names one.
+#[derive(Clone)]
+pub struct RunTarget {
+    pub client: Arc<Client>,
+    pub entity: Option<String>,
+    pub project: Option<String>,
+    /// For logs: server, entity/project and where the key came from (never
+    /// the key).
+    pub description: String,
+}
+
+/// Resolves targets; cheap to share between tasks.
+pub struct Targets {
+    env: HashMap<String, String>,
+    user_env_file: PathBuf,
+    uid: u32,
+    retry: RetryPolicy,
+    clients: Mutex<HashMap<(String, String), Arc<Client>>>,
+    resolved: Mutex<HashMap<(PathBuf, PathBuf), RunTarget>>,
+}
+
+impl Targets {
+    /// From the process environment; `base_url` (a `--base-url` flag or the
+    /// config file's `base_url`) stands in for `WANDB_BASE_URL`.
+    pub fn from_process(base_url: Option<String>, retry: RetryPolicy) -> Targets {
+        let mut env: HashMap<String, String> = ENV_VARS
+            .iter()
+            .filter_map(|name| Some((name.to_string(), std::env::var(name).ok()?)))
+            .collect();
+        if let Some(url) = base_url.filter(|u| !u.trim().is_empty()) {
+            env.insert("WANDB_BASE_URL".into(), url);
+        }
+        Targets::new(env, retry)
+    }
+
+    pub fn new(env: HashMap<String, String>, retry: RetryPolicy) -> Targets {
+        let lookup = |name: &str| env.get(name).cloned().filter(|v| !v.is_empty());
+        let user_env_file = target::dotenv::user_env_file(lookup);
+        Targets {
+            env,
+            user_env_file,
+            uid: target::current_uid(),
+            retry,
+            clients: Mutex::new(HashMap::new()),
+            resolved: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lookup(&self, name: &str) -> Option<String> {
+        self.env.get(name).cloned().filter(|v| !v.is_empty())
+    }
+
+    /// The server a run with no `.env` of its own goes to.
+    pub fn default_base_url(&self) -> String {
+        crate::config::wandb_base_url(None, |k| self.lookup(k))
+    }
+
+    /// The settings for the run in `run_dir`, found under `root`.
+    pub fn settings(&self, run_dir: &Path, root: &Path) -> Result<Target, TargetError> {
+        resolve_target(
+            run_dir,
+            root,
+            &self.user_env_file,
+            |k| self.lookup(k),
+            self.uid,
+        )
+    }
+
+    /// The target of the run in `run_dir`, remembered per directory once
+    /// found (a refusal is not remembered: fixing the `.env` is enough); the
+    /// error is a sentence for the user, with no key in it.
+    pub fn resolve(&self, run_dir: &Path, root: &Path) -> Result<RunTarget, String> {
+        let cache_key = (run_dir.to_path_buf(), root.to_path_buf());
+        if let Some(found) = lock(&self.resolved).get(&cache_key) {
+            return Ok(found.clone());
+        }
+        let settings = self.settings(run_dir, root).map_err(|e| e.to_string())?;
+        let client = self.client(&settings).map_err(|e| e.to_string())?;
+        let target = RunTarget {
+            client,
+            entity: settings.entity.clone(),
+            project: settings.project.clone(),
+            description: settings.to_string(),
+        };
+        lock(&self.resolved).insert(cache_key, target.clone());
+        Ok(target)
+    }
+
+    fn client(
+        &self,
+        settings: &Target,
+    ) -> Result<Arc<Client>, crate::sink::wandb::client::SinkError> {
+        let key = (settings.base_url.clone(), settings.api_key.fingerprint());
+        let mut clients = lock(&self.clients);
+        if let Some(client) = clients.get(&key) {
+            return Ok(Arc::clone(client));
+        }
+        let client = Arc::new(Client::new(
+            &settings.base_url,
+            settings.api_key.expose(),
+            self.retry,
+        )?);
+        clients.insert(key, Arc::clone(&client));
+        Ok(client)
+    }
+
+    /// Every distinct client made so far (for the offline probe).
+    pub fn clients(&self) -> Vec<Arc<Client>> {
+        lock(&self.clients).values().cloned().collect()
+    }
+}
+
+impl Default for Targets {
+    /// No environment at all: every key must come from a `.env`.
+    fn default() -> Self {
+        Targets::new(HashMap::new(), RetryPolicy::default())
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding the lock leaves a map that is still valid.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn write_env(dir: &Path, text: &str) {
+        std::fs::create_dir_all(dir).unwrap();
+        let path = dir.join(".env");
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    #[test]
+    fn runs_share_a_client_per_server_and_key_and_get_their_own_entity() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        write_env(
+            &root.join("a"),
+            "WANDB_API_KEY=ka\nWANDB_BASE_URL=http://127.0.0.1:1\nWANDB_ENTITY=lab-a\n",
+        );
+        write_env(
+            &root.join("b"),
+            "WANDB_API_KEY=ka\nWANDB_BASE_URL=http://127.0.0.1:1\nWANDB_ENTITY=lab-b\n",
+        );
+        write_env(
+            &root.join("c"),
+            "WANDB_API_KEY=kc\nWANDB_BASE_URL=http://127.0.0.1:2\n",
+        );
+        let env = HashMap::from([("HOME".to_string(), tmp.path().display().to_string())]);
+        let targets = Targets::new(env, RetryPolicy::default());
+        let a = targets.resolve(&root.join("a/wandb/offline-run-1"), &root);
+        let b = targets.resolve(&root.join("b/wandb/offline-run-2"), &root);
+        let c = targets.resolve(&root.join("c/wandb/offline-run-3"), &root);
+        let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
+        assert!(Arc::ptr_eq(&a.client, &b.client));
+        assert!(!Arc::ptr_eq(&a.client, &c.client));
+        assert_eq!(a.entity.as_deref(), Some("lab-a"));
+        assert_eq!(b.entity.as_deref(), Some("lab-b"));
+        assert_eq!(c.client.base_url(), "http://127.0.0.1:2");
+        assert_eq!(targets.clients().len(), 2);
+        assert!(!a.description.contains("ka"), "{}", a.description);
+    }
+
+    #[test]
+    fn a_refused_env_is_an_error_without_the_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        write_env(&root, "WANDB_API_KEY=sekrit-key-123\n");
+        std::fs::set_permissions(root.join(".env"), std::fs::Permissions::from_mode(0o644))
+            .unwrap();
+        let env = HashMap::from([("HOME".to_string(), tmp.path().display().to_string())]);
+        let targets = Targets::new(env, RetryPolicy::default());
+        let run = root.join("wandb/offline-run-1");
+        let error = targets.resolve(&run, &root).err().unwrap();
+        assert!(error.contains("chmod 600"), "{error}");
+        assert!(!error.contains("sekrit"), "{error}");
+        // Fixed: found at the next attempt, no restart needed.
+        std::fs::set_permissions(root.join(".env"), std::fs::Permissions::from_mode(0o600))
+            .unwrap();
+        assert!(targets.resolve(&run, &root).is_ok());
+    }
+}
