@@ -77,9 +77,23 @@ fn build_config(args: &RunArgs) -> Result<(DaemonConfig, Option<i32>), String> {
             .map(|r| r.split(':').map(str::to_string).collect())
             .unwrap_or_default()
     };
+    // On defaults, the directory `syncd inspect` and `syncd sync` read:
+    // `$WANDB_DIR/wandb`, else `./wandb`, when it exists.
+    let default_root = super::inspect::default_wandb_dir();
+    let roots = if roots.is_empty() && default_root.is_dir() {
+        vec![
+            std::path::absolute(&default_root)
+                .unwrap_or_else(|_| default_root.clone())
+                .display()
+                .to_string(),
+        ]
+    } else {
+        roots
+    };
     if roots.is_empty() {
         return Err(format!(
-            "no roots to watch: name them (`syncd run $SCRATCH/wandb`), set `roots` in {}, or set SYNCD_ROOTS",
+            "no roots to watch and no {} here: name them (`syncd run $SCRATCH/wandb`), set `roots` in {}, or set SYNCD_ROOTS",
+            default_root.display(),
             config_path.display()
         ));
     }

@@ -65,7 +65,13 @@ impl Accelerator {
     pub fn new() -> Accelerator {
         let (tx, events) = mpsc::channel();
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if let Ok(event) = event {
+            // Opening or reading a file or directory raises access events:
+            // the daemon's own reads (listing a run directory, reading a
+            // `.wandb` file) would wake it again for nothing, and listing
+            // raised one per run directory listed, which listed it again.
+            if let Ok(event) = event
+                && !matches!(event.kind, notify::EventKind::Access(_))
+            {
                 for path in event.paths {
                     let _ = tx.send(path);
                 }
@@ -133,5 +139,28 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         assert!(seen.contains(&file), "{seen:?}");
+    }
+
+    #[test]
+    fn reading_and_listing_raise_nothing() {
+        // Listing a run directory used to raise an event for it, which made
+        // the daemon list it again, forever.
+        let tmp = tempfile::tempdir().unwrap();
+        let run_dir = tmp.path().join("offline-run-20261123_000000-x");
+        std::fs::create_dir(&run_dir).unwrap();
+        let file = run_dir.join("run-x.wandb");
+        std::fs::write(&file, b"x").unwrap();
+        let mut accelerator = Accelerator::new();
+        assert!(accelerator.watch(tmp.path()) && accelerator.watch(&run_dir));
+        for _ in 0..3 {
+            let _ = std::fs::read_dir(&run_dir).unwrap().count();
+            let _ = std::fs::read(&file).unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert_eq!(accelerator.changed(), Vec::<PathBuf>::new());
+        // A write still is seen.
+        std::fs::write(&file, b"xy").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(accelerator.changed().contains(&file));
     }
 }

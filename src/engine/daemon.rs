@@ -90,6 +90,9 @@ struct Tracked {
     dirty: bool,
     failures: u32,
     not_before: Option<Instant>,
+    /// When its last upload began: a live run's appends are batched into
+    /// one upload per `live_poll` rather than one per write.
+    last_upload_began: Option<Instant>,
     /// A permanent error: not retried until its files change or on SIGHUP.
     stopped: Option<String>,
     slurm_job: Option<String>,
@@ -290,7 +293,7 @@ pub async fn run(
         }
         if state.offline_until.is_none() {
             while state.in_flight < config.concurrency.max(1) {
-                let Some(id) = state.next_ready(now) else {
+                let Some(id) = state.next_ready(now, config.live_poll) else {
                     break;
                 };
                 let Some(client) = state.target_of(&id, &ledger, &log) else {
@@ -299,6 +302,7 @@ pub async fn run(
                 let run = state.runs.get_mut(&id).expect("queued runs are tracked");
                 run.in_flight = true;
                 run.dirty = false;
+                run.last_upload_began = Some(now);
                 state.in_flight += 1;
                 let job = run.job.clone();
                 let options = SyncOptions {
@@ -476,6 +480,7 @@ impl DaemonState {
             dirty: true,
             failures: 0,
             not_before: None,
+            last_upload_began: None,
             stopped: None,
             slurm_job: None,
             slurm_state: None,
@@ -560,6 +565,7 @@ impl DaemonState {
             self.queue.retain(|q| q != &id);
             if let Some(run) = self.runs.get_mut(&id) {
                 run.not_before = None;
+                run.last_upload_began = None;
                 if !run.in_flight {
                     run.queued = true;
                     self.queue.push_front(id);
@@ -570,10 +576,17 @@ impl DaemonState {
 
     /// The next queued run that may go now (FIFO; runs backing off stay
     /// queued without blocking the others).
-    fn next_ready(&mut self, now: Instant) -> Option<String> {
+    fn next_ready(&mut self, now: Instant, live_interval: Duration) -> Option<String> {
         let position = self.queue.iter().position(|id| {
             let run = &self.runs[id];
-            run.stopped.is_none() && run.not_before.is_none_or(|t| now >= t)
+            // A run still being written waits for the rest of its interval;
+            // one that has ended (or is being finalized) goes at once.
+            let batching = !run.ended
+                && run.verdict.is_none()
+                && run
+                    .last_upload_began
+                    .is_some_and(|t| now.duration_since(t) < live_interval);
+            run.stopped.is_none() && run.not_before.is_none_or(|t| now >= t) && !batching
         })?;
         let id = self.queue.remove(position)?;
         if let Some(run) = self.runs.get_mut(&id) {

@@ -1,5 +1,6 @@
-//! Where each run goes, resolved once per run directory, and one HTTP client
-//! per server and key however many runs share them.
+//! Where each run goes, and one HTTP client per server and key however many
+//! runs share them. Callers keep a run's target once resolved (the daemon in
+//! its run table), so nothing per run is cached here.
 //!
 //! The environment is read once, when the resolver is made (at start and on
 //! SIGHUP), so a `.env` edited while the daemon runs takes effect on SIGHUP,
@@ -31,9 +32,6 @@ pub struct RunTarget {
     pub client: Arc<Client>,
     pub entity: Option<String>,
     pub project: Option<String>,
-    /// For logs: server, entity/project and where the key came from (never
-    /// the key).
-    pub description: String,
 }
 
 /// Resolves targets; cheap to share between tasks.
@@ -43,7 +41,6 @@ pub struct Targets {
     uid: u32,
     retry: RetryPolicy,
     clients: Mutex<HashMap<(String, String), Arc<Client>>>,
-    resolved: Mutex<HashMap<(PathBuf, PathBuf), RunTarget>>,
 }
 
 impl Targets {
@@ -69,7 +66,6 @@ impl Targets {
             uid: target::current_uid(),
             retry,
             clients: Mutex::new(HashMap::new()),
-            resolved: Mutex::new(HashMap::new()),
         }
     }
 
@@ -93,24 +89,16 @@ impl Targets {
         )
     }
 
-    /// The target of the run in `run_dir`, remembered per directory once
-    /// found (a refusal is not remembered: fixing the `.env` is enough); the
-    /// error is a sentence for the user, with no key in it.
+    /// The target of the run in `run_dir`; the error is a sentence for the
+    /// user, with no key in it.
     pub fn resolve(&self, run_dir: &Path, root: &Path) -> Result<RunTarget, String> {
-        let cache_key = (run_dir.to_path_buf(), root.to_path_buf());
-        if let Some(found) = lock(&self.resolved).get(&cache_key) {
-            return Ok(found.clone());
-        }
         let settings = self.settings(run_dir, root).map_err(|e| e.to_string())?;
         let client = self.client(&settings).map_err(|e| e.to_string())?;
-        let target = RunTarget {
+        Ok(RunTarget {
             client,
             entity: settings.entity.clone(),
             project: settings.project.clone(),
-            description: settings.to_string(),
-        };
-        lock(&self.resolved).insert(cache_key, target.clone());
-        Ok(target)
+        })
     }
 
     fn client(
@@ -191,7 +179,6 @@ mod tests {
         assert_eq!(b.entity.as_deref(), Some("lab-b"));
         assert_eq!(c.client.base_url(), "http://127.0.0.1:2");
         assert_eq!(targets.clients().len(), 2);
-        assert!(!a.description.contains("ka"), "{}", a.description);
     }
 
     #[test]
