@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine with Rust and Python 3:
 # installs what the tests need (Python venvs with pinned wandb versions, the
-# fixture runs they write), then runs every Rust test against them.
+# fixture runs they write, a one-node Slurm cluster while it runs), then runs
+# every Rust test against them.
 #
 # Everything installed or generated goes to a cache dir
 # ($SYNCD_TEST_CACHE, default ~/.cache/syncd-test) and is reused when present;
@@ -79,6 +80,36 @@ export SYNCD_REQUIRE_FIXTURES=1
 export SYNCD_ORACLE_PYTHON="${SYNCD_ORACLE_PYTHON:-python3}"
 # The official client, as the oracle for uploads.
 export SYNCD_WANDB_VENV="$(venv_for 0.31.0)"
+
+# A one-node Slurm cluster for tests/it/slurm.rs (tests/slurm/README.md),
+# in a private directory, stopped on exit (cluster.sh stop: its jobs
+# cancelled, its daemons stopped by PID, the directory removed). A cluster
+# SYNCD_SLURM_CONF already names is used as it is and left running. Starting
+# one needs root or sudo (to install the packages if missing); without either
+# the Slurm tests are skipped with a note.
+slurm_dir=""
+stop_slurm() {
+    if [ -n "$slurm_dir" ]; then
+        SYNCD_SLURM_DIR="$slurm_dir" "$repo/tests/slurm/cluster.sh" stop >/dev/null 2>&1 || true
+    fi
+}
+if [ -n "${SYNCD_SLURM_CONF:-}" ]; then
+    log "using the Slurm cluster of SYNCD_SLURM_CONF=$SYNCD_SLURM_CONF"
+    export SYNCD_REQUIRE_SLURM=1
+elif [ "$(id -u)" -ne 0 ] && ! sudo -n true 2>/dev/null; then
+    log "no Slurm cluster: starting one needs root or passwordless sudo; the Slurm tests are skipped"
+    unset SYNCD_REQUIRE_SLURM
+else
+    # Under /tmp: munge's socket path must stay short.
+    slurm_dir="$(mktemp -d /tmp/syncd-slurm-test.XXXXXX)"
+    trap stop_slurm EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    log "starting a one-node Slurm cluster in $slurm_dir"
+    SYNCD_SLURM_DIR="$slurm_dir" "$repo/tests/slurm/cluster.sh" start >/dev/null
+    export SYNCD_SLURM_CONF="$slurm_dir/etc/slurm.conf"
+    export SYNCD_REQUIRE_SLURM=1
+fi
 
 cd "$repo"
 log "running cargo test"

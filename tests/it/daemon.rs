@@ -16,7 +16,7 @@ use crate::sync::{comparable, syncd_sync};
 use crate::wandb_server::{Endpoint, Fault, WandbServer};
 
 /// A `syncd run` child process, killed (SIGKILL) if the test ends early.
-struct Daemon {
+pub struct Daemon {
     child: Option<Child>,
     log: PathBuf,
 }
@@ -38,12 +38,17 @@ impl Drop for Daemon {
 }
 
 impl Daemon {
-    fn log_text(&self) -> String {
+    pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// SIGTERM, then wait for a clean exit.
-    fn stop(mut self) -> std::process::ExitStatus {
+    /// SIGHUP: reload settings and retry stopped runs.
+    pub fn hup(&self) {
+        unsafe_kill(self.child.as_ref().unwrap().id(), "HUP");
+    }
+
+    pub fn stop(mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().unwrap();
         unsafe_kill(child.id(), "TERM");
         wait_timeout(&mut child, Duration::from_secs(15)).expect("daemon exits on SIGTERM")
@@ -76,7 +81,7 @@ fn wait_timeout(child: &mut Child, limit: Duration) -> Option<std::process::Exit
 }
 
 /// Starts `syncd run` on `roots` with fast polls; `extra` flags and `env` added.
-fn start_daemon(
+pub fn start_daemon(
     server: &WandbServer,
     home: &Path,
     roots: &[&Path],
@@ -125,7 +130,7 @@ fn start_daemon(
     }
 }
 
-fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+pub fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let start = Instant::now();
     while start.elapsed() < limit {
         if check() {
@@ -140,7 +145,7 @@ fn steps(run: &Value) -> usize {
     run["history"].as_array().map_or(0, Vec::len)
 }
 
-fn status_json(home: &Path) -> Value {
+pub fn status_json(home: &Path) -> Value {
     let out = Command::new(env!("CARGO_BIN_EXE_syncd"))
         .args([
             "status",
@@ -814,7 +819,7 @@ fn sighup_reloads_the_config_file() {
         ),
     )
     .unwrap();
-    unsafe_kill(daemon.child.as_ref().unwrap().id(), "HUP");
+    daemon.hup();
     wait_until(Duration::from_secs(20), "the added root's run", || {
         server
             .run("fxnaninf")

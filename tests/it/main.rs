@@ -17,6 +17,9 @@ mod official_sync;
 mod oracle;
 /// The systemd user unit and service install.
 mod service;
+/// A real Slurm cluster: sbatch templates, live uploads, TIMEOUT, USR1,
+/// requeue, arrays, scancel.
+mod slurm;
 /// `syncd sync`: exactly once while a run grows, crashes, faults, keys.
 mod sync;
 /// `syncd sync` leaves the same server state as the official `wandb sync`.
