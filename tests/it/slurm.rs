@@ -872,13 +872,12 @@ fn a_requeued_job_continues_its_run_in_one_server_run() {
         .iter()
         .map(|r| r["restart"].as_i64().unwrap_or(-1))
         .collect();
-    let first = restarts.iter().filter(|&&r| r == 0).count();
-    assert_eq!(first, rows(&fragments[0]), "the first start's lines");
-    assert_eq!(
-        restarts[first..].iter().filter(|&&r| r == 1).count(),
-        rows(&fragments[1]),
-        "then the second start's lines"
-    );
+    // `restart` is SLURM_RESTART_COUNT: the first start's lines, then the
+    // second's.
+    let expected: Vec<i64> = std::iter::repeat_n(0, rows(&fragments[0]))
+        .chain(std::iter::repeat_n(1, rows(&fragments[1])))
+        .collect();
+    assert_eq!(restarts, expected, "both fragments' lines, in order");
     let global = global_steps(&run);
     assert!(
         global.windows(2).all(|w| w[0] < w[1]),
@@ -978,8 +977,8 @@ fn naming_a_run_named_by_its_job_script_keeps_its_name() {
     }
 }
 
-/// `syncd inspect --json` and `syncd status --json` say which name and
-/// group a run gets (a `naming` object).
+/// `syncd inspect --json` (its `naming` object) and `syncd status --json`
+/// (`name`, `group`) say which name and group a run gets.
 #[test]
 fn naming_inspect_and_status_show_the_name_a_run_gets() {
     let Some(e2e) = e2e() else { return };
@@ -991,9 +990,9 @@ fn naming_inspect_and_status_show_the_name_a_run_gets() {
         "{:#}",
         o.inspect
     );
-    assert_eq!(e2e.status_of(o)[0]["naming"]["display_name"], name.as_str());
+    assert_eq!(e2e.status_of(o)[0]["name"], name.as_str());
     let task = e2e.all(Scenario::Array)[0];
     let group = format!("{}_{}", task.unit.spec.name, task.unit.job_id);
     assert_eq!(task.inspect["naming"]["group"], group.as_str());
-    assert_eq!(e2e.status_of(task)[0]["naming"]["group"], group.as_str());
+    assert_eq!(e2e.status_of(task)[0]["group"], group.as_str());
 }
