@@ -218,6 +218,16 @@ pub async fn sync_run(
     let entry = match ledger.load(&key) {
         Ok(Some(entry)) => entry,
         Ok(None) => RunLedger::new(key.clone(), job.id.clone(), base_url),
+        // A checkpoint cut short by a power loss: start over. Every line goes
+        // to its fixed offset again, so the server ends up the same.
+        Err(LedgerError::Damaged { path, reason }) => {
+            let mut fresh = RunLedger::new(key.clone(), job.id.clone(), base_url);
+            fresh.warn(format!(
+                "the ledger {} was damaged ({reason}); the run was uploaded again from the start",
+                path.display()
+            ));
+            fresh
+        }
         Err(e) => return failed_outcome(job, key, e.to_string()),
     };
     let mut run = RunSync {
@@ -666,7 +676,14 @@ impl RunSync<'_> {
     }
 
     fn save_checkpoint(&mut self) -> Result<(), StepError> {
-        self.ledger.save(&self.entry)?;
+        // Each checkpoint of a live run costs two fsyncs when durable; only
+        // settled runs need to survive a power loss (a lost checkpoint
+        // re-sends lines to the same offsets: nothing is duplicated).
+        if matches!(self.entry.phase, Phase::Synced | Phase::Finalized) {
+            self.ledger.save(&self.entry)?;
+        } else {
+            self.ledger.save_unsynced(&self.entry)?;
+        }
         self.checkpoint = self.entry.clone();
         Ok(())
     }

@@ -231,6 +231,18 @@ impl Ledger {
         store::write_atomic(&path, &bytes).map_err(|source| LedgerError::Write { path, source })
     }
 
+    /// Like [`Ledger::save`] without waiting for the disk: for the
+    /// checkpoints of a run still being uploaded. A process killed at any
+    /// moment loses nothing (the page cache holds the write); a machine that
+    /// loses power may come back with an older checkpoint, which only means
+    /// lines are sent again, to the same line numbers, overwriting. A ledger
+    /// damaged that way is read as absent (see [`Ledger::load`]'s caller).
+    pub fn save_unsynced(&self, entry: &RunLedger) -> Result<(), LedgerError> {
+        let path = self.path_of(&entry.key);
+        let bytes = serde_json::to_vec_pretty(entry).expect("ledger serializes");
+        store::replace(&path, &bytes).map_err(|source| LedgerError::Write { path, source })
+    }
+
     /// Every ledger in the directory (for `status`); damaged ones as errors.
     pub fn all(&self) -> Vec<Result<RunLedger, LedgerError>> {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {

@@ -66,11 +66,10 @@ struct Spec {
     template: &'static str,
     train_args: &'static str,
     sbatch: &'static [&'static str],
-    /// Started through a Python that drops `WANDB_NAME` and
-    /// `WANDB_RUN_GROUP`, which the templates export: the run has neither
-    /// name nor group of its own, so syncd's naming applies to it. Without
-    /// this the template's name is the user's and is kept.
-    unnamed: bool,
+    /// Started through a Python that exports `WANDB_NAME=<job name>-<job
+    /// id>`, as a user naming the run would: syncd keeps that name. The
+    /// templates name no run, so without this syncd's naming applies.
+    named: bool,
 }
 
 const SPECS: [Spec; 6] = [
@@ -82,7 +81,7 @@ const SPECS: [Spec; 6] = [
         // each, so several blocks land while the job runs.
         train_args: "--steps 600 --sleep 0.05",
         sbatch: &["--time=5"],
-        unnamed: true,
+        named: false,
     },
     Spec {
         scenario: Scenario::Timeout,
@@ -94,7 +93,7 @@ const SPECS: [Spec; 6] = [
         // to be ignored and the batch shell has no trap for it, so the job
         // runs into its limit unwarned.
         sbatch: &["--time=1", "--signal=B:URG@120"],
-        unnamed: false,
+        named: true,
     },
     Spec {
         scenario: Scenario::Usr1,
@@ -105,7 +104,7 @@ const SPECS: [Spec; 6] = [
         // check less than `@ + 30 s` before the limit: with @10 that is
         // 20–50 s after the start, one check before the TIMEOUT.
         sbatch: &["--time=1", "--signal=B:USR1@10"],
-        unnamed: false,
+        named: true,
     },
     Spec {
         scenario: Scenario::Requeue,
@@ -113,7 +112,7 @@ const SPECS: [Spec; 6] = [
         template: "wandb-requeue.sbatch",
         train_args: "--steps 300 --sleep 0.1",
         sbatch: &["--time=5"],
-        unnamed: false,
+        named: true,
     },
     Spec {
         scenario: Scenario::Array,
@@ -121,7 +120,7 @@ const SPECS: [Spec; 6] = [
         template: "wandb-array.sbatch",
         train_args: "--steps 40 --sleep 0.1",
         sbatch: &["--time=5", "--array=0-2"],
-        unnamed: true,
+        named: false,
     },
     Spec {
         scenario: Scenario::Scancel,
@@ -129,7 +128,7 @@ const SPECS: [Spec; 6] = [
         template: "wandb-offline.sbatch",
         train_args: "--steps 100000 --sleep 0.05",
         sbatch: &["--time=5"],
-        unnamed: false,
+        named: true,
     },
 ];
 
@@ -362,8 +361,8 @@ struct Setup {
     cluster: String,
     work: PathBuf,
     python: PathBuf,
-    /// The Python for `unnamed` jobs (see [`Spec::unnamed`]).
-    python_unnamed: PathBuf,
+    /// The Python for `named` jobs (see [`Spec::named`]).
+    python_named: PathBuf,
     state_dir: PathBuf,
 }
 
@@ -381,8 +380,8 @@ impl Setup {
         let templates = Path::new(env!("CARGO_MANIFEST_DIR")).join("sbatch-templates");
         let array = spec.scenario == Scenario::Array;
         let output = if array { "%x-%A_%a.out" } else { "%x-%j.out" };
-        let python = if spec.unnamed {
-            &self.python_unnamed
+        let python = if spec.named {
+            &self.python_named
         } else {
             &self.python
         };
@@ -457,7 +456,7 @@ fn run_jobs() -> Option<E2e> {
     let setup = Setup {
         cluster: cluster_name(&conf),
         python: venv.join("bin/python"),
-        python_unnamed: work.join("bin/python-unnamed"),
+        python_named: work.join("bin/python-named"),
         state_dir: home.join("state"),
         work,
         conf,
@@ -471,18 +470,14 @@ fn run_jobs() -> Option<E2e> {
         std::fs::create_dir_all(dir).unwrap();
     }
     std::fs::write(
-        &setup.python_unnamed,
+        &setup.python_named,
         format!(
-            "#!/bin/sh\n# A training that names its run nothing: no name, no group.\nunset WANDB_NAME WANDB_RUN_GROUP\nexec '{}' \"$@\"\n",
+            "#!/bin/sh\n# A training whose user names its run.\nexport WANDB_NAME=\"$SLURM_JOB_NAME-$SLURM_JOB_ID\"\nexec '{}' \"$@\"\n",
             setup.python.display()
         ),
     )
     .unwrap();
-    std::fs::set_permissions(
-        &setup.python_unnamed,
-        std::fs::Permissions::from_mode(0o755),
-    )
-    .unwrap();
+    std::fs::set_permissions(&setup.python_named, std::fs::Permissions::from_mode(0o755)).unwrap();
 
     let server = WandbServer::start();
     // The templates' layout: <scratch>/wandb-runs/<job name>/<job>/wandb/.
@@ -960,8 +955,8 @@ fn naming_unnamed_runs_get_the_templated_name_and_arrays_a_group() {
     }
 }
 
-/// The templates export `WANDB_NAME=<job name>-<job id>`: a name the user
-/// chose, which syncd keeps.
+/// A job that exports `WANDB_NAME=<job name>-<job id>` (a name the user
+/// chose) keeps it.
 #[test]
 fn naming_a_run_named_by_its_job_script_keeps_its_name() {
     let Some(e2e) = e2e() else { return };

@@ -623,3 +623,34 @@ fn entity_and_project_can_be_overridden() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(server.snapshot()["runs"].as_array().unwrap().len(), 2);
 }
+
+#[test]
+fn a_damaged_ledger_entry_means_uploading_again_to_the_same_lines() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wandb_dir = committed_case("0.31.0", "finished", tmp.path());
+    let server = WandbServer::start();
+    let out = syncd_sync(&server, tmp.path(), &[wandb_dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let before = server.run("fxfinish").unwrap();
+    // What a power loss can leave of a checkpoint written without fsync.
+    let runs = tmp.path().join("state/runs");
+    for entry in std::fs::read_dir(&runs).unwrap().flatten() {
+        let bytes = std::fs::read(entry.path()).unwrap();
+        std::fs::write(entry.path(), &bytes[..bytes.len() / 2]).unwrap();
+    }
+    let out = syncd_sync(
+        &server,
+        tmp.path(),
+        &["--json", wandb_dir.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("was damaged"), "{}", text(&out));
+    let after = server.run("fxfinish").unwrap();
+    assert_eq!(
+        steps(&after),
+        steps(&before),
+        "the same lines, none duplicated"
+    );
+    assert_eq!(after["complete"], true);
+    assert_eq!(comparable(&after), comparable(&before));
+}
