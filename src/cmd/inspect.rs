@@ -11,7 +11,6 @@ use serde::Serialize;
 
 use super::Outcome;
 use crate::cli::InspectArgs;
-use crate::config;
 use crate::discover;
 use crate::source::wandb::fragment::{
     self, CorruptionReport, FileClass, Fragment, ReadOptions, Writer,
@@ -141,12 +140,8 @@ pub fn run(args: InspectArgs) -> anyhow::Result<Outcome> {
         recover: args.recover,
     };
     let env = |k: &str| std::env::var(k).ok();
-    let naming = match config::naming_rule(args.name_template.as_ref(), env) {
-        Ok(rule) => rule,
-        Err(e) => {
-            eprintln!("syncd: error: {e}");
-            return Ok(Outcome::Usage);
-        }
+    let Some(naming) = super::naming_rule(args.name_template.as_ref(), env) else {
+        return Ok(Outcome::Usage);
     };
     let report = inspect(
         &paths,

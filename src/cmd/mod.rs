@@ -28,6 +28,17 @@ impl From<Outcome> for std::process::ExitCode {
     }
 }
 
+/// The naming rule of a command without `--config` (see
+/// [`crate::config::naming_rule`]); `None` after saying what is wrong.
+fn naming_rule(
+    flag: Option<&crate::target::Template>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Option<crate::target::NamingRule> {
+    crate::config::naming_rule(flag, env)
+        .inspect_err(|e| eprintln!("syncd: error: {e}"))
+        .ok()
+}
+
 pub fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Inspect(args) => inspect::run(args),

@@ -36,12 +36,8 @@ pub struct SyncReport {
 
 pub fn run(args: SyncArgs) -> anyhow::Result<Outcome> {
     let env = |k: &str| std::env::var(k).ok();
-    let naming = match config::naming_rule(args.name_template.as_ref(), env) {
-        Ok(rule) => rule,
-        Err(e) => {
-            eprintln!("syncd: error: {e}");
-            return Ok(Outcome::Usage);
-        }
+    let Some(naming) = super::naming_rule(args.name_template.as_ref(), env) else {
+        return Ok(Outcome::Usage);
     };
     let policy = RetryPolicy {
         min_wait: std::time::Duration::from_millis(args.retry_min_ms),

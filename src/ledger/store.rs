@@ -7,21 +7,27 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::Path;
 
-/// Replaces `path` with `bytes` atomically and durably.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+/// The directory of `path` and a temporary name in it, unique per host and
+/// process so two writers never share one.
+fn temp_beside(path: &Path) -> io::Result<(&Path, std::path::PathBuf)> {
     let dir = path
         .parent()
-        .ok_or_else(|| io::Error::other("ledger path has no parent"))?;
+        .ok_or_else(|| io::Error::other("path has no parent"))?;
     let name = path
         .file_name()
-        .ok_or_else(|| io::Error::other("ledger path has no file name"))?;
-    // Unique per process and host so two writers never share a temp file.
+        .ok_or_else(|| io::Error::other("path has no file name"))?;
     let tmp = dir.join(format!(
         ".{}.tmp.{}.{}",
         name.to_string_lossy(),
         hostname_tag(),
         std::process::id()
     ));
+    Ok((dir, tmp))
+}
+
+/// Replaces `path` with `bytes` atomically and durably.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let (dir, tmp) = temp_beside(path)?;
     let result = (|| {
         let mut file = OpenOptions::new()
             .write(true)
@@ -45,18 +51,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// daemon's heartbeat), where an fsync each time would load a shared
 /// filesystem for nothing.
 pub fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| io::Error::other("path has no parent"))?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::other("path has no file name"))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp.{}.{}",
-        name.to_string_lossy(),
-        hostname_tag(),
-        std::process::id()
-    ));
+    let (_, tmp) = temp_beside(path)?;
     fs::write(&tmp, bytes)?;
     fs::rename(&tmp, path).inspect_err(|_| {
         let _ = fs::remove_file(&tmp);

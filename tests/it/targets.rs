@@ -128,20 +128,33 @@ fn each_projects_env_chooses_its_server_key_and_entity() {
     assert_key_nowhere(lab_b.api_key(), &[("output", &shown)], &state);
 }
 
+/// Two runs under `root`: `open/finished` (fxfinish) with its own `.env`
+/// of `mode` (returned), `private/exit_code_3` (fxexit03) with a private
+/// `.env` in `private_env_dir` (relative to `root`), entity `team-private`.
+fn open_and_private_runs(
+    root: &Path,
+    server: &WandbServer,
+    mode: u32,
+    private_env_dir: &str,
+) -> PathBuf {
+    committed_case("0.31.0", "finished", &root.join("open"));
+    committed_case("0.31.0", "exit_code_3", &root.join("private"));
+    let exposed = root.join("open/finished/.env");
+    write_private(&exposed, &env_text(server, "team-open"));
+    std::fs::set_permissions(&exposed, std::fs::Permissions::from_mode(mode)).unwrap();
+    write_private(
+        &root.join(private_env_dir).join(".env"),
+        &env_text(server, "team-private"),
+    );
+    exposed
+}
+
 #[test]
 fn an_exposed_env_is_refused_with_the_fix_and_never_read() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("scratch");
     let server = WandbServer::start();
-    committed_case("0.31.0", "finished", &root.join("open"));
-    committed_case("0.31.0", "exit_code_3", &root.join("private"));
-    let exposed = root.join("open/finished/.env");
-    write_private(&exposed, &env_text(&server, "team-open"));
-    std::fs::set_permissions(&exposed, std::fs::Permissions::from_mode(0o644)).unwrap();
-    write_private(
-        &root.join("private/exit_code_3/.env"),
-        &env_text(&server, "team-private"),
-    );
+    let exposed = open_and_private_runs(&root, &server, 0o644, "private/exit_code_3");
     let [open, private] = [root.join("open/finished"), root.join("private/exit_code_3")]
         .map(|p| p.to_str().unwrap().to_string());
 
@@ -305,15 +318,7 @@ fn the_daemon_reports_a_refused_env_and_uploads_once_it_is_fixed() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("scratch");
     let server = WandbServer::start();
-    committed_case("0.31.0", "finished", &root.join("open"));
-    committed_case("0.31.0", "exit_code_3", &root.join("private"));
-    let exposed = root.join("open/finished/.env");
-    write_private(&exposed, &env_text(&server, "team-open"));
-    std::fs::set_permissions(&exposed, std::fs::Permissions::from_mode(0o640)).unwrap();
-    write_private(
-        &root.join("private/.env"),
-        &env_text(&server, "team-private"),
-    );
+    let exposed = open_and_private_runs(&root, &server, 0o640, "private");
     // The daemon's own environment has no key: every key is in a `.env`.
     let daemon = start_daemon(
         &server,
