@@ -199,10 +199,40 @@ impl Ledger {
     }
 
     fn path_of(&self, key: &str) -> PathBuf {
-        self.dir.join(format!("{key}.json"))
+        self.dir.join(format!("{key}.{DURABLE_EXT}"))
     }
 
+    /// Where [`Ledger::save_unsynced`] keeps a live run's newest checkpoint.
+    fn live_path_of(&self, key: &str) -> PathBuf {
+        self.dir.join(format!("{key}.{LIVE_EXT}"))
+    }
+
+    /// The run's newest checkpoint: the live one when it was written whole,
+    /// else the durable one (a live checkpoint cut short falls back to the
+    /// older durable copy; lines re-sent from there go to the same offsets).
     pub fn load(&self, key: &str) -> Result<Option<RunLedger>, LedgerError> {
+        let live = self.live_path_of(key);
+        let cut_short = match store::read_in_place(&live).map_err(|source| LedgerError::Read {
+            path: live.clone(),
+            source,
+        })? {
+            Some(Ok(body)) => match parse_entry(&live, &body) {
+                Ok(entry) => return Ok(Some(entry)),
+                Err(e) => Some(e),
+            },
+            Some(Err(reason)) => Some(LedgerError::Damaged {
+                path: live.clone(),
+                reason,
+            }),
+            None => None,
+        };
+        match self.load_durable(key)? {
+            Some(entry) => Ok(Some(entry)),
+            None => cut_short.map_or(Ok(None), Err),
+        }
+    }
+
+    fn load_durable(&self, key: &str) -> Result<Option<RunLedger>, LedgerError> {
         let path = self.path_of(key);
         let Some(bytes) = store::read_optional(&path).map_err(|source| LedgerError::Read {
             path: path.clone(),
@@ -211,36 +241,37 @@ impl Ledger {
         else {
             return Ok(None);
         };
-        let entry: RunLedger =
-            serde_json::from_slice(&bytes).map_err(|e| LedgerError::Damaged {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-        if entry.format != FORMAT_VERSION {
-            return Err(LedgerError::Damaged {
-                path,
-                reason: format!("unknown format {}", entry.format),
-            });
-        }
-        Ok(Some(entry))
+        parse_entry(&path, &bytes).map(Some)
     }
 
+    /// Saves durably (fsync, atomic rename); a live checkpoint of the run
+    /// is removed first, being older from now on.
     pub fn save(&self, entry: &RunLedger) -> Result<(), LedgerError> {
+        let live = self.live_path_of(&entry.key);
+        match std::fs::remove_file(&live) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(LedgerError::Write {
+                    path: live,
+                    source: e,
+                });
+            }
+            _ => {}
+        }
         let path = self.path_of(&entry.key);
         let bytes = serde_json::to_vec_pretty(entry).expect("ledger serializes");
         store::write_atomic(&path, &bytes).map_err(|source| LedgerError::Write { path, source })
     }
 
-    /// Like [`Ledger::save`] without waiting for the disk: for the
-    /// checkpoints of a run still being uploaded. A process killed at any
-    /// moment loses nothing (the page cache holds the write); a machine that
-    /// loses power may come back with an older checkpoint, which only means
-    /// lines are sent again, to the same line numbers, overwriting. A ledger
-    /// damaged that way is read as absent (see [`Ledger::load`]'s caller).
+    /// A checkpoint of a run still being uploaded: rewritten in place
+    /// next to the durable copy, without fsync (see
+    /// [`store::write_in_place`]). A process killed at any moment loses
+    /// nothing (the page cache holds the write); a write cut short or a
+    /// power loss leaves an older checkpoint to load, which only means
+    /// lines are sent again, to the same line numbers, overwriting.
     pub fn save_unsynced(&self, entry: &RunLedger) -> Result<(), LedgerError> {
-        let path = self.path_of(&entry.key);
-        let bytes = serde_json::to_vec_pretty(entry).expect("ledger serializes");
-        store::replace(&path, &bytes).map_err(|source| LedgerError::Write { path, source })
+        let path = self.live_path_of(&entry.key);
+        let bytes = serde_json::to_vec(entry).expect("ledger serializes");
+        store::write_in_place(&path, &bytes).map_err(|source| LedgerError::Write { path, source })
     }
 
     /// Every ledger in the directory (for `status`); damaged ones as errors.
@@ -251,18 +282,37 @@ impl Ledger {
         let mut keys: Vec<String> = entries
             .flatten()
             .filter_map(|e| {
-                e.file_name()
-                    .to_str()?
-                    .strip_suffix(".json")
-                    .map(str::to_string)
+                let name = e.file_name().to_str()?.to_string();
+                let (key, ext) = name.rsplit_once('.')?;
+                [DURABLE_EXT, LIVE_EXT]
+                    .contains(&ext)
+                    .then(|| key.to_string())
             })
             .filter(|k| !k.starts_with('.'))
             .collect();
         keys.sort();
+        keys.dedup();
         keys.iter()
             .filter_map(|k| self.load(k).transpose())
             .collect()
     }
+}
+
+const DURABLE_EXT: &str = "json";
+const LIVE_EXT: &str = "live";
+
+fn parse_entry(path: &Path, bytes: &[u8]) -> Result<RunLedger, LedgerError> {
+    let entry: RunLedger = serde_json::from_slice(bytes).map_err(|e| LedgerError::Damaged {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    if entry.format != FORMAT_VERSION {
+        return Err(LedgerError::Damaged {
+            path: path.to_path_buf(),
+            reason: format!("unknown format {}", entry.format),
+        });
+    }
+    Ok(entry)
 }
 
 /// The ledger key of a run: its id plus a digest of where it lives and
@@ -335,6 +385,49 @@ mod tests {
         assert_eq!(back.state.summary["loss"].to_extended_json(), "NaN");
         assert_eq!(ledger.all().len(), 1);
         assert!(ledger.load("missing").unwrap().is_none());
+    }
+
+    #[test]
+    fn live_checkpoints_are_newest_until_a_durable_save() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(tmp.path()).unwrap();
+        let mut entry = RunLedger::new("wandb-l-1".into(), "l".into(), "http://x".into());
+        entry.acked.history_lines = 1;
+        ledger.save(&entry).unwrap();
+        entry.acked.history_lines = 2;
+        ledger.save_unsynced(&entry).unwrap();
+        let lines = |l: &Ledger| l.load("wandb-l-1").unwrap().unwrap().acked.history_lines;
+        assert_eq!(lines(&ledger), 2);
+        assert_eq!(ledger.all().len(), 1, "one run, two files");
+        // A live checkpoint cut short: the durable copy is what is left.
+        let live = ledger.dir().join("wandb-l-1.live");
+        let mut bytes = std::fs::read(&live).unwrap();
+        let last = bytes.len() - 2;
+        bytes[last] ^= 0x20;
+        std::fs::write(&live, &bytes).unwrap();
+        assert_eq!(lines(&ledger), 1);
+        // A durable save supersedes the live file.
+        entry.acked.history_lines = 3;
+        ledger.save_unsynced(&entry).unwrap();
+        entry.acked.history_lines = 4;
+        ledger.save(&entry).unwrap();
+        assert!(!live.exists());
+        assert_eq!(lines(&ledger), 4);
+        // A run known only from live checkpoints is listed, and a torn one
+        // without a durable copy is reported, not taken as new.
+        let mut other = RunLedger::new("wandb-m-2".into(), "m".into(), "http://x".into());
+        other.acked.history_lines = 5;
+        ledger.save_unsynced(&other).unwrap();
+        assert_eq!(ledger.all().len(), 2);
+        std::fs::write(
+            ledger.dir().join("wandb-m-2.live"),
+            b"syncd-in-place 9 0\n{",
+        )
+        .unwrap();
+        assert!(matches!(
+            ledger.load("wandb-m-2"),
+            Err(LedgerError::Damaged { .. })
+        ));
     }
 
     #[test]
