@@ -20,7 +20,6 @@ use crate::ledger::{Ledger, Phase};
 use crate::sink::retry::RetryPolicy;
 use crate::sink::wandb::client::Client;
 use crate::source::wandb::run;
-use crate::target::search_root;
 
 /// Version of the `--json` document.
 pub const SCHEMA: u32 = 1;
@@ -72,6 +71,7 @@ pub fn run(args: SyncArgs) -> anyhow::Result<Outcome> {
                 .iter()
                 .find(|p| job.fragments[0].starts_with(p))
                 .cloned();
+            job.read_manifest();
             job
         })
         .collect();
@@ -85,8 +85,7 @@ pub fn run(args: SyncArgs) -> anyhow::Result<Outcome> {
             planned.push((job, None));
             continue;
         }
-        let root = search_root(job.run_dir(), job.found_under.as_deref());
-        match targets.resolve(job.run_dir(), &root) {
+        match targets.resolve(job.run_dir(), &job.search_root()) {
             Ok(target) => {
                 job.entity = target.entity.clone();
                 job.project = target.project.clone();

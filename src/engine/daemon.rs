@@ -30,7 +30,7 @@ use crate::sink::retry::RetryPolicy;
 use crate::sink::wandb::client::Client;
 use crate::sink::wandb::ops;
 use crate::source::wandb::run as wandb_run;
-use crate::target::{NamingRule, search_root};
+use crate::target::NamingRule;
 
 /// Everything `syncd run` is told.
 #[derive(Clone)]
@@ -79,10 +79,9 @@ struct Tracked {
     /// Each fragment's place in the run, for keeping them in order.
     starts: Vec<wandb_run::OrderKey>,
     key: Option<String>,
-    /// Where it goes; `None` until resolved (or while refused).
+    /// Where it goes; `None` until resolved (or while refused: the reason
+    /// is said when its turn comes, see `target_of`).
     target: Option<RunTarget>,
-    /// Why its target is refused (an exposed `.env`, no key).
-    target_error: Option<String>,
     phase: Phase,
     queued: bool,
     in_flight: bool,
@@ -147,16 +146,12 @@ pub async fn run(
     let mut slurm = if config.slurm { Slurm::detect() } else { None };
     let notifier = Notifier::from_env();
     let started_at = now_rfc3339();
-    let mut state = DaemonState {
-        targets: Arc::clone(&config.targets),
-        roots: config.roots.clone(),
-        ..DaemonState::default()
-    };
+    let mut state = DaemonState::default();
     let (done_tx, mut done_rx) = mpsc::channel::<(String, RunOutcome)>(64);
 
     // The first full scan; the ledger says what is already done.
     let report = scanner.scan_roots(true);
-    state.absorb(report, &ledger, &log);
+    state.absorb(report, &config, &ledger, &log);
     let mut accelerator = Accelerator::new();
     for dir in scanner.wandb_dirs().cloned().collect::<Vec<_>>() {
         match fs_kind(&dir) {
@@ -235,7 +230,7 @@ pub async fn run(
                     }
                     report.changed_files.push(file.path);
                 }
-                state.absorb(report, &ledger, &log);
+                state.absorb(report, &config, &ledger, &log);
                 state.prioritize(&trigger.target);
             }
             for p in problems {
@@ -258,7 +253,7 @@ pub async fn run(
                     scanner.look_at_run_dir(&path, &mut report);
                 }
             }
-            state.absorb(report, &ledger, &log);
+            state.absorb(report, &config, &ledger, &log);
         }
         if now.duration_since(last_live) >= config.live_poll {
             last_live = now;
@@ -274,7 +269,7 @@ pub async fn run(
             if full {
                 last_idle = now;
             }
-            state.absorb(report, &ledger, &log);
+            state.absorb(report, &config, &ledger, &log);
             for dir in scanner.wandb_dirs().cloned().collect::<Vec<_>>() {
                 accelerator.watch(&dir);
             }
@@ -289,14 +284,14 @@ pub async fn run(
             state.decide_finalization(&config);
         }
         if state.offline_until.is_some_and(|t| now >= t) {
-            state.probe(&log).await;
+            state.probe(&config.targets, &log).await;
         }
         if state.offline_until.is_none() {
             while state.in_flight < config.concurrency.max(1) {
                 let Some(id) = state.next_ready(now, config.live_poll) else {
                     break;
                 };
-                let Some(client) = state.target_of(&id, &ledger, &log) else {
+                let Some(client) = state.target_of(&id, &config.targets, &ledger, &log) else {
                     continue;
                 };
                 let run = state.runs.get_mut(&id).expect("queued runs are tracked");
@@ -386,8 +381,6 @@ fn now_rfc3339() -> String {
 
 #[derive(Default)]
 struct DaemonState {
-    targets: Arc<Targets>,
-    roots: Vec<RootSpec>,
     runs: HashMap<String, Tracked>,
     /// Which run each `.wandb` file belongs to.
     file_to_run: HashMap<PathBuf, String>,
@@ -408,6 +401,7 @@ impl DaemonState {
     fn absorb(
         &mut self,
         report: ScanReport,
+        config: &DaemonConfig,
         ledger: &Ledger,
         log: &Arc<dyn Fn(&str) + Send + Sync>,
     ) {
@@ -425,7 +419,7 @@ impl DaemonState {
         for path in report.new_files.into_iter().chain(report.changed_files) {
             let id = match self.file_to_run.get(&path) {
                 Some(id) => id.clone(),
-                None => match self.add_file(&path, ledger) {
+                None => match self.add_file(&path, config, ledger) {
                     Some(id) => id,
                     None => continue,
                 },
@@ -455,12 +449,12 @@ impl DaemonState {
 
     /// Registers a newly seen `.wandb` file with its run (same wandb
     /// directory and run id), keeping fragments in start-time order.
-    fn add_file(&mut self, path: &Path, ledger: &Ledger) -> Option<String> {
+    fn add_file(&mut self, path: &Path, config: &DaemonConfig, ledger: &Ledger) -> Option<String> {
         let head = wandb_run::head(path).ok()?;
         let wandb_dir = path.parent()?.parent()?.to_path_buf();
         let id = format!("{}#{}", wandb_dir.display(), head.run_id);
         self.file_to_run.insert(path.to_path_buf(), id.clone());
-        let found_under = self
+        let found_under = config
             .roots
             .iter()
             .map(RootSpec::base)
@@ -473,7 +467,6 @@ impl DaemonState {
             starts: Vec::new(),
             key: None,
             target: None,
-            target_error: None,
             phase: Phase::Queued,
             queued: false,
             in_flight: false,
@@ -497,7 +490,9 @@ impl DaemonState {
         // A new fragment (a requeued job) reopens a finalized run.
         run.verdict = None;
         run.gone_since = None;
-        attach_target(run, &self.targets, ledger);
+        run.job.read_manifest();
+        // A refusal is reported when the run's turn comes (`target_of`).
+        let _ = attach_target(run, &config.targets, ledger);
         Some(id)
     }
 
@@ -506,17 +501,18 @@ impl DaemonState {
     fn target_of(
         &mut self,
         id: &str,
+        targets: &Targets,
         ledger: &Ledger,
         log: &Arc<dyn Fn(&str) + Send + Sync>,
     ) -> Option<Arc<Client>> {
         let run = self.runs.get_mut(id)?;
-        if run.target.is_none() {
-            attach_target(run, &self.targets, ledger);
-        }
-        if let Some(target) = &run.target {
-            return Some(Arc::clone(&target.client));
-        }
-        let error = run.target_error.clone().unwrap_or_default();
+        let error = match &run.target {
+            Some(target) => return Some(Arc::clone(&target.client)),
+            None => match attach_target(run, targets, ledger) {
+                Ok(client) => return Some(client),
+                Err(error) => error,
+            },
+        };
         log(&format!(
             "{}: not uploaded: {error}",
             run.job.run_dir().display()
@@ -541,11 +537,10 @@ impl DaemonState {
 
     /// New settings (SIGHUP): every run's target is looked up again.
     fn retarget(&mut self, config: &DaemonConfig, ledger: &Ledger) {
-        self.targets = Arc::clone(&config.targets);
-        self.roots = config.roots.clone();
         for run in self.runs.values_mut() {
             run.target = None;
-            attach_target(run, &self.targets, ledger);
+            run.job.read_manifest();
+            let _ = attach_target(run, &config.targets, ledger);
         }
     }
 
@@ -752,9 +747,9 @@ impl DaemonState {
 
     /// While offline: one cheap request to each server; any HTTP answer
     /// means the network is back.
-    async fn probe(&mut self, log: &Arc<dyn Fn(&str) + Send + Sync>) {
+    async fn probe(&mut self, targets: &Targets, log: &Arc<dyn Fn(&str) + Send + Sync>) {
         let mut reached = false;
-        for client in self.targets.clients() {
+        for client in targets.clients() {
             match ops::server_features(&client).await {
                 Err(e) if e.is_offline() => {}
                 _ => {
@@ -838,7 +833,7 @@ impl DaemonState {
                     key,
                     Activity {
                         run_id: Some(run.job.id.clone()),
-                        error: run.stopped.clone().or_else(|| run.target_error.clone()),
+                        error: run.stopped.clone(),
                         state: state.into(),
                         next_retry,
                         path: run
@@ -867,29 +862,29 @@ impl DaemonState {
     }
 }
 
-/// Resolves where the run goes and, with that, its ledger key.
-fn attach_target(run: &mut Tracked, targets: &Targets, ledger: &Ledger) {
-    let root = search_root(run.job.run_dir(), run.job.found_under.as_deref());
-    match targets.resolve(run.job.run_dir(), &root) {
-        Ok(target) => {
-            run.job.entity = target.entity.clone();
-            run.job.project = target.project.clone();
-            run.key = Some(crate::ledger::run_key(
-                &run.job.id,
-                &run.job.fragments[0],
-                target.client.base_url(),
-                None,
-                None,
-            ));
-            run.target = Some(target);
-            run.target_error = None;
-            refresh_from_ledger(run, ledger);
-        }
-        Err(error) => {
-            run.target = None;
-            run.target_error = Some(error);
-        }
-    }
+/// Resolves where the run goes and, with that, its ledger key; the
+/// client, or why the run is refused.
+fn attach_target(
+    run: &mut Tracked,
+    targets: &Targets,
+    ledger: &Ledger,
+) -> Result<Arc<Client>, String> {
+    let target = targets.resolve(run.job.run_dir(), &run.job.search_root());
+    run.target = None;
+    let target = target?;
+    run.job.entity = target.entity.clone();
+    run.job.project = target.project.clone();
+    run.key = Some(crate::ledger::run_key(
+        &run.job.id,
+        &run.job.fragments[0],
+        target.client.base_url(),
+        None,
+        None,
+    ));
+    let client = Arc::clone(&target.client);
+    run.target = Some(target);
+    refresh_from_ledger(run, ledger);
+    Ok(client)
 }
 
 /// Reads what the last upload recorded: phase, Slurm job, whether the

@@ -125,13 +125,6 @@ impl Targets {
     }
 }
 
-impl Default for Targets {
-    /// No environment at all: every key must come from a `.env`.
-    fn default() -> Self {
-        Targets::new(HashMap::new(), RetryPolicy::default())
-    }
-}
-
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding the lock leaves a map that is still valid.
     mutex

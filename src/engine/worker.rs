@@ -77,8 +77,11 @@ pub struct RunJob {
     pub id: String,
     pub fragments: Vec<PathBuf>,
     /// The watched root or command-line path the run was found under: it
-    /// bounds the search for the job manifest.
+    /// bounds the search for its `.env` and job manifest.
     pub found_under: Option<PathBuf>,
+    /// The job manifest the sbatch templates wrote, read by whoever plans
+    /// the upload (once per run, not once per upload).
+    pub manifest: Option<JobManifest>,
     /// The entity and project of the run's `.env`, for a run that names
     /// none and is given none on the command line.
     pub entity: Option<String>,
@@ -91,6 +94,7 @@ impl RunJob {
             id,
             fragments,
             found_under: None,
+            manifest: None,
             entity: None,
             project: None,
         }
@@ -102,6 +106,16 @@ impl RunJob {
             .first()
             .and_then(|f| f.parent())
             .unwrap_or(Path::new("."))
+    }
+
+    /// Where the search for the run's `.env` and manifest stops.
+    pub fn search_root(&self) -> PathBuf {
+        search_root(self.run_dir(), self.found_under.as_deref())
+    }
+
+    /// Reads the job manifest into [`RunJob::manifest`].
+    pub fn read_manifest(&mut self) {
+        self.manifest = read_manifest(self.run_dir(), &self.search_root());
     }
 }
 
@@ -192,10 +206,8 @@ struct RunSync<'a> {
     files_uploaded: Vec<String>,
     /// Records read by this invocation.
     records_read: u64,
-    /// The job manifest the sbatch templates wrote, if any.
-    manifest: Option<JobManifest>,
-    job_entity: Option<String>,
-    job_project: Option<String>,
+    /// The run being synced: its manifest and `.env` defaults.
+    job: &'a RunJob,
 }
 
 /// Syncs one run. Never panics on bad input; every failure ends up in the
@@ -245,12 +257,7 @@ pub async fn sync_run(
         history_sent: 0,
         files_uploaded: Vec::new(),
         records_read: 0,
-        manifest: read_manifest(
-            job.run_dir(),
-            &search_root(job.run_dir(), job.found_under.as_deref()),
-        ),
-        job_entity: job.entity.clone(),
-        job_project: job.project.clone(),
+        job,
     };
     let result = run.sync(job, on_progress).await;
     let failure = result.as_ref().err().map(|e| match e {
@@ -703,7 +710,7 @@ impl RunSync<'_> {
             &self.options.naming,
             &state.identity,
             &state.config,
-            self.manifest.as_ref(),
+            self.job.manifest.as_ref(),
         )
     }
 
@@ -728,7 +735,7 @@ impl RunSync<'_> {
                 .map(|s| s.entity.clone())
                 .or_else(|| self.options.entity.clone())
                 .or_else(|| identity.entity.clone())
-                .or_else(|| self.job_entity.clone()),
+                .or_else(|| self.job.entity.clone()),
             project: self
                 .entry
                 .server
@@ -736,7 +743,7 @@ impl RunSync<'_> {
                 .map(|s| s.project.clone())
                 .or_else(|| self.options.project.clone())
                 .or_else(|| identity.project.clone())
-                .or_else(|| self.job_project.clone()),
+                .or_else(|| self.job.project.clone()),
             group: naming.group.or_else(|| identity.group.clone()),
             display_name: naming
                 .display_name
