@@ -16,6 +16,11 @@
 //! going on), and freshness (write to the line being on the server), plain
 //! and, for 10 s at the end, with `syncd notify` after each write of a few
 //! runs. Not a pass/fail test.
+//!
+//! `SYNCD_BENCH_WRAP` runs the daemon under a tool, e.g.
+//! `SYNCD_BENCH_WRAP="heaptrack -o /tmp/daemon"` for where its memory goes
+//! (the figures are then the daemon's under that tool; it is found by the
+//! pid in its lease).
 
 // The test suite's server; the bench uses part of its API.
 #[allow(dead_code, unused_imports)]
@@ -97,12 +102,12 @@ fn main() {
     let poll_arg = format!("{poll}s");
     cmd.args(["run", "--no-slurm", "--poll", &poll_arg, "--state-dir"])
         .arg(&state)
-        .arg(&root)
-        .stdout(Stdio::null())
+        .arg(&root);
+    let mut cmd = wrapped(cmd);
+    cmd.stdout(Stdio::null())
         .stderr(File::create(&log).unwrap());
     let spawned = Instant::now();
     let daemon = Proc(cmd.spawn().unwrap());
-    let pid = daemon.0.id();
     while !std::fs::read_to_string(&log)
         .unwrap_or_default()
         .contains("syncd run: watching")
@@ -110,6 +115,7 @@ fn main() {
         assert!(spawned.elapsed().as_secs() < 600, "see {}", log.display());
         std::thread::sleep(Duration::from_millis(20));
     }
+    let pid = lease_holder(&state);
     let up = Instant::now();
     let startup = (up.duration_since(spawned).as_secs_f64(), proc_cpu(pid));
     let full_polls = |a: Instant, b: Instant| {
@@ -161,7 +167,7 @@ fn main() {
     }
     let unseen: usize = pending(&bench);
     let written: usize = bench.lives.iter().map(|l| l.written.len()).sum();
-    let stopped = daemon.stop(libc::SIGTERM, Duration::from_secs(15));
+    let stopped = daemon.stop(pid, libc::SIGTERM, Duration::from_secs(15));
 
     // 5. Figures.
     println!("syncd run: {runs} synced + {live_n} live runs, --poll {poll}s, window {window} s");
@@ -230,10 +236,12 @@ fn env_or(name: &str, default: u64) -> u64 {
 struct Proc(Child);
 
 impl Proc {
-    /// Sends `signal` and waits up to `limit` for the exit.
-    fn stop(mut self, signal: i32, limit: Duration) -> String {
-        // SAFETY: a signal to our own child, which has not been reaped yet.
-        unsafe { libc::kill(self.0.id() as libc::pid_t, signal) };
+    /// Sends `signal` to `pid` (the child, or the daemon under a wrapper)
+    /// and waits up to `limit` for the child's exit.
+    fn stop(mut self, pid: u32, signal: i32, limit: Duration) -> String {
+        // SAFETY: a signal to our child or its descendant; neither is reaped
+        // while the child runs.
+        unsafe { libc::kill(pid as libc::pid_t, signal) };
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.0.try_wait() {
@@ -252,6 +260,33 @@ impl Drop for Proc {
             let _ = self.0.wait();
         }
     }
+}
+
+/// `cmd` under `SYNCD_BENCH_WRAP`'s tool, if set.
+fn wrapped(cmd: Command) -> Command {
+    let Ok(wrap) = std::env::var("SYNCD_BENCH_WRAP") else {
+        return cmd;
+    };
+    let mut words = wrap.split_whitespace();
+    let mut outer = Command::new(words.next().expect("SYNCD_BENCH_WRAP names a tool"));
+    outer
+        .args(words)
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (name, value) in cmd.get_envs() {
+        match value {
+            Some(value) => outer.env(name, value),
+            None => outer.env_remove(name),
+        };
+    }
+    outer
+}
+
+/// The daemon's pid, from its lease.
+fn lease_holder(state: &Path) -> u32 {
+    let text = std::fs::read_to_string(state.join("lease.json")).expect("the daemon's lease");
+    let lease: serde_json::Value = serde_json::from_str(&text).expect("lease JSON");
+    lease["pid"].as_u64().expect("a pid in the lease") as u32
 }
 
 /// `syncd` with the server's URL and key and a private home.
@@ -522,7 +557,8 @@ fn strace_counts(pid: u32, bench: &mut Bench) -> Result<(u64, String), &'static 
         Kind::Straced,
         None,
     );
-    strace.stop(libc::SIGINT, Duration::from_secs(10));
+    let strace_pid = strace.0.id();
+    strace.stop(strace_pid, libc::SIGINT, Duration::from_secs(10));
     let text = std::fs::read_to_string(&out).unwrap_or_default();
     let _ = std::fs::remove_file(&out);
     let rows: Vec<&str> = (text.lines())

@@ -70,7 +70,7 @@ pub fn run(args: SyncArgs) -> anyhow::Result<Outcome> {
             job.found_under = paths
                 .iter()
                 .find(|p| job.fragments[0].starts_with(p))
-                .cloned();
+                .map(|p| Arc::from(p.as_path()));
             job.read_manifest();
             job
         })

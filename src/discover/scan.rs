@@ -4,12 +4,16 @@
 //!
 //! - a root (wandb directory) is listed again only when its mtime changed
 //!   (a new run directory was created) or on the slow schedule;
+//! - a run directory is listed until its `.wandb` file is found, then never
+//!   again (wandb writes one per directory; a resumed or requeued run gets a
+//!   new directory);
 //! - a run's `.wandb` files are stat'ed every fast poll while the run is
 //!   active, and only on the slow schedule once it is settled (synced);
 //! - nothing is ever walked recursively: a root and its run directories, one
 //!   level each.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::ffi::OsString;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -65,7 +69,8 @@ pub struct ScanReport {
 #[derive(Debug)]
 struct WandbDir {
     mtime_ns: Option<i128>,
-    run_dirs: BTreeSet<PathBuf>,
+    /// The names of its run directories (names, not paths: thousands of them).
+    run_dirs: BTreeSet<OsString>,
 }
 
 /// Remembers what it has seen so a scan only looks at what may have changed.
@@ -110,6 +115,12 @@ impl Scanner {
         self.wandb_dirs.keys()
     }
 
+    /// Run directories listed before their `.wandb` file existed: looked
+    /// at again every scan until it does.
+    pub fn run_dirs_without_file(&self) -> impl Iterator<Item = &PathBuf> {
+        self.empty_run_dirs.iter()
+    }
+
     /// Finds wandb directories (expanding globs) and lists those whose mtime
     /// changed, or all of them when `full`. New `.wandb` files are reported.
     pub fn scan_roots(&mut self, full: bool) -> ScanReport {
@@ -149,11 +160,13 @@ impl Scanner {
                 },
             );
             let previous_runs = previous.map(|p| p.run_dirs).unwrap_or_default();
-            for run_dir in &run_dirs {
-                if previous_runs.contains(run_dir) && !full {
+            for name in &run_dirs {
+                // Seen before: its file was found then, or it is in
+                // `empty_run_dirs` and was looked at above.
+                if previous_runs.contains(name) {
                     continue;
                 }
-                self.look_at_run_dir(run_dir, &mut report);
+                self.look_at_run_dir(&dir.join(name), &mut report);
             }
             if let Some(entry) = self.wandb_dirs.get_mut(&dir) {
                 entry.run_dirs = run_dirs;
@@ -164,9 +177,17 @@ impl Scanner {
 
     /// Adds the `.wandb` files of one run directory (new ones are reported).
     pub fn look_at_run_dir(&mut self, run_dir: &Path, report: &mut ScanReport) {
+        // A directory that cannot be read now is looked at again next scan
+        // (it will not be listed again otherwise); one that is gone is not.
+        let retry_unless_gone = |scanner: &mut Scanner, e: std::io::Error| {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                scanner.empty_run_dirs.insert(run_dir.to_path_buf());
+            }
+        };
         report.syscalls += 1;
-        let Ok(meta) = fs::metadata(run_dir) else {
-            return;
+        let meta = match fs::metadata(run_dir) {
+            Ok(meta) => meta,
+            Err(e) => return retry_unless_gone(self, e),
         };
         if meta.uid() != self.uid {
             if self.reported_foreign.insert(run_dir.to_path_buf()) {
@@ -175,8 +196,9 @@ impl Scanner {
             return;
         }
         report.syscalls += 1;
-        let Ok(entries) = fs::read_dir(run_dir) else {
-            return;
+        let entries = match fs::read_dir(run_dir) {
+            Ok(entries) => entries,
+            Err(e) => return retry_unless_gone(self, e),
         };
         let mut found = false;
         for entry in entries.flatten() {
@@ -216,10 +238,16 @@ impl Scanner {
                 continue;
             };
             let stamp = Stamp::of(&meta);
-            match self.files.insert(path.clone(), stamp) {
-                Some(old) if old == stamp => {}
-                Some(_) => report.changed_files.push(path.clone()),
-                None => report.new_files.push(path.clone()),
+            match self.files.get_mut(path) {
+                Some(old) if *old == stamp => {}
+                Some(old) => {
+                    *old = stamp;
+                    report.changed_files.push(path.clone());
+                }
+                None => {
+                    self.files.insert(path.clone(), stamp);
+                    report.new_files.push(path.clone());
+                }
             }
         }
     }
@@ -260,7 +288,7 @@ fn expand_root(root: &str, syscalls: &mut u64) -> Result<Vec<PathBuf>, String> {
 
 /// Run directories (`offline-run-*`, and `run-*` for online runs' logs are
 /// not ours) directly inside a wandb directory.
-fn list_run_dirs(dir: &Path, syscalls: &mut u64) -> std::io::Result<BTreeSet<PathBuf>> {
+fn list_run_dirs(dir: &Path, syscalls: &mut u64) -> std::io::Result<BTreeSet<OsString>> {
     *syscalls += 1;
     let mut out = BTreeSet::new();
     for entry in fs::read_dir(dir)? {
@@ -272,7 +300,7 @@ fn list_run_dirs(dir: &Path, syscalls: &mut u64) -> std::io::Result<BTreeSet<Pat
         // `file_type` comes with the directory entry on most filesystems: no
         // extra stat per entry.
         if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            out.insert(entry.path());
+            out.insert(name);
         }
     }
     Ok(out)
@@ -328,6 +356,40 @@ mod tests {
         let mut report = ScanReport::default();
         scanner.check_files([&first], &mut report);
         assert_eq!(report.changed_files, [first]);
+    }
+
+    #[test]
+    fn a_full_poll_lists_the_root_but_not_the_run_directories_it_knows() {
+        let tmp = tempfile::tempdir().unwrap();
+        let wandb = tmp.path().join("wandb");
+        for i in 0..20 {
+            make_run(&wandb, &format!("offline-run-20260101_000000-r{i:02}"));
+        }
+        let mut scanner = Scanner::new(vec![RootSpec(wandb.display().to_string())], uid());
+        assert_eq!(scanner.scan_roots(true).new_files.len(), 20);
+        let report = scanner.scan_roots(true);
+        assert!(report.new_files.is_empty());
+        // The root's stat and listing, no run directory's.
+        assert!(report.syscalls <= 6, "{}", report.syscalls);
+    }
+
+    #[test]
+    fn a_run_directory_is_looked_at_until_its_file_appears() {
+        let tmp = tempfile::tempdir().unwrap();
+        let wandb = tmp.path().join("wandb");
+        let run_dir = wandb.join("offline-run-20260101_000000-late");
+        fs::create_dir_all(&run_dir).unwrap();
+        let mut scanner = Scanner::new(vec![RootSpec(wandb.display().to_string())], uid());
+        assert!(scanner.scan_roots(false).new_files.is_empty());
+        assert_eq!(
+            scanner.run_dirs_without_file().collect::<Vec<_>>(),
+            [&run_dir]
+        );
+        // Creating a file in the run directory leaves the root's mtime alone.
+        let file = run_dir.join("run-late.wandb");
+        fs::write(&file, b":W&B").unwrap();
+        assert_eq!(scanner.scan_roots(false).new_files, [file]);
+        assert_eq!(scanner.run_dirs_without_file().count(), 0);
     }
 
     #[test]

@@ -2,13 +2,24 @@
 //! compute nodes to NFS, Lustre, GPFS or other network filesystems do not
 //! raise inotify events on the login node, so each root's filesystem is
 //! identified (`statfs`) and only local ones are watched. Polling still runs
-//! everywhere; on local roots the watcher just makes a change visible before
-//! the next poll.
+//! everywhere; on local roots the watcher makes two moments visible before
+//! the next poll:
+//!
+//! - a new entry in a watched directory (a new run directory in a wandb
+//!   directory, the `.wandb` file in a run directory);
+//! - the writer closing a `.wandb` file it wrote (`IN_CLOSE_WRITE`): the run
+//!   ended, or its process died (the kernel closes its files either way).
+//!
+//! Appends are deliberately not watched (no `IN_MODIFY`): a live run is
+//! uploaded at most once per poll interval anyway, so an event per write
+//! would only wake the daemon for nothing. Nor are opens and reads: the
+//! daemon's own reads would wake it again. The inotify descriptor is
+//! non-blocking and read on the daemon's tick: no thread of its own.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 
-use notify::{RecursiveMode, Watcher};
+use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 
 /// What kind of filesystem a path is on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,64 +63,116 @@ pub fn fs_kind(path: &Path) -> FsKind {
     }
 }
 
-/// Watches local directories; changed paths come out of [`Accelerator::changed`].
+/// Something a watched directory saw.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Change {
+    pub path: PathBuf,
+    /// The writer closed the file (it is not growing any more).
+    pub writer_closed: bool,
+}
+
+/// Watches local directories; what they saw comes out of
+/// [`Accelerator::changed`].
 pub struct Accelerator {
-    watcher: Option<notify::RecommendedWatcher>,
-    events: mpsc::Receiver<PathBuf>,
-    watched: std::collections::HashSet<PathBuf>,
+    inotify: Option<Inotify>,
+    watched: HashMap<PathBuf, WatchDescriptor>,
+    dirs: HashMap<WatchDescriptor, PathBuf>,
 }
 
 impl Accelerator {
     /// A watcher, or an inert one if the system refuses (inotify limits):
     /// polling covers everything anyway.
     pub fn new() -> Accelerator {
-        let (tx, events) = mpsc::channel();
-        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            // Opening or reading a file or directory raises access events:
-            // the daemon's own reads (listing a run directory, reading a
-            // `.wandb` file) would wake it again for nothing, and listing
-            // raised one per run directory listed, which listed it again.
-            if let Ok(event) = event
-                && !matches!(event.kind, notify::EventKind::Access(_))
-            {
-                for path in event.paths {
-                    let _ = tx.send(path);
-                }
-            }
-        })
-        .ok();
         Accelerator {
-            watcher,
-            events,
-            watched: Default::default(),
+            inotify: Inotify::init().ok(),
+            watched: HashMap::new(),
+            dirs: HashMap::new(),
         }
     }
 
     /// Watches `dir` (not recursively) if it is on a local filesystem.
     /// Returns whether it is watched.
     pub fn watch(&mut self, dir: &Path) -> bool {
-        if self.watched.contains(dir) {
+        if self.watched.contains_key(dir) {
             return true;
         }
         if fs_kind(dir) != FsKind::Local {
             return false;
         }
-        let Some(watcher) = self.watcher.as_mut() else {
+        let Some(inotify) = self.inotify.as_mut() else {
             return false;
         };
-        if watcher.watch(dir, RecursiveMode::NonRecursive).is_ok() {
-            self.watched.insert(dir.to_path_buf());
-            return true;
+        let mask =
+            WatchMask::CREATE | WatchMask::MOVED_TO | WatchMask::CLOSE_WRITE | WatchMask::ONLYDIR;
+        match inotify.watches().add(dir, mask) {
+            Ok(wd) => {
+                self.watched.insert(dir.to_path_buf(), wd.clone());
+                self.dirs.insert(wd, dir.to_path_buf());
+                true
+            }
+            Err(_) => false,
         }
-        false
     }
 
-    /// Paths that changed since the last call (deduplicated).
-    pub fn changed(&mut self) -> Vec<PathBuf> {
-        let mut paths: Vec<PathBuf> = self.events.try_iter().collect();
-        paths.sort();
-        paths.dedup();
-        paths
+    /// Stops watching every directory `keep` says no to (a run that has
+    /// settled, say): watches are a per-user kernel resource.
+    pub fn retain(&mut self, keep: impl Fn(&Path) -> bool) {
+        let Some(inotify) = self.inotify.as_mut() else {
+            return;
+        };
+        let dropped: Vec<PathBuf> = self
+            .watched
+            .keys()
+            .filter(|dir| !keep(dir))
+            .cloned()
+            .collect();
+        for dir in dropped {
+            if let Some(wd) = self.watched.remove(&dir) {
+                self.dirs.remove(&wd);
+                let _ = inotify.watches().remove(wd);
+            }
+        }
+    }
+
+    /// The number of directories watched.
+    pub fn watching(&self) -> usize {
+        self.watched.len()
+    }
+
+    /// What happened since the last call, one entry per path (a close wins
+    /// over a creation of the same file).
+    pub fn changed(&mut self) -> Vec<Change> {
+        let mut changes: Vec<Change> = Vec::new();
+        let Some(inotify) = self.inotify.as_mut() else {
+            return changes;
+        };
+        let mut buffer = [0u8; 4096];
+        // Until the queue is empty (`WouldBlock`) or the descriptor fails;
+        // either way polling covers the rest.
+        while let Ok(events) = inotify.read_events(&mut buffer) {
+            for event in events {
+                if event.mask.contains(EventMask::IGNORED) {
+                    // The directory is gone (or was unwatched).
+                    if let Some(dir) = self.dirs.remove(&event.wd) {
+                        self.watched.remove(&dir);
+                    }
+                    continue;
+                }
+                let (Some(dir), Some(name)) = (self.dirs.get(&event.wd), event.name) else {
+                    continue;
+                };
+                changes.push(Change {
+                    path: dir.join(name),
+                    writer_closed: event.mask.contains(EventMask::CLOSE_WRITE),
+                });
+            }
+        }
+        // Sorted by path, a close before a creation of the same path; the
+        // first of each path is kept.
+        changes.sort();
+        changes.reverse();
+        changes.dedup_by(|later, kept| later.path == kept.path);
+        changes
     }
 }
 
@@ -121,24 +184,61 @@ impl Default for Accelerator {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+
     use super::*;
 
+    /// Changes seen within `wait`, until `done` says enough.
+    fn collect(
+        accelerator: &mut Accelerator,
+        wait: Duration,
+        done: impl Fn(&[Change]) -> bool,
+    ) -> Vec<Change> {
+        let deadline = Instant::now() + wait;
+        let mut seen = Vec::new();
+        while Instant::now() < deadline && !done(&seen) {
+            seen.extend(accelerator.changed());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        seen
+    }
+
     #[test]
-    fn local_directories_are_watched_and_report_writes() {
+    fn new_entries_and_a_writer_closing_are_seen_appends_are_not() {
         let tmp = tempfile::tempdir().unwrap();
         assert_eq!(fs_kind(tmp.path()), FsKind::Local);
         assert_eq!(fs_kind(&tmp.path().join("missing")), FsKind::Unknown);
         let mut accelerator = Accelerator::new();
         assert!(accelerator.watch(tmp.path()));
-        let file = tmp.path().join("run-x.wandb");
-        std::fs::write(&file, b"x").unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        let mut seen = Vec::new();
-        while std::time::Instant::now() < deadline && !seen.contains(&file) {
-            seen.extend(accelerator.changed());
-            std::thread::sleep(std::time::Duration::from_millis(20));
+        let path = tmp.path().join("run-x.wandb");
+        let mut file = std::fs::File::create(&path).unwrap();
+        let created = Change {
+            path: path.clone(),
+            writer_closed: false,
+        };
+        let seen = collect(&mut accelerator, Duration::from_secs(5), |s| {
+            s.contains(&created)
+        });
+        assert_eq!(seen, [created]);
+
+        // A growing file raises nothing: the poll picks appends up.
+        for _ in 0..5 {
+            file.write_all(b"record").unwrap();
+            file.flush().unwrap();
         }
-        assert!(seen.contains(&file), "{seen:?}");
+        let seen = collect(&mut accelerator, Duration::from_millis(300), |_| false);
+        assert_eq!(seen, []);
+
+        drop(file);
+        let closed = Change {
+            path: path.clone(),
+            writer_closed: true,
+        };
+        let seen = collect(&mut accelerator, Duration::from_secs(5), |s| {
+            s.contains(&closed)
+        });
+        assert_eq!(seen, [closed]);
     }
 
     #[test]
@@ -156,11 +256,32 @@ mod tests {
             let _ = std::fs::read_dir(&run_dir).unwrap().count();
             let _ = std::fs::read(&file).unwrap();
         }
-        std::thread::sleep(std::time::Duration::from_millis(300));
-        assert_eq!(accelerator.changed(), Vec::<PathBuf>::new());
-        // A write still is seen.
-        std::fs::write(&file, b"xy").unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(300));
-        assert!(accelerator.changed().contains(&file));
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(accelerator.changed(), []);
+    }
+
+    #[test]
+    fn unwatched_directories_fall_silent() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (kept, dropped) = (tmp.path().join("kept"), tmp.path().join("dropped"));
+        for dir in [&kept, &dropped] {
+            std::fs::create_dir(dir).unwrap();
+        }
+        let mut accelerator = Accelerator::new();
+        assert!(accelerator.watch(&kept) && accelerator.watch(&dropped));
+        accelerator.retain(|dir| dir == kept);
+        assert_eq!(accelerator.watching(), 1);
+        std::fs::write(dropped.join("a.wandb"), b"x").unwrap();
+        std::fs::write(kept.join("b.wandb"), b"x").unwrap();
+        let seen = collect(&mut accelerator, Duration::from_secs(5), |s| {
+            s.iter().any(|c| c.path.starts_with(&kept))
+        });
+        assert!(seen.iter().all(|c| c.path.starts_with(&kept)), "{seen:?}");
+        assert!(!seen.is_empty());
+
+        // A watched directory removed is forgotten.
+        std::fs::remove_dir_all(&kept).unwrap();
+        let _ = collect(&mut accelerator, Duration::from_millis(300), |_| false);
+        assert_eq!(accelerator.watching(), 0);
     }
 }

@@ -18,19 +18,22 @@ use tokio::sync::mpsc;
 use crate::discover::scan::{RootSpec, ScanReport, Scanner};
 use crate::discover::trigger::TriggerDirs;
 use crate::discover::wandb_files;
-use crate::discover::watch::{Accelerator, FsKind, fs_kind};
+use crate::discover::watch::{Accelerator, Change, FsKind, fs_kind};
 use crate::engine::heartbeat::{self, Activity, Heartbeat, UNSYNCED_PREFIX};
 use crate::engine::sd_notify::Notifier;
 use crate::engine::slurm::Slurm;
-use crate::engine::targets::{RunTarget, Targets};
+use crate::engine::targets::Targets;
 use crate::engine::worker::{self, Failure, RunJob, RunOutcome, SyncOptions, Verdict};
 use crate::ledger::lease::Lease;
-use crate::ledger::{Ledger, Phase};
+use crate::ledger::{Ledger, Phase, RunLedger};
 use crate::sink::retry::RetryPolicy;
 use crate::sink::wandb::client::Client;
 use crate::sink::wandb::ops;
 use crate::source::wandb::run as wandb_run;
 use crate::target::NamingRule;
+
+/// A finished upload: its outcome and the run's ledger entry as stored.
+type Finished = (RunOutcome, Option<RunLedger>);
 
 /// Everything `syncd run` is told.
 #[derive(Clone)]
@@ -76,12 +79,13 @@ impl std::fmt::Debug for DaemonConfig {
 /// One run as the daemon follows it.
 struct Tracked {
     job: RunJob,
-    /// Each fragment's place in the run, for keeping them in order.
-    starts: Vec<wandb_run::OrderKey>,
+    /// Each fragment's run start time (from its run record), for keeping
+    /// fragments in order; one per `job.fragments`.
+    start_times: Vec<Option<f64>>,
     key: Option<String>,
-    /// Where it goes; `None` until resolved (or while refused: the reason
-    /// is said when its turn comes, see `target_of`).
-    target: Option<RunTarget>,
+    /// The client for its server; `None` until resolved (or while
+    /// refused: the reason is said when its turn comes, see `target_of`).
+    client: Option<Arc<Client>>,
     phase: Phase,
     queued: bool,
     in_flight: bool,
@@ -101,8 +105,14 @@ struct Tracked {
     verdict: Option<Verdict>,
     ended: bool,
     newest_mtime: Option<SystemTime>,
-    /// Acknowledged byte cursor per fragment, from the ledger.
-    acked: HashMap<PathBuf, u64>,
+    /// Acknowledged byte cursor per fragment (one per `job.fragments`),
+    /// from the ledger.
+    acked: Vec<Option<u64>>,
+    /// The ledger entry as the last upload left it, kept while the run is
+    /// active so its next upload neither reads nor parses it again (this
+    /// daemon holds the lease: nobody else writes it). Dropped once the
+    /// run is settled, to keep memory to the active runs.
+    stored: Option<Box<RunLedger>>,
 }
 
 impl Tracked {
@@ -147,7 +157,7 @@ pub async fn run(
     let notifier = Notifier::from_env();
     let started_at = now_rfc3339();
     let mut state = DaemonState::default();
-    let (done_tx, mut done_rx) = mpsc::channel::<(String, RunOutcome)>(64);
+    let (done_tx, mut done_rx) = mpsc::channel::<(String, Finished)>(64);
 
     // The first full scan; the ledger says what is already done.
     let report = scanner.scan_roots(true);
@@ -201,7 +211,9 @@ pub async fn run(
                 }
                 Some(Control::Stop) | None => stopping = true,
             },
-            Some((id, outcome)) = done_rx.recv() => state.finished(&id, outcome, &ledger, &log),
+            Some((id, (outcome, stored))) = done_rx.recv() => {
+                state.finished(&id, outcome, stored, &ledger, &log)
+            }
             _ = tokio::time::sleep(tick) => {}
         }
         if stopping {
@@ -237,13 +249,23 @@ pub async fn run(
                 log(&p);
             }
         }
-        // inotify on local roots: a change is seen before the next poll.
+        // inotify on local roots: a new run or a writer closing its file is
+        // seen before the next poll.
         let changed = accelerator.changed();
+        let mut poll_now = false;
         if !changed.is_empty() {
             let mut report = ScanReport::default();
-            for path in changed {
+            let mut closed = Vec::new();
+            for Change {
+                path,
+                writer_closed,
+            } in changed
+            {
                 if path.extension().is_some_and(|e| e == "wandb") {
                     scanner.check_files([&path], &mut report);
+                    if writer_closed {
+                        closed.push(path);
+                    }
                 } else if path.is_dir()
                     && path
                         .file_name()
@@ -251,21 +273,33 @@ pub async fn run(
                 {
                     accelerator.watch(&path);
                     scanner.look_at_run_dir(&path, &mut report);
+                } else if path
+                    .file_name()
+                    .is_some_and(|n| n == "wandb" || n == ".wandb")
+                    && path.is_dir()
+                {
+                    // A root's wandb directory appeared: it replaces the
+                    // root as what is listed, now rather than next poll.
+                    poll_now = true;
                 }
             }
             state.absorb(report, &config, &ledger, &log);
+            // Its writer is done: the rest goes now, not after the batching
+            // interval.
+            for path in closed {
+                state.prioritize(&path);
+            }
         }
-        if now.duration_since(last_live) >= config.live_poll {
+        if poll_now || now.duration_since(last_live) >= config.live_poll {
             last_live = now;
             let full = now.duration_since(last_idle) >= config.idle_poll;
             let mut report = scanner.scan_roots(full);
-            let watched: Vec<PathBuf> = state
+            let watched = state
                 .runs
                 .values()
                 .filter(|r| full || !r.settled())
-                .flat_map(|r| r.job.fragments.last().cloned())
-                .collect();
-            scanner.check_files(&watched, &mut report);
+                .flat_map(|r| r.job.fragments.last());
+            scanner.check_files(watched, &mut report);
             if full {
                 last_idle = now;
             }
@@ -273,11 +307,21 @@ pub async fn run(
             for dir in scanner.wandb_dirs().cloned().collect::<Vec<_>>() {
                 accelerator.watch(&dir);
             }
-            for run in state.runs.values().filter(|r| !r.settled()) {
-                if let Some(dir) = run.job.fragments.last().and_then(|p| p.parent()) {
-                    accelerator.watch(dir);
-                }
+            let active_run_dirs = state
+                .runs
+                .values()
+                .filter(|r| !r.settled())
+                .filter_map(|r| r.job.fragments.last()?.parent());
+            let mut wanted: HashSet<&Path> = scanner
+                .wandb_dirs()
+                .chain(scanner.run_dirs_without_file())
+                .map(PathBuf::as_path)
+                .collect();
+            for dir in active_run_dirs {
+                accelerator.watch(dir);
+                wanted.insert(dir);
             }
+            accelerator.retain(|dir| wanted.contains(dir));
             if let Some(s) = slurm.as_mut() {
                 state.ask_slurm(s, &log);
             }
@@ -300,6 +344,7 @@ pub async fn run(
                 run.last_upload_began = Some(now);
                 state.in_flight += 1;
                 let job = run.job.clone();
+                let known = run.stored.take().map(|entry| *entry);
                 let options = SyncOptions {
                     verdict: run.verdict.clone(),
                     naming: config.naming.clone(),
@@ -307,9 +352,16 @@ pub async fn run(
                 };
                 let (ledger, done) = (ledger.clone(), done_tx.clone());
                 tokio::spawn(async move {
-                    let outcome =
-                        worker::sync_run(Some(&client), &ledger, &options, &job, &|_| {}).await;
-                    let _ = done.send((id, outcome)).await;
+                    let done_with = worker::sync_known_run(
+                        Some(&client),
+                        &ledger,
+                        &options,
+                        &job,
+                        known,
+                        &|_| {},
+                    )
+                    .await;
+                    let _ = done.send((id, done_with)).await;
                 });
             }
         }
@@ -340,7 +392,9 @@ pub async fn run(
     let deadline = Instant::now() + Duration::from_secs(5);
     while state.in_flight > 0 && Instant::now() < deadline {
         match tokio::time::timeout(Duration::from_millis(200), done_rx.recv()).await {
-            Ok(Some((id, outcome))) => state.finished(&id, outcome, &ledger, &log),
+            Ok(Some((id, (outcome, stored)))) => {
+                state.finished(&id, outcome, stored, &ledger, &log)
+            }
             _ => continue,
         }
     }
@@ -381,7 +435,9 @@ fn now_rfc3339() -> String {
 
 #[derive(Default)]
 struct DaemonState {
-    runs: HashMap<String, Tracked>,
+    /// Boxed: thousands of runs, most of them settled; a table of boxes
+    /// stays small when it grows.
+    runs: HashMap<String, Box<Tracked>>,
     /// Which run each `.wandb` file belongs to.
     file_to_run: HashMap<PathBuf, String>,
     queue: VecDeque<String>,
@@ -393,6 +449,8 @@ struct DaemonState {
     foreign_reported: HashSet<PathBuf>,
     /// The last Slurm query succeeded; when not, quiescence decides.
     slurm_answers: bool,
+    /// The roots' base directories, one copy shared by their runs.
+    root_bases: Vec<Arc<Path>>,
 }
 
 impl DaemonState {
@@ -428,9 +486,13 @@ impl DaemonState {
                 // Known to the ledger as done, and not grown since: nothing to do
                 // (this is what keeps a restart over thousands of runs cheap).
                 let size = std::fs::metadata(&path).map_or(u64::MAX, |m| m.len());
-                if matches!(run.phase, Phase::Synced | Phase::Finalized)
-                    && run.acked.get(&path) == Some(&size)
-                {
+                let acked = run
+                    .job
+                    .fragments
+                    .iter()
+                    .position(|f| *f == path)
+                    .and_then(|i| run.acked.get(i).copied().flatten());
+                if matches!(run.phase, Phase::Synced | Phase::Finalized) && acked == Some(size) {
                     run.dirty = false;
                     continue;
                 }
@@ -458,35 +520,46 @@ impl DaemonState {
             .roots
             .iter()
             .map(RootSpec::base)
-            .find(|base| path.starts_with(base));
-        let run = self.runs.entry(id.clone()).or_insert_with(|| Tracked {
-            job: RunJob {
-                found_under,
-                ..RunJob::new(head.run_id.clone(), Vec::new())
-            },
-            starts: Vec::new(),
-            key: None,
-            target: None,
-            phase: Phase::Queued,
-            queued: false,
-            in_flight: false,
-            dirty: true,
-            failures: 0,
-            not_before: None,
-            last_upload_began: None,
-            stopped: None,
-            slurm_job: None,
-            slurm_state: None,
-            gone_since: None,
-            verdict: None,
-            ended: false,
-            newest_mtime: None,
-            acked: HashMap::new(),
+            .find(|base| path.starts_with(base))
+            .map(|base| self.shared_base(base));
+        let run = self.runs.entry(id.clone()).or_insert_with(|| {
+            Box::new(Tracked {
+                job: RunJob {
+                    found_under,
+                    ..RunJob::new(head.run_id.clone(), Vec::new())
+                },
+                start_times: Vec::new(),
+                key: None,
+                client: None,
+                phase: Phase::Queued,
+                queued: false,
+                in_flight: false,
+                dirty: true,
+                failures: 0,
+                not_before: None,
+                last_upload_began: None,
+                stopped: None,
+                slurm_job: None,
+                slurm_state: None,
+                gone_since: None,
+                verdict: None,
+                ended: false,
+                newest_mtime: None,
+                acked: Vec::new(),
+                stored: None,
+            })
         });
         let key = wandb_run::order_key(path, head.start_time);
-        let at = run.starts.partition_point(|s| *s <= key);
+        let at = run
+            .job
+            .fragments
+            .iter()
+            .zip(&run.start_times)
+            .take_while(|(f, start)| wandb_run::order_key(f, **start) <= key)
+            .count();
         run.job.fragments.insert(at, path.to_path_buf());
-        run.starts.insert(at, key);
+        run.start_times.insert(at, head.start_time);
+        run.acked.insert(at, None);
         // A new fragment (a requeued job) reopens a finalized run.
         run.verdict = None;
         run.gone_since = None;
@@ -506,8 +579,8 @@ impl DaemonState {
         log: &Arc<dyn Fn(&str) + Send + Sync>,
     ) -> Option<Arc<Client>> {
         let run = self.runs.get_mut(id)?;
-        let error = match &run.target {
-            Some(target) => return Some(Arc::clone(&target.client)),
+        let error = match &run.client {
+            Some(client) => return Some(Arc::clone(client)),
             None => match attach_target(run, targets, ledger) {
                 Ok(client) => return Some(client),
                 Err(error) => error,
@@ -538,10 +611,22 @@ impl DaemonState {
     /// New settings (SIGHUP): every run's target is looked up again.
     fn retarget(&mut self, config: &DaemonConfig, ledger: &Ledger) {
         for run in self.runs.values_mut() {
-            run.target = None;
+            run.client = None;
+            // Another target is another ledger entry (the key names it).
+            run.stored = None;
             run.job.read_manifest();
             let _ = attach_target(run, &config.targets, ledger);
         }
+    }
+
+    /// `base` as the one shared copy of it.
+    fn shared_base(&mut self, base: PathBuf) -> Arc<Path> {
+        if let Some(known) = self.root_bases.iter().find(|b| ***b == *base) {
+            return Arc::clone(known);
+        }
+        let shared: Arc<Path> = Arc::from(base);
+        self.root_bases.push(Arc::clone(&shared));
+        shared
     }
 
     /// A triggered run jumps the queue.
@@ -594,6 +679,7 @@ impl DaemonState {
         &mut self,
         id: &str,
         outcome: RunOutcome,
+        stored: Option<RunLedger>,
         ledger: &Ledger,
         log: &Arc<dyn Fn(&str) + Send + Sync>,
     ) {
@@ -603,7 +689,10 @@ impl DaemonState {
         };
         run.in_flight = false;
         run.key = Some(outcome.key.clone());
-        refresh_from_ledger(run, ledger);
+        match stored {
+            Some(entry) => take_entry(run, entry),
+            None => refresh_from_ledger(run, ledger),
+        }
         match outcome.failure {
             None => {
                 run.failures = 0;
@@ -870,7 +959,7 @@ fn attach_target(
     ledger: &Ledger,
 ) -> Result<Arc<Client>, String> {
     let target = targets.resolve(run.job.run_dir(), &run.job.search_root());
-    run.target = None;
+    run.client = None;
     let target = target?;
     run.job.entity = target.entity.clone();
     run.job.project = target.project.clone();
@@ -881,24 +970,34 @@ fn attach_target(
         None,
         None,
     ));
-    let client = Arc::clone(&target.client);
-    run.target = Some(target);
+    run.client = Some(Arc::clone(&target.client));
     refresh_from_ledger(run, ledger);
-    Ok(client)
+    Ok(target.client)
 }
 
 /// Reads what the last upload recorded: phase, Slurm job, whether the
 /// newest fragment has its exit record.
 fn refresh_from_ledger(run: &mut Tracked, ledger: &Ledger) {
+    run.stored = None;
     let Some(key) = &run.key else { return };
     let Ok(Some(entry)) = ledger.load(key) else {
         return;
     };
+    take_entry(run, entry);
+}
+
+/// Takes what the run's ledger entry says; the entry itself is kept for
+/// the next upload while the run is active.
+fn take_entry(run: &mut Tracked, entry: RunLedger) {
     run.phase = entry.phase;
-    run.acked = entry
+    run.acked = run
+        .job
         .fragments
         .iter()
-        .map(|f| (f.path.clone(), f.cursor))
+        .map(|path| {
+            let known = entry.fragments.iter().find(|f| f.path == *path);
+            known.map(|f| f.cursor)
+        })
         .collect();
     run.ended =
         entry.fragments.last().is_some_and(|f| f.exit.is_some()) || entry.acked.complete.is_some();
@@ -907,4 +1006,9 @@ fn refresh_from_ledger(run: &mut Tracked, ledger: &Ledger) {
         (Some(array), Some(task)) => Some(format!("{array}_{task}")),
         _ => slurm.get("job_id").cloned(),
     };
+    let settled = matches!(
+        entry.phase,
+        Phase::Synced | Phase::Finalized | Phase::Quarantined
+    );
+    run.stored = (!settled).then(|| Box::new(entry));
 }

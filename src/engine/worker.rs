@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use prost::Message;
@@ -78,10 +79,12 @@ pub struct RunJob {
     pub fragments: Vec<PathBuf>,
     /// The watched root or command-line path the run was found under: it
     /// bounds the search for its `.env` and job manifest.
-    pub found_under: Option<PathBuf>,
+    /// Shared: every run found under one root has the same.
+    pub found_under: Option<Arc<Path>>,
     /// The job manifest the sbatch templates wrote, read by whoever plans
     /// the upload (once per run, not once per upload).
-    pub manifest: Option<JobManifest>,
+    /// Boxed: most runs have none, and the daemon holds thousands of jobs.
+    pub manifest: Option<Box<JobManifest>>,
     /// The entity and project of the run's `.env`, for a run that names
     /// none and is given none on the command line.
     pub entity: Option<String>,
@@ -115,7 +118,7 @@ impl RunJob {
 
     /// Reads the job manifest into [`RunJob::manifest`].
     pub fn read_manifest(&mut self) {
-        self.manifest = read_manifest(self.run_dir(), &self.search_root());
+        self.manifest = read_manifest(self.run_dir(), &self.search_root()).map(Box::new);
     }
 }
 
@@ -219,15 +222,40 @@ pub async fn sync_run(
     job: &RunJob,
     on_progress: &(dyn Fn(Progress) + Sync),
 ) -> RunOutcome {
+    sync_known_run(client, ledger, options, job, None, on_progress)
+        .await
+        .0
+}
+
+/// `sync_run` for a caller that keeps its runs' ledger entries in memory
+/// (the daemon, which holds the lease, so nobody else writes them): starts
+/// from `known`, the entry as this run's last upload left it, instead of
+/// reading and parsing it again, and gives back the entry as stored now
+/// (`None` when nothing is stored: a dry run or no client).
+pub async fn sync_known_run(
+    client: Option<&Client>,
+    ledger: &Ledger,
+    options: &SyncOptions,
+    job: &RunJob,
+    known: Option<RunLedger>,
+    on_progress: &(dyn Fn(Progress) + Sync),
+) -> (RunOutcome, Option<RunLedger>) {
     let base_url = client.map_or_else(String::new, |c| c.base_url().to_string());
-    let key = crate::ledger::run_key(
-        &job.id,
-        &job.fragments[0],
-        &base_url,
-        options.entity.as_deref(),
-        options.project.as_deref(),
-    );
-    let entry = match ledger.load(&key) {
+    let key = match &known {
+        Some(entry) => entry.key.clone(),
+        None => crate::ledger::run_key(
+            &job.id,
+            &job.fragments[0],
+            &base_url,
+            options.entity.as_deref(),
+            options.project.as_deref(),
+        ),
+    };
+    let loaded = match known {
+        Some(entry) => Ok(Some(entry)),
+        None => ledger.load(&key),
+    };
+    let entry = match loaded {
         Ok(Some(entry)) => entry,
         Ok(None) => RunLedger::new(key.clone(), job.id.clone(), base_url),
         // A checkpoint cut short by a power loss: start over. Every line goes
@@ -240,7 +268,7 @@ pub async fn sync_run(
             ));
             fresh
         }
-        Err(e) => return failed_outcome(job, key, e.to_string()),
+        Err(e) => return (failed_outcome(job, key, e.to_string()), None),
     };
     let mut run = RunSync {
         client,
@@ -288,10 +316,11 @@ pub async fn sync_run(
             // Best effort: the error is also in the outcome.
             let _ = ledger.save(&stored);
         }
+        run.checkpoint = stored.clone();
         run.entry = stored;
     }
     let entry = &run.entry;
-    RunOutcome {
+    let outcome = RunOutcome {
         run_id: job.id.clone(),
         key,
         phase: entry.phase,
@@ -309,7 +338,9 @@ pub async fn sync_run(
         warnings: entry.warnings.clone(),
         error: result.err().map(|e| e.to_string()),
         failure,
-    }
+    };
+    let stores = !options.dry_run && client.is_some();
+    (outcome, stores.then_some(run.checkpoint))
 }
 
 /// The display name and group an upsert set.
@@ -710,7 +741,7 @@ impl RunSync<'_> {
             &self.options.naming,
             &state.identity,
             &state.config,
-            self.job.manifest.as_ref(),
+            self.job.manifest.as_deref(),
         )
     }
 

@@ -231,6 +231,55 @@ fn live_runs_grow_without_completing_and_finish_once() {
     assert_eq!(status["daemon"]["running"], false);
 }
 
+#[test]
+fn on_a_local_root_a_new_run_and_its_end_are_seen_without_waiting_for_the_poll() {
+    let Some(cli) = wandb_cli() else { return };
+    let venv = cli.parent().unwrap().parent().unwrap().to_path_buf();
+    let tmp = tempfile::tempdir().unwrap();
+    // Its `wandb/` does not exist yet: wandb creates it.
+    let root = tmp.path().join("scratch");
+    std::fs::create_dir_all(&root).unwrap();
+    let server = WandbServer::start();
+    let home = tmp.path().join("home");
+    // Polls far apart: only inotify can make the run visible in time.
+    let daemon = start_daemon(
+        &server,
+        &home,
+        &[&root],
+        &["--no-slurm", "--poll", "120s", "--idle-poll", "600s"],
+        &[],
+    );
+    wait_until(Duration::from_secs(10), "the daemon's first scan", || {
+        daemon.log_text().contains("syncd run: watching")
+    });
+    assert!(daemon.log_text().contains("watched with inotify"));
+    let started = Instant::now();
+    let mut writer = python_writer(&venv, &root, "fxwatched", 300, "0.01");
+    wait_until(Duration::from_secs(60), "the new run on the server", || {
+        server.run("fxwatched").is_some()
+    });
+    assert!(writer.wait().unwrap().success());
+    let ended = Instant::now();
+    // The writer closing its file says the run is done: no poll needed.
+    wait_until(Duration::from_secs(20), "the run to complete", || {
+        server
+            .run("fxwatched")
+            .is_some_and(|r| r["complete"] == true)
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(110),
+        "finished before the first poll"
+    );
+    eprintln!(
+        "complete {:.1} s after the writer exited",
+        ended.elapsed().as_secs_f64()
+    );
+    let run = server.run("fxwatched").unwrap();
+    assert_eq!(steps(&run), 300);
+    assert_eq!(run["history_lines_received"], 300, "each line sent once");
+    assert!(daemon.stop().success());
+}
+
 /// Fake Slurm commands on PATH: `squeue` knows no job any more; `sacct`
 /// says array task 4240_2 (job 4242) ended in TIMEOUT.
 fn fake_slurm(dir: &Path) -> String {
