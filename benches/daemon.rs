@@ -212,6 +212,8 @@ fn main() {
     }
     let counts = format!("{} / {}", scanned.0, scanned.1);
     row("scanner's own count, fast / full poll".into(), counts, "");
+    let full_cpu = format!("{:.1} ms", scanned.2 * 1000.0);
+    row("CPU of one full poll (scanner alone)".into(), full_cpu, "");
     let [plain, _, notified] = &mut bench.lat;
     row(
         format!("freshness p50 / p95 / max (n={})", plain.len()),
@@ -497,15 +499,19 @@ fn percentiles(v: &mut [f64]) -> String {
 /// What the scanner counts (directory reads + stats) for one fast poll (root
 /// mtime unchanged, live runs' files stat'ed) and one full (idle) poll (all
 /// run directories listed, every run's file stat'ed).
-fn scanner_syscalls(root: &Path, state: &Path, lives: &[Live]) -> (u64, u64) {
+/// The scanner's syscalls for a fast and a full poll, and the CPU seconds of
+/// a full one (in this process, page cache warm).
+fn scanner_syscalls(root: &Path, state: &Path, lives: &[Live]) -> (u64, u64, f64) {
     let uid = std::fs::metadata(state).unwrap().uid();
     let mut scanner = Scanner::new(vec![RootSpec(root.display().to_string())], uid);
     let all = scanner.scan_roots(true).new_files;
     let mut fast = scanner.scan_roots(false);
     scanner.check_files(lives.iter().map(|l| &l.file), &mut fast);
+    let cpu = cpu_usage(libc::RUSAGE_THREAD);
     let mut full = scanner.scan_roots(true);
     scanner.check_files(&all, &mut full);
-    (fast.syscalls, full.syscalls)
+    let full_cpu = cpu_usage(libc::RUSAGE_THREAD) - cpu;
+    (fast.syscalls, full.syscalls, full_cpu)
 }
 
 /// CPU seconds (user + system) of `pid`, from /proc/<pid>/stat.

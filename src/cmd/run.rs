@@ -39,8 +39,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         lower_priority(nice);
     }
     let log = logger(&args.log_format)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: the daemon mostly waits (on the network, on the next
+    // poll), and its own CPU was mostly threads waking each other (a worker
+    // per upload, the loop per result). On one thread uploads still overlap
+    // while they wait; their CPU work comes in pieces of at most one
+    // request's batch, so the loop (signals, lease, heartbeat) is never held
+    // up for long, and the daemon stays on one core of a shared login node.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

@@ -193,6 +193,7 @@ pub async fn run(
     let mut last_heartbeat = Instant::now() - Duration::from_secs(60);
     let mut last_renew = Instant::now();
     let mut stopping = false;
+    let mut rescan = false;
     loop {
         tokio::select! {
             message = control.recv() => match message {
@@ -252,7 +253,7 @@ pub async fn run(
         // inotify on local roots: a new run or a writer closing its file is
         // seen before the next poll.
         let changed = accelerator.changed();
-        let mut poll_now = false;
+        let mut poll_now = std::mem::take(&mut rescan);
         if !changed.is_empty() {
             let mut report = ScanReport::default();
             let mut closed = Vec::new();
@@ -304,9 +305,14 @@ pub async fn run(
                 last_idle = now;
             }
             state.absorb(report, &config, &ledger, &log);
-            for dir in scanner.wandb_dirs().cloned().collect::<Vec<_>>() {
+            let watching = accelerator.watching();
+            let listed = scanner.wandb_dirs().chain(scanner.run_dirs_without_file());
+            for dir in listed.cloned().collect::<Vec<_>>() {
                 accelerator.watch(&dir);
             }
+            // What a newly watched directory got between its listing and
+            // its watch is found by scanning once more, next tick.
+            rescan = accelerator.watching() > watching;
             let active_run_dirs = state
                 .runs
                 .values()
