@@ -694,10 +694,14 @@ impl DaemonState {
             return;
         };
         run.in_flight = false;
-        run.key = Some(outcome.key.clone());
-        match stored {
-            Some(entry) => take_entry(run, entry),
-            None => refresh_from_ledger(run, ledger),
+        // Unless a reload sent the run elsewhere while it was uploading (its
+        // key names the new target's entry now, read then).
+        if run.key.as_deref().is_none_or(|key| key == outcome.key) {
+            run.key = Some(outcome.key.clone());
+            match stored {
+                Some(entry) => take_entry(run, entry),
+                None => refresh_from_ledger(run, ledger),
+            }
         }
         match outcome.failure {
             None => {
