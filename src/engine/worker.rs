@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -867,6 +868,8 @@ impl RunSync<'_> {
         finishing: bool,
     ) -> Result<Vec<String>, StepError> {
         let mut contents: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        // Each file's mtime when read, for its acknowledgement.
+        let mut mtimes: BTreeMap<String, i64> = BTreeMap::new();
         let listed: Vec<(String, Policy, FileKind)> = self
             .entry
             .state
@@ -878,7 +881,21 @@ impl RunSync<'_> {
             if kind == FileKind::Artifact || (policy == Policy::End && !finishing) {
                 continue;
             }
-            if let Some(bytes) = self.read_run_file(&path) {
+            let Some(found) = self.find_run_file(&path) else {
+                continue;
+            };
+            // While the run is live, a file whose size and mtime are what was
+            // uploaded is not read again (a file saved with the "live" policy
+            // can be large, and every upload would read and hash it); the
+            // final upload compares contents.
+            let ack = self.entry.acked.files.get(&path);
+            if !finishing
+                && ack.is_some_and(|a| a.size == found.size && a.mtime_ns == Some(found.mtime_ns))
+            {
+                continue;
+            }
+            if let Some(bytes) = self.read_found(&path, &found.path) {
+                mtimes.insert(path.clone(), found.mtime_ns);
                 contents.insert(path, bytes);
             }
         }
@@ -898,12 +915,14 @@ impl RunSync<'_> {
                 contents.insert("wandb-metadata.json".into(), metadata.into_bytes());
             }
         }
-        contents.retain(|path, bytes| {
-            self.entry
-                .acked
-                .files
-                .get(path)
-                .is_none_or(|ack| ack.size != bytes.len() as u64 || ack.sha256 != sha256_hex(bytes))
+        contents.retain(|path, bytes| match self.entry.acked.files.get_mut(path) {
+            Some(ack) if ack.size == bytes.len() as u64 && ack.sha256 == sha256_hex(bytes) => {
+                // The same bytes, touched: remember the new mtime so that
+                // it is not read again.
+                ack.mtime_ns = mtimes.get(path).copied();
+                false
+            }
+            _ => true,
         });
         if contents.is_empty() {
             return Ok(Vec::new());
@@ -918,6 +937,7 @@ impl RunSync<'_> {
             let ack = FileAck {
                 size: bytes.len() as u64,
                 sha256: sha256_hex(&bytes),
+                mtime_ns: mtimes.get(&name).copied(),
             };
             match url {
                 Some(url) => {
@@ -936,10 +956,29 @@ impl RunSync<'_> {
         Ok(uploaded)
     }
 
-    /// A run file's bytes from the newest fragment that has it. Symlinks that
-    /// leave the run directory are not followed (only the run's own data is
-    /// uploaded); that is reported once.
+    /// A run file's bytes from the newest fragment that has it.
     fn read_run_file(&mut self, rel: &str) -> Option<Vec<u8>> {
+        let found = self.find_run_file(rel)?;
+        self.read_found(rel, &found.path)
+    }
+
+    /// The bytes of run file `rel`, found at `path`; a file that cannot be
+    /// read is reported (once) and skipped.
+    fn read_found(&mut self, rel: &str, path: &Path) -> Option<Vec<u8>> {
+        match std::fs::read(path) {
+            Ok(bytes) => Some(bytes),
+            Err(e) => {
+                self.entry
+                    .warn(format!("files/{rel}: cannot read ({e}); not uploaded"));
+                None
+            }
+        }
+    }
+
+    /// Where run file `rel` is: in the newest fragment that has it. Symlinks
+    /// that leave the run directory are not followed (only the run's own data
+    /// is uploaded); that is reported once.
+    fn find_run_file(&mut self, rel: &str) -> Option<FoundFile> {
         if rel.split('/').any(|part| part == "..") || rel.starts_with('/') {
             self.entry.warn(format!(
                 "files/{rel}: a path outside the run directory; not uploaded"
@@ -964,14 +1003,13 @@ impl RunSync<'_> {
                     return None;
                 }
             }
-            match std::fs::read(&path) {
-                Ok(bytes) => return Some(bytes),
-                Err(e) => {
-                    self.entry
-                        .warn(format!("files/{rel}: cannot read ({e}); not uploaded"));
-                    return None;
-                }
-            }
+            // The file's own size and mtime (a symlink's target's).
+            let meta = std::fs::metadata(&path).unwrap_or(meta);
+            return Some(FoundFile {
+                size: meta.len(),
+                mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+                path,
+            });
         }
         None
     }
@@ -1099,6 +1137,13 @@ impl RunSync<'_> {
 
 /// Moves as many lines from `source` into `slot` as fit in `room` bytes
 /// (always at least one, so a large line still goes out alone).
+/// A run file on disk.
+struct FoundFile {
+    path: PathBuf,
+    size: u64,
+    mtime_ns: i64,
+}
+
 fn take_lines(source: &mut Lines, slot: &mut Option<Lines>, room: &mut usize) {
     if source.lines.is_empty() {
         return;

@@ -58,6 +58,10 @@ pub struct FragmentProgress {
 pub struct FileAck {
     pub size: u64,
     pub sha256: String,
+    /// The file's mtime (ns) when read: unchanged size and mtime spare a
+    /// live run's uploads from reading it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime_ns: Option<i64>,
 }
 
 /// What the server has acknowledged.

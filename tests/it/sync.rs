@@ -654,3 +654,118 @@ fn a_damaged_ledger_entry_means_uploading_again_to_the_same_lines() {
     assert_eq!(after["complete"], true);
     assert_eq!(comparable(&after), comparable(&before));
 }
+
+/// A run written record by record with syncd's own writer.
+struct WrittenRun {
+    writer: syncd::source::wandb::framing::LogWriter<std::fs::File>,
+    dir: PathBuf,
+    num: i64,
+}
+
+impl WrittenRun {
+    fn create(wandb: &Path, id: &str) -> WrittenRun {
+        use syncd::source::wandb::proto::{RecordType, RunRecord, Timestamp};
+        let dir = wandb.join(format!("offline-run-20261123_120000-{id}"));
+        std::fs::create_dir_all(dir.join("files")).unwrap();
+        let file = std::fs::File::create(dir.join(format!("run-{id}.wandb"))).unwrap();
+        let writer = syncd::source::wandb::framing::LogWriter::new(file).unwrap();
+        let mut run = WrittenRun {
+            writer,
+            dir,
+            num: 0,
+        };
+        run.append(RecordType::Run(RunRecord {
+            run_id: id.into(),
+            project: "files".into(),
+            start_time: Some(Timestamp {
+                seconds: 1_795_000_000,
+                nanos: 0,
+            }),
+            ..Default::default()
+        }));
+        run
+    }
+
+    fn append(&mut self, record_type: syncd::source::wandb::proto::RecordType) {
+        use prost::Message;
+        self.num += 1;
+        let record = syncd::source::wandb::proto::Record {
+            num: self.num,
+            record_type: Some(record_type),
+            info: None,
+        };
+        self.writer.append(&record.encode_to_vec()).unwrap();
+    }
+
+    fn history(&mut self, step: i64) {
+        use syncd::source::wandb::proto::{HistoryItem, HistoryRecord, HistoryStep, RecordType};
+        let item = |key: &str, value: i64| HistoryItem {
+            key: String::new(),
+            nested_key: vec![key.into()],
+            typed: None,
+            value_json: value.to_string(),
+        };
+        self.append(RecordType::History(HistoryRecord {
+            item: vec![item("_step", step), item("loss", step)],
+            step: Some(HistoryStep { num: step }),
+        }));
+    }
+}
+
+#[test]
+fn a_live_file_unchanged_in_size_and_mtime_is_not_read_again_until_the_end() {
+    use syncd::source::wandb::proto::{FilesItem, FilesRecord, RecordType, RunExitRecord};
+    let tmp = tempfile::tempdir().unwrap();
+    let wandb = tmp.path().join("wandb");
+    let mut run = WrittenRun::create(&wandb, "fxlivefile");
+    let ckpt = run.dir.join("files/ckpt.bin");
+    std::fs::write(&ckpt, b"AAAA").unwrap();
+    run.append(RecordType::Files(FilesRecord {
+        files: vec![FilesItem {
+            path: "ckpt.bin".into(),
+            policy: 2, // LIVE
+            kind: 0,
+        }],
+    }));
+    run.history(0);
+    let server = WandbServer::start();
+    let sync = || {
+        let out = syncd_sync(&server, tmp.path(), &[wandb.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    };
+    let stored = || server.stored_file("fxlivefile", "ckpt.bin").unwrap();
+    sync();
+    assert_eq!(stored(), b"AAAA");
+
+    // Rewritten in place with the same size and mtime: a live upload trusts
+    // size and mtime and does not read it.
+    let mtime = std::fs::metadata(&ckpt).unwrap().modified().unwrap();
+    let rewrite = |bytes: &[u8], mtime| {
+        std::fs::write(&ckpt, bytes).unwrap();
+        let file = std::fs::File::options().write(true).open(&ckpt).unwrap();
+        file.set_modified(mtime).unwrap();
+    };
+    rewrite(b"BBBB", mtime);
+    run.history(1);
+    sync();
+    assert_eq!(stored(), b"AAAA");
+
+    // A new mtime: read, and the new bytes go.
+    rewrite(b"CCCC", mtime + Duration::from_secs(5));
+    run.history(2);
+    sync();
+    assert_eq!(stored(), b"CCCC");
+
+    // The final upload compares contents whatever the mtime says.
+    rewrite(b"DDDD", mtime + Duration::from_secs(5));
+    run.append(RecordType::Exit(RunExitRecord {
+        exit_code: 0,
+        runtime: 3,
+        not_complete: false,
+    }));
+    sync();
+    let server_run = server.run("fxlivefile").unwrap();
+    assert_eq!(server_run["complete"], true);
+    assert_eq!(stored(), b"DDDD");
+    assert_eq!(steps(&server_run), [0, 1, 2]);
+}
