@@ -185,22 +185,39 @@ fn python_writer(venv: &Path, dir: &Path, id: &str, steps: u32, sleep: &str) -> 
         .unwrap()
 }
 
-#[test]
-fn live_runs_grow_without_completing_and_finish_once() {
-    let Some(cli) = wandb_cli() else { return };
-    let venv = cli.parent().unwrap().parent().unwrap().to_path_buf();
+/// What a test with real wandb writers needs: the wandb venv, a scratch
+/// root (without `wandb/`), a home and a test server.
+struct WriterSetup {
+    venv: PathBuf,
+    tmp: tempfile::TempDir,
+    root: PathBuf,
+    home: PathBuf,
+    server: WandbServer,
+}
+
+/// `None` (the test is skipped) without the wandb venv.
+fn writer_setup() -> Option<WriterSetup> {
+    let cli = wandb_cli()?;
+    let venv = cli.parent()?.parent()?.to_path_buf();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("scratch");
     std::fs::create_dir_all(&root).unwrap();
-    let server = WandbServer::start();
-    let daemon = start_daemon(
-        &server,
-        &tmp.path().join("home"),
-        &[&root],
-        &["--no-slurm"],
-        &[],
-    );
-    let mut writer = python_writer(&venv, &root, "fxdaemon", 3000, "0.002");
+    let home = tmp.path().join("home");
+    Some(WriterSetup {
+        venv,
+        tmp,
+        root,
+        home,
+        server: WandbServer::start(),
+    })
+}
+
+#[test]
+fn live_runs_grow_without_completing_and_finish_once() {
+    let Some(setup) = writer_setup() else { return };
+    let (venv, root, home, server) = (&setup.venv, &setup.root, &setup.home, &setup.server);
+    let daemon = start_daemon(server, home, &[root], &["--no-slurm"], &[]);
+    let mut writer = python_writer(venv, root, "fxdaemon", 3000, "0.002");
     let mut seen_partial = false;
     while writer.try_wait().unwrap().is_none() {
         std::thread::sleep(Duration::from_millis(200));
@@ -223,29 +240,24 @@ fn live_runs_grow_without_completing_and_finish_once() {
     assert_eq!(steps(&run), 3000);
     assert_eq!(run["history_lines_received"], 3000, "each line sent once");
     assert_eq!(run["exitcode"], 0);
-    let status = status_json(&tmp.path().join("home"));
+    let status = status_json(home);
     assert_eq!(status["daemon"]["running"], true);
     assert_eq!(status["runs"][0]["state"], "synced");
     assert!(daemon.stop().success(), "SIGTERM exits 0");
-    let status = status_json(&tmp.path().join("home"));
+    let status = status_json(home);
     assert_eq!(status["daemon"]["running"], false);
 }
 
 #[test]
 fn on_a_local_root_a_new_run_and_its_end_are_seen_without_waiting_for_the_poll() {
-    let Some(cli) = wandb_cli() else { return };
-    let venv = cli.parent().unwrap().parent().unwrap().to_path_buf();
-    let tmp = tempfile::tempdir().unwrap();
-    // Its `wandb/` does not exist yet: wandb creates it.
-    let root = tmp.path().join("scratch");
-    std::fs::create_dir_all(&root).unwrap();
-    let server = WandbServer::start();
-    let home = tmp.path().join("home");
+    // The root's `wandb/` does not exist yet: wandb creates it.
+    let Some(setup) = writer_setup() else { return };
+    let (venv, root, home, server) = (&setup.venv, &setup.root, &setup.home, &setup.server);
     // Polls far apart: only inotify can make the run visible in time.
     let daemon = start_daemon(
-        &server,
-        &home,
-        &[&root],
+        server,
+        home,
+        &[root],
         &["--no-slurm", "--poll", "120s", "--idle-poll", "600s"],
         &[],
     );
@@ -254,7 +266,7 @@ fn on_a_local_root_a_new_run_and_its_end_are_seen_without_waiting_for_the_poll()
     });
     assert!(daemon.log_text().contains("watched with inotify"));
     let started = Instant::now();
-    let mut writer = python_writer(&venv, &root, "fxwatched", 300, "0.01");
+    let mut writer = python_writer(venv, root, "fxwatched", 300, "0.01");
     wait_until(Duration::from_secs(60), "the new run on the server", || {
         server.run("fxwatched").is_some()
     });
@@ -395,30 +407,26 @@ fn without_slurm_a_quiet_run_is_finalized_after_the_quiescence_timeout() {
 /// equals one clean sync of the final files; no line missing or doubled.
 #[test]
 fn killing_the_daemon_again_and_again_loses_and_duplicates_nothing() {
-    let Some(cli) = wandb_cli() else { return };
-    let venv = cli.parent().unwrap().parent().unwrap().to_path_buf();
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("scratch");
-    std::fs::create_dir_all(&root).unwrap();
-    let server = WandbServer::start();
-    let home = tmp.path().join("home");
+    let Some(setup) = writer_setup() else { return };
+    let (venv, root, home, server) = (&setup.venv, &setup.root, &setup.home, &setup.server);
+    let tmp = &setup.tmp;
     let mut writers = vec![
-        python_writer(&venv, &root, "fxchaos1", 4000, "0.003"),
-        python_writer(&venv, &root, "fxchaos2", 2000, "0.005"),
+        python_writer(venv, root, "fxchaos1", 4000, "0.003"),
+        python_writer(venv, root, "fxchaos2", 2000, "0.005"),
     ];
     let iterations: u64 = std::env::var("SYNCD_CHAOS_ITERATIONS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(50);
     for i in 0..iterations {
-        let daemon = start_daemon(&server, &home, &[&root], &["--no-slurm", "--wait"], &[]);
+        let daemon = start_daemon(server, home, &[root], &["--no-slurm", "--wait"], &[]);
         std::thread::sleep(Duration::from_millis(100 + (i * 7919) % 300));
         daemon.kill9();
     }
     for w in &mut writers {
         assert!(w.wait().unwrap().success());
     }
-    let daemon = start_daemon(&server, &home, &[&root], &["--no-slurm", "--wait"], &[]);
+    let daemon = start_daemon(server, home, &[root], &["--no-slurm", "--wait"], &[]);
     wait_until(Duration::from_secs(60), "both runs complete", || {
         ["fxchaos1", "fxchaos2"]
             .iter()
