@@ -119,6 +119,15 @@ impl Tracked {
     fn settled(&self) -> bool {
         matches!(self.phase, Phase::Synced | Phase::Finalized) && !self.dirty
     }
+
+    /// Settled, and nothing pending or to show beyond what the ledger says.
+    fn quiet(&self) -> bool {
+        self.settled()
+            && !self.in_flight
+            && !self.queued
+            && self.stopped.is_none()
+            && self.not_before.is_none()
+    }
 }
 
 /// Why the daemon stopped.
@@ -295,12 +304,8 @@ pub async fn run(
             last_live = now;
             let full = now.duration_since(last_idle) >= config.idle_poll;
             let mut report = scanner.scan_roots(full);
-            let watched = state
-                .runs
-                .values()
-                .filter(|r| full || !r.settled())
-                .flat_map(|r| r.job.fragments.last());
-            scanner.check_files(watched, &mut report);
+            state.forget_quiet();
+            scanner.check_files(state.files_to_check(full), &mut report);
             if full {
                 last_idle = now;
             }
@@ -314,8 +319,7 @@ pub async fn run(
             // its watch is found by scanning once more, next tick.
             rescan = accelerator.watching() > watching;
             let active_run_dirs = state
-                .runs
-                .values()
+                .active_runs()
                 .filter(|r| !r.settled())
                 .filter_map(|r| r.job.fragments.last()?.parent());
             let mut wanted: HashSet<&Path> = scanner
@@ -457,6 +461,10 @@ struct DaemonState {
     slurm_answers: bool,
     /// The roots' base directories, one copy shared by their runs.
     root_bases: Vec<Arc<Path>>,
+    /// Every run that is not `quiet` (and quiet ones until the next poll):
+    /// what the passes of each poll and heartbeat go over, so that their
+    /// cost follows the active runs, not every run ever seen.
+    active: HashSet<String>,
 }
 
 impl DaemonState {
@@ -504,6 +512,7 @@ impl DaemonState {
                 }
                 run.dirty = true;
                 run.stopped = None;
+                self.active.insert(id.clone());
                 run.newest_mtime = std::fs::metadata(run.job.fragments.last().unwrap())
                     .and_then(|m| m.modified())
                     .ok();
@@ -555,6 +564,7 @@ impl DaemonState {
                 stored: None,
             })
         });
+        self.active.insert(id.clone());
         let key = wandb_run::order_key(path, head.start_time);
         let at = run
             .job
@@ -603,7 +613,10 @@ impl DaemonState {
     /// SIGHUP: stopped and backing-off runs go again, at the back of the
     /// queue.
     fn retry_stopped(&mut self) {
-        for (id, run) in self.runs.iter_mut() {
+        for id in &self.active {
+            let Some(run) = self.runs.get_mut(id) else {
+                continue;
+            };
             let was_stopped = run.stopped.take().is_some();
             run.not_before = None;
             if was_stopped && !run.queued && !run.in_flight {
@@ -623,6 +636,39 @@ impl DaemonState {
             run.job.read_manifest();
             let _ = attach_target(run, &config.targets, ledger);
         }
+        // Its new target's ledger may say anything: each is looked at once.
+        self.active.extend(self.runs.keys().cloned());
+    }
+
+    /// The runs in `active`.
+    fn active_runs(&self) -> impl Iterator<Item = &Tracked> {
+        self.active
+            .iter()
+            .filter_map(|id| self.runs.get(id).map(|r| &**r))
+    }
+
+    /// Quiet runs leave `active`.
+    fn forget_quiet(&mut self) {
+        let runs = &self.runs;
+        self.active
+            .retain(|id| runs.get(id).is_some_and(|run| !run.quiet()));
+    }
+
+    /// The `.wandb` files a poll stats: every run's newest on a full poll,
+    /// the active runs' otherwise.
+    fn files_to_check(&self, full: bool) -> Vec<&PathBuf> {
+        match full {
+            true => self
+                .runs
+                .values()
+                .filter_map(|r| r.job.fragments.last())
+                .collect(),
+            false => self
+                .active_runs()
+                .filter(|r| !r.settled())
+                .filter_map(|r| r.job.fragments.last())
+                .collect(),
+        }
     }
 
     /// `base` as the one shared copy of it.
@@ -637,8 +683,10 @@ impl DaemonState {
 
     /// A triggered run jumps the queue.
     fn prioritize(&mut self, target: &Path) {
-        let ids: Vec<String> =
-            self.runs
+        let ids: Vec<String> = match self.file_to_run.get(target) {
+            Some(id) => vec![id.clone()],
+            None => self
+                .runs
                 .iter()
                 .filter(|(_, r)| {
                     r.job.fragments.iter().any(|f| {
@@ -646,8 +694,10 @@ impl DaemonState {
                     })
                 })
                 .map(|(id, _)| id.clone())
-                .collect();
+                .collect(),
+        };
         for id in ids {
+            self.active.insert(id.clone());
             self.queue.retain(|q| q != &id);
             if let Some(run) = self.runs.get_mut(&id) {
                 run.not_before = None;
@@ -752,8 +802,7 @@ impl DaemonState {
     /// Asks Slurm about every live run's job at once.
     fn ask_slurm(&mut self, slurm: &mut Slurm, log: &Arc<dyn Fn(&str) + Send + Sync>) {
         let ids: Vec<String> = self
-            .runs
-            .values()
+            .active_runs()
             .filter(|r| !r.ended && !r.settled())
             .filter_map(|r| r.slurm_job.clone())
             .collect::<HashSet<_>>()
@@ -765,7 +814,10 @@ impl DaemonState {
         match slurm.states(&ids) {
             Ok(states) => {
                 self.slurm_answers = true;
-                for run in self.runs.values_mut() {
+                for id in &self.active {
+                    let Some(run) = self.runs.get_mut(id) else {
+                        continue;
+                    };
                     let Some(job) = &run.slurm_job else { continue };
                     if !ids.contains(job) {
                         continue;
@@ -797,7 +849,10 @@ impl DaemonState {
     fn decide_finalization(&mut self, config: &DaemonConfig) {
         let now = Instant::now();
         let mut queue = Vec::new();
-        for (id, run) in self.runs.iter_mut() {
+        for id in &self.active {
+            let Some(run) = self.runs.get_mut(id) else {
+                continue;
+            };
             if run.ended
                 || run.verdict.is_some()
                 || run.phase != Phase::Live
@@ -868,10 +923,14 @@ impl DaemonState {
                 self.offline_backoff = Duration::ZERO;
                 self.last_contact = Some(now_rfc3339());
                 let dirty: Vec<String> = self
-                    .runs
+                    .active
                     .iter()
-                    .filter(|(_, r)| r.dirty && !r.queued && !r.in_flight)
-                    .map(|(id, _)| id.clone())
+                    .filter(|id| {
+                        self.runs
+                            .get(*id)
+                            .is_some_and(|r| r.dirty && !r.queued && !r.in_flight)
+                    })
+                    .cloned()
                     .collect();
                 for id in dirty {
                     if let Some(run) = self.runs.get_mut(&id) {
@@ -885,8 +944,7 @@ impl DaemonState {
 
     fn counts(&self) -> (usize, usize, usize) {
         let live = self
-            .runs
-            .values()
+            .active_runs()
             .filter(|r| r.phase == Phase::Live && !r.ended)
             .count();
         (live, self.queue.len(), self.in_flight)
@@ -904,8 +962,7 @@ impl DaemonState {
 
     fn heartbeat(&self, config: &DaemonConfig, started_at: &str) -> Heartbeat {
         let activity = self
-            .runs
-            .values()
+            .active_runs()
             // Settled runs: the ledger says all there is.
             .filter(|run| !run.settled() || run.in_flight || run.queued || run.stopped.is_some())
             .map(|run| {
