@@ -76,6 +76,8 @@ pub struct Change {
 pub struct Accelerator {
     inotify: Option<Inotify>,
     watched: HashMap<PathBuf, WatchDescriptor>,
+    /// The path events of a watch are named under. Two paths of one
+    /// directory (a symlink) share a watch: the first is used.
     dirs: HashMap<WatchDescriptor, PathBuf>,
 }
 
@@ -107,7 +109,7 @@ impl Accelerator {
         match inotify.watches().add(dir, mask) {
             Ok(wd) => {
                 self.watched.insert(dir.to_path_buf(), wd.clone());
-                self.dirs.insert(wd, dir.to_path_buf());
+                self.dirs.entry(wd).or_insert_with(|| dir.to_path_buf());
                 true
             }
             Err(_) => false,
@@ -127,9 +129,18 @@ impl Accelerator {
             .cloned()
             .collect();
         for dir in dropped {
-            if let Some(wd) = self.watched.remove(&dir) {
-                self.dirs.remove(&wd);
-                let _ = inotify.watches().remove(wd);
+            let Some(wd) = self.watched.remove(&dir) else {
+                continue;
+            };
+            match self.watched.iter().find(|(_, w)| **w == wd) {
+                // Another path of the same directory still wants it.
+                Some((other, _)) => {
+                    self.dirs.insert(wd, other.clone());
+                }
+                None => {
+                    self.dirs.remove(&wd);
+                    let _ = inotify.watches().remove(wd);
+                }
             }
         }
     }
@@ -153,9 +164,8 @@ impl Accelerator {
             for event in events {
                 if event.mask.contains(EventMask::IGNORED) {
                     // The directory is gone (or was unwatched).
-                    if let Some(dir) = self.dirs.remove(&event.wd) {
-                        self.watched.remove(&dir);
-                    }
+                    self.dirs.remove(&event.wd);
+                    self.watched.retain(|_, wd| *wd != event.wd);
                     continue;
                 }
                 let (Some(dir), Some(name)) = (self.dirs.get(&event.wd), event.name) else {
@@ -269,7 +279,11 @@ mod tests {
         }
         let mut accelerator = Accelerator::new();
         assert!(accelerator.watch(&kept) && accelerator.watch(&dropped));
-        accelerator.retain(|dir| dir == kept);
+        // A second path of `kept` (a symlink) shares its watch.
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&kept, &link).unwrap();
+        assert!(accelerator.watch(&link));
+        accelerator.retain(|dir| dir != dropped && dir != link);
         assert_eq!(accelerator.watching(), 1);
         std::fs::write(dropped.join("a.wandb"), b"x").unwrap();
         std::fs::write(kept.join("b.wandb"), b"x").unwrap();
