@@ -497,10 +497,9 @@ fn percentiles(v: &mut [f64]) -> String {
 }
 
 /// What the scanner counts (directory reads + stats) for one fast poll (root
-/// mtime unchanged, live runs' files stat'ed) and one full (idle) poll (all
-/// run directories listed, every run's file stat'ed).
-/// The scanner's syscalls for a fast and a full poll, and the CPU seconds of
-/// a full one (in this process, page cache warm).
+/// mtime unchanged, live runs' files stat'ed) and one full (idle) poll (the
+/// root listed, every run's file stat'ed), and the CPU seconds of the full
+/// one (in this process, page cache warm).
 fn scanner_syscalls(root: &Path, state: &Path, lives: &[Live]) -> (u64, u64, f64) {
     let uid = std::fs::metadata(state).unwrap().uid();
     let mut scanner = Scanner::new(vec![RootSpec(root.display().to_string())], uid);

@@ -1,5 +1,6 @@
 //! `syncd run` end to end against the W&B-protocol test server: live runs
-//! written by the real wandb, finalization by Slurm's verdict (fake
+//! written by the real wandb, a new run and its end seen through inotify
+//! with the polls far apart, finalization by Slurm's verdict (fake
 //! `squeue`/`sacct`) and by quiescence, kill -9 chaos, an outage, trigger
 //! files, a second daemon, foreign-owned runs, `status`, `sd_notify`.
 
