@@ -564,7 +564,6 @@ impl DaemonState {
                 stored: None,
             })
         });
-        self.active.insert(id.clone());
         let key = wandb_run::order_key(path, head.start_time);
         let at = run
             .job
