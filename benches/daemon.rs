@@ -27,6 +27,8 @@
 #[path = "../tests/it/wandb_server/mod.rs"]
 mod wandb_server;
 
+mod common;
+
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::MetadataExt;
@@ -34,6 +36,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
+use common::status_kb;
 use prost::Message;
 use syncd::discover::scan::{RootSpec, Scanner};
 use syncd::source::wandb::framing::LogWriter;
@@ -529,18 +532,6 @@ fn cpu_usage(who: i32) -> f64 {
     unsafe { libc::getrusage(who, &mut usage) };
     let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     secs(usage.ru_utime) + secs(usage.ru_stime)
-}
-
-fn status_kb(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(field))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// `strace -c -f -p <pid>` for STRACE_SECS while appends go on: the total

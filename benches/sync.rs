@@ -18,12 +18,15 @@
 #[path = "../tests/it/wandb_server/mod.rs"]
 mod wandb_server;
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use common::status_kb;
 use wandb_server::WandbServer;
 
 fn main() {
@@ -289,18 +292,6 @@ fn wait_sampling(mut child: Child) -> (u64, u64) {
     done.store(true, Ordering::Relaxed);
     sampler.join().unwrap();
     (peak.load(Ordering::Relaxed), own.load(Ordering::Relaxed))
-}
-
-fn status_kb(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(field))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// Sum of VmRSS over `pid` and its descendants.

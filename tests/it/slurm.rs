@@ -296,20 +296,10 @@ fn cluster_name(conf: &Path) -> String {
         .expect("slurm.conf has a ClusterName")
 }
 
-/// Slurm's final job states: the job will not run again.
+/// Slurm's final job states: the job will not run again (what the daemon
+/// itself takes as the job being over).
 fn is_final(state: &str) -> bool {
-    [
-        "COMPLETED",
-        "FAILED",
-        "CANCELLED",
-        "TIMEOUT",
-        "OUT_OF_MEMORY",
-        "NODE_FAIL",
-        "PREEMPTED",
-        "BOOT_FAIL",
-        "DEADLINE",
-    ]
-    .contains(&state)
+    !syncd::engine::slurm::JobState::parse(state).is_alive()
 }
 
 /// The state of every job and array task, keyed by `%i`: the command syncd
