@@ -2,6 +2,7 @@
 //! reads the ledger and the daemon's heartbeat file only, so it works the
 //! same whether the daemon runs or not (and says which).
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -143,11 +144,13 @@ pub fn status(
             }
         }
     }
-    // Runs the daemon follows that have no ledger entry yet: new ones, and
-    // ones refused before their first upload (a `.env` it will not read).
+    // Runs the daemon follows that have no ledger entry yet: new ones
+    // (queued, or waiting while it is offline), and ones refused before their
+    // first upload (a `.env` it will not read; keyed `unsynced:<dir>`).
     if let Some(beat) = &beat {
+        let in_ledger: HashSet<String> = runs.iter().map(|r| r.key.clone()).collect();
         for (key, activity) in &beat.activity {
-            if key.starts_with(heartbeat::UNSYNCED_PREFIX) {
+            if !in_ledger.contains(key) {
                 runs.push(unsynced_status(key, activity));
             }
         }
@@ -378,5 +381,66 @@ fn human_bytes(n: u64) -> String {
         n if n < 1024 => format!("{n} B"),
         n if n < 1024 * 1024 => format!("{:.1} KiB", n as f64 / 1024.0),
         n => format!("{:.1} MiB", n as f64 / 1024.0 / 1024.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::Phase;
+
+    #[test]
+    fn a_followed_run_without_a_ledger_entry_is_listed_whatever_its_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(tmp.path()).unwrap();
+        let mut known = RunLedger::new("wandb-old-1".into(), "old".into(), "http://s".into());
+        known.phase = Phase::Synced;
+        ledger.save(&known).unwrap();
+        let activity = |state: &str, run_id: &str| Activity {
+            state: state.into(),
+            next_retry: None,
+            path: None,
+            slurm_job: None,
+            slurm_state: None,
+            run_id: Some(run_id.into()),
+            error: None,
+        };
+        let now = SystemTime::now();
+        let beat = Heartbeat {
+            pid: std::process::id(),
+            host: "h".into(),
+            started_at: humantime::format_rfc3339_seconds(now).to_string(),
+            heartbeat_at: humantime::format_rfc3339_seconds(now).to_string(),
+            stale_after_secs: 15,
+            online: false,
+            last_contact: None,
+            base_url: "http://s".into(),
+            activity: [
+                // Resolved and keyed, not uploaded yet (offline).
+                ("wandb-new-2".to_string(), activity("queued", "new")),
+                (
+                    "unsynced:/w/offline-run-x".to_string(),
+                    activity("stopped", "x"),
+                ),
+                ("wandb-old-1".to_string(), activity("queued", "old")),
+            ]
+            .into_iter()
+            .collect(),
+        };
+        heartbeat::write(tmp.path(), &beat).unwrap();
+        let report = status(tmp.path(), now, None, None);
+        let mut listed: Vec<(&str, &str)> = (report.runs.iter())
+            .map(|r| (r.key.as_str(), r.state))
+            .collect();
+        listed.sort();
+        assert_eq!(
+            listed,
+            [
+                ("unsynced:/w/offline-run-x", "failed"),
+                ("wandb-new-2", "queued"),
+                // Listed once, from its ledger entry.
+                ("wandb-old-1", "synced"),
+            ]
+        );
     }
 }

@@ -166,6 +166,10 @@ pub enum LedgerError {
         "ledger {path} is damaged ({reason}); move it away to upload the run again from the start"
     )]
     Damaged { path: PathBuf, reason: String },
+    /// Not damaged, but in a format this syncd does not know (a newer
+    /// syncd wrote it): never replaced, since that would lose what it says.
+    #[error("ledger {path} has format {format}, newer than this syncd knows; upgrade syncd")]
+    UnknownFormat { path: PathBuf, format: u32 },
 }
 
 /// The state directory's run ledgers.
@@ -311,9 +315,9 @@ fn parse_entry(path: &Path, bytes: &[u8]) -> Result<RunLedger, LedgerError> {
         reason: e.to_string(),
     })?;
     if entry.format != FORMAT_VERSION {
-        return Err(LedgerError::Damaged {
+        return Err(LedgerError::UnknownFormat {
             path: path.to_path_buf(),
-            reason: format!("unknown format {}", entry.format),
+            format: entry.format,
         });
     }
     Ok(entry)
@@ -432,6 +436,24 @@ mod tests {
             ledger.load("wandb-m-2"),
             Err(LedgerError::Damaged { .. })
         ));
+    }
+
+    #[test]
+    fn a_newer_format_is_its_own_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(tmp.path()).unwrap();
+        let mut entry = RunLedger::new("wandb-n-1".into(), "n".into(), "http://s".into());
+        entry.format = FORMAT_VERSION + 1;
+        std::fs::write(
+            ledger.dir().join("wandb-n-1.json"),
+            serde_json::to_vec(&entry).unwrap(),
+        )
+        .unwrap();
+        let err = ledger.load("wandb-n-1").unwrap_err();
+        assert!(
+            matches!(err, LedgerError::UnknownFormat { format, .. } if format == FORMAT_VERSION + 1),
+            "{err}"
+        );
     }
 
     #[test]
