@@ -33,15 +33,20 @@ pub fn wandb_base_url(flag: Option<String>, env: impl Fn(&str) -> Option<String>
         .to_string()
 }
 
-/// `$XDG_CONFIG_HOME/syncd/config.toml`, else `~/.config/syncd/config.toml`.
-pub fn config_file(env: impl Fn(&str) -> Option<String>) -> PathBuf {
-    let base = env("XDG_CONFIG_HOME")
-        .filter(|v| !v.is_empty())
+/// `$XDG_CONFIG_HOME` when absolute (the XDG rule: a relative one is
+/// ignored), else `~/.config`; `None` without either.
+pub fn config_home(env: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    env("XDG_CONFIG_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env("HOME").unwrap_or_else(|| ".".into())).join(".config")
-        });
-    base.join("syncd/config.toml")
+        .filter(|p| p.is_absolute())
+        .or_else(|| env("HOME").map(|home| PathBuf::from(home).join(".config")))
+}
+
+/// `<config home>/syncd/config.toml` (`./.config/…` without a home).
+pub fn config_file(env: impl Fn(&str) -> Option<String>) -> PathBuf {
+    config_home(env)
+        .unwrap_or_else(|| PathBuf::from(".config"))
+        .join("syncd/config.toml")
 }
 
 /// The config file's contents. Every field is optional; flags override it,
@@ -185,6 +190,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn config_home_follows_xdg() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(key, _)| *key == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        assert_eq!(
+            config_home(env(&[("XDG_CONFIG_HOME", "/x"), ("HOME", "/h")])),
+            Some(PathBuf::from("/x"))
+        );
+        assert_eq!(
+            config_home(env(&[("XDG_CONFIG_HOME", "rel"), ("HOME", "/h")])),
+            Some(PathBuf::from("/h/.config"))
+        );
+        assert_eq!(config_home(env(&[])), None);
+    }
+
+    #[test]
     fn config_file_parses_and_rejects_typos() {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("config.toml");
@@ -231,7 +257,7 @@ mod tests {
             .unwrap()
             .naming_rule(None)
             .unwrap();
-        assert_eq!(rule.template.as_str(), "{experiment}-{job}");
+        assert_eq!(rule.template.to_string(), "{experiment}-{job}");
         assert!(rule.override_user_names && rule.array_group.is_none());
         assert!(FileConfig::load(&tmp.path().join("missing.toml"), false).is_ok());
         assert!(FileConfig::load(&tmp.path().join("missing.toml"), true).is_err());

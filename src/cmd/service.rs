@@ -9,19 +9,22 @@
 //! (a new syncd version, another binary) replaces it as long as nobody edited
 //! it, and refuses, without `--force`, once someone has.
 
+use std::ffi::OsStr;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use super::Outcome;
 use crate::cli::{ServiceAction, ServiceArgs, ServiceInstallArgs};
 use crate::config::{self, FileConfig};
-use crate::sink::wandb::credentials;
+use crate::ledger::sha256_hex;
+use crate::ledger::store::write_atomic;
+use crate::process;
+use crate::target::{TargetError, dotenv, resolve_target};
 
 /// The unit as committed; its `ExecStart=` runs [`TEMPLATE_BINARY`].
 pub const UNIT_TEMPLATE: &str = include_str!("../../systemd/syncd.service");
@@ -123,7 +126,7 @@ pub struct Report {
 
 fn install(args: ServiceInstallArgs) -> anyhow::Result<Outcome> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let Some(config_home) = config_home(env) else {
+    let Some(config_home) = config::config_home(env) else {
         eprintln!(
             "syncd service install: neither XDG_CONFIG_HOME (absolute) nor HOME is set: \
              cannot tell where the user unit goes"
@@ -154,7 +157,7 @@ fn install(args: ServiceInstallArgs) -> anyhow::Result<Outcome> {
             std::fs::copy(&unit_path, backup)
                 .with_context(|| format!("cannot keep the old unit as {}", backup.display()))?;
         }
-        write_atomically(&unit_path, &unit)?;
+        write_unit(&unit_path, &unit)?;
     }
 
     let manager = detect_user_manager(&args.systemctl, env);
@@ -236,7 +239,7 @@ pub fn render_unit(binary: &Path) -> Result<String, String> {
          # local changes in a drop-in, `systemctl --user edit syncd`.\n\
          {CHECKSUM_PREFIX}{}\n{body}",
         env!("CARGO_PKG_VERSION"),
-        sha256_hex(&body)
+        sha256_hex(body.as_bytes())
     ))
 }
 
@@ -258,17 +261,10 @@ fn written_by_syncd_unedited(text: &str) -> bool {
     for line in text.split_inclusive('\n').take(10) {
         offset += line.len();
         if let Some(hex) = line.trim_end().strip_prefix(CHECKSUM_PREFIX) {
-            return sha256_hex(&text[offset..]) == hex;
+            return sha256_hex(&text.as_bytes()[offset..]) == hex;
         }
     }
     false
-}
-
-fn sha256_hex(text: &str) -> String {
-    Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// `binary` as the first word of `ExecStart=`: `%` doubled (specifiers),
@@ -305,36 +301,18 @@ fn current_binary() -> anyhow::Result<PathBuf> {
     std::env::current_exe().context("cannot tell where this syncd binary is")
 }
 
-/// `$XDG_CONFIG_HOME` when absolute (the XDG rule), else `~/.config`.
-fn config_home(env: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
-    env("XDG_CONFIG_HOME")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-        .or_else(|| env("HOME").map(|home| PathBuf::from(home).join(".config")))
+/// Writes the unit atomically (temporary name, rename): the manager never
+/// reads half a unit.
+fn write_unit(path: &Path, text: &str) -> anyhow::Result<()> {
+    let dir = path.parent().context("the unit path has no directory")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    write_atomic(path, text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_os_string();
     name.push(suffix);
     PathBuf::from(name)
-}
-
-/// Writes `text` to `path` under a temporary name, then renames it: the
-/// manager never reads half a unit.
-fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
-    let dir = path.parent().context("the unit path has no directory")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let temporary = with_suffix(path, &format!(".tmp-{}", std::process::id()));
-    let written = (|| {
-        let mut file = std::fs::File::create(&temporary)?;
-        file.write_all(text.as_bytes())?;
-        file.sync_all()?;
-        std::fs::rename(&temporary, path)
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&temporary);
-    }
-    written.with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Whether a systemd user manager answers `systemctl --user`.
@@ -354,14 +332,14 @@ fn detect_user_manager(systemctl: &Path, env: impl Fn(&str) -> Option<String>) -
         problem: Some(problem),
         ..UserManager::default()
     };
-    let Some(program) = find_program(systemctl, env("PATH").as_deref()) else {
+    let Some(program) = process::find_program(systemctl, env("PATH").as_deref().map(OsStr::new))
+    else {
         return unavailable(format!(
             "no `{}` on PATH: this machine does not run systemd",
             systemctl.display()
         ));
     };
-    // SAFETY: getuid cannot fail and touches no memory.
-    let uid = unsafe { libc::getuid() };
+    let uid = process::current_uid();
     let default_runtime_dir = PathBuf::from(format!("/run/user/{uid}"));
     let runtime_dir = env("XDG_RUNTIME_DIR").map(PathBuf::from);
     let hint = (runtime_dir.is_none()
@@ -376,7 +354,7 @@ fn detect_user_manager(systemctl: &Path, env: impl Fn(&str) -> Option<String>) -
     if let Some(dir) = &hint {
         command.env("XDG_RUNTIME_DIR", dir);
     }
-    let output = match output_within(command, SYSTEMCTL_TIMEOUT) {
+    let output = match process::output_within(command, SYSTEMCTL_TIMEOUT) {
         Ok(output) => output,
         Err(e) => {
             return unavailable(format!(
@@ -416,47 +394,6 @@ fn detect_user_manager(systemctl: &Path, env: impl Fn(&str) -> Option<String>) -
         "`systemctl --user` reaches no user manager".to_string()
     };
     unavailable(format!("{problem}{said}"))
-}
-
-/// `program` itself when it names a path, else the first executable of that
-/// name on `path`.
-fn find_program(program: &Path, path: Option<&str>) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let executable = |p: &Path| {
-        p.metadata()
-            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    };
-    if program.components().count() > 1 {
-        return executable(program).then(|| program.to_path_buf());
-    }
-    std::env::split_paths(path?)
-        .map(|dir| dir.join(program))
-        .find(|candidate| executable(candidate))
-}
-
-/// Runs `command`, killing it after `timeout`.
-fn output_within(mut command: Command, timeout: Duration) -> std::io::Result<Output> {
-    let child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(timeout) {
-        Ok(output) => output,
-        Err(_) => {
-            // The child is not reaped before it exits, so the pid is still its.
-            // SAFETY: a plain syscall on our own child.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-            Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no answer within {}", humantime::format_duration(timeout)),
-            ))
-        }
-    }
 }
 
 fn next_steps(
@@ -577,23 +514,44 @@ fn readiness_warnings(
             env_file.display()
         ));
     }
-    let base_url = config::wandb_base_url(file.base_url.clone(), unit_var);
-    if let Err(missing) = credentials::find_api_key(&base_url, unit_var) {
-        let shell_has_key = env("WANDB_API_KEY").is_some();
-        warnings.push(format!(
-            "{missing}{}; the service does not see your shell's environment: put \
-             WANDB_API_KEY=… in {} (chmod 600), or use the netrc file",
-            if shell_has_key {
-                " (your shell's WANDB_API_KEY stays in your shell)"
-            } else {
-                ""
-            },
-            env_file.display()
-        ));
+    // The key the daemon would use for a run without a `.env` of its own:
+    // its `syncd/.env`, the unit's environment, netrc (as `Targets` resolves
+    // it, with the config file's server first).
+    let user_env = dotenv::user_env_file(unit_var);
+    let lookup = |key: &str| match key {
+        "WANDB_BASE_URL" => (file.base_url.clone())
+            .filter(|url| !url.trim().is_empty())
+            .or_else(|| unit_var(key)),
+        _ => unit_var(key),
+    };
+    let no_run_dir = user_env.parent().unwrap_or(Path::new("/"));
+    match resolve_target(
+        no_run_dir,
+        no_run_dir,
+        &user_env,
+        lookup,
+        process::current_uid(),
+    ) {
+        Ok(_) => {}
+        Err(missing @ TargetError::MissingKey(_)) => {
+            let shell_has_key = env("WANDB_API_KEY").is_some();
+            warnings.push(format!(
+                "{missing}{}; the service does not see your shell's environment: put \
+                 WANDB_API_KEY=… in {} (chmod 600), or use the netrc file",
+                if shell_has_key {
+                    " (your shell's WANDB_API_KEY stays in your shell)"
+                } else {
+                    ""
+                },
+                env_file.display()
+            ));
+        }
+        Err(other) => warnings.push(format!("runs will not be uploaded: {other}")),
     }
     let manager_path = unit_var("PATH").unwrap_or_else(|| DEFAULT_MANAGER_PATH.to_string());
-    if let Some(squeue) = find_program(Path::new("squeue"), env("PATH").as_deref())
-        && find_program(Path::new("squeue"), Some(&manager_path)).is_none()
+    if let Some(squeue) =
+        process::find_program(Path::new("squeue"), env("PATH").as_deref().map(OsStr::new))
+        && process::find_program(Path::new("squeue"), Some(OsStr::new(&manager_path))).is_none()
         && let Some(dir) = squeue.parent()
     {
         warnings.push(format!(
@@ -796,26 +754,5 @@ mod tests {
                 ("X".to_string(), "y".to_string()),
             ]
         );
-    }
-
-    #[test]
-    fn config_home_follows_xdg() {
-        let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |k: &str| {
-                pairs
-                    .iter()
-                    .find(|(key, _)| *key == k)
-                    .map(|(_, v)| v.to_string())
-            }
-        };
-        assert_eq!(
-            config_home(env(&[("XDG_CONFIG_HOME", "/x"), ("HOME", "/h")])),
-            Some(PathBuf::from("/x"))
-        );
-        assert_eq!(
-            config_home(env(&[("XDG_CONFIG_HOME", "rel"), ("HOME", "/h")])),
-            Some(PathBuf::from("/h/.config"))
-        );
-        assert_eq!(config_home(env(&[])), None);
     }
 }

@@ -155,7 +155,7 @@ pub async fn run(
 ) -> Result<(), DaemonError> {
     let mut lease = acquire_lease(&config, &log).await?;
     let ledger = Ledger::open(&config.state_dir)?;
-    let uid = current_uid(&config.state_dir);
+    let uid = crate::process::current_uid();
     let mut scanner = Scanner::new(config.roots.clone(), uid);
     let triggers = TriggerDirs {
         spool: config.state_dir.join(crate::discover::trigger::SPOOL_DIR),
@@ -310,28 +310,25 @@ pub async fn run(
                 last_idle = now;
             }
             state.absorb(report, &config, &ledger, &log);
-            let watching = accelerator.watching();
+            // Watched: the listed directories (where new runs and files
+            // appear) and the active runs' directories (where files close).
             let listed = scanner.wandb_dirs().chain(scanner.run_dirs_without_file());
-            for dir in listed.cloned().collect::<Vec<_>>() {
-                accelerator.watch(&dir);
-            }
-            // What a newly watched directory got between its listing and
-            // its watch is found by scanning once more, next tick.
-            rescan = accelerator.watching() > watching;
             let active_run_dirs = state
                 .active_runs()
                 .filter(|r| !r.settled())
                 .filter_map(|r| r.job.fragments.last()?.parent());
-            let mut wanted: HashSet<&Path> = scanner
-                .wandb_dirs()
-                .chain(scanner.run_dirs_without_file())
+            let wanted: HashSet<&Path> = listed
                 .map(PathBuf::as_path)
+                .chain(active_run_dirs)
                 .collect();
-            for dir in active_run_dirs {
+            let watching = accelerator.watching();
+            for dir in &wanted {
                 accelerator.watch(dir);
-                wanted.insert(dir);
             }
             accelerator.retain(|dir| wanted.contains(dir));
+            // What a newly watched directory got between its listing and
+            // its watch is found by scanning once more, next tick.
+            rescan = accelerator.watching() > watching;
             if let Some(s) = slurm.as_mut() {
                 state.ask_slurm(s, &log);
             }
@@ -429,14 +426,6 @@ async fn acquire_lease(
             Err(e) => return Err(e.into()),
         }
     }
-}
-
-fn current_uid(state_dir: &Path) -> u32 {
-    use std::os::unix::fs::MetadataExt;
-    // The owner of our own state directory is us, without unsafe getuid.
-    std::fs::metadata(state_dir)
-        .map(|m| m.uid())
-        .unwrap_or(u32::MAX)
 }
 
 fn now_rfc3339() -> String {
@@ -960,49 +949,48 @@ impl DaemonState {
     }
 
     fn heartbeat(&self, config: &DaemonConfig, started_at: &str) -> Heartbeat {
-        let activity = self
-            .active_runs()
-            // Settled runs: the ledger says all there is.
-            .filter(|run| !run.settled() || run.in_flight || run.queued || run.stopped.is_some())
-            .map(|run| {
-                let key = run
-                    .key
-                    .clone()
-                    .unwrap_or_else(|| format!("{UNSYNCED_PREFIX}{}", run.job.run_dir().display()));
-                let state = if run.in_flight {
-                    "uploading"
-                } else if run.queued {
-                    "queued"
-                } else if run.not_before.is_some() {
-                    "waiting"
-                } else if run.stopped.is_some() {
-                    "stopped"
-                } else {
-                    "idle"
-                };
-                let next_retry = run.not_before.map(|t| {
-                    let at = SystemTime::now() + t.saturating_duration_since(Instant::now());
-                    humantime::format_rfc3339_seconds(at).to_string()
-                });
-                (
-                    key,
-                    Activity {
-                        run_id: Some(run.job.id.clone()),
-                        error: run.stopped.clone(),
-                        state: state.into(),
-                        next_retry,
-                        path: run
-                            .job
-                            .fragments
-                            .last()
-                            .and_then(|p| p.parent())
-                            .map(Path::to_path_buf),
-                        slurm_job: run.slurm_job.clone(),
-                        slurm_state: run.slurm_state.clone(),
-                    },
-                )
-            })
-            .collect();
+        let activity =
+            self.active_runs()
+                // Quiet runs: the ledger says all there is.
+                .filter(|run| !run.quiet())
+                .map(|run| {
+                    let key = run.key.clone().unwrap_or_else(|| {
+                        format!("{UNSYNCED_PREFIX}{}", run.job.run_dir().display())
+                    });
+                    let state = if run.in_flight {
+                        "uploading"
+                    } else if run.queued {
+                        "queued"
+                    } else if run.not_before.is_some() {
+                        "waiting"
+                    } else if run.stopped.is_some() {
+                        "stopped"
+                    } else {
+                        "idle"
+                    };
+                    let next_retry = run.not_before.map(|t| {
+                        let at = SystemTime::now() + t.saturating_duration_since(Instant::now());
+                        humantime::format_rfc3339_seconds(at).to_string()
+                    });
+                    (
+                        key,
+                        Activity {
+                            run_id: Some(run.job.id.clone()),
+                            error: run.stopped.clone(),
+                            state: state.into(),
+                            next_retry,
+                            path: run
+                                .job
+                                .fragments
+                                .last()
+                                .and_then(|p| p.parent())
+                                .map(Path::to_path_buf),
+                            slurm_job: run.slurm_job.clone(),
+                            slurm_state: run.slurm_state.clone(),
+                        },
+                    )
+                })
+                .collect();
         Heartbeat {
             pid: std::process::id(),
             host: crate::config::hostname(),

@@ -63,13 +63,12 @@
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fmt;
-use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, mpsc};
-use std::thread;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use crate::process::{find_program, output_within};
 
 /// Ids per `squeue`/`sacct` invocation. Keeps the argument list a few KiB;
 /// with more than one id `squeue` loads the whole queue anyway, so chunks
@@ -253,11 +252,7 @@ impl Slurm {
     }
 
     fn detect_in(path_var: Option<&OsStr>) -> Option<Slurm> {
-        let find = |name: &str| {
-            std::env::split_paths(path_var?)
-                .map(|dir| dir.join(name))
-                .find(|candidate| is_executable(candidate))
-        };
+        let find = |name: &str| find_program(Path::new(name), path_var);
         let (squeue, sacct) = (find("squeue"), find("sacct"));
         if squeue.is_none() && sacct.is_none() {
             return None;
@@ -638,22 +633,11 @@ fn best_row<'a>(rows: &'a [Row], wanted: &JobRef) -> Option<&'a Row> {
     Some(matching.find(|row| row.state.is_alive()).unwrap_or(first))
 }
 
-fn is_executable(path: &Path) -> bool {
-    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
 /// Runs a Slurm command, killing it after `timeout`. Returns its stdout.
 fn run(program: &Path, args: &[&str], timeout: Duration) -> Result<String, SlurmError> {
     let command = describe(program, args);
-    let spawn_error = |source| SlurmError::Spawn {
-        command: command.clone(),
-        source: Arc::new(source),
-    };
     let mut cmd = Command::new(program);
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args(args).stdin(Stdio::null());
     // A user's squeue/sacct settings must not filter or reshape the answer.
     for (key, _) in std::env::vars_os() {
         let key_text = key.to_string_lossy();
@@ -667,60 +651,24 @@ fn run(program: &Path, args: &[&str], timeout: Duration) -> Result<String, Slurm
     // Array index lists are cut at 64 bytes by default (`12345_[1-3,5…`);
     // 0 lifts the limit (squeue's own `--array` sets it the same way).
     cmd.env("SLURM_BITSTR_LEN", "0");
-    let mut child = cmd.spawn().map_err(spawn_error)?;
-    let stdout = read_in_background(child.stdout.take());
-    let stderr = read_in_background(child.stderr.take());
-
-    let timed_out = || SlurmError::Timeout {
-        command: command.clone(),
-        timeout,
-    };
-    let deadline = Instant::now() + timeout;
-    let mut pause = Duration::from_millis(1);
-    let status = loop {
-        if let Some(status) = child.try_wait().map_err(spawn_error)? {
-            break status;
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(timed_out());
-        }
-        thread::sleep(pause.min(deadline - now));
-        pause = (pause * 2).min(Duration::from_millis(50));
-    };
-    // The pipes close when the command exits, unless it left a child
-    // holding them; don't wait for that past the deadline.
-    let collect = |pipe: mpsc::Receiver<Vec<u8>>| {
-        let wait = deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(100));
-        pipe.recv_timeout(wait)
-            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-    };
-    let stdout = collect(stdout).map_err(|_| timed_out())?;
-    if status.success() {
-        return Ok(stdout);
+    let output = output_within(cmd, timeout).map_err(|source| match source.kind() {
+        std::io::ErrorKind::TimedOut => SlurmError::Timeout {
+            command: command.clone(),
+            timeout,
+        },
+        _ => SlurmError::Spawn {
+            command: command.clone(),
+            source: Arc::new(source),
+        },
+    })?;
+    if output.status.success() {
+        return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
     }
-    let stderr = collect(stderr).unwrap_or_default();
     Err(SlurmError::Failed {
         command,
-        status: status.to_string(),
-        stderr: shorten(&one_line(&stderr), 1000),
+        status: output.status.to_string(),
+        stderr: shorten(&one_line(&String::from_utf8_lossy(&output.stderr)), 1000),
     })
-}
-
-fn read_in_background(pipe: Option<impl Read + Send + 'static>) -> mpsc::Receiver<Vec<u8>> {
-    let (sender, receiver) = mpsc::channel();
-    thread::spawn(move || {
-        let mut bytes = Vec::new();
-        if let Some(mut pipe) = pipe {
-            let _ = pipe.read_to_end(&mut bytes);
-        }
-        let _ = sender.send(bytes);
-    });
-    receiver
 }
 
 /// The command line for error messages, with a long id list cut short.

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::sink::retry::RetryPolicy;
 use crate::sink::wandb::client::Client;
+use crate::target::dotenv::ApiKey;
 use crate::target::{self, Target, TargetError, resolve_target};
 
 /// The environment variables target resolution reads.
@@ -40,7 +41,7 @@ pub struct Targets {
     user_env_file: PathBuf,
     uid: u32,
     retry: RetryPolicy,
-    clients: Mutex<HashMap<(String, String), Arc<Client>>>,
+    clients: Mutex<HashMap<(String, ApiKey), Arc<Client>>>,
 }
 
 impl Targets {
@@ -63,7 +64,7 @@ impl Targets {
         Targets {
             env,
             user_env_file,
-            uid: target::current_uid(),
+            uid: crate::process::current_uid(),
             retry,
             clients: Mutex::new(HashMap::new()),
         }
@@ -105,7 +106,7 @@ impl Targets {
         &self,
         settings: &Target,
     ) -> Result<Arc<Client>, crate::sink::wandb::client::SinkError> {
-        let key = (settings.base_url.clone(), settings.api_key.fingerprint());
+        let key = (settings.base_url.clone(), settings.api_key.clone());
         let mut clients = lock(&self.clients);
         if let Some(client) = clients.get(&key) {
             return Ok(Arc::clone(client));

@@ -1135,8 +1135,6 @@ impl RunSync<'_> {
     }
 }
 
-/// Moves as many lines from `source` into `slot` as fit in `room` bytes
-/// (always at least one, so a large line still goes out alone).
 /// A run file on disk.
 struct FoundFile {
     path: PathBuf,
@@ -1144,6 +1142,8 @@ struct FoundFile {
     mtime_ns: i64,
 }
 
+/// Moves as many lines from `source` into `slot` as fit in `room` bytes
+/// (always at least one, so a large line still goes out alone).
 fn take_lines(source: &mut Lines, slot: &mut Option<Lines>, room: &mut usize) {
     if source.lines.is_empty() {
         return;

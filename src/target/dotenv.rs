@@ -72,7 +72,7 @@ pub const REDACTED: &str = "[redacted]";
 
 /// An API key. It prints as `[redacted]`; [`ApiKey::expose`] is the only
 /// way to its text, for the HTTP client.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct ApiKey(String);
 
 impl ApiKey {
@@ -268,7 +268,7 @@ impl Layer {
 /// documentation for the order. `user_env_file` is the user's own `.env`
 /// (`$XDG_CONFIG_HOME/syncd/.env`, [`user_env_file`]); `env` looks up the
 /// environment (and `HOME`/`NETRC` for netrc); `uid` is whom the `.env`
-/// files must belong to ([`super::current_uid`]).
+/// files must belong to ([`crate::process::current_uid`]).
 pub fn resolve_target(
     run_dir: &Path,
     root: &Path,
@@ -586,7 +586,7 @@ mod tests {
             &t.root,
             &t.user_file,
             env,
-            super::super::current_uid(),
+            crate::process::current_uid(),
         )
     }
 
@@ -654,7 +654,7 @@ mod tests {
             &format!("WANDB_API_KEY={KEY2}\nWANDB_ENTITY=personal\n"),
             0o600,
         );
-        let uid = super::super::current_uid();
+        let uid = crate::process::current_uid();
         let ta = resolve_target(&a, &t.root, &t.user_file, no_env, uid).unwrap();
         let tb = resolve_target(&b, &t.root, &t.user_file, no_env, uid).unwrap();
         assert_eq!(ta.base_url, "https://wandb.lab.example");
@@ -853,7 +853,7 @@ mod tests {
             &format!("WANDB_API_KEY={KEY}\n"),
             0o600,
         );
-        let me = super::super::current_uid();
+        let me = crate::process::current_uid();
         let other = me.wrapping_add(1);
         let err = resolve_target(&t.run, &t.root, &t.user_file, no_env, other).unwrap_err();
         match &err {

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 pub use dotenv::{ApiKey, Origin, Target, TargetError, redact, resolve_target};
 pub use naming::{
     Field, JobManifest, MANIFEST_FILE, ManifestError, NameFacts, Naming, NamingRule, Template,
-    TemplateError, find_manifest, name_run, read_manifest, render,
+    TemplateError, find_manifest, name_run, read_manifest,
 };
 
 /// How many directories above the run directory are searched when the run
@@ -80,16 +80,6 @@ fn dirs_under(run_dir: &Path, root: &Path) -> Option<Vec<PathBuf>> {
         }
     }
     Some(dirs)
-}
-
-/// The uid this process runs as (the owner of `/proc/self`, which avoids an
-/// `unsafe` call), or `u32::MAX` when it cannot be told: then every `.env`
-/// is refused as not ours, which is the safe side.
-pub fn current_uid() -> u32 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self")
-        .map(|m| m.uid())
-        .unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]
@@ -167,12 +157,5 @@ mod tests {
             );
         }
         assert_eq!(search_root(Path::new("run"), None), Path::new("run"));
-    }
-
-    #[test]
-    fn current_uid_is_the_owner_of_files_we_create() {
-        use std::os::unix::fs::MetadataExt;
-        let tmp = tempfile::tempdir().unwrap();
-        assert_eq!(std::fs::metadata(tmp.path()).unwrap().uid(), current_uid());
     }
 }

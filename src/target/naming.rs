@@ -205,11 +205,6 @@ impl Template {
         })
     }
 
-    /// The template as written.
-    pub fn as_str(&self) -> &str {
-        &self.text
-    }
-
     /// The fields the template uses, in order.
     pub fn fields(&self) -> impl Iterator<Item = Field> + '_ {
         self.parts.iter().map(|(_, f)| *f)
@@ -218,11 +213,7 @@ impl Template {
     /// The name for `facts`; `None` when none of the template's fields has a
     /// value.
     pub fn render(&self, facts: &NameFacts) -> Option<String> {
-        self.render_with(|field| facts.get(field))
-    }
-
-    fn render_with<'a>(&self, value: impl Fn(Field) -> Option<Cow<'a, str>>) -> Option<String> {
-        let values: Vec<Option<Cow<str>>> = self.parts.iter().map(|(_, f)| value(*f)).collect();
+        let values: Vec<Option<Cow<str>>> = self.parts.iter().map(|(_, f)| facts.get(*f)).collect();
         let kept: Vec<usize> = (0..values.len()).filter(|&i| values[i].is_some()).collect();
         let (&first, &last) = (kept.first()?, kept.last()?);
         let mut out = String::new();
@@ -264,12 +255,6 @@ impl fmt::Display for Template {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.text)
     }
-}
-
-/// Parses `template` and renders it over `facts`: `Ok(None)` when none of
-/// its fields has a value.
-pub fn render(template: &str, facts: &NameFacts) -> Result<Option<String>, TemplateError> {
-    Ok(Template::parse(template)?.render(facts))
 }
 
 /// The values a template can use. Every field is optional; empty or
@@ -446,6 +431,7 @@ impl Default for NamingRule {
 
 impl NamingRule {
     /// A rule with `template` and the default array grouping.
+    #[cfg(test)]
     pub fn new(template: &str, override_user_names: bool) -> Result<NamingRule, TemplateError> {
         Ok(NamingRule {
             template: Template::parse(template)?,
@@ -461,10 +447,11 @@ impl NamingRule {
         } else {
             // A version alone is not a name ("v3"): some other field must
             // have a value too.
-            let without_version = |f: Field| (f != Field::Version).then(|| facts.get(f)).flatten();
-            self.template
-                .render_with(without_version)
-                .and_then(|_| self.template.render(facts))
+            let named =
+                (self.template.fields()).any(|f| f != Field::Version && facts.get(f).is_some());
+            named
+                .then(|| self.template.render(facts))
+                .flatten()
                 .filter(|name| Some(name.as_str()) != identity.display_name.as_deref())
         };
         let group = match &self.array_group {
@@ -646,6 +633,11 @@ pub fn read_manifest(run_dir: &Path, root: &Path) -> Option<JobManifest> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Parses `template` and renders it over `facts`.
+    fn render(template: &str, facts: &NameFacts) -> Result<Option<String>, TemplateError> {
+        Ok(Template::parse(template)?.render(facts))
+    }
     use std::collections::BTreeMap;
 
     fn facts(pairs: &[(&str, &str)]) -> NameFacts {

@@ -388,6 +388,40 @@ fn with_a_user_manager_there_are_no_fallbacks() {
 }
 
 #[test]
+fn a_key_in_the_users_syncd_env_counts_and_an_exposed_one_is_flagged() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = Home::new();
+    let fake = home.systemctl_with_manager("/usr/local/bin:/usr/bin:/bin");
+    let syncd_dir = home.config().join("syncd");
+    std::fs::create_dir_all(&syncd_dir).unwrap();
+    std::fs::write(
+        syncd_dir.join("config.toml"),
+        "roots = [\"/scratch/tester/wandb\"]\n",
+    )
+    .unwrap();
+    // Where the daemon reads a key for runs without a `.env` of their own.
+    let dotenv = syncd_dir.join(".env");
+    std::fs::write(&dotenv, "WANDB_API_KEY=0123456789abcdef\n").unwrap();
+    std::fs::set_permissions(&dotenv, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let warnings = |report: &Value| report["warnings"].to_string();
+    let (code, report) = home.install_json(&[], Some(&fake));
+    assert_eq!(code, 0, "{report:#}");
+    assert!(!warnings(&report).contains("API key"), "{report:#}");
+    assert!(!warnings(&report).contains("0123456789abcdef"));
+
+    // Readable by others: the daemon refuses it, and so does the check.
+    std::fs::set_permissions(&dotenv, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, report) = home.install_json(&["--force"], Some(&fake));
+    assert_eq!(code, 0, "{report:#}");
+    assert!(
+        warnings(&report).contains("runs will not be uploaded"),
+        "{report:#}"
+    );
+    assert!(warnings(&report).contains("chmod 600"), "{report:#}");
+    assert!(!warnings(&report).contains("0123456789abcdef"));
+}
+
+#[test]
 fn missing_roots_key_and_squeue_path_are_warned_about() {
     let home = Home::new();
     // A Slurm install the manager's PATH lacks.

@@ -1,0 +1,135 @@
+//! Running other programs (Slurm's commands, `systemctl`): finding them on
+//! `PATH` and bounding how long they may take.
+
+use std::ffi::OsStr;
+use std::io::{self, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// `program` itself when it names a path (`/usr/bin/x`, `./x`), else the
+/// first executable of that name in the directories of `path` (`PATH`'s
+/// value).
+pub fn find_program(program: &Path, path: Option<&OsStr>) -> Option<PathBuf> {
+    if program.components().count() > 1 {
+        return is_executable(program).then(|| program.to_path_buf());
+    }
+    std::env::split_paths(path?)
+        .map(|dir| dir.join(program))
+        .find(|candidate| is_executable(candidate))
+}
+
+fn is_executable(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Runs `command` with its output captured, killing it after `timeout`
+/// (an error of kind `TimedOut`). Its pipes are read while it runs, so a
+/// chatty command cannot block on a full pipe; a grandchild left holding
+/// them is not waited for past the deadline.
+pub fn output_within(mut command: Command, timeout: Duration) -> io::Result<Output> {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stdout = read_in_background(child.stdout.take());
+    let stderr = read_in_background(child.stderr.take());
+    let timed_out = || {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no answer within {}", humantime::format_duration(timeout)),
+        )
+    };
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(1);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            // Still our unreaped child: the kill cannot reach another process.
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(timed_out());
+        }
+        thread::sleep(pause.min(deadline - now));
+        pause = (pause * 2).min(Duration::from_millis(50));
+    };
+    let collect = |pipe: mpsc::Receiver<Vec<u8>>| {
+        let wait = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(100));
+        pipe.recv_timeout(wait)
+    };
+    let stdout = collect(stdout).map_err(|_| timed_out())?;
+    let stderr = collect(stderr).unwrap_or_default();
+    Ok(Output {
+        status,
+        stdout,
+        stderr,
+    })
+}
+
+fn read_in_background(pipe: Option<impl Read + Send + 'static>) -> mpsc::Receiver<Vec<u8>> {
+    let (sender, receiver) = mpsc::channel();
+    thread::spawn(move || {
+        let mut bytes = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut bytes);
+        }
+        let _ = sender.send(bytes);
+    });
+    receiver
+}
+
+/// The uid this process runs as.
+pub fn current_uid() -> u32 {
+    // SAFETY: getuid cannot fail and touches no memory.
+    unsafe { libc::getuid() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn programs_are_found_on_the_path_or_by_their_own_path() {
+        let path = std::env::var_os("PATH");
+        let sh = find_program(Path::new("sh"), path.as_deref()).expect("sh on PATH");
+        assert!(sh.is_absolute());
+        assert_eq!(find_program(&sh, None), Some(sh.clone()));
+        assert_eq!(
+            find_program(Path::new("no-such-program-x"), path.as_deref()),
+            None
+        );
+        assert_eq!(find_program(Path::new("sh"), None), None);
+    }
+
+    #[test]
+    fn output_is_captured_and_a_slow_command_is_killed_in_time() {
+        let mut echo = Command::new("sh");
+        echo.args(["-c", "echo out; echo err >&2; exit 3"]);
+        let output = output_within(echo, Duration::from_secs(10)).unwrap();
+        assert_eq!(output.status.code(), Some(3));
+        assert_eq!(output.stdout, b"out\n");
+        assert_eq!(output.stderr, b"err\n");
+
+        let mut slow = Command::new("sleep");
+        slow.arg("30");
+        let started = Instant::now();
+        let error = output_within(slow, Duration::from_millis(200)).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn the_uid_is_the_owner_of_files_we_create() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        assert_eq!(std::fs::metadata(tmp.path()).unwrap().uid(), current_uid());
+    }
+}
