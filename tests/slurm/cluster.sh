@@ -15,10 +15,10 @@
 # /etc; the packages' own services are never started. SlurmctldPort and
 # SlurmdPort are picked free at each start (srun takes ephemeral ports).
 # The node and the controller are addressed as 127.0.0.1 (NodeAddr,
-# SlurmctldHost) and CommunicationParameters=NoInAddrAny makes slurmd and the
-# clients bind that address only; slurmctld cannot be told an address and
-# listens on all of them, but accepts only requests signed by munge with this
-# cluster's private key.
+# SlurmctldHost), and CommunicationParameters=NoInAddrAny,NoCtldInAddrAny
+# makes slurmd, slurmctld and the clients bind the address the host name
+# resolves to instead of every interface; `start` refuses to run unless that
+# address is a loopback one, so nothing listens beyond this machine.
 #
 # Jobs run as the submitting user (root here). The node is this host with
 # `slurmd -C`'s memory and $SYNCD_SLURM_CPUS CPUs (default 8, at least the
@@ -75,6 +75,14 @@ free_port() {
 write_config() {
     local host node_line real_mem real_cpus cpus ctld_port slurmd_port first_job_id
     host="$(hostname -s)"
+    # The daemons bind what the host name resolves to (NoInAddrAny,
+    # NoCtldInAddrAny): it must be loopback.
+    local address
+    address="$(getent ahostsv4 "$host" | awk 'NR == 1 { print $1 }')"
+    case "$address" in
+        127.*) ;;
+        *) die "$host resolves to ${address:-nothing}, not a loopback address: the test cluster would listen on the network; map it to 127.0.0.1 in /etc/hosts" ;;
+    esac
     # Every daemon and client must find the node and the controller at
     # 127.0.0.1; slurmd -C gives the real CPU layout and memory.
     node_line="$(slurmd -C | head -n1)"
@@ -99,7 +107,7 @@ ClusterName=$cluster_name
 SlurmctldHost=$host(127.0.0.1)
 SlurmctldPort=$ctld_port
 SlurmdPort=$slurmd_port
-CommunicationParameters=NoInAddrAny
+CommunicationParameters=NoInAddrAny,NoCtldInAddrAny
 SlurmUser=$(id -un)
 SlurmdUser=$(id -un)
 AuthType=auth/munge
