@@ -38,8 +38,7 @@
 //! [`ApiKey`] prints as `[redacted]` (`Debug` and `Display`) and has no
 //! `Serialize`; [`Target`], [`Origin`] and [`TargetError`] never hold key
 //! text in what they print: a line of a `.env` that fails to parse is named
-//! by its number, not shown. [`redact`] scrubs a key (and the HTTP Basic
-//! token made of it) from any other text, such as a server's error body.
+//! by its number, not shown.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -47,7 +46,6 @@ use std::io::Read as _;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use base64::Engine as _;
 use sha2::Digest as _;
 
 use crate::config::DEFAULT_WANDB_BASE_URL;
@@ -92,11 +90,6 @@ impl ApiKey {
         let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
         format!("sha256:{hex}")
     }
-
-    /// `text` with this key removed; see [`redact`].
-    pub fn redact(&self, text: &str) -> String {
-        redact(text, &self.0)
-    }
 }
 
 impl fmt::Debug for ApiKey {
@@ -109,18 +102,6 @@ impl fmt::Display for ApiKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(REDACTED)
     }
-}
-
-/// `text` with every occurrence of `key`, and of the HTTP Basic token W&B
-/// clients build from it (`base64("api:" + key)`), replaced by
-/// `[redacted]`. An empty key changes nothing.
-pub fn redact(text: &str, key: &str) -> String {
-    let key = key.trim();
-    if key.is_empty() {
-        return text.to_string();
-    }
-    let token = base64::engine::general_purpose::STANDARD.encode(format!("api:{key}"));
-    text.replace(&token, REDACTED).replace(key, REDACTED)
 }
 
 /// Where a setting came from. Prints as a path or a phrase, never a value.
@@ -970,22 +951,5 @@ mod tests {
             ApiKey::new(KEY).fingerprint(),
             ApiKey::new(KEY2).fingerprint()
         );
-    }
-
-    #[test]
-    fn redact_removes_the_key_and_its_basic_token() {
-        let token = base64::engine::general_purpose::STANDARD.encode(format!("api:{KEY}"));
-        let text = format!("401 for key {KEY}; Authorization: Basic {token}; again {KEY}");
-        let clean = redact(&text, KEY);
-        assert_no_key(&clean);
-        assert!(!clean.contains(&token), "{clean}");
-        assert_eq!(
-            clean,
-            "401 for key [redacted]; Authorization: Basic [redacted]; again [redacted]"
-        );
-        assert_eq!(ApiKey::new(KEY).redact(&text), clean);
-        assert_eq!(redact("nothing here", KEY), "nothing here");
-        assert_eq!(redact("empty key", ""), "empty key");
-        assert_eq!(redact("empty key", "  "), "empty key");
     }
 }

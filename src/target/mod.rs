@@ -16,7 +16,7 @@ pub mod naming;
 
 use std::path::{Path, PathBuf};
 
-pub use dotenv::{ApiKey, Origin, Target, TargetError, redact, resolve_target};
+pub use dotenv::{ApiKey, Origin, Target, TargetError, resolve_target};
 pub use naming::{
     Field, JobManifest, MANIFEST_FILE, ManifestError, NameFacts, Naming, NamingRule, Template,
     TemplateError, find_manifest, name_run, read_manifest,
