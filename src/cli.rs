@@ -100,6 +100,11 @@ pub struct RunArgs {
     #[arg(long, default_value = "text")]
     pub log_format: String,
 
+    /// How long one request to a server may take before it counts as
+    /// unreachable (the daemon then goes offline and probes) [default: 30s].
+    #[arg(long, value_parser = parse_duration)]
+    pub request_timeout: Option<Duration>,
+
     /// Lease time to live (tests).
     #[arg(long, hide = true, value_parser = parse_duration)]
     pub lease_ttl: Option<Duration>,

@@ -74,6 +74,31 @@ pub fn output_within(mut command: Command, timeout: Duration) -> io::Result<Outp
     })
 }
 
+/// [`output_within`] for async callers: the child is a `tokio::process`
+/// child, awaited without blocking the caller's thread, and killed when the
+/// deadline passes or when the future is dropped (`kill_on_drop`), so a
+/// daemon that stops or gives up never leaves it behind.
+pub async fn output_within_async(
+    command: std::process::Command,
+    timeout: Duration,
+) -> io::Result<Output> {
+    let mut command = tokio::process::Command::from(command);
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let child = command.spawn()?;
+    match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        Ok(output) => output,
+        // Dropping the timed-out future dropped the child: it is killed.
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no answer within {}", humantime::format_duration(timeout)),
+        )),
+    }
+}
+
 fn read_in_background(pipe: Option<impl Read + Send + 'static>) -> mpsc::Receiver<Vec<u8>> {
     let (sender, receiver) = mpsc::channel();
     thread::spawn(move || {
@@ -124,6 +149,46 @@ mod tests {
         let error = output_within(slow, Duration::from_millis(200)).unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn the_async_runner_captures_output_and_kills_a_slow_command_in_time() {
+        let mut echo = Command::new("sh");
+        echo.args(["-c", "echo out; echo err >&2; exit 3"]);
+        let output = output_within_async(echo, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(output.status.code(), Some(3));
+        assert_eq!(output.stdout, b"out\n");
+        assert_eq!(output.stderr, b"err\n");
+
+        // The shell writes its pid, then sleeps: after the timeout the
+        // process must be gone, not left running.
+        let tmp = tempfile::tempdir().unwrap();
+        let pid_file = tmp.path().join("pid");
+        let mut slow = Command::new("sh");
+        slow.args([
+            "-c",
+            &format!("echo $$ > {}; exec sleep 30", pid_file.display()),
+        ]);
+        let started = Instant::now();
+        let error = output_within_async(slow, Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let pid = std::fs::read_to_string(&pid_file).unwrap();
+        let proc_dir = Path::new("/proc").join(pid.trim());
+        let gone = (0..50).any(|_| {
+            // Killed and reaped, or at most a zombie awaiting tokio's reaper.
+            let state = std::fs::read_to_string(proc_dir.join("stat")).unwrap_or_default();
+            let alive = !state.is_empty() && !state.contains(") Z ");
+            if alive {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            !alive
+        });
+        assert!(gone, "the timed-out child {pid} still runs");
     }
 
     #[test]

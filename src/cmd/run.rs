@@ -118,7 +118,7 @@ fn build_config(args: &RunArgs) -> Result<(DaemonConfig, Option<i32>), String> {
     };
     let mut retry = RetryPolicy {
         max_attempts: 4,
-        timeout: Duration::from_secs(30),
+        timeout: args.request_timeout.unwrap_or(Duration::from_secs(30)),
         ..RetryPolicy::default()
     };
     if let Some(ms) = args.retry_min_ms {

@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::Outcome;
 use crate::cli::StatusArgs;
 use crate::config;
-use crate::engine::heartbeat::{self, Activity, Heartbeat};
+use crate::engine::heartbeat::{self, Activity, Heartbeat, SlurmHealth};
 use crate::ledger::{Ledger, Phase, RunLedger};
 
 /// Version of the `--json` document.
@@ -37,7 +37,15 @@ pub struct DaemonStatus {
     pub started_at: Option<String>,
     pub uptime_secs: Option<u64>,
     pub online: Option<bool>,
+    /// `online`, `offline` or `not contacted yet`.
+    pub network: Option<String>,
+    /// While offline: since when, why, and when the next probe goes.
+    pub offline_since: Option<String>,
+    pub offline_error: Option<String>,
+    pub next_probe: Option<String>,
     pub last_contact: Option<String>,
+    /// Whether Slurm answers the daemon (absent when it does not ask).
+    pub slurm: Option<SlurmHealth>,
     pub heartbeat_at: Option<String>,
     pub base_url: Option<String>,
 }
@@ -53,8 +61,12 @@ pub struct RunStatus {
     pub entity: Option<String>,
     pub project: Option<String>,
     pub path: Option<PathBuf>,
-    /// queued, live, uploading, synced, finalized, quarantined, failed.
+    /// queued, live, uploading, waiting, synced, finalized, quarantined,
+    /// failed.
     pub state: &'static str,
+    /// What a `waiting` run waits for: `offline` (the network; the next
+    /// probe is `next_retry`) or `retry` (a backoff after a failure).
+    pub waiting_for: Option<String>,
     /// Why a run is finalized, quarantined or failed.
     pub reason: Option<String>,
     pub history_lines_sent: u64,
@@ -118,7 +130,15 @@ pub fn status(
                 .and_then(|s| now.duration_since(s).ok())
                 .map(|d| d.as_secs()),
             online: Some(b.online),
+            network: b
+                .network
+                .clone()
+                .or_else(|| Some(if b.online { "online" } else { "offline" }.to_string())),
+            offline_since: b.offline_since.clone(),
+            offline_error: b.offline_error.clone(),
+            next_probe: b.next_probe.clone(),
             last_contact: b.last_contact.clone(),
+            slurm: b.slurm.clone(),
             heartbeat_at: Some(b.heartbeat_at.clone()),
             base_url: Some(b.base_url.clone()),
         },
@@ -129,7 +149,12 @@ pub fn status(
             started_at: None,
             uptime_secs: None,
             online: None,
+            network: None,
+            offline_since: None,
+            offline_error: None,
+            next_probe: None,
             last_contact: None,
+            slurm: None,
             heartbeat_at: None,
             base_url: None,
         },
@@ -147,11 +172,24 @@ pub fn status(
     // Runs the daemon follows that have no ledger entry yet: new ones
     // (queued, or waiting while it is offline), and ones refused before their
     // first upload (a `.env` it will not read; keyed `unsynced:<dir>`).
+    // One row per run: a run followed under another key than its ledger
+    // entry's (a `sync` that failed before the daemon resolved it, say)
+    // is the ledger's row, with what the daemon says of it now.
     if let Some(beat) = &beat {
         let in_ledger: HashSet<String> = runs.iter().map(|r| r.key.clone()).collect();
         for (key, activity) in &beat.activity {
-            if !in_ledger.contains(key) {
-                runs.push(unsynced_status(key, activity));
+            if in_ledger.contains(key) {
+                continue;
+            }
+            let same_dir = activity.path.as_ref().and_then(|dir| {
+                runs.iter_mut().find(|r| {
+                    r.path.as_ref() == Some(dir)
+                        && r.run_id == activity.run_id.as_deref().unwrap_or_default()
+                })
+            });
+            match same_dir {
+                Some(row) => apply_activity(row, activity),
+                None => runs.push(unsynced_status(key, activity)),
             }
         }
     }
@@ -179,33 +217,38 @@ fn unsynced_status(key: &str, activity: &Activity) -> RunStatus {
     let (state, reason) = match activity.state.as_str() {
         "stopped" => ("failed", activity.error.clone()),
         "uploading" => ("uploading", None),
+        "waiting" => ("waiting", None),
         _ => ("queued", None),
     };
-    let on_disk = activity
-        .path
-        .as_deref()
-        .and_then(|dir| std::fs::read_dir(dir).ok())
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.path().extension().is_some_and(|x| x == "wandb"))
-        .filter_map(|e| e.metadata().ok())
-        .map(|m| m.len())
-        .sum();
+    let on_disk = activity.bytes_on_disk.unwrap_or_else(|| {
+        activity
+            .path
+            .as_deref()
+            .and_then(|dir| std::fs::read_dir(dir).ok())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "wandb"))
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum()
+    });
+    let acked = activity.bytes_acked.unwrap_or(0);
     RunStatus {
         key: key.to_string(),
         run_id: activity.run_id.clone().unwrap_or_default(),
         name: None,
         group: None,
-        entity: None,
-        project: None,
+        entity: activity.entity.clone(),
+        project: activity.project.clone(),
         path: activity.path.clone(),
         state,
+        waiting_for: activity.reason.clone().filter(|_| state == "waiting"),
         reason,
         history_lines_sent: 0,
-        bytes_sent: 0,
+        bytes_sent: acked,
         bytes_on_disk: on_disk,
-        behind_bytes: on_disk,
+        behind_bytes: on_disk.saturating_sub(acked),
         last_upload: None,
         slurm_job: activity.slurm_job.clone(),
         slurm_state: activity.slurm_state.clone(),
@@ -214,6 +257,34 @@ fn unsynced_status(key: &str, activity: &Activity) -> RunStatus {
         next_retry: activity.next_retry.clone(),
         warnings: Vec::new(),
     }
+}
+
+/// What the daemon says of a run now, over what its ledger row says.
+fn apply_activity(row: &mut RunStatus, activity: &Activity) {
+    let now = unsynced_status(&row.key, activity);
+    if !matches!(row.state, "synced" | "finalized") || now.state == "uploading" {
+        row.state = now.state;
+        row.waiting_for = now.waiting_for;
+        if now.reason.is_some() {
+            row.reason = now.reason;
+        }
+    }
+    row.next_retry = activity.next_retry.clone().or(row.next_retry.take());
+    fill_gaps(row, activity);
+}
+
+/// What the ledger row lacks and the daemon knows: where the run goes
+/// (before its first upload the ledger has no server side), what is on
+/// disk (an entry written by a failed `sync` has no fragments yet), Slurm.
+fn fill_gaps(row: &mut RunStatus, activity: &Activity) {
+    row.project = row.project.take().or_else(|| activity.project.clone());
+    row.entity = row.entity.take().or_else(|| activity.entity.clone());
+    if let Some(on_disk) = activity.bytes_on_disk {
+        row.bytes_on_disk = row.bytes_on_disk.max(on_disk);
+        row.behind_bytes = row.bytes_on_disk.saturating_sub(row.bytes_sent);
+    }
+    row.slurm_job = row.slurm_job.take().or_else(|| activity.slurm_job.clone());
+    row.slurm_state = activity.slurm_state.clone().or(row.slurm_state.take());
 }
 
 fn run_status(entry: &RunLedger, beat: Option<&Heartbeat>) -> RunStatus {
@@ -230,6 +301,7 @@ fn run_status(entry: &RunLedger, beat: Option<&Heartbeat>) -> RunStatus {
         (Phase::Finalized, _) => ("finalized", entry.finalized_reason.clone()),
         (Phase::Synced, _) => ("synced", None),
         (_, Some("uploading")) => ("uploading", None),
+        (_, Some("waiting")) => ("waiting", None),
         (Phase::Quarantined, _) => (
             "quarantined",
             entry.last_error.as_ref().map(|e| e.message.clone()),
@@ -251,7 +323,7 @@ fn run_status(entry: &RunLedger, beat: Option<&Heartbeat>) -> RunStatus {
             _ => identity.slurm.get("job_id").cloned(),
         }
     });
-    RunStatus {
+    let mut row = RunStatus {
         key: entry.key.clone(),
         run_id: entry.run_id.clone(),
         name: entry
@@ -280,6 +352,9 @@ fn run_status(entry: &RunLedger, beat: Option<&Heartbeat>) -> RunStatus {
             .and_then(|f| f.path.parent())
             .map(Path::to_path_buf),
         state,
+        waiting_for: activity
+            .filter(|_| state == "waiting")
+            .and_then(|a| a.reason.clone()),
         reason,
         history_lines_sent: entry.acked.history_lines,
         bytes_sent: sent,
@@ -292,26 +367,49 @@ fn run_status(entry: &RunLedger, beat: Option<&Heartbeat>) -> RunStatus {
         last_error: entry.last_error.as_ref().map(|e| e.message.clone()),
         next_retry: activity.and_then(|a| a.next_retry.clone()),
         warnings: entry.warnings.clone(),
+    };
+    if let Some(activity) = activity {
+        fill_gaps(&mut row, activity);
     }
+    row
 }
 
 fn write_human(out: &mut impl Write, report: &StatusReport) -> std::io::Result<()> {
     let d = &report.daemon;
     if d.running {
-        let network = if d.online == Some(true) {
-            "online"
-        } else {
-            "OFFLINE"
-        };
         writeln!(
             out,
-            "daemon: running, pid {} on {}, up {}, {network}, last server contact {}, uploading to {}",
+            "daemon: running, pid {} on {}, up {}, uploading to {}",
             d.pid.unwrap_or_default(),
             d.host.as_deref().unwrap_or("?"),
             humantime::format_duration(Duration::from_secs(d.uptime_secs.unwrap_or(0))),
-            d.last_contact.as_deref().unwrap_or("never"),
             d.base_url.as_deref().unwrap_or("?"),
         )?;
+        let last_contact = d.last_contact.as_deref().unwrap_or("never");
+        match d.network.as_deref() {
+            Some("offline") => writeln!(
+                out,
+                "network: OFFLINE since {} ({}); next probe {}; last server contact {last_contact}",
+                d.offline_since.as_deref().unwrap_or("?"),
+                d.offline_error.as_deref().unwrap_or("no answer"),
+                d.next_probe.as_deref().unwrap_or("soon"),
+            )?,
+            Some("online") => writeln!(out, "network: online, last server contact {last_contact}")?,
+            _ => writeln!(out, "network: server not contacted yet")?,
+        }
+        if let Some(SlurmHealth {
+            answering: false,
+            since,
+            error,
+        }) = &d.slurm
+        {
+            writeln!(
+                out,
+                "Slurm: NOT ANSWERING since {} ({}); runs are finalized by the quiescence timeout meanwhile",
+                since.as_deref().unwrap_or("?"),
+                error.as_deref().unwrap_or("no answer"),
+            )?;
+        }
     } else {
         writeln!(
             out,
@@ -343,8 +441,10 @@ fn write_human(out: &mut impl Write, report: &StatusReport) -> std::io::Result<(
             } else if let Some(e) = &r.last_error {
                 notes.push(format!("last error: {e}"));
             }
-            if let Some(next) = &r.next_retry {
-                notes.push(format!("next retry {next}"));
+            match (&r.next_retry, r.waiting_for.as_deref()) {
+                (Some(next), Some("offline")) => notes.push(format!("next probe {next}")),
+                (Some(next), _) => notes.push(format!("next retry {next}")),
+                _ => {}
             }
             notes.extend(r.warnings.iter().cloned());
             let name = match &r.name {
@@ -359,7 +459,10 @@ fn write_human(out: &mut impl Write, report: &StatusReport) -> std::io::Result<(
             table.add_row(vec![
                 name,
                 r.project.clone().unwrap_or_else(|| "-".into()),
-                r.state.to_string(),
+                match &r.waiting_for {
+                    Some(what) => format!("{} ({what})", r.state),
+                    None => r.state.to_string(),
+                },
                 format!("{} lines", r.history_lines_sent),
                 human_bytes(r.behind_bytes),
                 r.last_upload.clone().unwrap_or_else(|| "-".into()),
@@ -404,6 +507,11 @@ mod tests {
             slurm_state: None,
             run_id: Some(run_id.into()),
             error: None,
+            reason: None,
+            entity: None,
+            project: None,
+            bytes_on_disk: None,
+            bytes_acked: None,
         };
         let now = SystemTime::now();
         let beat = Heartbeat {
@@ -414,6 +522,11 @@ mod tests {
             stale_after_secs: 15,
             online: false,
             last_contact: None,
+            network: None,
+            offline_since: None,
+            offline_error: None,
+            next_probe: None,
+            slurm: None,
             base_url: "http://s".into(),
             activity: [
                 // Resolved and keyed, not uploaded yet (offline).
@@ -442,5 +555,79 @@ mod tests {
                 ("wandb-old-1", "synced"),
             ]
         );
+    }
+
+    #[test]
+    fn a_run_waiting_offline_is_one_row_with_what_is_behind_and_the_next_probe() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(tmp.path()).unwrap();
+        let run_dir = tmp.path().join("wandb/offline-run-20261201_000000-abc");
+        std::fs::create_dir_all(&run_dir).unwrap();
+        std::fs::write(run_dir.join("run-abc.wandb"), vec![0u8; 5000]).unwrap();
+        // What a `sync` that failed offline leaves: an entry without
+        // fragments or server side, under its own key.
+        let mut failed = RunLedger::new("sync-key".into(), "abc".into(), "http://s".into());
+        failed.phase = Phase::Failed;
+        failed.fragments.push(crate::ledger::FragmentProgress {
+            path: run_dir.join("run-abc.wandb"),
+            cursor: 0,
+            records: 0,
+            step_offset: 0,
+            exit: None,
+            run_seen: false,
+        });
+        ledger.save(&failed).unwrap();
+        let now = SystemTime::now();
+        let at = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+        let probe_at = at(now + Duration::from_secs(8));
+        let beat = Heartbeat {
+            pid: std::process::id(),
+            host: "h".into(),
+            started_at: at(now),
+            heartbeat_at: at(now),
+            stale_after_secs: 15,
+            online: false,
+            last_contact: None,
+            network: Some("offline".into()),
+            offline_since: Some(at(now)),
+            offline_error: Some("timed out".into()),
+            next_probe: Some(probe_at.clone()),
+            slurm: None,
+            base_url: "http://s".into(),
+            activity: [(
+                "unsynced:somewhere".to_string(),
+                Activity {
+                    state: "waiting".into(),
+                    reason: Some("offline".into()),
+                    next_retry: Some(probe_at.clone()),
+                    path: Some(run_dir.clone()),
+                    slurm_job: None,
+                    slurm_state: None,
+                    run_id: Some("abc".into()),
+                    error: None,
+                    entity: None,
+                    project: Some("proj".into()),
+                    bytes_on_disk: Some(5000),
+                    bytes_acked: Some(0),
+                },
+            )]
+            .into_iter()
+            .collect(),
+        };
+        heartbeat::write(tmp.path(), &beat).unwrap();
+        let report = status(tmp.path(), now, None, None);
+        assert_eq!(report.runs.len(), 1, "{:#?}", report.runs);
+        let row = &report.runs[0];
+        assert_eq!(row.state, "waiting");
+        assert_eq!(row.waiting_for.as_deref(), Some("offline"));
+        assert_eq!(row.next_retry.as_deref(), Some(probe_at.as_str()));
+        assert_eq!(row.project.as_deref(), Some("proj"));
+        assert_eq!(row.behind_bytes, 5000);
+        let mut text = Vec::new();
+        write_human(&mut text, &report).unwrap();
+        let text = String::from_utf8(text).unwrap();
+        assert!(text.contains("waiting (offline)"), "{text}");
+        assert!(text.contains("OFFLINE since"), "{text}");
+        assert!(text.contains(&format!("next probe {probe_at}")), "{text}");
     }
 }

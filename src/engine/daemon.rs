@@ -7,6 +7,13 @@
 //! to the back after its turn), at most `concurrency` at a time, one worker
 //! per run. When the server cannot be reached it goes offline: no uploads,
 //! a probe with capped backoff, and everything resumes when it answers.
+//!
+//! The loop itself never waits on the outside world: uploads, server probes
+//! and Slurm queries are tasks that report back on channels, and the loop
+//! uses the last answer meanwhile. So the lease is renewed, the heartbeat
+//! written, the watchdog fed and signals obeyed on time whatever a server
+//! (one that accepts connections and never answers, say) or `slurmctld`
+//! does.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -19,9 +26,9 @@ use crate::discover::scan::{RootSpec, ScanReport, Scanner};
 use crate::discover::trigger::TriggerDirs;
 use crate::discover::wandb_files;
 use crate::discover::watch::{Accelerator, Change, FsKind, fs_kind};
-use crate::engine::heartbeat::{self, Activity, Heartbeat, UNSYNCED_PREFIX};
+use crate::engine::heartbeat::{self, Activity, Heartbeat, SlurmHealth, UNSYNCED_PREFIX};
 use crate::engine::sd_notify::Notifier;
-use crate::engine::slurm::Slurm;
+use crate::engine::slurm::{JobInfo, Slurm, SlurmError};
 use crate::engine::targets::Targets;
 use crate::engine::worker::{self, Failure, RunJob, RunOutcome, SyncOptions, Verdict};
 use crate::ledger::lease::Lease;
@@ -34,6 +41,20 @@ use crate::target::NamingRule;
 
 /// A finished upload: its outcome and the run's ledger entry as stored.
 type Finished = (RunOutcome, Option<RunLedger>);
+
+/// A Slurm query's answer, with the `Slurm` (its cache) the task borrowed.
+struct SlurmReply {
+    slurm: Slurm,
+    asked: Vec<String>,
+    answer: Result<HashMap<String, JobInfo>, SlurmError>,
+}
+
+/// A probe's result: whether any server answered, else why not.
+type ProbeReply = Result<(), String>;
+
+/// A Slurm query unanswered this long is reported as Slurm not answering
+/// (its commands' own deadline is longer).
+const SLURM_SLOW: Duration = Duration::from_secs(5);
 
 /// Everything `syncd run` is told.
 #[derive(Clone)]
@@ -98,6 +119,14 @@ struct Tracked {
     last_upload_began: Option<Instant>,
     /// A permanent error: not retried until its files change or on SIGHUP.
     stopped: Option<String>,
+    /// For a run stopped on its settings (a refused `.env`, no key, a key
+    /// the server refused): the stamp of its settings files then; when it
+    /// changes, the run is tried again.
+    settings_stamp: Option<u64>,
+    /// The entity and project its run record names (for status before
+    /// the ledger knows the run).
+    named_entity: Option<Box<str>>,
+    named_project: Option<Box<str>>,
     slurm_job: Option<String>,
     slurm_state: Option<String>,
     /// When Slurm was first seen to say the job is over.
@@ -162,11 +191,17 @@ pub async fn run(
         osh: config.osh_dir.clone(),
     };
     let _ = std::fs::create_dir_all(&triggers.spool);
+    // `None` while a query has it (or when Slurm is not asked at all).
     let mut slurm = if config.slurm { Slurm::detect() } else { None };
     let notifier = Notifier::from_env();
     let started_at = now_rfc3339();
-    let mut state = DaemonState::default();
+    let mut state = DaemonState {
+        slurm_health: slurm.as_ref().map(|_| SlurmWatch::default()),
+        ..DaemonState::default()
+    };
     let (done_tx, mut done_rx) = mpsc::channel::<(String, Finished)>(64);
+    let (slurm_tx, mut slurm_rx) = mpsc::channel::<SlurmReply>(1);
+    let (probe_tx, mut probe_rx) = mpsc::channel::<ProbeReply>(1);
 
     // The first full scan; the ledger says what is already done.
     let report = scanner.scan_roots(true);
@@ -185,8 +220,10 @@ pub async fn run(
             _ => log(&format!("{}: found by polling", dir.display())),
         }
     }
-    if let Some(n) = &notifier {
-        let _ = n.ready();
+    if let Some(n) = &notifier
+        && let Err(e) = n.ready()
+    {
+        log(&format!("cannot tell systemd we are ready: {e}"));
     }
     log(&format!(
         "syncd run: watching {} root(s), {} run(s) known, default server {} (a run's .env may name another)",
@@ -222,8 +259,13 @@ pub async fn run(
                 Some(Control::Stop) | None => stopping = true,
             },
             Some((id, (outcome, stored))) = done_rx.recv() => {
-                state.finished(&id, outcome, stored, &ledger, &log)
+                state.finished(&id, outcome, stored, &ledger, &config, &log)
             }
+            Some(reply) = slurm_rx.recv() => {
+                state.take_slurm_answer(&reply.asked, reply.answer, &log);
+                slurm = Some(reply.slurm);
+            }
+            Some(reply) = probe_rx.recv() => state.take_probe(reply, &log),
             _ = tokio::time::sleep(tick) => {}
         }
         if stopping {
@@ -329,20 +371,44 @@ pub async fn run(
             // What a newly watched directory got between its listing and
             // its watch is found by scanning once more, next tick.
             rescan = accelerator.watching() > watching;
-            if let Some(s) = slurm.as_mut() {
-                state.ask_slurm(s, &log);
+            if full {
+                state.recheck_settings(&config, &log);
+            }
+            // One query at a time, as a task: `slurm` comes back with its
+            // answer, and until then the last answer stands.
+            if let Some(ids) = state.slurm_question()
+                && let Some(mut asking) = slurm.take()
+            {
+                state.slurm_asked();
+                let reply_to = slurm_tx.clone();
+                tokio::spawn(async move {
+                    let answer = asking.states(&ids).await;
+                    let reply = SlurmReply {
+                        slurm: asking,
+                        asked: ids,
+                        answer,
+                    };
+                    let _ = reply_to.send(reply).await;
+                });
             }
             state.decide_finalization(&config);
         }
-        if state.offline_until.is_some_and(|t| now >= t) {
-            state.probe(&config.targets, &log).await;
+        state.watch_contact(&config.targets, &log);
+        if !state.probing && state.offline_until.is_some_and(|t| now >= t) {
+            state.probing = true;
+            let clients = config.targets.clients();
+            let timeout = config.retry.timeout;
+            let reply_to = probe_tx.clone();
+            tokio::spawn(async move {
+                let _ = reply_to.send(probe(clients, timeout).await).await;
+            });
         }
         if state.offline_until.is_none() {
             while state.in_flight < config.concurrency.max(1) {
                 let Some(id) = state.next_ready(now, config.live_poll) else {
                     break;
                 };
-                let Some(client) = state.target_of(&id, &config.targets, &ledger, &log) else {
+                let Some(client) = state.target_of(&id, &config, &ledger, &log) else {
                     continue;
                 };
                 let run = state.runs.get_mut(&id).expect("queued runs are tracked");
@@ -379,9 +445,20 @@ pub async fn run(
                 log(&format!("cannot write the heartbeat: {e}"));
             }
             if let Some(n) = &notifier {
-                let _ = n.status(&state.summary_line());
-                if n.watchdog_interval().is_some() {
-                    let _ = n.watchdog();
+                let sent =
+                    n.status(&state.summary_line())
+                        .and_then(|()| match n.watchdog_interval() {
+                            Some(_) => n.watchdog(),
+                            None => Ok(()),
+                        });
+                // Said once per failure streak, not every 2 s.
+                match sent {
+                    Err(e) if !state.notify_failing => {
+                        state.notify_failing = true;
+                        log(&format!("cannot notify systemd: {e}"));
+                    }
+                    Err(_) => {}
+                    Ok(()) => state.notify_failing = false,
                 }
             }
         }
@@ -389,8 +466,10 @@ pub async fn run(
 
     // Shutdown: no new work; in-flight uploads get a few seconds to reach a
     // checkpoint (each step is checkpointed, so abandoning one loses nothing).
-    if let Some(n) = &notifier {
-        let _ = n.stopping();
+    if let Some(n) = &notifier
+        && let Err(e) = n.stopping()
+    {
+        log(&format!("cannot tell systemd we are stopping: {e}"));
     }
     log(&format!(
         "stopping: waiting up to 5 s for {} upload(s)",
@@ -400,10 +479,16 @@ pub async fn run(
     while state.in_flight > 0 && Instant::now() < deadline {
         match tokio::time::timeout(Duration::from_millis(200), done_rx.recv()).await {
             Ok(Some((id, (outcome, stored)))) => {
-                state.finished(&id, outcome, stored, &ledger, &log)
+                state.finished(&id, outcome, stored, &ledger, &config, &log)
             }
             _ => continue,
         }
+    }
+    if state.in_flight > 0 {
+        log(&format!(
+            "stopping with {} upload(s) unfinished; they continue from their last checkpoint next time",
+            state.in_flight
+        ));
     }
     let _ = std::fs::remove_file(heartbeat::path(&config.state_dir));
     if let Err(e) = lease.release() {
@@ -444,7 +529,20 @@ struct DaemonState {
     /// Offline: no uploads until this instant, then a probe.
     offline_until: Option<Instant>,
     offline_backoff: Duration,
-    last_contact: Option<String>,
+    /// The first failure of the current outage, and the newest's reason.
+    offline_since: Option<SystemTime>,
+    offline_error: Option<String>,
+    /// A probe task is out; its answer comes on the probe channel.
+    probing: bool,
+    /// When the daemon last came back online (or started): a client's
+    /// failure older than this is the outage already ridden out.
+    online_at: Option<SystemTime>,
+    /// The newest answer from any server.
+    last_contact: Option<SystemTime>,
+    /// `None` when Slurm is not asked.
+    slurm_health: Option<SlurmWatch>,
+    /// The last sd_notify message failed (said once per streak).
+    notify_failing: bool,
     foreign_reported: HashSet<PathBuf>,
     /// The last Slurm query succeeded; when not, quiescence decides.
     slurm_answers: bool,
@@ -454,6 +552,15 @@ struct DaemonState {
     /// what the passes of each poll and heartbeat go over, so that their
     /// cost follows the active runs, not every run ever seen.
     active: HashSet<String>,
+}
+
+/// How the daemon's Slurm queries fare.
+#[derive(Default)]
+struct SlurmWatch {
+    /// When the query out now was sent.
+    asking_since: Option<(Instant, SystemTime)>,
+    /// Since when queries fail (the first failure), and the newest error.
+    failing: Option<(SystemTime, String)>,
 }
 
 impl DaemonState {
@@ -543,6 +650,9 @@ impl DaemonState {
                 not_before: None,
                 last_upload_began: None,
                 stopped: None,
+                settings_stamp: None,
+                named_entity: (!head.entity.is_empty()).then(|| head.entity.clone().into()),
+                named_project: (!head.project.is_empty()).then(|| head.project.clone().into()),
                 slurm_job: None,
                 slurm_state: None,
                 gone_since: None,
@@ -578,24 +688,56 @@ impl DaemonState {
     fn target_of(
         &mut self,
         id: &str,
-        targets: &Targets,
+        config: &DaemonConfig,
         ledger: &Ledger,
         log: &Arc<dyn Fn(&str) + Send + Sync>,
     ) -> Option<Arc<Client>> {
         let run = self.runs.get_mut(id)?;
         let error = match &run.client {
             Some(client) => return Some(Arc::clone(client)),
-            None => match attach_target(run, targets, ledger) {
+            None => match attach_target(run, &config.targets, ledger) {
                 Ok(client) => return Some(client),
                 Err(error) => error,
             },
         };
+        let error = format!("{error}; {}", settings_retry_hint(config));
         log(&format!(
             "{}: not uploaded: {error}",
             run.job.run_dir().display()
         ));
+        run.settings_stamp = Some(settings_stamp(run, &config.targets));
         run.stopped = Some(error);
         None
+    }
+
+    /// Runs stopped on their settings whose settings files changed are
+    /// looked up again and, when they now resolve, queued (on the idle
+    /// schedule: a stat per candidate file per stopped run).
+    fn recheck_settings(&mut self, config: &DaemonConfig, log: &Arc<dyn Fn(&str) + Send + Sync>) {
+        for id in &self.active {
+            let Some(run) = self.runs.get_mut(id) else {
+                continue;
+            };
+            let Some(stamp) = run.settings_stamp else {
+                continue;
+            };
+            if run.stopped.is_none() || settings_stamp(run, &config.targets) == stamp {
+                continue;
+            }
+            run.settings_stamp = None;
+            run.stopped = None;
+            log(&format!(
+                "{}: its settings changed, trying it again",
+                run.job.run_dir().display()
+            ));
+            // Resolved again when its turn comes (`target_of`).
+            run.client = None;
+            run.dirty = true;
+            if !run.queued && !run.in_flight {
+                run.queued = true;
+                self.queue.push_back(id.clone());
+            }
+        }
     }
 
     /// SIGHUP: stopped and backing-off runs go again, at the back of the
@@ -606,6 +748,7 @@ impl DaemonState {
                 continue;
             };
             let was_stopped = run.stopped.take().is_some();
+            run.settings_stamp = None;
             run.not_before = None;
             if was_stopped && !run.queued && !run.in_flight {
                 run.dirty = true;
@@ -725,6 +868,7 @@ impl DaemonState {
         outcome: RunOutcome,
         stored: Option<RunLedger>,
         ledger: &Ledger,
+        config: &DaemonConfig,
         log: &Arc<dyn Fn(&str) + Send + Sync>,
     ) {
         self.in_flight = self.in_flight.saturating_sub(1);
@@ -745,22 +889,28 @@ impl DaemonState {
             None => {
                 run.failures = 0;
                 run.not_before = None;
-                self.last_contact = Some(now_rfc3339());
-                self.offline_until = None;
-                self.offline_backoff = Duration::ZERO;
+                // An upload went through: the network is back, whatever a
+                // probe still out will say.
+                if self.offline_until.is_some() {
+                    log("an upload went through, resuming uploads");
+                    self.back_online();
+                }
             }
             Some(Failure::Offline) => {
                 run.dirty = true;
-                if self.offline_until.is_none() {
-                    log(&format!(
-                        "server unreachable, going offline: {}",
-                        outcome.error.clone().unwrap_or_default()
-                    ));
-                    self.offline_backoff = Duration::from_secs(2);
-                    self.offline_until = Some(Instant::now() + self.offline_backoff);
-                }
+                let error = outcome.error.clone().unwrap_or_default();
+                self.go_offline(SystemTime::now(), error, log);
             }
-            Some(Failure::Auth | Failure::Permanent | Failure::Corrupt | Failure::Config) => {
+            Some(Failure::Auth | Failure::Config) => {
+                let error = outcome.error.clone().unwrap_or_default();
+                let error = format!("{error}; {}", settings_retry_hint(config));
+                log(&format!("{}: stopped: {error}", outcome.run_id));
+                // A refused key or `.env` is fixed in the settings files.
+                let run = self.runs.get_mut(id).expect("still tracked");
+                run.settings_stamp = Some(settings_stamp(run, &config.targets));
+                run.stopped = Some(error);
+            }
+            Some(Failure::Permanent | Failure::Corrupt) => {
                 let error = outcome.error.clone().unwrap_or_default();
                 log(&format!("{}: stopped: {error}", outcome.run_id));
                 run.stopped = Some(error);
@@ -787,8 +937,9 @@ impl DaemonState {
         }
     }
 
-    /// Asks Slurm about every live run's job at once.
-    fn ask_slurm(&mut self, slurm: &mut Slurm, log: &Arc<dyn Fn(&str) + Send + Sync>) {
+    /// The jobs to ask Slurm about: every live run's, at once; `None` when
+    /// there are none.
+    fn slurm_question(&self) -> Option<Vec<String>> {
         let ids: Vec<String> = self
             .active_runs()
             .filter(|r| !r.ended && !r.settled())
@@ -796,11 +947,33 @@ impl DaemonState {
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
-        if ids.is_empty() {
-            return;
+        (!ids.is_empty()).then_some(ids)
+    }
+
+    fn slurm_asked(&mut self) {
+        if let Some(watch) = self.slurm_health.as_mut() {
+            watch.asking_since = Some((Instant::now(), SystemTime::now()));
         }
-        match slurm.states(&ids) {
+    }
+
+    /// Takes a Slurm query's answer: job states for the runs asked about,
+    /// or a failure (quiescence decides until Slurm answers again).
+    fn take_slurm_answer(
+        &mut self,
+        ids: &[String],
+        answer: Result<HashMap<String, JobInfo>, SlurmError>,
+        log: &Arc<dyn Fn(&str) + Send + Sync>,
+    ) {
+        let watch = self.slurm_health.get_or_insert_with(SlurmWatch::default);
+        let asked_at = watch.asking_since.take().map(|(_, at)| at);
+        match answer {
             Ok(states) => {
+                if let Some((since, _)) = watch.failing.take() {
+                    log(&format!(
+                        "Slurm answers again (it had not since {})",
+                        humantime::format_rfc3339_seconds(since)
+                    ));
+                }
                 self.slurm_answers = true;
                 for id in &self.active {
                     let Some(run) = self.runs.get_mut(id) else {
@@ -822,13 +995,48 @@ impl DaemonState {
                 }
             }
             Err(e) => {
-                if self.slurm_answers {
+                if watch.failing.is_none() {
                     log(&format!(
                         "asking Slurm failed ({e}); using the quiescence timeout until it answers"
                     ));
                 }
+                let since = watch
+                    .failing
+                    .as_ref()
+                    .map(|(since, _)| *since)
+                    .or(asked_at)
+                    .unwrap_or_else(SystemTime::now);
+                watch.failing = Some((since, e.to_string()));
                 self.slurm_answers = false;
             }
+        }
+    }
+
+    /// What `status` says of Slurm: answering, or not since when and why
+    /// (a query out longer than [`SLURM_SLOW`] counts as not answering).
+    fn slurm_report(&self) -> Option<SlurmHealth> {
+        let watch = self.slurm_health.as_ref()?;
+        if let Some((since, error)) = &watch.failing {
+            return Some(SlurmHealth {
+                answering: false,
+                since: Some(humantime::format_rfc3339_seconds(*since).to_string()),
+                error: Some(error.clone()),
+            });
+        }
+        match watch.asking_since {
+            Some((began, at)) if began.elapsed() >= SLURM_SLOW => Some(SlurmHealth {
+                answering: false,
+                since: Some(humantime::format_rfc3339_seconds(at).to_string()),
+                error: Some(format!(
+                    "no answer yet to the query sent {} s ago",
+                    began.elapsed().as_secs()
+                )),
+            }),
+            _ => Some(SlurmHealth {
+                answering: true,
+                since: None,
+                error: None,
+            }),
         }
     }
 
@@ -887,46 +1095,84 @@ impl DaemonState {
         self.queue.extend(queue);
     }
 
-    /// While offline: one cheap request to each server; any HTTP answer
-    /// means the network is back.
-    async fn probe(&mut self, targets: &Targets, log: &Arc<dyn Fn(&str) + Send + Sync>) {
-        let mut reached = false;
-        for client in targets.clients() {
-            match ops::server_features(&client).await {
-                Err(e) if e.is_offline() => {}
-                _ => {
-                    reached = true;
-                    break;
-                }
-            }
+    /// Takes a probe's answer: back online, or offline a while longer.
+    fn take_probe(&mut self, reply: ProbeReply, log: &Arc<dyn Fn(&str) + Send + Sync>) {
+        self.probing = false;
+        if self.offline_until.is_none() {
+            // An upload went through while the probe was out.
+            return;
         }
-        match reached {
-            false => {
+        match reply {
+            Err(error) => {
+                self.offline_error = Some(error);
                 self.offline_backoff = (self.offline_backoff * 2).min(Duration::from_secs(60));
                 self.offline_until = Some(Instant::now() + self.offline_backoff);
             }
-            true => {
+            Ok(()) => {
                 log("server reachable again, resuming uploads");
-                self.offline_until = None;
-                self.offline_backoff = Duration::ZERO;
-                self.last_contact = Some(now_rfc3339());
-                let dirty: Vec<String> = self
-                    .active
-                    .iter()
-                    .filter(|id| {
-                        self.runs
-                            .get(*id)
-                            .is_some_and(|r| r.dirty && !r.queued && !r.in_flight)
-                    })
-                    .cloned()
-                    .collect();
-                for id in dirty {
-                    if let Some(run) = self.runs.get_mut(&id) {
-                        run.queued = true;
-                    }
-                    self.queue.push_back(id);
-                }
+                self.back_online();
             }
+        }
+    }
+
+    /// A request of any worker that could not reach its server puts the
+    /// daemon offline at once (its own retries go on): it does not wait
+    /// for that worker to give up. Also keeps `last_contact` current.
+    fn watch_contact(&mut self, targets: &Targets, log: &Arc<dyn Fn(&str) + Send + Sync>) {
+        for client in targets.clients() {
+            let contact = client.contact();
+            if contact.last_answer > self.last_contact {
+                self.last_contact = contact.last_answer;
+            }
+            let Some(since) = contact.unreachable_since else {
+                continue;
+            };
+            // The outage it belongs to was already ridden out.
+            if self.online_at.is_some_and(|online| since < online) {
+                continue;
+            }
+            let error = contact.last_error.unwrap_or_default();
+            self.go_offline(since, format!("{}: {error}", client.base_url()), log);
+        }
+    }
+
+    fn go_offline(
+        &mut self,
+        since: SystemTime,
+        error: String,
+        log: &Arc<dyn Fn(&str) + Send + Sync>,
+    ) {
+        if self.offline_until.is_none() {
+            log(&format!("server unreachable, going offline: {error}"));
+            self.offline_backoff = Duration::from_secs(2);
+            self.offline_until = Some(Instant::now() + self.offline_backoff);
+            self.offline_since = Some(since);
+        }
+        self.offline_error = Some(error);
+    }
+
+    /// Online again: runs that waited for the network are queued.
+    fn back_online(&mut self) {
+        self.offline_until = None;
+        self.offline_backoff = Duration::ZERO;
+        self.offline_since = None;
+        self.offline_error = None;
+        self.online_at = Some(SystemTime::now());
+        let dirty: Vec<String> = self
+            .active
+            .iter()
+            .filter(|id| {
+                self.runs
+                    .get(*id)
+                    .is_some_and(|r| r.dirty && !r.queued && !r.in_flight && r.stopped.is_none())
+            })
+            .cloned()
+            .collect();
+        for id in dirty {
+            if let Some(run) = self.runs.get_mut(&id) {
+                run.queued = true;
+            }
+            self.queue.push_back(id);
         }
     }
 
@@ -938,17 +1184,33 @@ impl DaemonState {
         (live, self.queue.len(), self.in_flight)
     }
 
+    /// `online`, `offline`, or `not contacted yet`: online only once a
+    /// request was answered, and not while the newest could not reach it.
+    fn network(&self) -> &'static str {
+        match (self.offline_until, self.last_contact) {
+            (Some(_), _) => "offline",
+            (None, None) => "not contacted yet",
+            (None, Some(_)) => "online",
+        }
+    }
+
     fn summary_line(&self) -> String {
         let (live, queued, uploading) = self.counts();
-        let network = if self.offline_until.is_some() {
-            "offline"
-        } else {
-            "online"
+        let network = self.network();
+        let slurm = match self.slurm_report() {
+            Some(SlurmHealth {
+                answering: false, ..
+            }) => ", Slurm not answering",
+            _ => "",
         };
-        format!("{live} runs live, {queued} queued, {uploading} uploading, {network}")
+        format!("{live} runs live, {queued} queued, {uploading} uploading, {network}{slurm}")
     }
 
     fn heartbeat(&self, config: &DaemonConfig, started_at: &str) -> Heartbeat {
+        let rfc3339 = |at: SystemTime| humantime::format_rfc3339_seconds(at).to_string();
+        let at_instant =
+            |t: Instant| rfc3339(SystemTime::now() + t.saturating_duration_since(Instant::now()));
+        let next_probe = self.offline_until.map(at_instant);
         let activity =
             self.active_runs()
                 // Quiet runs: the ledger says all there is.
@@ -957,27 +1219,58 @@ impl DaemonState {
                     let key = run.key.clone().unwrap_or_else(|| {
                         format!("{UNSYNCED_PREFIX}{}", run.job.run_dir().display())
                     });
-                    let state = if run.in_flight {
-                        "uploading"
+                    let waiting_offline = self.offline_until.is_some()
+                        && !run.in_flight
+                        && run.stopped.is_none()
+                        && (run.queued || run.dirty);
+                    let (state, reason, next_retry) = if run.in_flight {
+                        ("uploading", None, None)
+                    } else if waiting_offline {
+                        ("waiting", Some("offline"), next_probe.clone())
+                    } else if let Some(t) = run.not_before.filter(|_| run.stopped.is_none()) {
+                        ("waiting", Some("retry"), Some(at_instant(t)))
                     } else if run.queued {
-                        "queued"
-                    } else if run.not_before.is_some() {
-                        "waiting"
+                        ("queued", None, None)
                     } else if run.stopped.is_some() {
-                        "stopped"
+                        ("stopped", None, None)
                     } else {
-                        "idle"
+                        ("idle", None, None)
                     };
-                    let next_retry = run.not_before.map(|t| {
-                        let at = SystemTime::now() + t.saturating_duration_since(Instant::now());
-                        humantime::format_rfc3339_seconds(at).to_string()
-                    });
+                    // What is behind, for the runs that wait: their files are
+                    // stat'ed here (the others' sizes come from the ledger).
+                    let (bytes_on_disk, bytes_acked) = match state {
+                        "waiting" | "stopped" | "queued" => {
+                            let on_disk = run
+                                .job
+                                .fragments
+                                .iter()
+                                .zip(&run.acked)
+                                .map(|(path, acked)| {
+                                    std::fs::metadata(path).map_or(acked.unwrap_or(0), |m| m.len())
+                                })
+                                .sum();
+                            let acked = run.acked.iter().map(|a| a.unwrap_or(0)).sum();
+                            (Some(on_disk), Some(acked))
+                        }
+                        _ => (None, None),
+                    };
+                    let project = run
+                        .job
+                        .project
+                        .clone()
+                        .or_else(|| run.named_project.as_deref().map(str::to_string));
+                    let entity = run
+                        .job
+                        .entity
+                        .clone()
+                        .or_else(|| run.named_entity.as_deref().map(str::to_string));
                     (
                         key,
                         Activity {
                             run_id: Some(run.job.id.clone()),
                             error: run.stopped.clone(),
                             state: state.into(),
+                            reason: reason.map(str::to_string),
                             next_retry,
                             path: run
                                 .job
@@ -987,22 +1280,84 @@ impl DaemonState {
                                 .map(Path::to_path_buf),
                             slurm_job: run.slurm_job.clone(),
                             slurm_state: run.slurm_state.clone(),
+                            entity,
+                            project,
+                            bytes_on_disk,
+                            bytes_acked,
                         },
                     )
                 })
                 .collect();
+        let network = self.network();
         Heartbeat {
             pid: std::process::id(),
             host: crate::config::hostname(),
             started_at: started_at.to_string(),
             heartbeat_at: now_rfc3339(),
             stale_after_secs: 15,
-            online: self.offline_until.is_none(),
-            last_contact: self.last_contact.clone(),
+            online: network == "online",
+            last_contact: self.last_contact.map(rfc3339),
+            network: Some(network.to_string()),
+            offline_since: self.offline_since.map(rfc3339),
+            offline_error: self.offline_error.clone(),
+            next_probe,
+            slurm: self.slurm_report(),
             base_url: config.targets.default_base_url(),
             activity,
         }
     }
+}
+
+/// While offline: one cheap request to each server, each bounded by the
+/// request timeout; any HTTP answer means the network is back.
+async fn probe(clients: Vec<Arc<Client>>, timeout: Duration) -> ProbeReply {
+    let mut why = String::from("no server to ask");
+    for client in clients {
+        match tokio::time::timeout(timeout, ops::server_features(&client)).await {
+            Ok(Err(e)) if e.is_offline() => why = format!("{}: {e}", client.base_url()),
+            Err(_) => {
+                why = format!(
+                    "{}: no answer within {}",
+                    client.base_url(),
+                    humantime::format_duration(timeout)
+                );
+            }
+            Ok(_) => return Ok(()),
+        }
+    }
+    Err(why)
+}
+
+/// What a run stopped on its settings is told will happen.
+fn settings_retry_hint(config: &DaemonConfig) -> String {
+    format!(
+        "syncd tries it again when one of its .env files or netrc changes (looked at every {}) or on SIGHUP",
+        humantime::format_duration(config.idle_poll)
+    )
+}
+
+/// A stamp of the files a run's destination and key come from: any
+/// change to them (written, created, removed) changes it.
+fn settings_stamp(run: &Tracked, targets: &Targets) -> u64 {
+    use std::hash::{Hash, Hasher};
+    use std::os::unix::fs::MetadataExt;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for path in targets.settings_files(run.job.run_dir(), &run.job.search_root()) {
+        path.hash(&mut hasher);
+        match std::fs::metadata(&path) {
+            Ok(m) => (
+                m.ino(),
+                m.len(),
+                m.mtime(),
+                m.mtime_nsec(),
+                m.mode(),
+                m.uid(),
+            )
+                .hash(&mut hasher),
+            Err(e) => e.kind().hash(&mut hasher),
+        }
+    }
+    hasher.finish()
 }
 
 /// Resolves where the run goes and, with that, its ledger key; the

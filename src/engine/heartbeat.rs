@@ -24,10 +24,26 @@ pub struct Heartbeat {
     /// `stale_after_secs`.
     pub heartbeat_at: String,
     pub stale_after_secs: u64,
-    /// The server answered the last request (or probe).
+    /// The newest request to the server (or probe) got an answer.
     pub online: bool,
-    /// RFC 3339 of the last 2xx from the server.
+    /// RFC 3339 of the server's last answer.
     pub last_contact: Option<String>,
+    /// `online`, `offline`, or `not contacted yet` (no request has been
+    /// answered or failed since the daemon started).
+    #[serde(default)]
+    pub network: Option<String>,
+    /// RFC 3339 of the first failed attempt of the current outage, and why
+    /// the newest one failed.
+    #[serde(default)]
+    pub offline_since: Option<String>,
+    #[serde(default)]
+    pub offline_error: Option<String>,
+    /// RFC 3339 of the next probe while offline.
+    #[serde(default)]
+    pub next_probe: Option<String>,
+    /// Whether Slurm answers; `None` when the daemon does not ask it.
+    #[serde(default)]
+    pub slurm: Option<SlurmHealth>,
     pub base_url: String,
     /// What each run is doing now, by ledger key: `uploading`, `queued`,
     /// `waiting` (backing off until `next_retry`), `stopped` (with
@@ -36,9 +52,25 @@ pub struct Heartbeat {
     pub activity: BTreeMap<String, Activity>,
 }
 
+/// Whether the daemon's Slurm queries get answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SlurmHealth {
+    /// The last query was answered, and none has been waiting long.
+    pub answering: bool,
+    /// RFC 3339: since when it has not answered (the failed or still
+    /// unanswered query that began the trouble).
+    pub since: Option<String>,
+    pub error: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Activity {
+    /// `uploading`, `queued`, `waiting` (see `reason`), `stopped`, `idle`.
     pub state: String,
+    /// Why a run waits: `offline` (for the network; `next_retry` is the
+    /// next probe), `retry` (backing off after a failure).
+    #[serde(default)]
+    pub reason: Option<String>,
     /// RFC 3339.
     pub next_retry: Option<String>,
     /// The run directory (for display).
@@ -52,6 +84,18 @@ pub struct Activity {
     /// Why the run is stopped: e.g. its `.env` is refused.
     #[serde(default)]
     pub error: Option<String>,
+    /// Where the run goes (its `.env`, or the run's own settings), for
+    /// runs the ledger does not know yet.
+    #[serde(default)]
+    pub entity: Option<String>,
+    #[serde(default)]
+    pub project: Option<String>,
+    /// Bytes of its `.wandb` files on disk and acknowledged by the server,
+    /// for runs waiting for the network or a retry.
+    #[serde(default)]
+    pub bytes_on_disk: Option<u64>,
+    #[serde(default)]
+    pub bytes_acked: Option<u64>,
 }
 
 pub fn path(state_dir: &Path) -> PathBuf {

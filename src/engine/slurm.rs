@@ -1,6 +1,8 @@
 //! Slurm as the liveness oracle: is the job that writes a run still alive,
 //! and if not, how did it end? The daemon asks once per poll cycle, for all
-//! the jobs it watches at once, from a blocking task.
+//! the jobs it watches at once, from a task of its own: the commands run as
+//! `tokio::process` children with a deadline, killed when it passes or when
+//! the daemon stops, and the loop uses the last answer meanwhile.
 //!
 //! # How the question is put
 //!
@@ -68,7 +70,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::process::{find_program, output_within};
+use crate::process::{find_program, output_within_async};
 
 /// Ids per `squeue`/`sacct` invocation. Keeps the argument list a few KiB;
 /// with more than one id `squeue` loads the whole queue anyway, so chunks
@@ -306,7 +308,10 @@ impl Slurm {
     /// When Slurm could not tell whether a job is alive: `squeue` failed,
     /// timed out or is missing, and `sacct` could not answer either. The
     /// same error is returned without asking again until the TTL has passed.
-    pub fn states(&mut self, job_ids: &[String]) -> Result<HashMap<String, JobInfo>, SlurmError> {
+    pub async fn states(
+        &mut self,
+        job_ids: &[String],
+    ) -> Result<HashMap<String, JobInfo>, SlurmError> {
         let now = Instant::now();
         let ttl = self.ttl;
         self.cache
@@ -332,7 +337,7 @@ impl Slurm {
             {
                 return Err(error.clone());
             }
-            match self.ask(&to_ask) {
+            match self.ask(&to_ask).await {
                 Ok(mut answers) => {
                     self.last_failure = None;
                     for job in to_ask {
@@ -362,18 +367,18 @@ impl Slurm {
         self.accounting_error.as_ref()
     }
 
-    fn ask(&mut self, jobs: &[JobRef]) -> Result<HashMap<JobRef, JobInfo>, SlurmError> {
+    async fn ask(&mut self, jobs: &[JobRef]) -> Result<HashMap<JobRef, JobInfo>, SlurmError> {
         if self.squeue.is_none() && self.sacct.is_none() {
             return Err(SlurmError::NoCommands);
         }
         let mut answers = HashMap::new();
         for chunk in jobs.chunks(self.max_ids_per_command.max(1)) {
-            self.ask_chunk(chunk, &mut answers)?;
+            self.ask_chunk(chunk, &mut answers).await?;
         }
         Ok(answers)
     }
 
-    fn ask_chunk(
+    async fn ask_chunk(
         &mut self,
         jobs: &[JobRef],
         answers: &mut HashMap<JobRef, JobInfo>,
@@ -395,7 +400,7 @@ impl Slurm {
                     "--format=%i|%A|%T",
                     &format!("--jobs={id_list}"),
                 ];
-                match run(program, &args, self.timeout) {
+                match run(program, &args, self.timeout).await {
                     Ok(stdout) => Ok(parse_rows(&stdout, 3)),
                     // A single purged id: the controller's way to say "gone".
                     Err(SlurmError::Failed { stderr, .. })
@@ -444,7 +449,7 @@ impl Slurm {
             "--format=JobID,JobIDRaw,State,ExitCode",
             &format!("--jobs={id_list}"),
         ];
-        let sacct_rows = match run(program, &args, self.timeout) {
+        let sacct_rows = match run(program, &args, self.timeout).await {
             Ok(stdout) => {
                 self.accounting_error = None;
                 parse_rows(&stdout, 4)
@@ -634,7 +639,7 @@ fn best_row<'a>(rows: &'a [Row], wanted: &JobRef) -> Option<&'a Row> {
 }
 
 /// Runs a Slurm command, killing it after `timeout`. Returns its stdout.
-fn run(program: &Path, args: &[&str], timeout: Duration) -> Result<String, SlurmError> {
+async fn run(program: &Path, args: &[&str], timeout: Duration) -> Result<String, SlurmError> {
     let command = describe(program, args);
     let mut cmd = Command::new(program);
     cmd.args(args).stdin(Stdio::null());
@@ -651,16 +656,18 @@ fn run(program: &Path, args: &[&str], timeout: Duration) -> Result<String, Slurm
     // Array index lists are cut at 64 bytes by default (`12345_[1-3,5…`);
     // 0 lifts the limit (squeue's own `--array` sets it the same way).
     cmd.env("SLURM_BITSTR_LEN", "0");
-    let output = output_within(cmd, timeout).map_err(|source| match source.kind() {
-        std::io::ErrorKind::TimedOut => SlurmError::Timeout {
-            command: command.clone(),
-            timeout,
-        },
-        _ => SlurmError::Spawn {
-            command: command.clone(),
-            source: Arc::new(source),
-        },
-    })?;
+    let output = output_within_async(cmd, timeout)
+        .await
+        .map_err(|source| match source.kind() {
+            std::io::ErrorKind::TimedOut => SlurmError::Timeout {
+                command: command.clone(),
+                timeout,
+            },
+            _ => SlurmError::Spawn {
+                command: command.clone(),
+                source: Arc::new(source),
+            },
+        })?;
     if output.status.success() {
         return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
     }
@@ -758,8 +765,8 @@ mod tests {
         answer[id].state.clone()
     }
 
-    #[test]
-    fn running_pending_and_requeued_jobs_are_alive_and_need_no_sacct() {
+    #[tokio::test]
+    async fn running_pending_and_requeued_jobs_are_alive_and_need_no_sacct() {
         let fake = FakeSlurm::new();
         let squeue = fake.command(
             "squeue",
@@ -770,7 +777,10 @@ mod tests {
         let sacct = fake.command("sacct", "", "", 0);
         let mut slurm = Slurm::with_commands(Some(squeue), Some(sacct));
 
-        let answer = slurm.states(&ids(&["100", "101", "102", "103"])).unwrap();
+        let answer = slurm
+            .states(&ids(&["100", "101", "102", "103"]))
+            .await
+            .unwrap();
 
         assert_eq!(state_of(&answer, "100"), JobState::Running);
         assert_eq!(state_of(&answer, "101"), JobState::Pending);
@@ -788,8 +798,8 @@ mod tests {
         assert!(fake.calls("sacct").is_empty());
     }
 
-    #[test]
-    fn ended_jobs_come_from_sacct_with_exit_code_and_signal() {
+    #[tokio::test]
+    async fn ended_jobs_come_from_sacct_with_exit_code_and_signal() {
         let fake = FakeSlurm::new();
         // squeue knows none of them any more (several ids: no error).
         let squeue = fake.command("squeue", "", "", 0);
@@ -809,7 +819,7 @@ mod tests {
         let mut slurm = Slurm::with_commands(Some(squeue), Some(sacct));
         let all = ["200", "201", "202", "203", "204", "205", "206", "207"];
 
-        let answer = slurm.states(&ids(&all)).unwrap();
+        let answer = slurm.states(&ids(&all)).await.unwrap();
 
         let expect = |id: &str, state: JobState, code: i32, signal: Option<i32>| {
             let info = &answer[id];
@@ -840,15 +850,15 @@ mod tests {
         );
     }
 
-    #[test]
-    fn squeue_state_of_an_ended_job_wins_and_sacct_adds_the_exit_code() {
+    #[tokio::test]
+    async fn squeue_state_of_an_ended_job_wins_and_sacct_adds_the_exit_code() {
         let fake = FakeSlurm::new();
         // Still in the controller's memory (MinJobAge), accounting lags.
         let squeue = fake.command("squeue", "300|300|TIMEOUT\n301|301|RUNNING\n", "", 0);
         let sacct = fake.command("sacct", "300|300|RUNNING|0:15\n", "", 0);
         let mut slurm = Slurm::with_commands(Some(squeue), Some(sacct));
 
-        let answer = slurm.states(&ids(&["300", "301"])).unwrap();
+        let answer = slurm.states(&ids(&["300", "301"])).await.unwrap();
 
         assert_eq!(answer["300"].state, JobState::Timeout);
         assert_eq!(answer["300"].exit_code, None, "sacct's row was not final");
@@ -857,8 +867,8 @@ mod tests {
         assert!(fake.calls("sacct")[0].ends_with("--jobs=300"));
     }
 
-    #[test]
-    fn array_elements_report_their_own_state() {
+    #[tokio::test]
+    async fn array_elements_report_their_own_state() {
         let fake = FakeSlurm::new();
         // Element 1 runs under its own id 512; 2 and 3 are pending.
         let squeue = fake.command(
@@ -879,6 +889,7 @@ mod tests {
             .states(&ids(&[
                 "500_1", "500_2", "500_4", "500_5", "512", "513", "600_3", "500_9",
             ]))
+            .await
             .unwrap();
 
         assert_eq!(state_of(&answer, "500_1"), JobState::Running);
@@ -897,8 +908,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_whole_array_or_het_job_is_alive_while_any_part_is() {
+    #[tokio::test]
+    async fn a_whole_array_or_het_job_is_alive_while_any_part_is() {
         let fake = FakeSlurm::new();
         let squeue = fake.command(
             "squeue",
@@ -911,6 +922,7 @@ mod tests {
         // Het component and step forms are asked as their job, once.
         let answer = slurm
             .states(&ids(&["700", "800+1", "800.batch", " 800 "]))
+            .await
             .unwrap();
 
         assert_eq!(state_of(&answer, "700"), JobState::Running);
@@ -921,8 +933,8 @@ mod tests {
         assert!(fake.calls("squeue")[0].ends_with("--jobs=700,800"));
     }
 
-    #[test]
-    fn ids_unknown_to_both_and_non_ids_are_absent() {
+    #[tokio::test]
+    async fn ids_unknown_to_both_and_non_ids_are_absent() {
         let fake = FakeSlurm::new();
         let squeue = fake.command("squeue", "", "", 0);
         let sacct = fake.command("sacct", "", "", 0);
@@ -930,6 +942,7 @@ mod tests {
 
         let answer = slurm
             .states(&ids(&["900", "901", "--all", "1,2", "", "+5", "x_1"]))
+            .await
             .unwrap();
 
         assert!(answer.is_empty());
@@ -938,8 +951,8 @@ mod tests {
         assert!(fake.calls("sacct")[0].ends_with("--jobs=900,901"));
     }
 
-    #[test]
-    fn a_single_purged_id_makes_squeue_fail_and_sacct_answers() {
+    #[tokio::test]
+    async fn a_single_purged_id_makes_squeue_fail_and_sacct_answers() {
         let fake = FakeSlurm::new();
         let squeue = fake.command(
             "squeue",
@@ -950,13 +963,13 @@ mod tests {
         let sacct = fake.command("sacct", "42|42|COMPLETED|0:0\n", "", 0);
         let mut slurm = Slurm::with_commands(Some(squeue), Some(sacct));
 
-        let answer = slurm.states(&ids(&["42"])).unwrap();
+        let answer = slurm.states(&ids(&["42"])).await.unwrap();
 
         assert_eq!(state_of(&answer, "42"), JobState::Completed);
     }
 
-    #[test]
-    fn squeue_error_falls_back_to_sacct_for_every_id() {
+    #[tokio::test]
+    async fn squeue_error_falls_back_to_sacct_for_every_id() {
         let fake = FakeSlurm::new();
         let squeue = fake.command(
             "squeue",
@@ -967,15 +980,15 @@ mod tests {
         let sacct = fake.command("sacct", "10|10|RUNNING|0:0\n11|11|COMPLETED|0:0\n", "", 0);
         let mut slurm = Slurm::with_commands(Some(squeue), Some(sacct));
 
-        let answer = slurm.states(&ids(&["10", "11"])).unwrap();
+        let answer = slurm.states(&ids(&["10", "11"])).await.unwrap();
 
         assert_eq!(state_of(&answer, "10"), JobState::Running);
         assert_eq!(state_of(&answer, "11"), JobState::Completed);
         assert!(fake.calls("sacct")[0].ends_with("--jobs=10,11"));
     }
 
-    #[test]
-    fn both_failing_is_an_error_with_squeues_stderr() {
+    #[tokio::test]
+    async fn both_failing_is_an_error_with_squeues_stderr() {
         let fake = FakeSlurm::new();
         let squeue = fake.command(
             "squeue",
@@ -991,7 +1004,7 @@ mod tests {
         );
         let mut slurm = Slurm::with_commands(Some(squeue), Some(sacct));
 
-        let error = slurm.states(&ids(&["10"])).unwrap_err();
+        let error = slurm.states(&ids(&["10"])).await.unwrap_err();
 
         let SlurmError::Failed { stderr, .. } = &error else {
             panic!("{error:?}");
@@ -1002,8 +1015,8 @@ mod tests {
         assert!(message.contains("scontrol ping"), "{message}");
     }
 
-    #[test]
-    fn sacct_failing_after_squeue_answered_only_loses_how_jobs_ended() {
+    #[tokio::test]
+    async fn sacct_failing_after_squeue_answered_only_loses_how_jobs_ended() {
         let fake = FakeSlurm::new();
         let squeue = fake.command("squeue", "20|20|RUNNING\n21|21|TIMEOUT\n", "", 0);
         let sacct = fake.command(
@@ -1014,7 +1027,7 @@ mod tests {
         );
         let mut slurm = Slurm::with_commands(Some(squeue), Some(sacct));
 
-        let answer = slurm.states(&ids(&["20", "21", "22"])).unwrap();
+        let answer = slurm.states(&ids(&["20", "21", "22"])).await.unwrap();
 
         assert_eq!(state_of(&answer, "20"), JobState::Running);
         assert_eq!(state_of(&answer, "21"), JobState::Timeout);
@@ -1024,15 +1037,15 @@ mod tests {
         assert!(note.contains("accounting storage is disabled"), "{note}");
     }
 
-    #[test]
-    fn a_hanging_command_is_killed_after_the_timeout() {
+    #[tokio::test]
+    async fn a_hanging_command_is_killed_after_the_timeout() {
         let fake = FakeSlurm::new();
         let squeue = fake.script("squeue", "exec sleep 30\n");
         let mut slurm = Slurm::with_commands(Some(squeue.clone()), None)
             .with_timeout(Duration::from_millis(300));
 
         let started = Instant::now();
-        let error = slurm.states(&ids(&["1"])).unwrap_err();
+        let error = slurm.states(&ids(&["1"])).await.unwrap_err();
 
         assert!(started.elapsed() < Duration::from_secs(5));
         assert!(matches!(error, SlurmError::Timeout { .. }), "{error:?}");
@@ -1043,13 +1056,13 @@ mod tests {
         let mut slurm = Slurm::with_commands(Some(squeue), Some(sacct))
             .with_timeout(Duration::from_millis(300));
         assert_eq!(
-            slurm.states(&ids(&["1"])).unwrap()["1"].state,
+            slurm.states(&ids(&["1"])).await.unwrap()["1"].state,
             JobState::Running
         );
     }
 
-    #[test]
-    fn missing_commands() {
+    #[tokio::test]
+    async fn missing_commands() {
         let empty = tempfile::tempdir().unwrap();
         assert!(Slurm::detect_in(Some(empty.path().as_os_str())).is_none());
         assert!(Slurm::detect_in(None).is_none());
@@ -1064,29 +1077,29 @@ mod tests {
         assert_eq!(slurm.sacct, Some(fake.dir.path().join("sacct")));
 
         let mut slurm = Slurm::with_commands(Some(empty.path().join("squeue")), None);
-        let error = slurm.states(&ids(&["1"])).unwrap_err();
+        let error = slurm.states(&ids(&["1"])).await.unwrap_err();
         assert!(matches!(error, SlurmError::Spawn { .. }), "{error:?}");
 
         let mut slurm = Slurm::with_commands(None, None);
         assert!(matches!(
-            slurm.states(&ids(&["1"])),
+            slurm.states(&ids(&["1"])).await,
             Err(SlurmError::NoCommands)
         ));
         // Nothing to ask, nothing to fail.
-        assert!(slurm.states(&[]).unwrap().is_empty());
+        assert!(slurm.states(&[]).await.unwrap().is_empty());
     }
 
-    #[test]
-    fn answers_are_cached_for_the_ttl_and_a_new_id_reasks_the_set() {
+    #[tokio::test]
+    async fn answers_are_cached_for_the_ttl_and_a_new_id_reasks_the_set() {
         let fake = FakeSlurm::new();
         let squeue = fake.command("squeue", "1|1|RUNNING\n2|2|RUNNING\n", "", 0);
         let sacct = fake.command("sacct", "", "", 0);
         let mut slurm = Slurm::with_commands(Some(squeue.clone()), Some(sacct.clone()))
             .with_ttl(Duration::from_secs(3600));
 
-        slurm.states(&ids(&["1", "3"])).unwrap();
-        slurm.states(&ids(&["3", "1"])).unwrap();
-        let answer = slurm.states(&ids(&["1", "2", "3"])).unwrap();
+        slurm.states(&ids(&["1", "3"])).await.unwrap();
+        slurm.states(&ids(&["3", "1"])).await.unwrap();
+        let answer = slurm.states(&ids(&["1", "2", "3"])).await.unwrap();
 
         assert_eq!(answer.len(), 2);
         assert_eq!(fake.calls("squeue").len(), 2);
@@ -1096,34 +1109,37 @@ mod tests {
         assert!(fake.calls("sacct")[1].ends_with("--jobs=3"));
 
         let mut uncached = Slurm::with_commands(Some(squeue), Some(sacct)).with_ttl(Duration::ZERO);
-        uncached.states(&ids(&["1"])).unwrap();
-        uncached.states(&ids(&["1"])).unwrap();
+        uncached.states(&ids(&["1"])).await.unwrap();
+        uncached.states(&ids(&["1"])).await.unwrap();
         assert_eq!(fake.calls("squeue").len(), 4);
     }
 
-    #[test]
-    fn a_failure_is_replayed_for_the_ttl_without_asking_again() {
+    #[tokio::test]
+    async fn a_failure_is_replayed_for_the_ttl_without_asking_again() {
         let fake = FakeSlurm::new();
         let squeue = fake.command("squeue", "", "controller down", 1);
         let mut slurm =
             Slurm::with_commands(Some(squeue), None).with_ttl(Duration::from_secs(3600));
 
-        let first = slurm.states(&ids(&["1"])).unwrap_err();
-        let second = slurm.states(&ids(&["1", "2"])).unwrap_err();
+        let first = slurm.states(&ids(&["1"])).await.unwrap_err();
+        let second = slurm.states(&ids(&["1", "2"])).await.unwrap_err();
 
         assert_eq!(first.to_string(), second.to_string());
         assert_eq!(fake.calls("squeue").len(), 1);
     }
 
-    #[test]
-    fn huge_id_lists_are_chunked() {
+    #[tokio::test]
+    async fn huge_id_lists_are_chunked() {
         let fake = FakeSlurm::new();
         let squeue = fake.command("squeue", "1|1|RUNNING\n5|5|RUNNING\n", "", 0);
         let sacct = fake.command("sacct", "", "", 0);
         let mut slurm = Slurm::with_commands(Some(squeue), Some(sacct));
         slurm.max_ids_per_command = 2;
 
-        let answer = slurm.states(&ids(&["1", "2", "3", "4", "5"])).unwrap();
+        let answer = slurm
+            .states(&ids(&["1", "2", "3", "4", "5"]))
+            .await
+            .unwrap();
 
         assert_eq!(answer.len(), 2);
         assert_eq!(

@@ -121,6 +121,22 @@ impl Targets {
     }
 
     /// Every distinct client made so far (for the offline probe).
+    /// The files a run's destination and key can come from: the `.env`
+    /// files searched for it, the user's, and netrc. Whether each exists
+    /// is part of the answer's meaning (one created later counts).
+    pub fn settings_files(&self, run_dir: &Path, root: &Path) -> Vec<PathBuf> {
+        let netrc = self
+            .lookup("NETRC")
+            .map(PathBuf::from)
+            .or_else(|| self.lookup("HOME").map(|h| PathBuf::from(h).join(".netrc")));
+        target::search_dirs(run_dir, root)
+            .into_iter()
+            .map(|dir| dir.join(target::dotenv::DOTENV_FILE))
+            .chain(std::iter::once(self.user_env_file.clone()))
+            .chain(netrc)
+            .collect()
+    }
+
     pub fn clients(&self) -> Vec<Arc<Client>> {
         lock(&self.clients).values().cloned().collect()
     }

@@ -39,6 +39,10 @@ impl Drop for Daemon {
 }
 
 impl Daemon {
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -295,7 +299,7 @@ fn on_a_local_root_a_new_run_and_its_end_are_seen_without_waiting_for_the_poll()
 
 /// Fake Slurm commands on PATH: `squeue` knows no job any more; `sacct`
 /// says array task 4240_2 (job 4242) ended in TIMEOUT.
-fn fake_slurm(dir: &Path) -> String {
+pub fn fake_slurm(dir: &Path) -> String {
     std::fs::create_dir_all(dir).unwrap();
     for (name, body) in [
         ("squeue", "#!/bin/sh\nexit 0\n"),
@@ -315,7 +319,7 @@ fn fake_slurm(dir: &Path) -> String {
 
 /// The committed Slurm fixture cut just before its exit record: a run whose
 /// job (4242) was killed at its time limit.
-fn timed_out_run(root: &Path) -> PathBuf {
+pub fn timed_out_run(root: &Path) -> PathBuf {
     committed_copy("0.31.0", "slurm_env", root);
     let file = crate::support::wandb_files_under(root).remove(0);
     let fragment = syncd::source::wandb::fragment::read_fragment(&file, Default::default())
@@ -680,8 +684,9 @@ fn systemd_is_told_ready_and_status() {
         .iter()
         .find(|m| m.contains("STATUS="))
         .expect("a STATUS message");
+    // Before any request was answered the daemon does not claim "online".
     assert!(
-        status.contains("queued") && status.contains("online"),
+        status.contains("queued") && status.contains("not contacted yet"),
         "{status}"
     );
     assert!(seen.iter().any(|m| m.contains("WATCHDOG=1")), "{seen:?}");

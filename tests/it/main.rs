@@ -11,6 +11,9 @@ mod corruption;
 mod daemon;
 /// A file that grows while it is read: every record exactly once.
 mod growing;
+/// The daemon stays live while a server hangs or black-holes and while
+/// `squeue` sleeps; then everything converges.
+mod liveness;
 /// The official `wandb sync` against the test server, for every fixture case.
 mod official_sync;
 /// `inspect --json` against an independent reader, for every real fixture run.

@@ -350,11 +350,13 @@ fn the_daemon_reports_a_refused_env_and_uploads_once_it_is_fixed() {
     );
     let reason = refused().unwrap()["reason"].as_str().unwrap().to_string();
     assert!(reason.contains("chmod 600"), "{reason}");
+    // It says what happens next.
+    assert!(reason.contains("tries it again when"), "{reason}");
     assert!(server.run("fxfinish").is_none());
 
-    // Fixed: the next look at the run (a SIGHUP here) uploads it.
+    // Fixed: the daemon sees the `.env` change on its idle poll (2 s here)
+    // and uploads the run, without a SIGHUP or restart.
     std::fs::set_permissions(&exposed, std::fs::Permissions::from_mode(0o600)).unwrap();
-    daemon.hup();
     wait_until(Duration::from_secs(20), "the fixed run", || {
         server
             .run("fxfinish")
@@ -363,6 +365,7 @@ fn the_daemon_reports_a_refused_env_and_uploads_once_it_is_fixed() {
     assert_eq!(server.run("fxfinish").unwrap()["entity"], "team-open");
     let log = daemon.log_text();
     assert!(log.contains("chmod 600"), "{log}");
+    assert!(log.contains("its settings changed"), "{log}");
     let status = serde_json::to_string(&status_json(tmp.path())).unwrap();
     assert_key_nowhere(
         server.api_key(),

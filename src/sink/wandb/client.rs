@@ -59,6 +59,21 @@ impl SinkError {
     }
 }
 
+/// What a client last heard from its server: the daemon's status says
+/// "online" only when the newest attempt got an answer, and "offline since"
+/// from the first attempt of a run of failures (a refused connection, or a
+/// request that got no answer within its timeout).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Contact {
+    /// The last time the server answered at all (any HTTP status).
+    pub last_answer: Option<SystemTime>,
+    /// Set by the first attempt that could not reach the server after its
+    /// last answer; cleared by the next answer.
+    pub unreachable_since: Option<SystemTime>,
+    /// Why the newest attempt could not reach it.
+    pub last_error: Option<String>,
+}
+
 /// Where to send and with which key. The key is only ever put in the
 /// `Authorization` header (marked sensitive); it is not kept elsewhere.
 pub struct Client {
@@ -68,6 +83,8 @@ pub struct Client {
     policy: RetryPolicy,
     /// No request leaves before this instant (set by 429 Retry-After).
     paused_until: Arc<Mutex<Option<Instant>>>,
+    /// A std mutex: held for a copy, never across an await.
+    contact: std::sync::Mutex<Contact>,
 }
 
 impl Client {
@@ -93,11 +110,38 @@ impl Client {
             auth,
             policy,
             paused_until: Arc::new(Mutex::new(None)),
+            contact: std::sync::Mutex::new(Contact::default()),
         })
     }
 
     pub fn base_url(&self) -> &str {
         &self.base_url
+    }
+
+    /// What this client last heard from its server.
+    pub fn contact(&self) -> Contact {
+        self.contact_guard().clone()
+    }
+
+    fn contact_guard(&self) -> std::sync::MutexGuard<'_, Contact> {
+        self.contact
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn record_answer(&self) {
+        let mut contact = self.contact_guard();
+        contact.last_answer = Some(SystemTime::now());
+        contact.unreachable_since = None;
+        contact.last_error = None;
+    }
+
+    fn record_unreachable(&self, error: &str) {
+        let mut contact = self.contact_guard();
+        contact
+            .unreachable_since
+            .get_or_insert_with(SystemTime::now);
+        contact.last_error = Some(error.to_string());
     }
 
     /// Runs one GraphQL operation and returns its `data`.
@@ -245,9 +289,13 @@ impl Client {
                 Err(e) => {
                     offline = e.is_connect() || e.is_timeout() || e.is_request();
                     last = describe_transport_error(&e);
+                    if offline {
+                        self.record_unreachable(&last);
+                    }
                     self.policy.backoff(attempt)
                 }
                 Ok(response) => {
+                    self.record_answer();
                     let status = response.status().as_u16();
                     let retry_after = response
                         .headers()

@@ -131,6 +131,9 @@ pub struct FragmentHead {
     pub path: PathBuf,
     pub run_id: String,
     pub start_time: Option<f64>,
+    /// The entity and project the run record names (empty: none).
+    pub entity: String,
+    pub project: String,
 }
 
 /// How many records to look through for the run record (it is the second
@@ -144,6 +147,8 @@ pub fn head(path: &Path) -> Result<FragmentHead, ReadError> {
         path: path.to_path_buf(),
         run_id: String::new(),
         start_time: None,
+        entity: String::new(),
+        project: String::new(),
     };
     for _ in 0..HEAD_RECORDS {
         let Some(raw) = reader.next_record()? else {
@@ -156,6 +161,8 @@ pub fn head(path: &Path) -> Result<FragmentHead, ReadError> {
         {
             head.run_id = run.run_id;
             head.start_time = run.start_time.map(|t| t.as_secs_f64());
+            head.entity = run.entity;
+            head.project = run.project;
             break;
         }
     }
