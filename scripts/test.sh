@@ -40,6 +40,12 @@ if ! command -v systemd-analyze >/dev/null 2>&1; then
     apt_install systemd
 fi
 
+# The hung-filesystem test mounts a FUSE passthrough (tests/hangfs) written
+# with Debian's python3-fusepy, run by Debian's own interpreter.
+if ! /usr/bin/python3 -c 'import fusepy' 2>/dev/null; then
+    apt_install python3-fusepy
+fi
+
 venv_for() { echo "$cache/venv-wandb-$1"; }
 
 for version in "${wandb_versions[@]}"; do

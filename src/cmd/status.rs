@@ -2,10 +2,10 @@
 //! reads the ledger and the daemon's heartbeat file only, so it works the
 //! same whether the daemon runs or not (and says which).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use comfy_table::{ContentArrangement, Table, presets};
 use serde::Serialize;
@@ -46,6 +46,9 @@ pub struct DaemonStatus {
     pub last_contact: Option<String>,
     /// Whether Slurm answers the daemon (absent when it does not ask).
     pub slurm: Option<SlurmHealth>,
+    /// The daemon's loop has not turned since then: it waits on a
+    /// filesystem that does not answer, most likely.
+    pub loop_stalled_since: Option<String>,
     pub heartbeat_at: Option<String>,
     pub base_url: Option<String>,
 }
@@ -139,6 +142,7 @@ pub fn status(
             next_probe: b.next_probe.clone(),
             last_contact: b.last_contact.clone(),
             slurm: b.slurm.clone(),
+            loop_stalled_since: b.loop_stalled_since.clone(),
             heartbeat_at: Some(b.heartbeat_at.clone()),
             base_url: Some(b.base_url.clone()),
         },
@@ -155,6 +159,7 @@ pub fn status(
             next_probe: None,
             last_contact: None,
             slurm: None,
+            loop_stalled_since: None,
             heartbeat_at: None,
             base_url: None,
         },
@@ -162,11 +167,20 @@ pub fn status(
     let mut runs = Vec::new();
     let mut errors = Vec::new();
     if let Ok(ledger) = Ledger::open_existing(state_dir) {
+        let mut entries = Vec::new();
         for entry in ledger.all() {
             match entry {
-                Ok(entry) => runs.push(run_status(&entry, beat.as_ref())),
+                Ok(entry) => entries.push(entry),
                 Err(e) => errors.push(e.to_string()),
             }
+        }
+        let paths = entries
+            .iter()
+            .flat_map(|e| e.fragments.iter().map(|f| f.path.clone()))
+            .collect();
+        let sizes = sizes_within(paths, SIZES_DEADLINE);
+        for entry in &entries {
+            runs.push(run_status(entry, beat.as_ref(), &sizes));
         }
     }
     // Runs the daemon follows that have no ledger entry yet: new ones
@@ -220,19 +234,9 @@ fn unsynced_status(key: &str, activity: &Activity) -> RunStatus {
         "waiting" => ("waiting", None),
         _ => ("queued", None),
     };
-    let on_disk = activity.bytes_on_disk.unwrap_or_else(|| {
-        activity
-            .path
-            .as_deref()
-            .and_then(|dir| std::fs::read_dir(dir).ok())
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| e.path().extension().is_some_and(|x| x == "wandb"))
-            .filter_map(|e| e.metadata().ok())
-            .map(|m| m.len())
-            .sum()
-    });
+    // From the daemon's last look: status does not touch runs' disks for
+    // the runs the daemon follows.
+    let on_disk = activity.bytes_on_disk.unwrap_or(0);
     let acked = activity.bytes_acked.unwrap_or(0);
     RunStatus {
         key: key.to_string(),
@@ -287,12 +291,48 @@ fn fill_gaps(row: &mut RunStatus, activity: &Activity) {
     row.slurm_state = activity.slurm_state.clone().or(row.slurm_state.take());
 }
 
-fn run_status(entry: &RunLedger, beat: Option<&Heartbeat>) -> RunStatus {
+/// How long `status` waits for the sizes of runs' files: a filesystem that
+/// does not answer (a hung NFS mount) must not hang `status` with it.
+const SIZES_DEADLINE: Duration = Duration::from_secs(2);
+
+/// The sizes of `paths` (`None`: no such file), asked from a thread of
+/// their own. A path missing from the answer is one whose filesystem did
+/// not answer within `deadline`; the thread is left to it.
+fn sizes_within(paths: Vec<PathBuf>, deadline: Duration) -> HashMap<PathBuf, Option<u64>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for path in paths {
+            let size = std::fs::metadata(&path).map(|m| m.len()).ok();
+            if tx.send((path, size)).is_err() {
+                break;
+            }
+        }
+    });
+    let until = Instant::now() + deadline;
+    let mut sizes = HashMap::new();
+    while let Ok((path, size)) = rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+        sizes.insert(path, size);
+    }
+    sizes
+}
+
+fn run_status(
+    entry: &RunLedger,
+    beat: Option<&Heartbeat>,
+    sizes: &HashMap<PathBuf, Option<u64>>,
+) -> RunStatus {
     let activity = beat.and_then(|b| b.activity.get(&entry.key));
+    let mut unanswered = false;
     let on_disk: u64 = entry
         .fragments
         .iter()
-        .map(|f| std::fs::metadata(&f.path).map_or(f.cursor, |m| m.len()))
+        .map(|f| match sizes.get(&f.path) {
+            Some(size) => size.unwrap_or(f.cursor),
+            None => {
+                unanswered = true;
+                f.cursor
+            }
+        })
         .sum();
     let sent: u64 = entry.fragments.iter().map(|f| f.cursor).sum();
     // The ledger is written after every step, the heartbeat every 2 s: a
@@ -368,6 +408,12 @@ fn run_status(entry: &RunLedger, beat: Option<&Heartbeat>) -> RunStatus {
         next_retry: activity.and_then(|a| a.next_retry.clone()),
         warnings: entry.warnings.clone(),
     };
+    if unanswered {
+        row.warnings.push(format!(
+            "size on disk unknown: its filesystem did not answer within {} s",
+            SIZES_DEADLINE.as_secs()
+        ));
+    }
     if let Some(activity) = activity {
         fill_gaps(&mut row, activity);
     }
@@ -396,6 +442,12 @@ fn write_human(out: &mut impl Write, report: &StatusReport) -> std::io::Result<(
             )?,
             Some("online") => writeln!(out, "network: online, last server contact {last_contact}")?,
             _ => writeln!(out, "network: server not contacted yet")?,
+        }
+        if let Some(since) = &d.loop_stalled_since {
+            writeln!(
+                out,
+                "loop: STALLED since {since}: it waits on something that does not answer, most likely a filesystem under a watched root (the lease and this status are kept meanwhile)"
+            )?;
         }
         if let Some(SlurmHealth {
             answering: false,
@@ -527,6 +579,7 @@ mod tests {
             offline_error: None,
             next_probe: None,
             slurm: None,
+            loop_stalled_since: None,
             base_url: "http://s".into(),
             activity: [
                 // Resolved and keyed, not uploaded yet (offline).
@@ -593,6 +646,7 @@ mod tests {
             offline_error: Some("timed out".into()),
             next_probe: Some(probe_at.clone()),
             slurm: None,
+            loop_stalled_since: None,
             base_url: "http://s".into(),
             activity: [(
                 "unsynced:somewhere".to_string(),

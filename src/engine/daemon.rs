@@ -26,7 +26,8 @@ use crate::discover::scan::{RootSpec, ScanReport, Scanner};
 use crate::discover::trigger::TriggerDirs;
 use crate::discover::wandb_files;
 use crate::discover::watch::{Accelerator, Change, FsKind, fs_kind};
-use crate::engine::heartbeat::{self, Activity, Heartbeat, SlurmHealth, UNSYNCED_PREFIX};
+use crate::engine::heartbeat::{Activity, Heartbeat, SlurmHealth, UNSYNCED_PREFIX};
+use crate::engine::keeper::Keeper;
 use crate::engine::sd_notify::Notifier;
 use crate::engine::slurm::{JobInfo, Slurm, SlurmError};
 use crate::engine::targets::Targets;
@@ -137,6 +138,10 @@ struct Tracked {
     /// Acknowledged byte cursor per fragment (one per `job.fragments`),
     /// from the ledger.
     acked: Vec<Option<u64>>,
+    /// Each fragment's size when last looked at (one per `job.fragments`),
+    /// so that status can say what is behind without the heartbeat
+    /// touching a run's disk.
+    sizes: Vec<u64>,
     /// The ledger entry as the last upload left it, kept while the run is
     /// active so its next upload neither reads nor parses it again (this
     /// daemon holds the lease: nobody else writes it). Dropped once the
@@ -166,6 +171,8 @@ pub enum DaemonError {
     Lease(#[from] crate::ledger::lease::LeaseError),
     #[error("{0}")]
     Ledger(#[from] crate::ledger::LedgerError),
+    #[error("cannot start the keeper thread: {0}")]
+    Keeper(std::io::Error),
 }
 
 /// What the signal handlers ask for.
@@ -182,7 +189,15 @@ pub async fn run(
     mut control: mpsc::Receiver<Control>,
     log: Arc<dyn Fn(&str) + Send + Sync>,
 ) -> Result<(), DaemonError> {
-    let mut lease = acquire_lease(&config, &log).await?;
+    let lease = acquire_lease(&config, &log).await?;
+    let notifier = Notifier::from_env();
+    let keeper = Keeper::start(
+        lease,
+        config.state_dir.clone(),
+        notifier.clone(),
+        Arc::clone(&log),
+    )
+    .map_err(DaemonError::Keeper)?;
     let ledger = Ledger::open(&config.state_dir)?;
     let uid = crate::process::current_uid();
     let mut scanner = Scanner::new(config.roots.clone(), uid);
@@ -193,7 +208,6 @@ pub async fn run(
     let _ = std::fs::create_dir_all(&triggers.spool);
     // `None` while a query has it (or when Slurm is not asked at all).
     let mut slurm = if config.slurm { Slurm::detect() } else { None };
-    let notifier = Notifier::from_env();
     let started_at = now_rfc3339();
     let mut state = DaemonState {
         slurm_health: slurm.as_ref().map(|_| SlurmWatch::default()),
@@ -202,6 +216,9 @@ pub async fn run(
     let (done_tx, mut done_rx) = mpsc::channel::<(String, Finished)>(64);
     let (slurm_tx, mut slurm_rx) = mpsc::channel::<SlurmReply>(1);
     let (probe_tx, mut probe_rx) = mpsc::channel::<ProbeReply>(1);
+    // Running, before the first scan (which may take a while on a slow
+    // filesystem).
+    keeper.publish(state.heartbeat(&config, &started_at), state.summary_line());
 
     // The first full scan; the ledger says what is already done.
     let report = scanner.scan_roots(true);
@@ -237,7 +254,6 @@ pub async fn run(
     let mut last_idle = Instant::now();
     let mut last_trigger = Instant::now() - config.trigger_poll;
     let mut last_heartbeat = Instant::now() - Duration::from_secs(60);
-    let mut last_renew = Instant::now();
     let mut stopping = false;
     let mut rescan = false;
     loop {
@@ -268,17 +284,12 @@ pub async fn run(
             Some(reply) = probe_rx.recv() => state.take_probe(reply, &log),
             _ = tokio::time::sleep(tick) => {}
         }
-        if stopping {
+        keeper.turned();
+        // The keeper said why when it lost the lease.
+        if stopping || keeper.lease_lost().is_some() {
             break;
         }
         let now = Instant::now();
-        if now.duration_since(last_renew) >= lease.renew_interval() {
-            if let Err(e) = lease.renew() {
-                log(&format!("lost the lease, stopping: {e}"));
-                break;
-            }
-            last_renew = now;
-        }
         if now.duration_since(last_trigger) >= config.trigger_poll {
             last_trigger = now;
             let mut problems = Vec::new();
@@ -438,29 +449,10 @@ pub async fn run(
                 });
             }
         }
+        // Written by the keeper on its own schedule.
         if now.duration_since(last_heartbeat) >= Duration::from_secs(2) {
             last_heartbeat = now;
-            let beat = state.heartbeat(&config, &started_at);
-            if let Err(e) = heartbeat::write(&config.state_dir, &beat) {
-                log(&format!("cannot write the heartbeat: {e}"));
-            }
-            if let Some(n) = &notifier {
-                let sent =
-                    n.status(&state.summary_line())
-                        .and_then(|()| match n.watchdog_interval() {
-                            Some(_) => n.watchdog(),
-                            None => Ok(()),
-                        });
-                // Said once per failure streak, not every 2 s.
-                match sent {
-                    Err(e) if !state.notify_failing => {
-                        state.notify_failing = true;
-                        log(&format!("cannot notify systemd: {e}"));
-                    }
-                    Err(_) => {}
-                    Ok(()) => state.notify_failing = false,
-                }
-            }
+            keeper.publish(state.heartbeat(&config, &started_at), state.summary_line());
         }
     }
 
@@ -477,6 +469,7 @@ pub async fn run(
     ));
     let deadline = Instant::now() + Duration::from_secs(5);
     while state.in_flight > 0 && Instant::now() < deadline {
+        keeper.turned();
         match tokio::time::timeout(Duration::from_millis(200), done_rx.recv()).await {
             Ok(Some((id, (outcome, stored)))) => {
                 state.finished(&id, outcome, stored, &ledger, &config, &log)
@@ -490,10 +483,7 @@ pub async fn run(
             state.in_flight
         ));
     }
-    let _ = std::fs::remove_file(heartbeat::path(&config.state_dir));
-    if let Err(e) = lease.release() {
-        log(&format!("could not release the lease: {e}"));
-    }
+    keeper.finish();
     Ok(())
 }
 
@@ -541,8 +531,7 @@ struct DaemonState {
     last_contact: Option<SystemTime>,
     /// `None` when Slurm is not asked.
     slurm_health: Option<SlurmWatch>,
-    /// The last sd_notify message failed (said once per streak).
-    notify_failing: bool,
+
     foreign_reported: HashSet<PathBuf>,
     /// The last Slurm query succeeded; when not, quiescence decides.
     slurm_answers: bool,
@@ -596,12 +585,13 @@ impl DaemonState {
                 // Known to the ledger as done, and not grown since: nothing to do
                 // (this is what keeps a restart over thousands of runs cheap).
                 let size = std::fs::metadata(&path).map_or(u64::MAX, |m| m.len());
-                let acked = run
-                    .job
-                    .fragments
-                    .iter()
-                    .position(|f| *f == path)
-                    .and_then(|i| run.acked.get(i).copied().flatten());
+                let at = run.job.fragments.iter().position(|f| *f == path);
+                if let Some(known) = at.and_then(|i| run.sizes.get_mut(i))
+                    && size != u64::MAX
+                {
+                    *known = size;
+                }
+                let acked = at.and_then(|i| run.acked.get(i).copied().flatten());
                 if matches!(run.phase, Phase::Synced | Phase::Finalized) && acked == Some(size) {
                     run.dirty = false;
                     continue;
@@ -660,6 +650,7 @@ impl DaemonState {
                 ended: false,
                 newest_mtime: None,
                 acked: Vec::new(),
+                sizes: Vec::new(),
                 stored: None,
             })
         });
@@ -674,6 +665,7 @@ impl DaemonState {
         run.job.fragments.insert(at, path.to_path_buf());
         run.start_times.insert(at, head.start_time);
         run.acked.insert(at, None);
+        run.sizes.insert(at, 0);
         // A new fragment (a requeued job) reopens a finalized run.
         run.verdict = None;
         run.gone_since = None;
@@ -1236,24 +1228,12 @@ impl DaemonState {
                     } else {
                         ("idle", None, None)
                     };
-                    // What is behind, for the runs that wait: their files are
-                    // stat'ed here (the others' sizes come from the ledger).
-                    let (bytes_on_disk, bytes_acked) = match state {
-                        "waiting" | "stopped" | "queued" => {
-                            let on_disk = run
-                                .job
-                                .fragments
-                                .iter()
-                                .zip(&run.acked)
-                                .map(|(path, acked)| {
-                                    std::fs::metadata(path).map_or(acked.unwrap_or(0), |m| m.len())
-                                })
-                                .sum();
-                            let acked = run.acked.iter().map(|a| a.unwrap_or(0)).sum();
-                            (Some(on_disk), Some(acked))
-                        }
-                        _ => (None, None),
-                    };
+                    // What is behind, as of the last scan (the heartbeat
+                    // never touches a run's disk, and neither need status).
+                    let acked = run.acked.iter().map(|a| a.unwrap_or(0));
+                    let on_disk = run.sizes.iter().zip(acked.clone());
+                    let bytes_on_disk = Some(on_disk.map(|(size, acked)| acked.max(*size)).sum());
+                    let bytes_acked = Some(acked.sum());
                     let project = run
                         .job
                         .project
@@ -1302,18 +1282,21 @@ impl DaemonState {
             offline_error: self.offline_error.clone(),
             next_probe,
             slurm: self.slurm_report(),
+            loop_stalled_since: None,
             base_url: config.targets.default_base_url(),
             activity,
         }
     }
 }
 
-/// While offline: one cheap request to each server, each bounded by the
-/// request timeout; any HTTP answer means the network is back.
+/// While offline: one cheap request to each server, one attempt each,
+/// bounded by the request timeout; any HTTP answer means the network is
+/// back.
 async fn probe(clients: Vec<Arc<Client>>, timeout: Duration) -> ProbeReply {
     let mut why = String::from("no server to ask");
     for client in clients {
-        match tokio::time::timeout(timeout, ops::server_features(&client)).await {
+        let once = client.with_attempts(1);
+        match tokio::time::timeout(timeout, ops::server_features(&once)).await {
             Ok(Err(e)) if e.is_offline() => why = format!("{}: {e}", client.base_url()),
             Err(_) => {
                 why = format!(

@@ -44,6 +44,11 @@ pub struct Heartbeat {
     /// Whether Slurm answers; `None` when the daemon does not ask it.
     #[serde(default)]
     pub slurm: Option<SlurmHealth>,
+    /// RFC 3339: the daemon's loop has not turned since then (it waits on
+    /// a filesystem that does not answer, say); the keeper thread still
+    /// writes this file and renews the lease.
+    #[serde(default)]
+    pub loop_stalled_since: Option<String>,
     pub base_url: String,
     /// What each run is doing now, by ledger key: `uploading`, `queued`,
     /// `waiting` (backing off until `next_retry`), `stopped` (with
@@ -90,8 +95,8 @@ pub struct Activity {
     pub entity: Option<String>,
     #[serde(default)]
     pub project: Option<String>,
-    /// Bytes of its `.wandb` files on disk and acknowledged by the server,
-    /// for runs waiting for the network or a retry.
+    /// Bytes of its `.wandb` files on disk (as of the daemon's last look)
+    /// and acknowledged by the server.
     #[serde(default)]
     pub bytes_on_disk: Option<u64>,
     #[serde(default)]

@@ -3,7 +3,9 @@
 //! black-holes, and an `squeue` that sleeps for a minute, its heartbeat
 //! stays fresh, its lease is renewed, `status` names the problem, SIGTERM
 //! ends it within 2 s plus the 5 s grace for uploads in flight, and a second
-//! daemon with `--wait` does not take over. Afterwards everything converges:
+//! daemon with `--wait` does not take over; the same while a filesystem under
+//! a watched root stops answering (a FUSE mount that hangs), where the loop
+//! itself is stuck and its keeper thread holds on. Afterwards everything converges:
 //! nothing lost, nothing sent twice.
 
 use std::io::{Read, Write};
@@ -129,7 +131,7 @@ fn assert_alive(daemon: &Daemon, home: &Path, what: &str) -> Value {
     assert_eq!(d["pid"], daemon.pid(), "{what}: {d:#}");
     let beat_age = age_of(&d["heartbeat_at"]);
     assert!(
-        beat_age <= Duration::from_secs(4),
+        beat_age <= Duration::from_secs(5),
         "{what}: heartbeat {beat_age:?} old"
     );
     let lease: Value =
@@ -408,4 +410,141 @@ fn an_squeue_that_sleeps_does_not_stall_the_daemon() {
     assert_eq!(run["history"].as_array().unwrap().len(), 10);
     assert_eq!(run["gaps"], 0);
     daemon.stop();
+}
+
+/// A FUSE mount of a backing directory (`tests/hangfs/hangfs.py`) whose
+/// server is stopped (SIGSTOP) to freeze it: requests wait unread in the
+/// kernel, as with a hung NFS or Lustre mount. Thawed, unmounted and its
+/// server stopped (by PID) when dropped.
+struct HangFs {
+    server: Option<std::process::Child>,
+    mountpoint: std::path::PathBuf,
+}
+
+impl HangFs {
+    fn mount(backing: &Path, mountpoint: &Path) -> HangFs {
+        std::fs::create_dir_all(backing).unwrap();
+        std::fs::create_dir_all(mountpoint).unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hangfs/hangfs.py");
+        // Debian's python3-fusepy lives with Debian's own interpreter.
+        let server = std::process::Command::new("/usr/bin/python3")
+            .arg(script)
+            .args([backing, mountpoint])
+            .spawn()
+            .expect("start the FUSE server (/usr/bin/python3 with python3-fusepy)");
+        let fs = HangFs {
+            server: Some(server),
+            mountpoint: mountpoint.to_path_buf(),
+        };
+        wait_until(Duration::from_secs(10), "the FUSE mount", || {
+            std::fs::read_to_string("/proc/self/mounts")
+                .unwrap()
+                .lines()
+                .any(|l| l.split(' ').nth(1) == Some(mountpoint.to_str().unwrap()))
+        });
+        fs
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.server.as_ref().expect("mounted").id();
+        std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .unwrap();
+    }
+
+    fn freeze(&self) {
+        self.signal("STOP");
+    }
+
+    fn thaw(&self) {
+        self.signal("CONT");
+    }
+}
+
+impl Drop for HangFs {
+    fn drop(&mut self) {
+        if self.server.is_some() {
+            self.thaw();
+        }
+        let _ = std::process::Command::new("umount")
+            .arg(&self.mountpoint)
+            .status();
+        if let Some(mut server) = self.server.take() {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
+    }
+}
+
+#[test]
+fn a_filesystem_that_stops_answering_does_not_stall_the_lease_heartbeat_or_sigterm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let backing = tmp.path().join("backing");
+    let mountpoint = tmp.path().join("mnt");
+    let fs = HangFs::mount(&backing, &mountpoint);
+    committed_copy("0.31.0", "exit_code_3", &backing);
+    let server = WandbServer::start();
+    let home = tmp.path().join("home");
+    let daemon = start_daemon(&server, &home, &[&mountpoint], &["--no-slurm"], &[]);
+    wait_until(Duration::from_secs(20), "the first run", || {
+        server
+            .run("fxexit03")
+            .is_some_and(|r| r["complete"] == true)
+    });
+    // The file server stops answering; another node writes a new run
+    // meanwhile. The daemon's next look at the mount blocks in the kernel.
+    fs.freeze();
+    committed_copy("0.31.0", "finished", &backing);
+    wait_until(
+        Duration::from_secs(20),
+        "status to say the loop stalled",
+        || status_json(&home)["daemon"]["loop_stalled_since"].is_string(),
+    );
+    for i in 0..4 {
+        assert_alive(&daemon, &home, &format!("sample {i}"));
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let second = start_daemon(
+        &server,
+        &home,
+        &[&mountpoint],
+        &["--no-slurm", "--wait"],
+        &[],
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    let lease: Value =
+        serde_json::from_slice(&std::fs::read(home.join("state/lease.json")).unwrap()).unwrap();
+    assert_eq!(lease["pid"], daemon.pid(), "the lease changed hands");
+    drop(second);
+    assert!(
+        daemon.log_text().contains("loop has not turned"),
+        "{}",
+        daemon.log_text()
+    );
+    let took = stop_in_time(daemon);
+    eprintln!("SIGTERM with the loop stuck on a hung mount: exited after {took:?}");
+    assert!(
+        !home.join("state/daemon.json").exists(),
+        "the heartbeat of a daemon that exited is gone"
+    );
+
+    // The file server answers again: the new run arrives, the first is not
+    // sent again.
+    fs.thaw();
+    let daemon = start_daemon(&server, &home, &[&mountpoint], &["--no-slurm"], &[]);
+    wait_until(Duration::from_secs(30), "the run written meanwhile", || {
+        server
+            .run("fxfinish")
+            .is_some_and(|r| r["complete"] == true)
+    });
+    let first = server.run("fxexit03").unwrap();
+    assert_eq!(
+        first["history_lines_received"].as_u64().unwrap() as usize,
+        first["history"].as_array().unwrap().len(),
+        "the first run was not sent again"
+    );
+    assert_eq!(server.run("fxfinish").unwrap()["gaps"], 0);
+    daemon.stop();
+    drop(fs);
 }

@@ -83,8 +83,9 @@ pub struct Client {
     policy: RetryPolicy,
     /// No request leaves before this instant (set by 429 Retry-After).
     paused_until: Arc<Mutex<Option<Instant>>>,
-    /// A std mutex: held for a copy, never across an await.
-    contact: std::sync::Mutex<Contact>,
+    /// A std mutex: held for a copy, never across an await. Shared with
+    /// the client's [`Client::with_attempts`] copies.
+    contact: Arc<std::sync::Mutex<Contact>>,
 }
 
 impl Client {
@@ -110,12 +111,28 @@ impl Client {
             auth,
             policy,
             paused_until: Arc::new(Mutex::new(None)),
-            contact: std::sync::Mutex::new(Contact::default()),
+            contact: Arc::new(std::sync::Mutex::new(Contact::default())),
         })
     }
 
     pub fn base_url(&self) -> &str {
         &self.base_url
+    }
+
+    /// The same client (connections, 429 pause, contact record) making at
+    /// most `attempts` attempts per request: a probe asks once.
+    pub fn with_attempts(&self, attempts: u32) -> Client {
+        Client {
+            http: self.http.clone(),
+            base_url: self.base_url.clone(),
+            auth: self.auth.clone(),
+            policy: RetryPolicy {
+                max_attempts: attempts.max(1),
+                ..self.policy
+            },
+            paused_until: Arc::clone(&self.paused_until),
+            contact: Arc::clone(&self.contact),
+        }
     }
 
     /// What this client last heard from its server.

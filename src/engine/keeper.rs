@@ -1,0 +1,283 @@
+//! What the daemon does on time whatever its loop is doing: renew the
+//! lease, write the heartbeat, tell systemd its status and feed the
+//! watchdog, and obey SIGTERM. A thread of its own does it, touching only
+//! the state directory.
+//!
+//! The loop already hands every wait on a server or on Slurm to a task; but
+//! it reads runs' directories and files itself, and the daemon runs on one
+//! thread, so a filesystem that stops answering (a hung NFS or Lustre mount,
+//! a FUSE daemon that died) would stop everything on that thread: the lease
+//! would lapse and another daemon take over while this one still lives, and
+//! `status` would say "not running". The keeper goes on instead. It writes
+//! the heartbeat the loop last published with its own time, says since when
+//! the loop has not turned, and keeps the lease. After SIGTERM it gives the
+//! loop 2 s to react and the 5 s grace of uploads in flight; a loop that is
+//! still stuck then is ended with the process (every step is checkpointed,
+//! so nothing acknowledged is lost).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::signal::unix::{Signal, SignalKind, signal};
+
+use crate::engine::heartbeat::{self, Heartbeat};
+use crate::engine::sd_notify::Notifier;
+use crate::ledger::lease::Lease;
+
+/// How often the keeper looks at what is due.
+const TICK: Duration = Duration::from_millis(250);
+/// How often the heartbeat file is written (status trusts it for 15 s).
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
+/// A loop that has not turned for this long is reported as stalled.
+pub const STALLED_AFTER: Duration = Duration::from_secs(10);
+/// The watchdog is fed while the loop turned within this long: a loop stuck
+/// longer than that on a filesystem is restarted by systemd (`WatchdogSec`
+/// of the shipped unit is longer than the keeper's period, shorter than
+/// this plus it would be pointless).
+const WATCHDOG_LOOP_LIMIT: Duration = Duration::from_secs(300);
+/// After SIGTERM: how long a loop that has not reacted gets, and how long
+/// one waiting for its uploads in flight gets.
+const STOP_REACT: Duration = Duration::from_secs(2);
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+type Log = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// What the loop last published.
+struct Published {
+    heartbeat: Option<Heartbeat>,
+    summary: String,
+    turned_at: Instant,
+    turned_at_wall: SystemTime,
+}
+
+struct Shared {
+    published: Mutex<Published>,
+    /// The loop is done: release the lease and end.
+    finish: AtomicBool,
+    /// Set by the keeper: the lease was lost (another daemon has it).
+    lease_lost: Mutex<Option<String>>,
+}
+
+/// The loop's handle on its keeper thread.
+pub struct Keeper {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Keeper {
+    /// Starts the keeper thread with the lease the daemon holds.
+    pub fn start(
+        lease: Lease,
+        state_dir: std::path::PathBuf,
+        notifier: Option<Notifier>,
+        log: Log,
+    ) -> std::io::Result<Keeper> {
+        let shared = Arc::new(Shared {
+            published: Mutex::new(Published {
+                heartbeat: None,
+                summary: String::new(),
+                turned_at: Instant::now(),
+                turned_at_wall: SystemTime::now(),
+            }),
+            finish: AtomicBool::new(false),
+            lease_lost: Mutex::new(None),
+        });
+        // Its own runtime: the signal listeners and the timer must not
+        // depend on the loop's thread being free.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let keeping = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("syncd-keeper".into())
+            .spawn(move || {
+                runtime.block_on(keep(keeping, lease, state_dir, notifier, log));
+            })?;
+        // The kernel hands a process's signal to its main thread first,
+        // and a thread waiting in the kernel on a hung mount cannot run a
+        // handler: SIGTERM would stay pending there forever. Blocked here
+        // (the loop's thread, and every thread it starts from now on), the
+        // signals go to the keeper's thread, whose handler wakes both the
+        // keeper and the loop's own listeners.
+        block_stop_signals_in_this_thread();
+        Ok(Keeper {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// The loop turned: called once per iteration.
+    pub fn turned(&self) {
+        let mut published = lock(&self.shared.published);
+        published.turned_at = Instant::now();
+        published.turned_at_wall = SystemTime::now();
+    }
+
+    /// The newest heartbeat and systemd status line, written by the keeper
+    /// on its own schedule.
+    pub fn publish(&self, beat: Heartbeat, summary: String) {
+        let mut published = lock(&self.shared.published);
+        published.heartbeat = Some(beat);
+        published.summary = summary;
+    }
+
+    /// Why the lease was lost, once it was: the loop stops.
+    pub fn lease_lost(&self) -> Option<String> {
+        lock(&self.shared.lease_lost).clone()
+    }
+
+    /// Removes the heartbeat, releases the lease and ends the thread.
+    pub fn finish(mut self) {
+        self.shared.finish.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread.
+fn block_stop_signals_in_this_thread() {
+    // SAFETY: `set` is a valid, initialised signal set owned by this frame;
+    // pthread_sigmask only changes the calling thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, signal);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+async fn keep(
+    shared: Arc<Shared>,
+    mut lease: Lease,
+    state_dir: std::path::PathBuf,
+    notifier: Option<Notifier>,
+    log: Log,
+) {
+    let (mut term, mut int) = (
+        signal(SignalKind::terminate()).ok(),
+        signal(SignalKind::interrupt()).ok(),
+    );
+    if term.is_none() || int.is_none() {
+        log("keeper: cannot listen for signals; SIGTERM relies on the loop alone");
+    }
+    let mut tick = tokio::time::interval(TICK);
+    let mut last_renew = Instant::now();
+    let mut last_beat: Option<Instant> = None;
+    let mut stop_asked: Option<Instant> = None;
+    let mut notify_failing = false;
+    let mut stall_said = false;
+    loop {
+        tokio::select! {
+            _ = received(&mut term) => { stop_asked.get_or_insert_with(Instant::now); }
+            _ = received(&mut int) => { stop_asked.get_or_insert_with(Instant::now); }
+            _ = tick.tick() => {}
+        }
+        if shared.finish.load(Ordering::SeqCst) {
+            break;
+        }
+        let now = Instant::now();
+        if now.duration_since(last_renew) >= lease.renew_interval()
+            && lock(&shared.lease_lost).is_none()
+        {
+            match lease.renew() {
+                Ok(()) => last_renew = now,
+                Err(e) => {
+                    log(&format!("lost the lease, stopping: {e}"));
+                    *lock(&shared.lease_lost) = Some(e.to_string());
+                }
+            }
+        }
+        let (turned_at, turned_at_wall) = {
+            let published = lock(&shared.published);
+            (published.turned_at, published.turned_at_wall)
+        };
+        let stalled = now.duration_since(turned_at);
+        if stalled >= STALLED_AFTER && !stall_said {
+            stall_said = true;
+            log(&format!(
+                "the loop has not turned for {} s (a filesystem it reads may not answer); \
+                 the lease and heartbeat are kept meanwhile",
+                stalled.as_secs()
+            ));
+        } else if stalled < STALLED_AFTER && stall_said {
+            stall_said = false;
+            log("the loop turns again");
+        }
+        if last_beat.is_none_or(|at| now.duration_since(at) >= HEARTBEAT_EVERY) {
+            last_beat = Some(now);
+            let (beat, summary) = {
+                let published = lock(&shared.published);
+                (published.heartbeat.clone(), published.summary.clone())
+            };
+            if let Some(mut beat) = beat {
+                beat.heartbeat_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+                beat.loop_stalled_since = (stalled >= STALLED_AFTER)
+                    .then(|| humantime::format_rfc3339_seconds(turned_at_wall).to_string());
+                if let Err(e) = heartbeat::write(&state_dir, &beat) {
+                    log(&format!("cannot write the heartbeat: {e}"));
+                }
+            }
+            if let Some(n) = &notifier {
+                let summary = match stalled >= STALLED_AFTER {
+                    true => format!("{summary}; loop stalled for {} s", stalled.as_secs()),
+                    false => summary,
+                };
+                let sent = n.status(&summary).and_then(|()| {
+                    match n.watchdog_interval().is_some() && stalled < WATCHDOG_LOOP_LIMIT {
+                        true => n.watchdog(),
+                        false => Ok(()),
+                    }
+                });
+                // Said once per failure streak, not every 2 s.
+                match sent {
+                    Err(e) if !notify_failing => {
+                        notify_failing = true;
+                        log(&format!("cannot notify systemd: {e}"));
+                    }
+                    Err(_) => {}
+                    Ok(()) => notify_failing = false,
+                }
+            }
+        }
+        if let Some(asked) = stop_asked {
+            let reacted = turned_at > asked;
+            let waited = now.duration_since(asked);
+            if (!reacted && waited >= STOP_REACT) || waited >= STOP_REACT + STOP_GRACE {
+                log(&format!(
+                    "the loop did not stop within {} s of SIGTERM (stuck on a filesystem?); exiting without it",
+                    waited.as_secs()
+                ));
+                let _ = std::fs::remove_file(heartbeat::path(&state_dir));
+                if let Err(e) = lease.release() {
+                    log(&format!("could not release the lease: {e}"));
+                }
+                std::process::exit(0);
+            }
+        }
+    }
+    let _ = std::fs::remove_file(heartbeat::path(&state_dir));
+    if let Err(e) = lease.release() {
+        log(&format!("could not release the lease: {e}"));
+    }
+}
+
+/// The next delivery of `signal`; never, without a listener.
+async fn received(signal: &mut Option<Signal>) {
+    match signal {
+        Some(signal) => {
+            signal.recv().await;
+        }
+        None => std::future::pending().await,
+    }
+}
