@@ -639,7 +639,16 @@ impl RunSync<'_> {
                 .await?;
             self.history_sent += request.history.as_ref().map_or(0, |l| l.lines.len() as u64);
         }
-        for alert in &pending.alerts {
+        let first_alert = self.entry.acked.alerts;
+        for (i, alert) in pending.alerts.iter().enumerate() {
+            let ordinal = first_alert + i as u64;
+            if ordinal < self.entry.acked.alerts_attempted {
+                // Attempted before a lost answer or a kill: at most once.
+                continue;
+            }
+            // Durably recorded before the request leaves.
+            self.entry.acked.alerts_attempted = ordinal + 1;
+            self.save_decision(|stored| stored.acked.alerts_attempted = ordinal + 1)?;
             // The record holds milliseconds, as the API takes them.
             let sent = ops::notify_alert(
                 client,
@@ -652,13 +661,23 @@ impl RunSync<'_> {
             .await;
             match sent {
                 Ok(()) => {}
+                Err(e @ SinkError::Unconfirmed { .. }) => self.entry.warn(format!(
+                    "alert {:?} may not have been sent, and is not sent again (alerts are sent at most once): {e}",
+                    alert.title
+                )),
+                // Certainly not delivered (no connection, 429s, a refused
+                // key): it may go later, with the run's data.
+                Err(e) if e.is_offline() || e.is_auth() || matches!(e, SinkError::Exhausted { .. }) => {
+                    self.entry.acked.alerts_attempted = ordinal;
+                    self.save_decision(|stored| stored.acked.alerts_attempted = ordinal)?;
+                    return Err(e.into());
+                }
                 // A notification the server refuses must not hold the run's
-                // data back; an unreachable server or a bad key still stops.
-                Err(e) if !e.is_offline() && !e.is_auth() => {
+                // data back.
+                Err(e) => {
                     self.entry
                         .warn(format!("alert {:?} was not sent: {e}", alert.title));
                 }
-                Err(e) => return Err(e.into()),
             }
         }
 

@@ -81,6 +81,13 @@ pub struct Acked {
     pub summary_sha256: Option<String>,
     pub files: BTreeMap<String, FileAck>,
     pub alerts: u64,
+    /// Alerts (counted from the run's first) whose sending has begun.
+    /// Saved durably before each alert's request and never lowered after a
+    /// request that may have arrived: an alert pages a person, so it is sent
+    /// at most once, even when its answer is lost or syncd is killed before
+    /// the checkpoint that counts it in `alerts`. Absent in older ledgers.
+    #[serde(default)]
+    pub alerts_attempted: u64,
     pub preempting: bool,
     /// Exit code sent with `complete`.
     pub complete: Option<i32>,

@@ -1,0 +1,265 @@
+//! A server that answers badly never stops the other runs, nor this one for
+//! longer than it must: GraphQL errors that pass are retried, a huge
+//! `Retry-After` is capped, an alert whose answer is lost is not sent again.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::daemon::{start_daemon, wait_until};
+use crate::official_sync::copy_tree_rooted;
+use crate::support::{committed_root, generated_roots};
+use crate::sync::{committed_case, syncd_command, syncd_sync, text};
+use crate::wandb_server::{Endpoint, Fault, WandbServer};
+
+fn upserts(server: &WandbServer) -> usize {
+    server
+        .operation_names()
+        .iter()
+        .filter(|n| *n == "UpsertBucket")
+        .count()
+}
+
+#[test]
+fn a_graphql_error_that_passes_is_retried_by_sync() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wandb_dir = committed_case("0.31.0", "finished", tmp.path());
+    let server = WandbServer::start();
+    server.inject(
+        Endpoint::Operation("UpsertBucket".into()),
+        Fault::GraphqlError("upstream request timeout".into()),
+        1,
+    );
+    let out = syncd_sync(&server, tmp.path(), &[wandb_dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let run = server.run("fxfinish").expect("run on the server");
+    assert_eq!(run["complete"], true);
+    assert_eq!(run["history"].as_array().unwrap().len(), 200);
+}
+
+#[test]
+fn a_graphql_refusal_stops_the_run_with_its_message_without_retrying() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wandb_dir = committed_case("0.31.0", "finished", tmp.path());
+    let server = WandbServer::start();
+    server.inject(
+        Endpoint::Operation("UpsertBucket".into()),
+        Fault::GraphqlError("permission denied: cannot write to project".into()),
+        1,
+    );
+    let out = syncd_sync(&server, tmp.path(), &[wandb_dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("permission denied: cannot write to project"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(upserts(&server), 1, "a refusal is not asked again");
+}
+
+/// In the daemon, one passing GraphQL error used to stop the run until
+/// SIGHUP; now it is retried and the run uploads on its own.
+#[test]
+fn the_daemon_uploads_through_a_graphql_error_that_passes_without_sighup() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("scratch");
+    copy_tree_rooted(
+        &committed_root().join("0.31.0/finished/wandb"),
+        &root.join("wandb"),
+    );
+    let server = WandbServer::start();
+    server.inject(
+        Endpoint::Operation("UpsertBucket".into()),
+        Fault::GraphqlError("context deadline exceeded".into()),
+        1,
+    );
+    let home = tmp.path().join("home");
+    let daemon = start_daemon(&server, &home, &[&root], &["--no-slurm"], &[]);
+    wait_until(Duration::from_secs(30), "the run completes", || {
+        server
+            .run("fxfinish")
+            .is_some_and(|r| r["complete"] == true)
+    });
+    assert!(
+        !daemon.log_text().contains("stopped"),
+        "{}",
+        daemon.log_text()
+    );
+    daemon.stop();
+}
+
+/// A permanent GraphQL error still stops the run in the daemon, with the
+/// server's words.
+#[test]
+fn the_daemon_stops_a_run_the_server_refuses_for_good() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("scratch");
+    copy_tree_rooted(
+        &committed_root().join("0.31.0/finished/wandb"),
+        &root.join("wandb"),
+    );
+    let server = WandbServer::start();
+    server.inject(
+        Endpoint::Operation("UpsertBucket".into()),
+        Fault::GraphqlError("permission denied".into()),
+        1,
+    );
+    let home = tmp.path().join("home");
+    let daemon = start_daemon(&server, &home, &[&root], &["--no-slurm"], &[]);
+    wait_until(Duration::from_secs(30), "the run is stopped", || {
+        daemon.log_text().contains("fxfinish: stopped")
+    });
+    assert!(daemon.log_text().contains("permission denied"));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(server.run("fxfinish").is_none(), "nothing was sent");
+    assert_eq!(upserts(&server), 1);
+    daemon.stop();
+}
+
+/// `429 Retry-After: 86400` is honoured up to the longest backoff (here
+/// 1 s), and the wait is said.
+#[test]
+fn a_day_long_retry_after_is_capped_and_said() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wandb_dir = committed_case("0.31.0", "finished", tmp.path());
+    let server = WandbServer::start();
+    server.inject(
+        Endpoint::FileStream,
+        Fault::Status {
+            code: 429,
+            retry_after: Some(86_400),
+        },
+        1,
+    );
+    let started = Instant::now();
+    let out = syncd_sync(
+        &server,
+        tmp.path(),
+        &["--retry-max-ms", "1000", wandb_dir.to_str().unwrap()],
+    );
+    let elapsed = started.elapsed();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(elapsed < Duration::from_secs(30), "{elapsed:?}");
+    assert!(
+        elapsed >= Duration::from_secs(1),
+        "the capped wait was honoured ({elapsed:?})"
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("because of HTTP 429 Retry-After 86400 s (capped to 1 s)"),
+        "{said}"
+    );
+    assert_eq!(server.run("fxfinish").unwrap()["complete"], true);
+}
+
+/// The alert mutation is processed but its answer lost: the alert is not
+/// sent again, neither by this sync's retries nor by the next sync.
+#[test]
+fn an_alert_whose_answer_was_lost_is_not_sent_again() {
+    let mut checked = 0;
+    for set in generated_roots() {
+        let case = set.join("metrics_alert_preempt");
+        assert!(case.is_dir(), "{} has no alert fixture", set.display());
+        let tmp = tempfile::tempdir().unwrap();
+        let copy = tmp.path().join("metrics_alert_preempt");
+        copy_tree_rooted(&case, &copy);
+        let wandb_dir = copy.join("wandb");
+        let server = WandbServer::start();
+        server.inject(
+            Endpoint::Operation("NotifyScriptableRunAlert".into()),
+            Fault::DropAfterProcessing,
+            1,
+        );
+        let out = syncd_sync(
+            &server,
+            tmp.path(),
+            &["--json", wandb_dir.to_str().unwrap()],
+        );
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let warnings = report["runs"][0]["warnings"].to_string();
+        assert!(
+            warnings.contains("is not sent again"),
+            "the lost answer is reported: {warnings}"
+        );
+        assert_eq!(alerts_of(&server, "fxmetric"), 1, "{}", set.display());
+        assert_eq!(server.run("fxmetric").unwrap()["complete"], true);
+
+        // Whatever a later sync does, the person is paged once.
+        let out = syncd_sync(&server, tmp.path(), &[wandb_dir.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert_eq!(alerts_of(&server, "fxmetric"), 1);
+        checked += 1;
+    }
+    assert!(checked > 0, "no generated fixture set (SYNCD_FIXTURES)");
+}
+
+/// Killed between the alert and the checkpoint that counts it: the ledger
+/// says the alert was attempted, so the sync after it does not page again
+/// (whether or not the killed request got through).
+#[test]
+fn an_alert_attempted_before_a_kill_is_not_sent_again() {
+    let mut checked = 0;
+    for set in generated_roots() {
+        let tmp = tempfile::tempdir().unwrap();
+        let copy = tmp.path().join("metrics_alert_preempt");
+        copy_tree_rooted(&set.join("metrics_alert_preempt"), &copy);
+        let wandb_dir = copy.join("wandb");
+        let server = WandbServer::start();
+        server.inject(
+            Endpoint::Operation("NotifyScriptableRunAlert".into()),
+            Fault::Delay(Duration::from_secs(2)),
+            1,
+        );
+        let mut child = syncd_command(
+            &server,
+            tmp.path(),
+            server.api_key(),
+            &[wandb_dir.to_str().unwrap()],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+        let runs = tmp.path().join("state/runs");
+        wait_until(
+            Duration::from_secs(30),
+            "the alert recorded as attempted",
+            || ledgers_say(&runs, "\"alerts_attempted\": 1"),
+        );
+        // The request is on its way (delayed by the server): kill now.
+        std::thread::sleep(Duration::from_millis(300));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        std::thread::sleep(Duration::from_secs(3));
+        let before = alerts_of(&server, "fxmetric");
+        assert!(before <= 1);
+
+        let out = syncd_sync(&server, tmp.path(), &[wandb_dir.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert_eq!(
+            alerts_of(&server, "fxmetric"),
+            before,
+            "the sync after the kill sent no alert"
+        );
+        assert_eq!(server.run("fxmetric").unwrap()["complete"], true);
+        checked += 1;
+    }
+    assert!(checked > 0, "no generated fixture set (SYNCD_FIXTURES)");
+}
+
+fn alerts_of(server: &WandbServer, run: &str) -> usize {
+    server
+        .run(run)
+        .map_or(0, |r| r["alerts"].as_array().map_or(0, Vec::len))
+}
+
+/// Some ledger file under `runs` contains `needle`.
+fn ledgers_say(runs: &Path, needle: &str) -> bool {
+    std::fs::read_dir(runs).is_ok_and(|dir| {
+        dir.flatten()
+            .any(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains(needle)))
+    })
+}
