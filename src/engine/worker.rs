@@ -442,18 +442,27 @@ impl RunSync<'_> {
                         });
                     }
                 };
-                let record = match Record::decode(raw.payload) {
+                let (record_start, end) = (raw.start, raw.end);
+                let decoded = Record::decode(raw.payload);
+                // The record is decoded (copied out): a big one's reassembly
+                // buffer is not kept for the rest of the file.
+                reader.release_large_buffer();
+                let mut record = match decoded {
                     Ok(record) => record,
                     Err(_) => {
                         self.entry.warn(format!(
-                            "{}: a record at byte {} does not decode; skipped",
+                            "{}: a record at byte {record_start} does not decode; skipped",
                             path.display(),
-                            raw.start
                         ));
                         continue;
                     }
                 };
-                let end = raw.end;
+                for refused in leave_out_oversized_values(&mut record) {
+                    self.entry.warn(format!(
+                        "{}: record at byte {record_start}: {refused}",
+                        path.display()
+                    ));
+                }
                 self.apply(index, record);
                 self.pending.records += 1;
                 self.records_read += 1;
@@ -552,11 +561,13 @@ impl RunSync<'_> {
     }
 
     fn push_line(&mut self, line: String, history: bool) {
-        if line.len() > filestream::MAX_LINE_BYTES {
+        let size = filestream::json_string_len(&line);
+        if size > filestream::MAX_LINE_BYTES {
             let what = if history { "history" } else { "system metrics" };
+            // Each value fits (see `leave_out_oversized_values`), but not
+            // all of them in one line, and a line cannot be split.
             self.entry.warn(format!(
-                "a {what} line of {} bytes is over the server's 10 MiB line limit and was not uploaded",
-                line.len()
+                "a {what} row of {size} bytes is over the server's 10 MiB line limit and was not uploaded"
             ));
             return;
         }
@@ -600,36 +611,54 @@ impl RunSync<'_> {
             offset: acked.events_base + acked.events_lines,
             lines: pending.events,
         };
+        // Console lines are formatted as they are put in a request, so a
+        // record of a hundred megabytes of output is never held formatted
+        // (or serialized) whole.
         let now = SystemTime::now();
-        let console_runs = filestream::consecutive_runs(
-            console
-                .into_iter()
-                .map(|l| {
-                    (
-                        acked.console_base + l.index,
-                        filestream::console_line(&l.text, l.stream == Stream::Stderr, now),
-                    )
-                })
-                .collect(),
-        );
+        let console_base = acked.console_base;
+        let mut console = console
+            .into_iter()
+            .map(|l| {
+                (
+                    console_base + l.index,
+                    filestream::console_line(&l.text, l.stream == Stream::Stderr, now),
+                )
+            })
+            .peekable();
         let summary = run_config::summary_json(&self.entry.state);
         let summary_sha = sha256_hex(summary.as_bytes());
         let mut summary =
             (acked.summary_sha256.as_deref() != Some(summary_sha.as_str())).then_some(summary);
-        let mut console_runs = console_runs.into_iter();
         let mut preempting = pending.preempting && !acked.preempting;
+        if let Some(size) = summary
+            .as_deref()
+            .map(filestream::json_string_len)
+            .filter(|size| *size > filestream::MAX_LINE_BYTES)
+        {
+            self.entry.warn(format!(
+                "the summary ({size} bytes) is over the server's 10 MiB line limit and was not streamed (wandb-summary.json is uploaded as a file at the end)"
+            ));
+            summary = None;
+        }
         let (history_count, events_count) = (history.lines.len() as u64, events.lines.len() as u64);
         loop {
             let mut request = Request::default();
             let mut room = filestream::MAX_REQUEST_BYTES;
-            take_lines(&mut history, &mut request.history, &mut room);
-            take_lines(&mut events, &mut request.events, &mut room);
-            if let Some(run) = console_runs.next() {
-                request.output = Some(run);
-            }
-            request.summary = summary.take();
             request.uploaded = std::mem::take(&mut uploaded);
             request.preempting = std::mem::take(&mut preempting);
+            room = room.saturating_sub(request.bytes());
+            if let Some(size) = summary.as_deref().map(filestream::json_string_len)
+                && (size <= room || request.is_empty())
+            {
+                request.summary = summary.take();
+                room = room.saturating_sub(size);
+            }
+            let empty = request.is_empty();
+            take_lines(&mut history, &mut request.history, &mut room, empty);
+            let empty = request.is_empty();
+            take_lines(&mut events, &mut request.events, &mut room, empty);
+            let empty = request.is_empty();
+            request.output = take_console(&mut console, &mut room, empty);
             if request.is_empty() {
                 break;
             }
@@ -1162,19 +1191,24 @@ struct FoundFile {
 }
 
 /// Moves as many lines from `source` into `slot` as fit in `room` bytes
-/// (always at least one, so a large line still goes out alone).
-fn take_lines(source: &mut Lines, slot: &mut Option<Lines>, room: &mut usize) {
+/// (one that does not fit only into an `empty` request: a line is never over
+/// [`filestream::MAX_LINE_BYTES`], so a request never is over the cap).
+fn take_lines(source: &mut Lines, slot: &mut Option<Lines>, room: &mut usize, empty: bool) {
     if source.lines.is_empty() {
         return;
     }
     let mut take = 0;
     let mut used = 0;
     for line in &source.lines {
-        if take > 0 && used + line.len() + 3 > *room {
+        let size = filestream::json_string_len(line) + 1;
+        if used + size > *room && !(take == 0 && empty) {
             break;
         }
-        used += line.len() + 3;
+        used += size;
         take += 1;
+    }
+    if take == 0 {
+        return;
     }
     let rest = source.lines.split_off(take);
     let lines = std::mem::replace(&mut source.lines, rest);
@@ -1184,4 +1218,104 @@ fn take_lines(source: &mut Lines, slot: &mut Option<Lines>, room: &mut usize) {
     });
     source.offset += take as u64;
     *room = room.saturating_sub(used);
+}
+
+/// The next consecutive console lines that fit in `room` (one that does not
+/// fit only into an `empty` request; console lines are wrapped well under
+/// the line limit). The server takes one range of `output.log` per request.
+fn take_console(
+    console: &mut std::iter::Peekable<impl Iterator<Item = (u64, String)>>,
+    room: &mut usize,
+    empty: bool,
+) -> Option<Lines> {
+    let mut taken: Option<Lines> = None;
+    while let Some((index, line)) = console.peek() {
+        let size = filestream::json_string_len(line) + 1;
+        let next_offset = taken.as_ref().map(|t| t.offset + t.lines.len() as u64);
+        if next_offset.is_some_and(|next| next != *index)
+            || (size > *room && !(taken.is_none() && empty))
+        {
+            break;
+        }
+        *room = room.saturating_sub(size);
+        let (index, line) = console.next().expect("peeked");
+        taken
+            .get_or_insert_with(|| Lines {
+                offset: index,
+                lines: Vec::new(),
+            })
+            .lines
+            .push(line);
+    }
+    taken
+}
+
+/// What a record may carry that no request can: a single value (history,
+/// system metrics, summary or config) over the server's line limit. Such a
+/// value is left out of the record, the rest of it is kept; each one left
+/// out is described. Why here: the record is decoded but nothing is built
+/// from it yet, so the value is never copied into a row, the summary or a
+/// checkpoint.
+fn leave_out_oversized_values(record: &mut Record) -> Vec<String> {
+    let too_big = |json: &str| filestream::json_string_len(json) > filestream::MAX_LINE_BYTES;
+    let describe = |what: &str, key: &str, nested: &[String], bytes: usize| {
+        let name = if nested.is_empty() {
+            key.to_string()
+        } else {
+            nested.join(".")
+        };
+        format!(
+            "the {what} value {name:?} ({bytes} bytes) is over the server's 10 MiB line limit; left out, the rest was uploaded"
+        )
+    };
+    let mut refused = Vec::new();
+    match &mut record.record_type {
+        Some(RecordType::History(history)) => history.item.retain(|item| {
+            let json = match &item.typed {
+                Some(proto::TypedValue::Text(text) | proto::TypedValue::Json(text)) => text,
+                _ => &item.value_json,
+            };
+            let keep = !too_big(json) && !too_big(&item.value_json);
+            if !keep {
+                let bytes = json.len().max(item.value_json.len());
+                refused.push(describe("history", &item.key, &item.nested_key, bytes));
+            }
+            keep
+        }),
+        Some(RecordType::Stats(stats)) => stats.item.retain(|item| {
+            let keep = !too_big(&item.value_json);
+            if !keep {
+                let bytes = item.value_json.len();
+                refused.push(describe("system metrics", &item.key, &[], bytes));
+            }
+            keep
+        }),
+        Some(RecordType::Summary(proto::SummaryRecord { update, .. })) => {
+            keep_small(update, "summary", &mut refused);
+        }
+        Some(RecordType::Config(proto::ConfigRecord { update, .. })) => {
+            keep_small(update, "config", &mut refused);
+        }
+        _ => {}
+    }
+    refused
+}
+
+fn keep_small(items: &mut Vec<proto::KeyedJson>, what: &str, refused: &mut Vec<String>) {
+    items.retain(|item| {
+        let size = filestream::json_string_len(&item.value_json);
+        let keep = size <= filestream::MAX_LINE_BYTES;
+        if !keep {
+            let name = if item.nested_key.is_empty() {
+                item.key.clone()
+            } else {
+                item.nested_key.join(".")
+            };
+            refused.push(format!(
+                "the {what} value {name:?} ({} bytes) is over the server's 10 MiB line limit; left out, the rest was uploaded",
+                item.value_json.len()
+            ));
+        }
+        keep
+    });
 }

@@ -12,7 +12,7 @@ use crate::support::{committed_root, generated_roots};
 use crate::wandb_server::{Endpoint, Fault, WandbServer};
 
 /// The wandb 0.31.0 venv the test script installs, from its `wandb` CLI.
-fn venv() -> Option<PathBuf> {
+pub fn venv() -> Option<PathBuf> {
     Some(wandb_cli()?.parent()?.parent()?.to_path_buf())
 }
 

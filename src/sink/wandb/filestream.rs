@@ -10,10 +10,29 @@ pub const EVENTS: &str = "wandb-events.jsonl";
 pub const SUMMARY: &str = "wandb-summary.json";
 pub const OUTPUT: &str = "output.log";
 
-/// A request is cut before its lines exceed this (the server's limit is 10 MiB).
-pub const MAX_REQUEST_BYTES: usize = 10 * 1024 * 1024 - 64 * 1024;
-/// Longer lines are refused by the server; wandb drops them with a warning.
-pub const MAX_LINE_BYTES: usize = 10 * 1024 * 1024 - 100 * 1024;
+/// The largest request body syncd sends (the server's limit is 10 MiB).
+pub const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
+/// A request is cut before its lines, as they are written in the body (JSON
+/// string escapes included), exceed this; the rest of the body (names,
+/// offsets, flags) fits in the difference.
+pub const MAX_REQUEST_BYTES: usize = MAX_BODY_BYTES - 64 * 1024;
+/// Longer lines (as written in the body) are refused by the server; wandb
+/// drops them with a warning, and so does syncd.
+pub const MAX_LINE_BYTES: usize = MAX_BODY_BYTES - 100 * 1024;
+
+/// Bytes `s` takes as a JSON string in a request body, quotes included
+/// (`"` and `\` double, control characters take up to six bytes): a
+/// history line is JSON itself, so its quotes are escaped once more.
+pub fn json_string_len(s: &str) -> usize {
+    2 + s
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..0x20 => 6,
+            _ => 1,
+        })
+        .sum::<usize>()
+}
 
 /// Consecutive lines of one file starting at `offset`.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -23,8 +42,9 @@ pub struct Lines {
 }
 
 impl Lines {
+    /// The lines' size in a request body.
     pub fn bytes(&self) -> usize {
-        self.lines.iter().map(|l| l.len() + 3).sum()
+        self.lines.iter().map(|l| json_string_len(l) + 1).sum()
     }
 }
 
@@ -51,8 +71,12 @@ impl Request {
             .filter_map(|l| l.as_ref())
             .map(Lines::bytes)
             .sum::<usize>()
-            + self.summary.as_ref().map_or(0, String::len)
-            + self.uploaded.iter().map(|u| u.len() + 3).sum::<usize>()
+            + self.summary.as_deref().map_or(0, json_string_len)
+            + self
+                .uploaded
+                .iter()
+                .map(|u| json_string_len(u) + 1)
+                .sum::<usize>()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -160,6 +184,24 @@ mod tests {
                 "uploaded": ["config.yaml"], "complete": true, "exitcode": 3
             })
         );
+    }
+
+    #[test]
+    fn json_string_lengths_count_escapes() {
+        for s in [
+            "",
+            "abc",
+            r#"{"a":"b\\c"}"#,
+            "tab\there\n",
+            "\u{1}\u{1f}",
+            "é✓",
+        ] {
+            assert_eq!(
+                json_string_len(s),
+                serde_json::to_string(s).unwrap().len(),
+                "{s:?}"
+            );
+        }
     }
 
     #[test]
