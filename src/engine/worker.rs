@@ -457,12 +457,13 @@ impl RunSync<'_> {
                         continue;
                     }
                 };
-                for refused in leave_out_oversized_values(&mut record) {
+                for refused in filestream::leave_out_oversized_values(&mut record) {
                     self.entry.warn(format!(
                         "{}: record at byte {record_start}: {refused}",
                         path.display()
                     ));
                 }
+                self.write_big_console_output(&mut record).await?;
                 self.apply(index, record);
                 self.pending.records += 1;
                 self.records_read += 1;
@@ -577,6 +578,94 @@ impl RunSync<'_> {
         } else {
             self.pending.events.push(line);
         }
+    }
+
+    /// Console output far bigger than a batch (a run printing a hundred
+    /// megabytes at once) is fed to the console in pieces, and the lines it
+    /// makes are sent as they pile up instead of all being held (twice,
+    /// formatted) until the record's checkpoint. Sending them before the
+    /// checkpoint is safe: each line goes to its fixed place in `output.log`,
+    /// so a sync that stops before the checkpoint sends the same lines to
+    /// the same places again. The last piece stays in the record, which is
+    /// then applied as usual.
+    async fn write_big_console_output(&mut self, record: &mut Record) -> Result<(), StepError> {
+        let piece = self.options.batch_bytes.max(64 * 1024);
+        let (stream, text) = match &mut record.record_type {
+            Some(RecordType::OutputRaw(out)) if out.line.len() > piece => (
+                if out.output_type == 0 {
+                    Stream::Stderr
+                } else {
+                    Stream::Stdout
+                },
+                &mut out.line,
+            ),
+            Some(RecordType::OutputLogger(out)) if out.line.len() > piece => {
+                (Stream::Stdout, &mut out.line)
+            }
+            _ => return Ok(()),
+        };
+        let whole = std::mem::take(text);
+        let mut at = 0;
+        while whole.len() - at > piece {
+            let mut end = at + piece;
+            while !whole.is_char_boundary(end) {
+                end -= 1;
+            }
+            self.entry.state.console.write(stream, &whole[at..end]);
+            at = end;
+            if self.entry.state.console.unsent_bytes() >= self.options.batch_bytes {
+                self.send_console_early().await?;
+            }
+        }
+        *text = whole[at..].to_string();
+        Ok(())
+    }
+
+    /// Sends the console lines changed so far, without a checkpoint (see
+    /// [`RunSync::write_big_console_output`]).
+    async fn send_console_early(&mut self) -> Result<(), StepError> {
+        if self.options.dry_run || self.client.is_none() {
+            return Ok(());
+        }
+        if self.entry.state.identity.run_id.is_none() {
+            return Ok(()); // no run to send to yet: the flush sends them
+        }
+        let client = self.client.expect("checked above");
+        let server = self.ensure_server_run(client).await?;
+        let base = self.entry.acked.console_base;
+        let now = SystemTime::now();
+        let mut console = self
+            .entry
+            .state
+            .console
+            .take_changed()
+            .into_iter()
+            .map(|l| {
+                (
+                    base + l.index,
+                    filestream::console_line(&l.text, l.stream == Stream::Stderr, now),
+                )
+            })
+            .peekable();
+        loop {
+            let mut room = filestream::MAX_REQUEST_BYTES;
+            let Some(output) = take_console(&mut console, &mut room, true) else {
+                break;
+            };
+            let request = Request {
+                output: Some(output),
+                ..Default::default()
+            };
+            client
+                .file_stream(
+                    &server.entity,
+                    &server.project,
+                    &server.name,
+                    request.to_json(),
+                )
+                .await?;
+        }
+        Ok(())
     }
 
     /// Sends everything pending, then records `cursor` for fragment `index`.
@@ -1248,74 +1337,4 @@ fn take_console(
             .push(line);
     }
     taken
-}
-
-/// What a record may carry that no request can: a single value (history,
-/// system metrics, summary or config) over the server's line limit. Such a
-/// value is left out of the record, the rest of it is kept; each one left
-/// out is described. Why here: the record is decoded but nothing is built
-/// from it yet, so the value is never copied into a row, the summary or a
-/// checkpoint.
-fn leave_out_oversized_values(record: &mut Record) -> Vec<String> {
-    let too_big = |json: &str| filestream::json_string_len(json) > filestream::MAX_LINE_BYTES;
-    let describe = |what: &str, key: &str, nested: &[String], bytes: usize| {
-        let name = if nested.is_empty() {
-            key.to_string()
-        } else {
-            nested.join(".")
-        };
-        format!(
-            "the {what} value {name:?} ({bytes} bytes) is over the server's 10 MiB line limit; left out, the rest was uploaded"
-        )
-    };
-    let mut refused = Vec::new();
-    match &mut record.record_type {
-        Some(RecordType::History(history)) => history.item.retain(|item| {
-            let json = match &item.typed {
-                Some(proto::TypedValue::Text(text) | proto::TypedValue::Json(text)) => text,
-                _ => &item.value_json,
-            };
-            let keep = !too_big(json) && !too_big(&item.value_json);
-            if !keep {
-                let bytes = json.len().max(item.value_json.len());
-                refused.push(describe("history", &item.key, &item.nested_key, bytes));
-            }
-            keep
-        }),
-        Some(RecordType::Stats(stats)) => stats.item.retain(|item| {
-            let keep = !too_big(&item.value_json);
-            if !keep {
-                let bytes = item.value_json.len();
-                refused.push(describe("system metrics", &item.key, &[], bytes));
-            }
-            keep
-        }),
-        Some(RecordType::Summary(proto::SummaryRecord { update, .. })) => {
-            keep_small(update, "summary", &mut refused);
-        }
-        Some(RecordType::Config(proto::ConfigRecord { update, .. })) => {
-            keep_small(update, "config", &mut refused);
-        }
-        _ => {}
-    }
-    refused
-}
-
-fn keep_small(items: &mut Vec<proto::KeyedJson>, what: &str, refused: &mut Vec<String>) {
-    items.retain(|item| {
-        let size = filestream::json_string_len(&item.value_json);
-        let keep = size <= filestream::MAX_LINE_BYTES;
-        if !keep {
-            let name = if item.nested_key.is_empty() {
-                item.key.clone()
-            } else {
-                item.nested_key.join(".")
-            };
-            refused.push(format!(
-                "the {what} value {name:?} ({} bytes) is over the server's 10 MiB line limit; left out, the rest was uploaded",
-                item.value_json.len()
-            ));
-        }
-        keep
-    });
 }

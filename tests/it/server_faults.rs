@@ -385,4 +385,11 @@ fn big_records_are_split_or_left_out_and_no_request_is_over_the_cap() {
         warnings.contains("history value \\\"blob\\\"") && warnings.contains("10 MiB line limit"),
         "the value left out is reported: {warnings}"
     );
+    // `inspect` says so before any upload.
+    let (_, inspected) = crate::support::inspect_json(&[&wandb_dir], &[]);
+    let problems = inspected["runs"][0]["problems"].to_string();
+    assert!(
+        problems.contains("history value \\\"blob\\\"") && problems.contains("is left out"),
+        "{problems}"
+    );
 }

@@ -5,6 +5,8 @@
 
 use serde_json::{Map as JsonMap, Value as Json, json};
 
+use crate::source::wandb::proto;
+
 pub const HISTORY: &str = "wandb-history.jsonl";
 pub const EVENTS: &str = "wandb-events.jsonl";
 pub const SUMMARY: &str = "wandb-summary.json";
@@ -154,6 +156,76 @@ pub fn consecutive_runs(lines: Vec<(u64, String)>) -> Vec<Lines> {
         }
     }
     runs
+}
+
+/// What a record may carry that no request can: a single value (history,
+/// system metrics, summary or config) over the server's line limit. Such a
+/// value is left out of the record, the rest of it is kept; each one left
+/// out is described. Why here: the record is decoded but nothing is built
+/// from it yet, so the value is never copied into a row, the summary or a
+/// checkpoint.
+pub fn leave_out_oversized_values(record: &mut proto::Record) -> Vec<String> {
+    let too_big = |json: &str| json_string_len(json) > MAX_LINE_BYTES;
+    let describe = |what: &str, key: &str, nested: &[String], bytes: usize| {
+        let name = if nested.is_empty() {
+            key.to_string()
+        } else {
+            nested.join(".")
+        };
+        format!(
+            "the {what} value {name:?} ({bytes} bytes) is over the server's 10 MiB line limit and is left out (the rest of the record is uploaded)"
+        )
+    };
+    let mut refused = Vec::new();
+    match &mut record.record_type {
+        Some(proto::RecordType::History(history)) => history.item.retain(|item| {
+            let json = match &item.typed {
+                Some(proto::TypedValue::Text(text) | proto::TypedValue::Json(text)) => text,
+                _ => &item.value_json,
+            };
+            let keep = !too_big(json) && !too_big(&item.value_json);
+            if !keep {
+                let bytes = json.len().max(item.value_json.len());
+                refused.push(describe("history", &item.key, &item.nested_key, bytes));
+            }
+            keep
+        }),
+        Some(proto::RecordType::Stats(stats)) => stats.item.retain(|item| {
+            let keep = !too_big(&item.value_json);
+            if !keep {
+                let bytes = item.value_json.len();
+                refused.push(describe("system metrics", &item.key, &[], bytes));
+            }
+            keep
+        }),
+        Some(proto::RecordType::Summary(proto::SummaryRecord { update, .. })) => {
+            keep_small(update, "summary", &mut refused);
+        }
+        Some(proto::RecordType::Config(proto::ConfigRecord { update, .. })) => {
+            keep_small(update, "config", &mut refused);
+        }
+        _ => {}
+    }
+    refused
+}
+
+fn keep_small(items: &mut Vec<proto::KeyedJson>, what: &str, refused: &mut Vec<String>) {
+    items.retain(|item| {
+        let size = json_string_len(&item.value_json);
+        let keep = size <= MAX_LINE_BYTES;
+        if !keep {
+            let name = if item.nested_key.is_empty() {
+                item.key.clone()
+            } else {
+                item.nested_key.join(".")
+            };
+            refused.push(format!(
+                "the {what} value {name:?} ({} bytes) is over the server's 10 MiB line limit and is left out (the rest of the record is uploaded)",
+                item.value_json.len()
+            ));
+        }
+        keep
+    });
 }
 
 #[cfg(test)]
