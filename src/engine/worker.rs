@@ -785,7 +785,7 @@ impl RunSync<'_> {
                 )),
                 // Certainly not delivered (no connection, 429s, a refused
                 // key): it may go later, with the run's data.
-                Err(e) if e.is_offline() || e.is_auth() || matches!(e, SinkError::Exhausted { .. }) => {
+                Err(e) if e.is_auth() || matches!(e, SinkError::Exhausted { .. }) => {
                     self.entry.acked.alerts_attempted = ordinal;
                     self.save_decision(|stored| stored.acked.alerts_attempted = ordinal)?;
                     return Err(e.into());

@@ -403,6 +403,27 @@ mod tests {
     }
 
     #[test]
+    fn an_entry_from_before_alerts_were_recorded_as_attempted_loads() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(tmp.path()).unwrap();
+        let mut entry = RunLedger::new("wandb-old-000000000000".into(), "old".into(), "".into());
+        entry.acked.alerts = 2;
+        let mut json = serde_json::to_value(&entry).unwrap();
+        json["acked"]
+            .as_object_mut()
+            .unwrap()
+            .remove("alerts_attempted");
+        std::fs::write(
+            ledger.path_of(&entry.key),
+            serde_json::to_vec(&json).unwrap(),
+        )
+        .unwrap();
+        let back = ledger.load(&entry.key).unwrap().unwrap();
+        assert_eq!((back.acked.alerts, back.acked.alerts_attempted), (2, 0));
+        assert_eq!(back.format, FORMAT_VERSION);
+    }
+
+    #[test]
     fn live_checkpoints_are_newest_until_a_durable_save() {
         let tmp = tempfile::tempdir().unwrap();
         let ledger = Ledger::open(tmp.path()).unwrap();
