@@ -205,6 +205,11 @@ pub struct SyncArgs {
     /// First retry wait in milliseconds; doubles per attempt (tests).
     #[arg(long, hide = true, default_value_t = 2000)]
     pub retry_min_ms: u64,
+
+    /// Longest wait between attempts in milliseconds, a server's
+    /// `Retry-After` included (tests).
+    #[arg(long, hide = true, default_value_t = 60_000)]
+    pub retry_max_ms: u64,
 }
 
 #[derive(Debug, Args)]

@@ -49,6 +49,9 @@ pub struct DaemonStatus {
     /// The daemon's loop has not turned since then: it waits on a
     /// filesystem that does not answer, most likely.
     pub loop_stalled_since: Option<String>,
+    /// Servers holding requests back with `429 Retry-After` (until when,
+    /// asked, and the capped wait).
+    pub rate_limited: Vec<String>,
     pub heartbeat_at: Option<String>,
     pub base_url: Option<String>,
 }
@@ -143,6 +146,7 @@ pub fn status(
             last_contact: b.last_contact.clone(),
             slurm: b.slurm.clone(),
             loop_stalled_since: b.loop_stalled_since.clone(),
+            rate_limited: b.rate_limited.clone(),
             heartbeat_at: Some(b.heartbeat_at.clone()),
             base_url: Some(b.base_url.clone()),
         },
@@ -160,6 +164,7 @@ pub fn status(
             last_contact: None,
             slurm: None,
             loop_stalled_since: None,
+            rate_limited: Vec::new(),
             heartbeat_at: None,
             base_url: None,
         },
@@ -443,6 +448,9 @@ fn write_human(out: &mut impl Write, report: &StatusReport) -> std::io::Result<(
             Some("online") => writeln!(out, "network: online, last server contact {last_contact}")?,
             _ => writeln!(out, "network: server not contacted yet")?,
         }
+        for pause in &d.rate_limited {
+            writeln!(out, "rate limited: {pause}")?;
+        }
         if let Some(since) = &d.loop_stalled_since {
             writeln!(
                 out,
@@ -580,6 +588,7 @@ mod tests {
             next_probe: None,
             slurm: None,
             loop_stalled_since: None,
+            rate_limited: Vec::new(),
             base_url: "http://s".into(),
             activity: [
                 // Resolved and keyed, not uploaded yet (offline).
@@ -647,6 +656,7 @@ mod tests {
             next_probe: Some(probe_at.clone()),
             slurm: None,
             loop_stalled_since: None,
+            rate_limited: Vec::new(),
             base_url: "http://s".into(),
             activity: [(
                 "unsynced:somewhere".to_string(),

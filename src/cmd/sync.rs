@@ -40,6 +40,7 @@ pub fn run(args: SyncArgs) -> anyhow::Result<Outcome> {
     };
     let policy = RetryPolicy {
         min_wait: std::time::Duration::from_millis(args.retry_min_ms),
+        max_wait: std::time::Duration::from_millis(args.retry_max_ms.max(args.retry_min_ms)),
         ..RetryPolicy::default()
     };
     let targets = Targets::from_process(args.base_url.clone(), policy);
@@ -87,6 +88,11 @@ pub fn run(args: SyncArgs) -> anyhow::Result<Outcome> {
         }
         match targets.resolve(job.run_dir(), &job.search_root()) {
             Ok(target) => {
+                // A long wait is said, not sat through in silence.
+                let server = target.client.base_url().to_string();
+                target
+                    .client
+                    .on_pause(move |pause| eprintln!("syncd: {server}: {pause}"));
                 job.entity = target.entity.clone();
                 job.project = target.project.clone();
                 planned.push((job, Some(target.client)));

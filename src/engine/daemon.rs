@@ -1283,6 +1283,12 @@ impl DaemonState {
             next_probe,
             slurm: self.slurm_report(),
             loop_stalled_since: None,
+            rate_limited: config
+                .targets
+                .clients()
+                .iter()
+                .filter_map(|c| Some(format!("{}: {}", c.base_url(), c.pause()?)))
+                .collect(),
             base_url: config.targets.default_base_url(),
             activity,
         }

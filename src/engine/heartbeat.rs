@@ -49,6 +49,10 @@ pub struct Heartbeat {
     /// writes this file and renews the lease.
     #[serde(default)]
     pub loop_stalled_since: Option<String>,
+    /// Servers holding requests back with `429 Retry-After`: each says
+    /// until when, what the server asked and what is waited (capped).
+    #[serde(default)]
+    pub rate_limited: Vec<String>,
     pub base_url: String,
     /// What each run is doing now, by ledger key: `uploading`, `queued`,
     /// `waiting` (backing off until `next_retry`), `stopped` (with

@@ -442,18 +442,28 @@ impl RunSync<'_> {
                         });
                     }
                 };
-                let record = match Record::decode(raw.payload) {
+                let (record_start, end) = (raw.start, raw.end);
+                let decoded = Record::decode(raw.payload);
+                // The record is decoded (copied out): a big one's reassembly
+                // buffer is not kept for the rest of the file.
+                reader.release_large_buffer();
+                let mut record = match decoded {
                     Ok(record) => record,
                     Err(_) => {
                         self.entry.warn(format!(
-                            "{}: a record at byte {} does not decode; skipped",
+                            "{}: a record at byte {record_start} does not decode; skipped",
                             path.display(),
-                            raw.start
                         ));
                         continue;
                     }
                 };
-                let end = raw.end;
+                for refused in filestream::leave_out_oversized_values(&mut record) {
+                    self.entry.warn(format!(
+                        "{}: record at byte {record_start}: {refused}",
+                        path.display()
+                    ));
+                }
+                self.write_big_console_output(&mut record).await?;
                 self.apply(index, record);
                 self.pending.records += 1;
                 self.records_read += 1;
@@ -552,11 +562,13 @@ impl RunSync<'_> {
     }
 
     fn push_line(&mut self, line: String, history: bool) {
-        if line.len() > filestream::MAX_LINE_BYTES {
+        let size = filestream::json_string_len(&line);
+        if size > filestream::MAX_LINE_BYTES {
             let what = if history { "history" } else { "system metrics" };
+            // Each value fits (see `leave_out_oversized_values`), but not
+            // all of them in one line, and a line cannot be split.
             self.entry.warn(format!(
-                "a {what} line of {} bytes is over the server's 10 MiB line limit and was not uploaded",
-                line.len()
+                "a {what} row of {size} bytes is over the server's 10 MiB line limit and was not uploaded"
             ));
             return;
         }
@@ -566,6 +578,94 @@ impl RunSync<'_> {
         } else {
             self.pending.events.push(line);
         }
+    }
+
+    /// Console output far bigger than a batch (a run printing a hundred
+    /// megabytes at once) is fed to the console in pieces, and the lines it
+    /// makes are sent as they pile up instead of all being held (twice,
+    /// formatted) until the record's checkpoint. Sending them before the
+    /// checkpoint is safe: each line goes to its fixed place in `output.log`,
+    /// so a sync that stops before the checkpoint sends the same lines to
+    /// the same places again. The last piece stays in the record, which is
+    /// then applied as usual.
+    async fn write_big_console_output(&mut self, record: &mut Record) -> Result<(), StepError> {
+        let piece = self.options.batch_bytes.max(64 * 1024);
+        let (stream, text) = match &mut record.record_type {
+            Some(RecordType::OutputRaw(out)) if out.line.len() > piece => (
+                if out.output_type == 0 {
+                    Stream::Stderr
+                } else {
+                    Stream::Stdout
+                },
+                &mut out.line,
+            ),
+            Some(RecordType::OutputLogger(out)) if out.line.len() > piece => {
+                (Stream::Stdout, &mut out.line)
+            }
+            _ => return Ok(()),
+        };
+        let whole = std::mem::take(text);
+        let mut at = 0;
+        while whole.len() - at > piece {
+            let mut end = at + piece;
+            while !whole.is_char_boundary(end) {
+                end -= 1;
+            }
+            self.entry.state.console.write(stream, &whole[at..end]);
+            at = end;
+            if self.entry.state.console.unsent_bytes() >= self.options.batch_bytes {
+                self.send_console_early().await?;
+            }
+        }
+        *text = whole[at..].to_string();
+        Ok(())
+    }
+
+    /// Sends the console lines changed so far, without a checkpoint (see
+    /// [`RunSync::write_big_console_output`]).
+    async fn send_console_early(&mut self) -> Result<(), StepError> {
+        if self.options.dry_run || self.client.is_none() {
+            return Ok(());
+        }
+        if self.entry.state.identity.run_id.is_none() {
+            return Ok(()); // no run to send to yet: the flush sends them
+        }
+        let client = self.client.expect("checked above");
+        let server = self.ensure_server_run(client).await?;
+        let base = self.entry.acked.console_base;
+        let now = SystemTime::now();
+        let mut console = self
+            .entry
+            .state
+            .console
+            .take_changed()
+            .into_iter()
+            .map(|l| {
+                (
+                    base + l.index,
+                    filestream::console_line(&l.text, l.stream == Stream::Stderr, now),
+                )
+            })
+            .peekable();
+        loop {
+            let mut room = filestream::MAX_REQUEST_BYTES;
+            let Some(output) = take_console(&mut console, &mut room, true) else {
+                break;
+            };
+            let request = Request {
+                output: Some(output),
+                ..Default::default()
+            };
+            client
+                .file_stream(
+                    &server.entity,
+                    &server.project,
+                    &server.name,
+                    request.to_json(),
+                )
+                .await?;
+        }
+        Ok(())
     }
 
     /// Sends everything pending, then records `cursor` for fragment `index`.
@@ -600,36 +700,54 @@ impl RunSync<'_> {
             offset: acked.events_base + acked.events_lines,
             lines: pending.events,
         };
+        // Console lines are formatted as they are put in a request, so a
+        // record of a hundred megabytes of output is never held formatted
+        // (or serialized) whole.
         let now = SystemTime::now();
-        let console_runs = filestream::consecutive_runs(
-            console
-                .into_iter()
-                .map(|l| {
-                    (
-                        acked.console_base + l.index,
-                        filestream::console_line(&l.text, l.stream == Stream::Stderr, now),
-                    )
-                })
-                .collect(),
-        );
+        let console_base = acked.console_base;
+        let mut console = console
+            .into_iter()
+            .map(|l| {
+                (
+                    console_base + l.index,
+                    filestream::console_line(&l.text, l.stream == Stream::Stderr, now),
+                )
+            })
+            .peekable();
         let summary = run_config::summary_json(&self.entry.state);
         let summary_sha = sha256_hex(summary.as_bytes());
         let mut summary =
             (acked.summary_sha256.as_deref() != Some(summary_sha.as_str())).then_some(summary);
-        let mut console_runs = console_runs.into_iter();
         let mut preempting = pending.preempting && !acked.preempting;
+        if let Some(size) = summary
+            .as_deref()
+            .map(filestream::json_string_len)
+            .filter(|size| *size > filestream::MAX_LINE_BYTES)
+        {
+            self.entry.warn(format!(
+                "the summary ({size} bytes) is over the server's 10 MiB line limit and was not streamed (wandb-summary.json is uploaded as a file at the end)"
+            ));
+            summary = None;
+        }
         let (history_count, events_count) = (history.lines.len() as u64, events.lines.len() as u64);
         loop {
             let mut request = Request::default();
             let mut room = filestream::MAX_REQUEST_BYTES;
-            take_lines(&mut history, &mut request.history, &mut room);
-            take_lines(&mut events, &mut request.events, &mut room);
-            if let Some(run) = console_runs.next() {
-                request.output = Some(run);
-            }
-            request.summary = summary.take();
             request.uploaded = std::mem::take(&mut uploaded);
             request.preempting = std::mem::take(&mut preempting);
+            room = room.saturating_sub(request.bytes());
+            if let Some(size) = summary.as_deref().map(filestream::json_string_len)
+                && (size <= room || request.is_empty())
+            {
+                request.summary = summary.take();
+                room = room.saturating_sub(size);
+            }
+            let empty = request.is_empty();
+            take_lines(&mut history, &mut request.history, &mut room, empty);
+            let empty = request.is_empty();
+            take_lines(&mut events, &mut request.events, &mut room, empty);
+            let empty = request.is_empty();
+            request.output = take_console(&mut console, &mut room, empty);
             if request.is_empty() {
                 break;
             }
@@ -639,7 +757,16 @@ impl RunSync<'_> {
                 .await?;
             self.history_sent += request.history.as_ref().map_or(0, |l| l.lines.len() as u64);
         }
-        for alert in &pending.alerts {
+        let first_alert = self.entry.acked.alerts;
+        for (i, alert) in pending.alerts.iter().enumerate() {
+            let ordinal = first_alert + i as u64;
+            if ordinal < self.entry.acked.alerts_attempted {
+                // Attempted before a lost answer or a kill: at most once.
+                continue;
+            }
+            // Durably recorded before the request leaves.
+            self.entry.acked.alerts_attempted = ordinal + 1;
+            self.save_decision(|stored| stored.acked.alerts_attempted = ordinal + 1)?;
             // The record holds milliseconds, as the API takes them.
             let sent = ops::notify_alert(
                 client,
@@ -652,13 +779,23 @@ impl RunSync<'_> {
             .await;
             match sent {
                 Ok(()) => {}
+                Err(e @ SinkError::Unconfirmed { .. }) => self.entry.warn(format!(
+                    "alert {:?} may not have been sent, and is not sent again (alerts are sent at most once): {e}",
+                    alert.title
+                )),
+                // Certainly not delivered (no connection, 429s, a refused
+                // key): it may go later, with the run's data.
+                Err(e) if e.is_auth() || matches!(e, SinkError::Exhausted { .. }) => {
+                    self.entry.acked.alerts_attempted = ordinal;
+                    self.save_decision(|stored| stored.acked.alerts_attempted = ordinal)?;
+                    return Err(e.into());
+                }
                 // A notification the server refuses must not hold the run's
-                // data back; an unreachable server or a bad key still stops.
-                Err(e) if !e.is_offline() && !e.is_auth() => {
+                // data back.
+                Err(e) => {
                     self.entry
                         .warn(format!("alert {:?} was not sent: {e}", alert.title));
                 }
-                Err(e) => return Err(e.into()),
             }
         }
 
@@ -1143,19 +1280,24 @@ struct FoundFile {
 }
 
 /// Moves as many lines from `source` into `slot` as fit in `room` bytes
-/// (always at least one, so a large line still goes out alone).
-fn take_lines(source: &mut Lines, slot: &mut Option<Lines>, room: &mut usize) {
+/// (one that does not fit only into an `empty` request: a line is never over
+/// [`filestream::MAX_LINE_BYTES`], so a request never is over the cap).
+fn take_lines(source: &mut Lines, slot: &mut Option<Lines>, room: &mut usize, empty: bool) {
     if source.lines.is_empty() {
         return;
     }
     let mut take = 0;
     let mut used = 0;
     for line in &source.lines {
-        if take > 0 && used + line.len() + 3 > *room {
+        let size = filestream::json_string_len(line) + 1;
+        if used + size > *room && !(take == 0 && empty) {
             break;
         }
-        used += line.len() + 3;
+        used += size;
         take += 1;
+    }
+    if take == 0 {
+        return;
     }
     let rest = source.lines.split_off(take);
     let lines = std::mem::replace(&mut source.lines, rest);
@@ -1165,4 +1307,34 @@ fn take_lines(source: &mut Lines, slot: &mut Option<Lines>, room: &mut usize) {
     });
     source.offset += take as u64;
     *room = room.saturating_sub(used);
+}
+
+/// The next consecutive console lines that fit in `room` (one that does not
+/// fit only into an `empty` request; console lines are wrapped well under
+/// the line limit). The server takes one range of `output.log` per request.
+fn take_console(
+    console: &mut std::iter::Peekable<impl Iterator<Item = (u64, String)>>,
+    room: &mut usize,
+    empty: bool,
+) -> Option<Lines> {
+    let mut taken: Option<Lines> = None;
+    while let Some((index, line)) = console.peek() {
+        let size = filestream::json_string_len(line) + 1;
+        let next_offset = taken.as_ref().map(|t| t.offset + t.lines.len() as u64);
+        if next_offset.is_some_and(|next| next != *index)
+            || (size > *room && !(taken.is_none() && empty))
+        {
+            break;
+        }
+        *room = room.saturating_sub(size);
+        let (index, line) = console.next().expect("peeked");
+        taken
+            .get_or_insert_with(|| Lines {
+                offset: index,
+                lines: Vec::new(),
+            })
+            .lines
+            .push(line);
+    }
+    taken
 }

@@ -81,6 +81,13 @@ pub struct Acked {
     pub summary_sha256: Option<String>,
     pub files: BTreeMap<String, FileAck>,
     pub alerts: u64,
+    /// Alerts (counted from the run's first) whose sending has begun.
+    /// Saved durably before each alert's request and never lowered after a
+    /// request that may have arrived: an alert pages a person, so it is sent
+    /// at most once, even when its answer is lost or syncd is killed before
+    /// the checkpoint that counts it in `alerts`. Absent in older ledgers.
+    #[serde(default)]
+    pub alerts_attempted: u64,
     pub preempting: bool,
     /// Exit code sent with `complete`.
     pub complete: Option<i32>,
@@ -393,6 +400,27 @@ mod tests {
         assert_eq!(back.state.summary["loss"].to_extended_json(), "NaN");
         assert_eq!(ledger.all().len(), 1);
         assert!(ledger.load("missing").unwrap().is_none());
+    }
+
+    #[test]
+    fn an_entry_from_before_alerts_were_recorded_as_attempted_loads() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(tmp.path()).unwrap();
+        let mut entry = RunLedger::new("wandb-old-000000000000".into(), "old".into(), "".into());
+        entry.acked.alerts = 2;
+        let mut json = serde_json::to_value(&entry).unwrap();
+        json["acked"]
+            .as_object_mut()
+            .unwrap()
+            .remove("alerts_attempted");
+        std::fs::write(
+            ledger.path_of(&entry.key),
+            serde_json::to_vec(&json).unwrap(),
+        )
+        .unwrap();
+        let back = ledger.load(&entry.key).unwrap().unwrap();
+        assert_eq!((back.acked.alerts, back.acked.alerts_attempted), (2, 0));
+        assert_eq!(back.format, FORMAT_VERSION);
     }
 
     #[test]

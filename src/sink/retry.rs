@@ -1,7 +1,8 @@
 //! When to retry a request and how long to wait: exponential backoff with
-//! jitter, `Retry-After` (seconds or HTTP date) honoured exactly, and no
-//! retries for answers that cannot change (400, 401, 403, 404, 409, 410, 413,
-//! 422, 501).
+//! jitter, `Retry-After` (seconds or HTTP date) honoured up to the longest
+//! backoff, no retries for answers that cannot change (400, 401, 403, 404,
+//! 409, 410, 413, 422, 501), and which GraphQL errors (HTTP 200 with
+//! `errors[]`) are worth asking again.
 
 use std::time::{Duration, SystemTime};
 
@@ -9,6 +10,8 @@ use std::time::{Duration, SystemTime};
 pub struct RetryPolicy {
     /// First wait; doubles each attempt.
     pub min_wait: Duration,
+    /// The longest wait between two attempts, a server's `Retry-After`
+    /// included (see [`RetryPolicy::honoured_retry_after`]).
     pub max_wait: Duration,
     /// Attempts in all, the first one included.
     pub max_attempts: u32,
@@ -35,6 +38,17 @@ impl RetryPolicy {
         let jittered = base * (1.0 + 0.25 * fastrand::f64());
         Duration::from_secs_f64(jittered.min(self.max_wait.as_secs_f64()))
     }
+
+    /// How much of a server's `Retry-After` is waited: at most `max_wait`
+    /// (60 s by default). Why a cap: the value is the server's (or a proxy's)
+    /// word, and one `429 Retry-After: 86400` would otherwise put a sync to
+    /// sleep for a day and hold every upload to that server with it. Waiting
+    /// the longest backoff and asking again costs the server one request per
+    /// minute; if it still refuses, the attempts run out and the run fails
+    /// as transient (the daemon then schedules it again on its own backoff).
+    pub fn honoured_retry_after(&self, asked: Duration) -> Duration {
+        asked.min(self.max_wait)
+    }
 }
 
 /// Whether an HTTP status may succeed when asked again.
@@ -45,6 +59,78 @@ pub fn status_is_retryable(status: u16) -> bool {
         s if s >= 500 => true,
         _ => false,
     }
+}
+
+/// Whether a GraphQL error (an HTTP 2xx answer carrying `errors[]`) may go
+/// away when asked again. The W&B backend answers 200 for errors raised
+/// behind its GraphQL layer: a gateway's "upstream request timeout", a
+/// database's "context deadline exceeded", an internal error or a rate
+/// limit all come this way, as do refusals that no retry changes (no
+/// permission, no such project, invalid input). Only those refusals are
+/// permanent: `extensions.code` decides when the server gives one, else the
+/// message; an error that names neither kind is retried, since retrying a
+/// permanent error costs a few requests while treating a passing one as
+/// permanent stops the run until someone intervenes.
+pub fn graphql_error_is_transient(message: &str, code: Option<&str>) -> bool {
+    if let Some(code) = code {
+        let code = code.to_ascii_uppercase().replace('-', "_");
+        match code.as_str() {
+            "UNAUTHENTICATED"
+            | "UNAUTHORIZED"
+            | "FORBIDDEN"
+            | "PERMISSION_DENIED"
+            | "BAD_USER_INPUT"
+            | "BAD_REQUEST"
+            | "INVALID_ARGUMENT"
+            | "NOT_FOUND"
+            | "GRAPHQL_PARSE_FAILED"
+            | "GRAPHQL_VALIDATION_FAILED"
+            | "ALREADY_EXISTS"
+            | "CONFLICT"
+            | "PERSISTED_QUERY_NOT_SUPPORTED"
+            | "OPERATION_RESOLUTION_FAILURE" => {
+                return false;
+            }
+            "INTERNAL_SERVER_ERROR"
+            | "INTERNAL"
+            | "UNAVAILABLE"
+            | "SERVICE_UNAVAILABLE"
+            | "DEADLINE_EXCEEDED"
+            | "TIMEOUT"
+            | "GATEWAY_TIMEOUT"
+            | "RATE_LIMITED"
+            | "TOO_MANY_REQUESTS"
+            | "RESOURCE_EXHAUSTED"
+            | "ABORTED" => return true,
+            _ => {}
+        }
+    }
+    let message = message.to_ascii_lowercase();
+    const PERMANENT: &[&str] = &[
+        "permission",
+        "not authorized",
+        "unauthorized",
+        "unauthenticated",
+        "forbidden",
+        "access denied",
+        "not allowed",
+        "not found",
+        "does not exist",
+        "no such",
+        "invalid",
+        "validation",
+        "cannot query field",
+        "unknown argument",
+        "unknown type",
+        "syntax error",
+        "must be",
+        "is required",
+        "already exists",
+        "reserved",
+        "too long",
+        "too large",
+    ];
+    !PERMANENT.iter().any(|p| message.contains(p))
 }
 
 /// `Retry-After` as a delay: delta-seconds or an HTTP date.
@@ -96,6 +182,53 @@ mod tests {
         let earlier = httpdate::fmt_http_date(now - Duration::from_secs(30));
         assert_eq!(parse_retry_after(&earlier, now), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn retry_after_is_capped_at_the_longest_backoff() {
+        let policy = RetryPolicy::default();
+        assert_eq!(
+            policy.honoured_retry_after(Duration::from_secs(86_400)),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            policy.honoured_retry_after(Duration::from_secs(3)),
+            Duration::from_secs(3)
+        );
+    }
+
+    #[test]
+    fn graphql_errors_that_pass_are_retried_refusals_are_not() {
+        for message in [
+            "upstream request timeout",
+            "context deadline exceeded",
+            "Internal server error",
+            "rate limit exceeded, slow down",
+            "service temporarily unavailable",
+            "something unexpected happened",
+        ] {
+            assert!(graphql_error_is_transient(message, None), "{message}");
+        }
+        for message in [
+            "permission denied",
+            "user is not authorized to write to this project",
+            "project not found",
+            "entity foo does not exist",
+            "Variable \"$name\" of required type \"String!\" was not provided: invalid input",
+            "Cannot query field \"x\" on type \"Run\"",
+        ] {
+            assert!(!graphql_error_is_transient(message, None), "{message}");
+        }
+        // The server's code wins over the words.
+        assert!(!graphql_error_is_transient("oops", Some("FORBIDDEN")));
+        assert!(graphql_error_is_transient(
+            "invalid state, try again",
+            Some("INTERNAL_SERVER_ERROR")
+        ));
+        assert!(!graphql_error_is_transient(
+            "upstream request timeout",
+            Some("BAD_USER_INPUT")
+        ));
     }
 
     #[test]

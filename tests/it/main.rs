@@ -18,6 +18,9 @@ mod liveness;
 mod official_sync;
 /// `inspect --json` against an independent reader, for every real fixture run.
 mod oracle;
+/// Bad answers from the server: GraphQL errors, a huge Retry-After, lost
+/// alert answers, records too big for one request.
+mod server_faults;
 /// The systemd user unit and service install.
 mod service;
 /// A real Slurm cluster: sbatch templates, live uploads, TIMEOUT, USR1,

@@ -12,7 +12,7 @@ use crate::support::{committed_root, generated_roots};
 use crate::wandb_server::{Endpoint, Fault, WandbServer};
 
 /// The wandb 0.31.0 venv the test script installs, from its `wandb` CLI.
-fn venv() -> Option<PathBuf> {
+pub fn venv() -> Option<PathBuf> {
     Some(wandb_cli()?.parent()?.parent()?.to_path_buf())
 }
 
@@ -22,7 +22,7 @@ pub fn syncd_sync(server: &WandbServer, home: &Path, args: &[&str]) -> Output {
     syncd_sync_with_key(server, home, server.api_key(), args)
 }
 
-fn syncd_command(server: &WandbServer, home: &Path, key: &str, args: &[&str]) -> Command {
+pub fn syncd_command(server: &WandbServer, home: &Path, key: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_syncd"));
     cmd.arg("sync")
         .args([

@@ -1,8 +1,10 @@
 //! HTTP to a W&B server: GraphQL, FileStream and upload PUTs, each retried by
 //! [`RetryPolicy`]. A `429 Retry-After` pauses every request of this client
-//! (all workers share it), not only the one that got it.
+//! (all workers share it), not only the one that got it; the wait honoured
+//! is capped ([`RetryPolicy::honoured_retry_after`]) and shown by
+//! [`Client::pause`]. GraphQL errors that may pass are retried like a 5xx.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
@@ -11,9 +13,10 @@ use reqwest::header::{
     AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER,
 };
 use serde_json::{Value as Json, json};
-use tokio::sync::Mutex;
 
-use crate::sink::retry::{RetryPolicy, parse_retry_after, status_is_retryable};
+use crate::sink::retry::{
+    RetryPolicy, graphql_error_is_transient, parse_retry_after, status_is_retryable,
+};
 
 /// Why a request did not succeed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -39,6 +42,11 @@ pub enum SinkError {
     /// A 2xx answer that does not say what it should.
     #[error("{what}: unexpected answer from the server: {message}")]
     Protocol { what: String, message: String },
+    /// A request sent at most once may have reached the server, but its
+    /// answer was lost or was an error the server may have hit after acting
+    /// on it: it is not repeated.
+    #[error("{what}: may or may not have reached the server, not repeated: {last}")]
+    Unconfirmed { what: String, last: String },
 }
 
 impl SinkError {
@@ -74,6 +82,52 @@ pub struct Contact {
     pub last_error: Option<String>,
 }
 
+/// How often a request may reach the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Retried until it succeeds: its effect is idempotent.
+    AtLeastOnce,
+    /// Retried only when it certainly did not arrive (no connection, or a
+    /// 429 refusal); any other failure is [`SinkError::Unconfirmed`].
+    AtMostOnce,
+}
+
+/// Requests to a server are held back by a `429 Retry-After`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pause {
+    /// Wall-clock end of the wait.
+    pub until: SystemTime,
+    /// What the server asked for.
+    pub asked: Duration,
+    /// What is waited: `asked`, capped.
+    pub honoured: Duration,
+}
+
+impl std::fmt::Display for Pause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "paused until {} because of HTTP 429 Retry-After {} s",
+            humantime::format_rfc3339_seconds(self.until),
+            self.asked.as_secs()
+        )?;
+        if self.honoured < self.asked {
+            write!(f, " (capped to {} s)", self.honoured.as_secs())?;
+        }
+        Ok(())
+    }
+}
+
+/// What a 2xx answer's body says.
+enum BodyVerdict {
+    Done,
+    /// An error that may pass when asked again.
+    Retry(String),
+    Refused(SinkError),
+}
+
+type PauseNotice = Box<dyn Fn(&Pause) + Send + Sync>;
+
 /// Where to send and with which key. The key is only ever put in the
 /// `Authorization` header (marked sensitive); it is not kept elsewhere.
 pub struct Client {
@@ -81,8 +135,11 @@ pub struct Client {
     base_url: String,
     auth: HeaderValue,
     policy: RetryPolicy,
-    /// No request leaves before this instant (set by 429 Retry-After).
-    paused_until: Arc<Mutex<Option<Instant>>>,
+    /// No request leaves before this instant (set by 429 Retry-After), and
+    /// why, for [`Client::pause`].
+    paused_until: Arc<Mutex<Option<(Instant, Pause)>>>,
+    /// Told of every new pause (`syncd sync` prints it).
+    pause_notice: OnceLock<PauseNotice>,
     /// A std mutex: held for a copy, never across an await. Shared with
     /// the client's [`Client::with_attempts`] copies.
     contact: Arc<std::sync::Mutex<Contact>>,
@@ -112,7 +169,23 @@ impl Client {
             policy,
             paused_until: Arc::new(Mutex::new(None)),
             contact: Arc::new(std::sync::Mutex::new(Contact::default())),
+            pause_notice: OnceLock::new(),
         })
+    }
+
+    /// The `429 Retry-After` wait requests to this server are in, if any.
+    pub fn pause(&self) -> Option<Pause> {
+        let paused = self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
+        paused
+            .as_ref()
+            .filter(|(until, _)| *until > Instant::now())
+            .map(|(_, pause)| pause.clone())
+    }
+
+    /// Calls `notice` whenever a `429 Retry-After` starts a new wait (the
+    /// first call wins; clients are shared by runs).
+    pub fn on_pause(&self, notice: impl Fn(&Pause) + Send + Sync + 'static) {
+        let _ = self.pause_notice.set(Box::new(notice));
     }
 
     pub fn base_url(&self) -> &str {
@@ -131,6 +204,8 @@ impl Client {
                 ..self.policy
             },
             paused_until: Arc::clone(&self.paused_until),
+            // A probe's pauses are its own client's to report.
+            pause_notice: OnceLock::new(),
             contact: Arc::clone(&self.contact),
         }
     }
@@ -168,6 +243,18 @@ impl Client {
         query: &str,
         variables: Json,
     ) -> Result<Json, SinkError> {
+        self.graphql_delivered(operation, query, variables, Delivery::AtLeastOnce)
+            .await
+    }
+
+    /// [`Client::graphql`] for an operation with `delivery`.
+    pub async fn graphql_delivered(
+        &self,
+        operation: &str,
+        query: &str,
+        variables: Json,
+        delivery: Delivery,
+    ) -> Result<Json, SinkError> {
         let body = serde_json::to_vec(
             &json!({"query": query, "variables": variables, "operationName": operation}),
         )
@@ -175,37 +262,23 @@ impl Client {
         .expect("JSON of JSON values");
         let url = format!("{}/graphql", self.base_url);
         let bytes = self
-            .send(operation, || {
-                self.http
-                    .post(&url)
-                    .header(AUTHORIZATION, self.auth.clone())
-                    .header(CONTENT_TYPE, "application/json")
-                    .body(body.clone())
-            })
+            .send_checked(
+                operation,
+                delivery,
+                || {
+                    self.http
+                        .post(&url)
+                        .header(AUTHORIZATION, self.auth.clone())
+                        .header(CONTENT_TYPE, "application/json")
+                        .body(body.clone())
+                },
+                |body| graphql_verdict(operation, body),
+            )
             .await?;
         let answer: Json = serde_json::from_slice(&bytes).map_err(|e| SinkError::Protocol {
             what: operation.into(),
             message: format!("not JSON ({e})"),
         })?;
-        if let Some(errors) = answer
-            .get("errors")
-            .and_then(Json::as_array)
-            .filter(|e| !e.is_empty())
-        {
-            let message = errors
-                .iter()
-                .map(|e| {
-                    e.get("message")
-                        .and_then(Json::as_str)
-                        .unwrap_or("(no message)")
-                })
-                .collect::<Vec<_>>()
-                .join("; ");
-            return Err(SinkError::GraphQl {
-                what: operation.into(),
-                message,
-            });
-        }
         match answer.get("data") {
             Some(data) if !data.is_null() => Ok(data.clone()),
             _ => Err(SinkError::Protocol {
@@ -276,18 +349,35 @@ impl Client {
     }
 
     async fn wait_for_pause(&self) {
-        let until = *self.paused_until.lock().await;
+        let until = self
+            .paused_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|(until, _)| *until);
         if let Some(until) = until {
             tokio::time::sleep_until(until.into()).await;
         }
     }
 
-    async fn pause_all(&self, wait: Duration) {
-        let until = Instant::now() + wait;
-        let mut paused = self.paused_until.lock().await;
-        if paused.is_none_or(|p| p < until) {
-            *paused = Some(until);
+    /// Holds every request back for `asked` (capped); returns the wait.
+    fn pause_all(&self, asked: Duration) -> Duration {
+        let honoured = self.policy.honoured_retry_after(asked);
+        let until = Instant::now() + honoured;
+        let pause = Pause {
+            until: SystemTime::now() + honoured,
+            asked,
+            honoured,
+        };
+        let mut paused = self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
+        if paused.as_ref().is_none_or(|(p, _)| *p < until) {
+            *paused = Some((until, pause.clone()));
+            drop(paused);
+            if let Some(notice) = self.pause_notice.get() {
+                notice(&pause);
+            }
         }
+        honoured
     }
 
     /// Sends with retries; returns the body of the 2xx answer.
@@ -296,6 +386,24 @@ impl Client {
         what: &str,
         build: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<Bytes, SinkError> {
+        self.send_checked(what, Delivery::AtLeastOnce, build, |_| BodyVerdict::Done)
+            .await
+    }
+
+    /// [`Client::send`] with the 2xx body judged by `check` (a GraphQL
+    /// error in a 200 may pass) and retries as `delivery` allows.
+    async fn send_checked(
+        &self,
+        what: &str,
+        delivery: Delivery,
+        build: impl Fn() -> reqwest::RequestBuilder,
+        check: impl Fn(&[u8]) -> BodyVerdict,
+    ) -> Result<Bytes, SinkError> {
+        let unconfirmed = |last: String| SinkError::Unconfirmed {
+            what: what.into(),
+            last,
+        };
+        let at_most_once = delivery == Delivery::AtMostOnce;
         let mut last = String::new();
         let mut offline = true;
         for attempt in 0..self.policy.max_attempts {
@@ -309,6 +417,10 @@ impl Client {
                     if offline {
                         self.record_unreachable(&last);
                     }
+                    // Only a connection never made certainly sent nothing.
+                    if at_most_once && !e.is_connect() {
+                        return Err(unconfirmed(last));
+                    }
                     self.policy.backoff(attempt)
                 }
                 Ok(response) => {
@@ -320,27 +432,39 @@ impl Client {
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| parse_retry_after(v, SystemTime::now()));
                     let body = response.bytes().await.unwrap_or_default();
-                    if (200..300).contains(&status) {
-                        return Ok(body);
-                    }
                     offline = false;
-                    let message = server_message(&body);
-                    if !status_is_retryable(status) {
-                        return Err(SinkError::Rejected {
-                            what: what.into(),
-                            status,
-                            message,
-                        });
-                    }
-                    last = format!("HTTP {status}: {message}");
-                    match retry_after {
-                        Some(after) => {
-                            if status == 429 {
-                                self.pause_all(after).await;
+                    if (200..300).contains(&status) {
+                        match check(&body) {
+                            BodyVerdict::Done => return Ok(body),
+                            BodyVerdict::Refused(e) => return Err(e),
+                            BodyVerdict::Retry(message) if at_most_once => {
+                                return Err(unconfirmed(message));
                             }
-                            after
+                            BodyVerdict::Retry(message) => {
+                                last = message;
+                                self.policy.backoff(attempt)
+                            }
                         }
-                        None => self.policy.backoff(attempt),
+                    } else {
+                        let message = server_message(&body);
+                        if !status_is_retryable(status) {
+                            return Err(SinkError::Rejected {
+                                what: what.into(),
+                                status,
+                                message,
+                            });
+                        }
+                        last = format!("HTTP {status}: {message}");
+                        // A 429 refused the request before acting on it; a
+                        // 5xx may come after the server acted.
+                        if at_most_once && status != 429 {
+                            return Err(unconfirmed(last));
+                        }
+                        match retry_after {
+                            Some(after) if status == 429 => self.pause_all(after),
+                            Some(after) => self.policy.honoured_retry_after(after),
+                            None => self.policy.backoff(attempt),
+                        }
                     }
                 }
             };
@@ -373,6 +497,42 @@ fn describe_transport_error(e: &reqwest::Error) -> String {
         source = inner.source();
     }
     text
+}
+
+/// A 2xx GraphQL answer: done, an error that may pass (retried like a 5xx),
+/// or a refusal no retry changes.
+fn graphql_verdict(operation: &str, body: &[u8]) -> BodyVerdict {
+    let Ok(answer) = serde_json::from_slice::<Json>(body) else {
+        // Reported as unreadable by the caller.
+        return BodyVerdict::Done;
+    };
+    let Some(errors) = answer
+        .get("errors")
+        .and_then(Json::as_array)
+        .filter(|e| !e.is_empty())
+    else {
+        return BodyVerdict::Done;
+    };
+    let mut transient = true;
+    let mut messages = Vec::new();
+    for error in errors {
+        let message = error
+            .get("message")
+            .and_then(Json::as_str)
+            .unwrap_or("(no message)");
+        let code = error.pointer("/extensions/code").and_then(Json::as_str);
+        transient &= graphql_error_is_transient(message, code);
+        messages.push(message);
+    }
+    let message = messages.join("; ");
+    if transient {
+        BodyVerdict::Retry(format!("GraphQL error: {message}"))
+    } else {
+        BodyVerdict::Refused(SinkError::GraphQl {
+            what: operation.into(),
+            message,
+        })
+    }
 }
 
 /// The server's own words: GraphQL-style `errors[].message`, `error`, or
@@ -429,6 +589,40 @@ mod tests {
         assert_eq!(
             server_message(b"<html>gateway</html>"),
             "<html>gateway</html>"
+        );
+    }
+
+    #[test]
+    fn graphql_errors_are_judged_transient_or_refused() {
+        let verdict = |body: &str| graphql_verdict("Op", body.as_bytes());
+        assert!(matches!(verdict(r#"{"data":{"x":1}}"#), BodyVerdict::Done));
+        assert!(matches!(
+            verdict(r#"{"data":null,"errors":[{"message":"upstream request timeout"}]}"#),
+            BodyVerdict::Retry(m) if m.contains("upstream request timeout")
+        ));
+        assert!(matches!(
+            verdict(r#"{"data":null,"errors":[{"message":"permission denied"}]}"#),
+            BodyVerdict::Refused(SinkError::GraphQl { message, .. }) if message == "permission denied"
+        ));
+        // One refusal among passing errors: retrying cannot help.
+        assert!(matches!(
+            verdict(
+                r#"{"errors":[{"message":"timeout"},{"message":"x","extensions":{"code":"FORBIDDEN"}}]}"#
+            ),
+            BodyVerdict::Refused(_)
+        ));
+    }
+
+    #[test]
+    fn a_pause_says_what_was_asked_and_what_is_waited() {
+        let pause = Pause {
+            until: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+            asked: Duration::from_secs(86_400),
+            honoured: Duration::from_secs(60),
+        };
+        assert_eq!(
+            pause.to_string(),
+            "paused until 2027-01-15T08:00:00Z because of HTTP 429 Retry-After 86400 s (capped to 60 s)"
         );
     }
 

@@ -5,15 +5,36 @@
 
 use serde_json::{Map as JsonMap, Value as Json, json};
 
+use crate::source::wandb::proto;
+
 pub const HISTORY: &str = "wandb-history.jsonl";
 pub const EVENTS: &str = "wandb-events.jsonl";
 pub const SUMMARY: &str = "wandb-summary.json";
 pub const OUTPUT: &str = "output.log";
 
-/// A request is cut before its lines exceed this (the server's limit is 10 MiB).
-pub const MAX_REQUEST_BYTES: usize = 10 * 1024 * 1024 - 64 * 1024;
-/// Longer lines are refused by the server; wandb drops them with a warning.
-pub const MAX_LINE_BYTES: usize = 10 * 1024 * 1024 - 100 * 1024;
+/// The largest request body syncd sends (the server's limit is 10 MiB).
+pub const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
+/// A request is cut before its lines, as they are written in the body (JSON
+/// string escapes included), exceed this; the rest of the body (names,
+/// offsets, flags) fits in the difference.
+pub const MAX_REQUEST_BYTES: usize = MAX_BODY_BYTES - 64 * 1024;
+/// Longer lines (as written in the body) are refused by the server; wandb
+/// drops them with a warning, and so does syncd.
+pub const MAX_LINE_BYTES: usize = MAX_BODY_BYTES - 100 * 1024;
+
+/// Bytes `s` takes as a JSON string in a request body, quotes included
+/// (`"` and `\` double, control characters take up to six bytes): a
+/// history line is JSON itself, so its quotes are escaped once more.
+pub fn json_string_len(s: &str) -> usize {
+    2 + s
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..0x20 => 6,
+            _ => 1,
+        })
+        .sum::<usize>()
+}
 
 /// Consecutive lines of one file starting at `offset`.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -23,8 +44,9 @@ pub struct Lines {
 }
 
 impl Lines {
+    /// The lines' size in a request body.
     pub fn bytes(&self) -> usize {
-        self.lines.iter().map(|l| l.len() + 3).sum()
+        self.lines.iter().map(|l| json_string_len(l) + 1).sum()
     }
 }
 
@@ -51,8 +73,12 @@ impl Request {
             .filter_map(|l| l.as_ref())
             .map(Lines::bytes)
             .sum::<usize>()
-            + self.summary.as_ref().map_or(0, String::len)
-            + self.uploaded.iter().map(|u| u.len() + 3).sum::<usize>()
+            + self.summary.as_deref().map_or(0, json_string_len)
+            + self
+                .uploaded
+                .iter()
+                .map(|u| json_string_len(u) + 1)
+                .sum::<usize>()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -132,6 +158,76 @@ pub fn consecutive_runs(lines: Vec<(u64, String)>) -> Vec<Lines> {
     runs
 }
 
+/// What a record may carry that no request can: a single value (history,
+/// system metrics, summary or config) over the server's line limit. Such a
+/// value is left out of the record, the rest of it is kept; each one left
+/// out is described. Why here: the record is decoded but nothing is built
+/// from it yet, so the value is never copied into a row, the summary or a
+/// checkpoint.
+pub fn leave_out_oversized_values(record: &mut proto::Record) -> Vec<String> {
+    let too_big = |json: &str| json_string_len(json) > MAX_LINE_BYTES;
+    let describe = |what: &str, key: &str, nested: &[String], bytes: usize| {
+        let name = if nested.is_empty() {
+            key.to_string()
+        } else {
+            nested.join(".")
+        };
+        format!(
+            "the {what} value {name:?} ({bytes} bytes) is over the server's 10 MiB line limit and is left out (the rest of the record is uploaded)"
+        )
+    };
+    let mut refused = Vec::new();
+    match &mut record.record_type {
+        Some(proto::RecordType::History(history)) => history.item.retain(|item| {
+            let json = match &item.typed {
+                Some(proto::TypedValue::Text(text) | proto::TypedValue::Json(text)) => text,
+                _ => &item.value_json,
+            };
+            let keep = !too_big(json) && !too_big(&item.value_json);
+            if !keep {
+                let bytes = json.len().max(item.value_json.len());
+                refused.push(describe("history", &item.key, &item.nested_key, bytes));
+            }
+            keep
+        }),
+        Some(proto::RecordType::Stats(stats)) => stats.item.retain(|item| {
+            let keep = !too_big(&item.value_json);
+            if !keep {
+                let bytes = item.value_json.len();
+                refused.push(describe("system metrics", &item.key, &[], bytes));
+            }
+            keep
+        }),
+        Some(proto::RecordType::Summary(proto::SummaryRecord { update, .. })) => {
+            keep_small(update, "summary", &mut refused);
+        }
+        Some(proto::RecordType::Config(proto::ConfigRecord { update, .. })) => {
+            keep_small(update, "config", &mut refused);
+        }
+        _ => {}
+    }
+    refused
+}
+
+fn keep_small(items: &mut Vec<proto::KeyedJson>, what: &str, refused: &mut Vec<String>) {
+    items.retain(|item| {
+        let size = json_string_len(&item.value_json);
+        let keep = size <= MAX_LINE_BYTES;
+        if !keep {
+            let name = if item.nested_key.is_empty() {
+                item.key.clone()
+            } else {
+                item.nested_key.join(".")
+            };
+            refused.push(format!(
+                "the {what} value {name:?} ({} bytes) is over the server's 10 MiB line limit and is left out (the rest of the record is uploaded)",
+                item.value_json.len()
+            ));
+        }
+        keep
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,6 +256,24 @@ mod tests {
                 "uploaded": ["config.yaml"], "complete": true, "exitcode": 3
             })
         );
+    }
+
+    #[test]
+    fn json_string_lengths_count_escapes() {
+        for s in [
+            "",
+            "abc",
+            r#"{"a":"b\\c"}"#,
+            "tab\there\n",
+            "\u{1}\u{1f}",
+            "é✓",
+        ] {
+            assert_eq!(
+                json_string_len(s),
+                serde_json::to_string(s).unwrap().len(),
+                "{s:?}"
+            );
+        }
     }
 
     #[test]

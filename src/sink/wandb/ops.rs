@@ -4,7 +4,7 @@
 
 use serde_json::{Value as Json, json};
 
-use super::client::{Client, SinkError};
+use super::client::{Client, Delivery, SinkError};
 
 const UPSERT_BUCKET: &str = "mutation UpsertBucket($id: String, $name: String, $project: String, $entity: String, \
 $groupName: String, $description: String, $displayName: String, $notes: String, $commit: String, $config: JSONString, \
@@ -208,6 +208,7 @@ pub async fn create_run_files(
     Ok(UploadTargets { headers, files })
 }
 
+/// Sends one alert, at most once (see [`Delivery::AtMostOnce`]).
 pub async fn notify_alert(
     client: &Client,
     run: &ServerRun,
@@ -225,8 +226,14 @@ pub async fn notify_alert(
         "entityName": run.entity, "projectName": run.project, "runName": run.name,
         "title": title, "text": text, "severity": severity, "waitDuration": wait_duration_ms,
     });
+    // An alert pages a person: never repeated on a lost answer.
     client
-        .graphql("NotifyScriptableRunAlert", NOTIFY_ALERT, variables)
+        .graphql_delivered(
+            "NotifyScriptableRunAlert",
+            NOTIFY_ALERT,
+            variables,
+            Delivery::AtMostOnce,
+        )
         .await?;
     Ok(())
 }

@@ -15,6 +15,7 @@ use super::metadata;
 use super::proto::{Record, RecordKind};
 use super::record;
 use super::views::RunState;
+use crate::sink::wandb::filestream;
 
 /// Whether the process writing a file is still there. The reader cannot know;
 /// the caller decides (from Slurm, a quiescence timeout, or because a later
@@ -170,8 +171,18 @@ pub fn read_fragment(path: &Path, options: ReadOptions) -> std::io::Result<Fragm
                         continue;
                     }
                 }
-                match Record::decode_payload(raw.payload) {
-                    Ok(rec) => {
+                let start = raw.start;
+                let decoded = Record::decode_payload(raw.payload);
+                reader.release_large_buffer();
+                match decoded {
+                    Ok(mut rec) => {
+                        // What the upload leaves out is left out here too,
+                        // and said.
+                        for refused in filestream::leave_out_oversized_values(&mut rec) {
+                            fragment
+                                .problems
+                                .push(format!("record at byte {start}: {refused}"));
+                        }
                         fragment.state.apply(rec);
                     }
                     Err(_) => fragment.malformed_records += 1,

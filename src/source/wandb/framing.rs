@@ -209,6 +209,15 @@ impl LogReader {
         self.pos
     }
 
+    /// Frees the reassembly buffer once a large record has been consumed,
+    /// so one big record does not keep its size allocated for the rest of
+    /// the file (call it when the last [`RawRecord`] is no longer used).
+    pub fn release_large_buffer(&mut self) {
+        if self.record_start.is_none() && self.assembling.capacity() > 1 << 20 {
+            self.assembling = Vec::new();
+        }
+    }
+
     /// Returns the next complete record, or `Ok(None)` at the end of the
     /// readable data (see [`LogReader::tail`] for what follows it).
     pub fn next_record(&mut self) -> Result<Option<RawRecord<'_>>, ReadError> {

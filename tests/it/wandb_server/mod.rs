@@ -388,7 +388,7 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Answ
         if let Some(op) = &op {
             s.operations.push(json!({"name": op, "variables": variables(), "status": status, "fault": fault_label}));
         }
-        s.requests.push(json!({"method": method.as_str(), "path": path, "op": op, "status": status, "fault": fault_label}));
+        s.requests.push(json!({"method": method.as_str(), "path": path, "op": op, "status": status, "fault": fault_label, "bytes": wire_bytes}));
     };
 
     match &fault {

@@ -13,6 +13,15 @@ use std::collections::VecDeque;
 /// How many recent lines of a stream a cursor movement can still reach.
 pub const WINDOW: usize = 32;
 
+/// A line reaching this many characters continues on the next line, as on
+/// a terminal that wraps. Why: a run can print megabytes without a newline
+/// (or move the cursor to column 10^9); held whole, such a line would take
+/// four bytes a character in the window and in every checkpoint, and would
+/// be over the server's line limit (10 MiB) anyway. Wrapped, the window
+/// stays under `2 · WINDOW · MAX_LINE_CHARS` characters and every line fits
+/// in a request.
+pub const MAX_LINE_CHARS: usize = 256 * 1024;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Stream {
@@ -201,6 +210,13 @@ impl Console {
     }
 
     fn put(&mut self, stream: Stream, c: char) {
+        if self.cursor(stream).col >= MAX_LINE_CHARS {
+            if self.current_index(stream).is_some() {
+                self.newline(stream);
+            } else {
+                self.cursor(stream).col = 0;
+            }
+        }
         if self.current_index(stream).is_none() {
             let col = self.cursor(stream).col;
             self.open_line(stream);
@@ -320,6 +336,23 @@ impl Console {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_endless_line_wraps_and_a_far_cursor_does_not_allocate() {
+        let mut console = Console::new();
+        let long = "y".repeat(MAX_LINE_CHARS * 2 + 10);
+        console.write(Stream::Stdout, &format!("{long}\nnext\n"));
+        let lines: Vec<usize> = console
+            .take_changed()
+            .iter()
+            .map(|l| l.text.len())
+            .collect();
+        assert_eq!(lines, [MAX_LINE_CHARS, MAX_LINE_CHARS, 10, 4]);
+        console.write(Stream::Stdout, "\u{1b}[4000000000Gx\n");
+        let lines = console.take_changed();
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0].text, "x");
+    }
 
     fn render(fragments: &[(Stream, &str)]) -> Vec<String> {
         let mut console = Console::new();
