@@ -804,6 +804,40 @@ fn status_reports_known_ledger_contents_without_a_daemon() {
 /// A 429 storm with several runs uploading at once: Retry-After pauses all
 /// of them, and everything completes.
 #[test]
+fn a_day_long_retry_after_is_capped_and_status_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("scratch");
+    committed_copy("0.31.0", "finished", &root);
+    let server = WandbServer::start();
+    server.inject(
+        Endpoint::FileStream,
+        Fault::Status {
+            code: 429,
+            retry_after: Some(86_400),
+        },
+        1,
+    );
+    let home = tmp.path().join("home");
+    let daemon = start_daemon(&server, &home, &[&root], &["--no-slurm"], &[]);
+    wait_until(Duration::from_secs(20), "status to show the pause", || {
+        !status_json(&home)["daemon"]["rate_limited"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    });
+    let status = status_json(&home);
+    let pause = status["daemon"]["rate_limited"][0].as_str().unwrap();
+    assert!(
+        pause.contains("Retry-After 86400 s") && pause.contains("capped to 60 s"),
+        "{pause}"
+    );
+    // The daemon waits in a task: it stays live and stops at once.
+    let started = Instant::now();
+    assert!(daemon.stop().success());
+    assert!(started.elapsed() < Duration::from_secs(7));
+}
+
+#[test]
 fn a_429_storm_is_waited_out_by_every_worker() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("scratch");
