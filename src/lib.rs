@@ -22,6 +22,7 @@ pub mod config;
 pub mod discover;
 pub mod engine;
 pub mod ledger;
+pub mod paths;
 pub mod process;
 pub mod sink;
 pub mod source;

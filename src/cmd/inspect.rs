@@ -34,6 +34,7 @@ pub struct Report {
 
 #[derive(Debug, Serialize)]
 pub struct PathError {
+    #[serde(with = "crate::paths::serde_path")]
     pub path: PathBuf,
     pub error: String,
 }
@@ -96,11 +97,13 @@ pub struct NamingReport {
     /// The name comes from the template (not the run's own).
     pub from_template: bool,
     /// The job manifest the Slurm facts were also taken from.
+    #[serde(with = "crate::paths::serde_opt_path")]
     pub manifest: Option<PathBuf>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct FragmentReport {
+    #[serde(with = "crate::paths::serde_path")]
     pub path: PathBuf,
     pub size: u64,
     pub class: FileClass,
@@ -331,7 +334,7 @@ fn run_report(run: &Run, newest_writer: Writer) -> RunReport {
     for (fragment, report) in run.fragments.iter().zip(&fragments) {
         for p in &report.problems {
             let prefix = if count > 1 {
-                format!("{}: ", fragment.path.display())
+                format!("{}: ", crate::paths::display(&fragment.path))
             } else {
                 String::new()
             };
@@ -449,7 +452,7 @@ fn write_human(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
             .map(|f| {
                 format!(
                     "{} ({}, {} bytes)",
-                    f.path.display(),
+                    crate::paths::display(&f.path),
                     f.class.name(),
                     f.size
                 )

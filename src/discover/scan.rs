@@ -150,7 +150,7 @@ impl Scanner {
             let run_dirs = match list_run_dirs(&dir, &mut report.syscalls) {
                 Ok(run_dirs) => run_dirs,
                 Err(e) => {
-                    self.problem(&mut report, format!("{}: {e}", dir.display()));
+                    self.problem(&mut report, format!("{}: {e}", crate::paths::display(&dir)));
                     continue;
                 }
             };

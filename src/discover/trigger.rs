@@ -93,7 +93,10 @@ fn take_from(dir: &Path, ext: &str, found: &mut Vec<Trigger>, problems: &mut Vec
                 let text = String::from_utf8_lossy(&bytes);
                 let text = text.trim();
                 if text.is_empty() {
-                    problems.push(format!("{}: empty trigger file ignored", path.display()));
+                    problems.push(format!(
+                        "{}: empty trigger file ignored",
+                        crate::paths::display(&path)
+                    ));
                     continue;
                 }
                 found.push(Trigger {
@@ -101,7 +104,10 @@ fn take_from(dir: &Path, ext: &str, found: &mut Vec<Trigger>, problems: &mut Vec
                     source: path,
                 });
             }
-            Err(e) => problems.push(format!("{}: cannot read trigger: {e}", path.display())),
+            Err(e) => problems.push(format!(
+                "{}: cannot read trigger: {e}",
+                crate::paths::display(&path)
+            )),
         }
     }
 }

@@ -265,7 +265,7 @@ pub async fn sync_known_run(
             let mut fresh = RunLedger::new(key.clone(), job.id.clone(), base_url);
             fresh.warn(format!(
                 "the ledger {} was damaged ({reason}); the run was uploaded again from the start",
-                path.display()
+                crate::paths::display(&path)
             ));
             fresh
         }
@@ -432,7 +432,7 @@ impl RunSync<'_> {
                         self.flush(index, cursor, false).await?;
                         return Err(StepError::Corrupt(format!(
                             "{}: {c}; records before it were uploaded, the rest is held back",
-                            path.display()
+                            crate::paths::display(&path)
                         )));
                     }
                     Err(e) => {
@@ -447,7 +447,7 @@ impl RunSync<'_> {
                     Err(_) => {
                         self.entry.warn(format!(
                             "{}: a record at byte {} does not decode; skipped",
-                            path.display(),
+                            crate::paths::display(&path),
                             raw.start
                         ));
                         continue;
@@ -495,8 +495,8 @@ impl RunSync<'_> {
                         "fragment {} of run {} was {} and is now {}; move the ledger {} away to upload the run again",
                         i + 1,
                         job.id,
-                        known.path.display(),
-                        path.display(),
+                        crate::paths::display(&known.path),
+                        crate::paths::display(&path),
                         self.entry.key
                     )));
                 }
@@ -1109,7 +1109,7 @@ impl RunSync<'_> {
         if age.is_none_or(|a| a < self.options.stale_after) {
             self.entry.warn(format!(
                 "not finalized: {} changed less than {} ago, its writer may still be running",
-                path.display(),
+                crate::paths::display(&path),
                 humantime::format_duration(self.options.stale_after)
             ));
             return None;

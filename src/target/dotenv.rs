@@ -109,11 +109,11 @@ impl fmt::Display for ApiKey {
 #[serde(tag = "kind", content = "path", rename_all = "lowercase")]
 pub enum Origin {
     /// A `.env` file: in the run's tree, or the user's own.
-    DotEnv(PathBuf),
+    DotEnv(#[serde(with = "crate::paths::serde_path")] PathBuf),
     /// The environment syncd was given.
     Environment,
     /// A netrc file.
-    Netrc(PathBuf),
+    Netrc(#[serde(with = "crate::paths::serde_path")] PathBuf),
     /// syncd's built-in default.
     Default,
 }
