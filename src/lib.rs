@@ -21,6 +21,7 @@ pub mod cmd;
 pub mod config;
 pub mod discover;
 pub mod engine;
+pub mod fs;
 pub mod ledger;
 pub mod paths;
 pub mod process;

@@ -395,9 +395,13 @@ fn normalize_url(url: &str) -> String {
 /// there is no file. Refuses a file that is not the user's or that group or
 /// others may read or write.
 pub fn load_dotenv(path: &Path, uid: u32) -> Result<Option<HashMap<String, String>>, TargetError> {
-    let file = match std::fs::File::open(path) {
+    // Never blocks: a named pipe or device here is refused, not waited on.
+    let file = match crate::fs::open_regular(path) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if crate::fs::refusal(&e).is_some() => {
+            return Err(TargetError::NotAFile { path: path.into() });
+        }
         Err(source) => {
             return Err(TargetError::Read {
                 path: path.into(),

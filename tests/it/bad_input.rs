@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::daemon::{start_daemon, status_json, wait_until};
-use crate::sync::{committed_case, syncd_sync, text};
+use crate::official_sync::copy_tree_rooted;
+use crate::support::generated_roots;
+use crate::sync::{committed_case, syncd_command, syncd_sync, text};
 use crate::wandb_server::WandbServer;
 
 /// `wandb/` holding the committed `finished` run and the `exit_code_3` run,
@@ -108,4 +110,248 @@ fn the_daemon_uploads_beside_a_run_directory_named_with_bytes_that_are_not_utf8(
     });
     assert_status_carries_the_odd_path(&home, &odd);
     assert!(daemon.stop().success());
+}
+
+/// `syncd sync` that must return within `limit`: killed (by its PID) and
+/// failed if it does not.
+fn sync_within(server: &WandbServer, home: &Path, args: &[&str], limit: Duration) -> Output {
+    let out_path = home.join(format!("sync-{}.out", std::process::id()));
+    let err_path = home.join(format!("sync-{}.err", std::process::id()));
+    let mut child = syncd_command(server, home, server.api_key(), args)
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "syncd sync still running after {limit:?}: {}",
+                std::fs::read_to_string(&err_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Output {
+        status,
+        stdout: std::fs::read(&out_path).unwrap(),
+        stderr: std::fs::read(&err_path).unwrap(),
+    }
+}
+
+fn mkfifo(path: &Path) {
+    let _ = std::fs::remove_file(path);
+    let status = Command::new("mkfifo").arg(path).status().unwrap();
+    assert!(status.success(), "mkfifo {}", path.display());
+}
+
+fn inspect(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_syncd"))
+        .arg("inspect")
+        .args(args)
+        .env_remove("WANDB_DIR")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_named_pipe_for_env_refuses_its_run_at_once_and_the_others_upload() {
+    let tmp = tempfile::tempdir().unwrap();
+    let piped = committed_case("0.31.0", "finished", tmp.path());
+    let env = piped.parent().unwrap().join(".env");
+    mkfifo(&env);
+    let other = committed_case("0.31.0", "exit_code_3", tmp.path());
+    let server = WandbServer::start();
+    let out = sync_within(
+        &server,
+        tmp.path(),
+        &["--json", piped.to_str().unwrap(), other.to_str().unwrap()],
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let refused = report["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["run_id"] == "fxfinish")
+        .unwrap_or_else(|| panic!("{report:#}"));
+    let error = refused["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(env.to_str().unwrap()) && error.contains("not a regular file"),
+        "{report:#}"
+    );
+    assert!(server.run("fxfinish").is_none());
+    assert_eq!(server.run("fxexit03").unwrap()["complete"], true);
+}
+
+#[test]
+fn a_named_pipe_among_a_runs_files_is_skipped_with_the_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wandb = committed_case("0.31.0", "finished", tmp.path());
+    let files = wandb.join("offline-run-20261123_112321-fxfinish/files");
+    // `requirements.txt` is listed by the run (uploaded as it appears),
+    // `output.log` is read when the run ends.
+    mkfifo(&files.join("requirements.txt"));
+    mkfifo(&files.join("output.log"));
+    let server = WandbServer::start();
+    let out = sync_within(
+        &server,
+        tmp.path(),
+        &["--json", wandb.to_str().unwrap()],
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let warnings = report["runs"][0]["warnings"].to_string();
+    for name in ["requirements.txt", "output.log"] {
+        assert!(
+            warnings.contains(&format!(
+                "files/{name} is not a regular file (a named pipe)"
+            )),
+            "{warnings}"
+        );
+    }
+    let run = server.run("fxfinish").unwrap();
+    assert_eq!(run["complete"], true);
+    assert!(run["storage"].get("requirements.txt").is_none(), "{run:#}");
+
+    let out = inspect(&["--json", wandb.to_str().unwrap()]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let file = &report["runs"][0]["files"][0];
+    assert_eq!(file["on_disk"], "not-a-file", "{file:#}");
+    assert!(file["refused"].as_str().unwrap().contains("named pipe"));
+}
+
+const SECRET: &str = "SECRET-not-for-upload-4711";
+
+/// Every stored byte of run `name` on the server, as text.
+fn stored_text(server: &WandbServer, name: &str) -> String {
+    let run = server.run(name).unwrap();
+    let mut all = run.to_string();
+    for path in run["storage"].as_object().unwrap().keys() {
+        let bytes = server.stored_file(name, path).unwrap_or_default();
+        all.push_str(&String::from_utf8_lossy(&bytes));
+    }
+    all
+}
+
+#[test]
+fn a_files_directory_linked_out_of_the_run_is_not_uploaded_and_inspect_says_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let secret = tmp.path().join("secret");
+    std::fs::create_dir(&secret).unwrap();
+    for name in ["requirements.txt", "output.log"] {
+        std::fs::write(secret.join(name), SECRET).unwrap();
+    }
+    let wandb = committed_case("0.31.0", "finished", tmp.path());
+    let run_dir = wandb.join("offline-run-20261123_112321-fxfinish");
+    std::fs::remove_dir_all(run_dir.join("files")).unwrap();
+    std::os::unix::fs::symlink(&secret, run_dir.join("files")).unwrap();
+
+    let server = WandbServer::start();
+    let out = syncd_sync(&server, tmp.path(), &["--json", wandb.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let run = server.run("fxfinish").unwrap();
+    assert_eq!(run["complete"], true, "the run still completes");
+    assert!(!stored_text(&server, "fxfinish").contains(SECRET));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let warnings = report["runs"][0]["warnings"].to_string();
+    assert!(
+        warnings.contains("files/requirements.txt leads outside the run directory"),
+        "{warnings}"
+    );
+
+    let out = inspect(&["--json", wandb.to_str().unwrap()]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let file = &report["runs"][0]["files"][0];
+    assert_eq!(file["on_disk"], "outside-link", "{file:#}");
+    assert!(
+        file["refused"]
+            .as_str()
+            .unwrap()
+            .contains(secret.join("requirements.txt").to_str().unwrap()),
+        "{file:#}"
+    );
+    let out = inspect(&[wandb.to_str().unwrap()]);
+    assert!(
+        text(&out).contains("files/requirements.txt leads outside the run directory"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// A directory symlink in the middle of the path (`files/media -> ...`),
+/// which a check of the last component alone lets through.
+#[test]
+fn a_directory_inside_files_linked_out_of_the_run_is_not_uploaded() {
+    let sets: Vec<PathBuf> = generated_roots()
+        .into_iter()
+        .filter(|s| s.join("media_save/wandb").is_dir())
+        .collect();
+    assert!(!sets.is_empty(), "no generated media_save fixture");
+    for set in sets {
+        let tmp = tempfile::tempdir().unwrap();
+        let copy = tmp.path().join("media_save");
+        copy_tree_rooted(&set.join("media_save"), &copy);
+        let run_dir = std::fs::read_dir(copy.join("wandb"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.join("files/media").is_dir())
+            .unwrap();
+        let media = run_dir.join("files/media");
+        let secret = tmp.path().join("secret");
+        copy_tree_rooted(&media, &secret);
+        let mut planted = 0;
+        for image in crate::support::walk_files(&secret) {
+            std::fs::write(&image, SECRET).unwrap();
+            planted += 1;
+        }
+        assert!(planted > 0);
+        std::fs::remove_dir_all(&media).unwrap();
+        std::os::unix::fs::symlink(&secret, &media).unwrap();
+
+        let server = WandbServer::start();
+        let out = syncd_sync(
+            &server,
+            tmp.path(),
+            &["--json", copy.join("wandb").to_str().unwrap()],
+        );
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let run = server.run("fxmedia0").unwrap();
+        assert_eq!(run["complete"], true);
+        assert!(!stored_text(&server, "fxmedia0").contains(SECRET));
+        let stored_media = run["storage"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| k.starts_with("media/"))
+            .count();
+        assert_eq!(stored_media, 0, "{:#}", run["storage"]);
+        assert!(
+            run["storage"].get("inside.txt").is_some(),
+            "the run's own files still go: {:#}",
+            run["storage"]
+        );
+
+        let out = inspect(&["--json", copy.join("wandb").to_str().unwrap()]);
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let refused: Vec<&Value> = report["runs"][0]["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["path"].as_str().unwrap().starts_with("media/"))
+            .collect();
+        assert_eq!(refused.len(), planted, "{report:#}");
+        for f in refused {
+            assert_eq!(f["on_disk"], "outside-link", "{f:#}");
+        }
+    }
 }

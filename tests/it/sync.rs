@@ -22,7 +22,7 @@ pub fn syncd_sync(server: &WandbServer, home: &Path, args: &[&str]) -> Output {
     syncd_sync_with_key(server, home, server.api_key(), args)
 }
 
-fn syncd_command(server: &WandbServer, home: &Path, key: &str, args: &[&str]) -> Command {
+pub fn syncd_command(server: &WandbServer, home: &Path, key: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_syncd"));
     cmd.arg("sync")
         .args([
