@@ -355,3 +355,108 @@ fn a_directory_inside_files_linked_out_of_the_run_is_not_uploaded() {
         }
     }
 }
+
+/// `syncd sync` as a user who cannot read one run directory. Mode 000 stops
+/// everyone but root, so under root the whole tree is given to `nobody` and
+/// syncd runs as `nobody` (through `setpriv`): never skipped.
+#[test]
+fn an_unreadable_run_directory_is_reported_and_fails_the_sync() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let tmp = tempfile::tempdir().unwrap();
+    let wandb = committed_case("0.31.0", "finished", tmp.path());
+    let other = committed_case("0.31.0", "exit_code_3", &tmp.path().join("other"));
+    let locked = wandb.join("offline-run-20261123_112323-fxexit03");
+    std::fs::rename(other.join("offline-run-20261123_112323-fxexit03"), &locked).unwrap();
+    let as_root = std::fs::metadata(tmp.path()).unwrap().uid() == 0;
+    let binary = tmp.path().join("syncd");
+    std::fs::copy(env!("CARGO_BIN_EXE_syncd"), &binary).unwrap();
+    if as_root {
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let chown = Command::new("chown")
+            .args(["-R", "65534:65534"])
+            .arg(tmp.path())
+            .status()
+            .unwrap();
+        assert!(chown.success());
+    }
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
+
+    let server = WandbServer::start();
+    let mut cmd = if as_root {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&binary);
+        cmd
+    } else {
+        Command::new(&binary)
+    };
+    let out = cmd
+        .args(["sync", "--json", "--retry-min-ms", "50", "--state-dir"])
+        .arg(tmp.path().join("state"))
+        .arg(&wandb)
+        .env("WANDB_API_KEY", server.api_key())
+        .env("WANDB_BASE_URL", server.base_url())
+        .env("HOME", tmp.path())
+        .env_remove("WANDB_DIR")
+        .env_remove("NETRC")
+        .env_remove("SYNCD_STATE_DIR")
+        .env_remove("XDG_STATE_HOME")
+        .env_remove("XDG_CONFIG_HOME")
+        .output()
+        .unwrap();
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let errors = report["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{report:#}");
+    assert_eq!(errors[0]["path"], locked.to_str().unwrap());
+    assert!(
+        errors[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be read"),
+        "{report:#}"
+    );
+    // The readable run beside it is synced.
+    assert_eq!(server.run("fxfinish").unwrap()["complete"], true);
+    assert!(server.run("fxexit03").is_none());
+}
+
+#[test]
+fn the_daemon_logs_a_run_file_with_a_damaged_header_once_and_uploads_the_others() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wandb = committed_case("0.31.0", "finished", tmp.path());
+    let other = committed_case("0.31.0", "exit_code_3", &tmp.path().join("other"));
+    let damaged_dir = wandb.join("offline-run-20261123_112323-fxexit03");
+    std::fs::rename(
+        other.join("offline-run-20261123_112323-fxexit03"),
+        &damaged_dir,
+    )
+    .unwrap();
+    let damaged = damaged_dir.join("run-fxexit03.wandb");
+    let mut bytes = std::fs::read(&damaged).unwrap();
+    bytes[..4].copy_from_slice(b"JUNK");
+    std::fs::write(&damaged, bytes).unwrap();
+
+    let server = WandbServer::start();
+    let home = tmp.path().join("home");
+    let daemon = start_daemon(&server, &home, &[&wandb], &["--no-slurm"], &[]);
+    wait_until(Duration::from_secs(30), "the readable run", || {
+        server
+            .run("fxfinish")
+            .is_some_and(|r| r["complete"] == true)
+    });
+    // Several polls (300 ms apart) and a full one (2 s) later.
+    std::thread::sleep(Duration::from_secs(3));
+    let log = daemon.log_text();
+    let name = damaged.to_str().unwrap();
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains(name) && l.contains("file header"))
+            .count(),
+        1,
+        "{log}"
+    );
+    assert!(server.run("fxexit03").is_none());
+    assert!(daemon.stop().success());
+}
