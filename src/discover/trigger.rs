@@ -162,4 +162,28 @@ mod tests {
         assert!(dirs.take(&mut problems).is_empty(), "taken once");
         assert!(osh.join("ignored.txt").exists());
     }
+
+    #[test]
+    fn a_named_pipe_is_refused_and_a_path_that_is_not_utf8_kept() {
+        use std::os::unix::ffi::OsStrExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let spool = tmp.path().join("spool");
+        fs::create_dir_all(&spool).unwrap();
+        let pipe = spool.join("pipe.trigger");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&pipe)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let odd = Path::new(std::ffi::OsStr::from_bytes(b"/scratch/wandb/run-\xe9"));
+        write_trigger(&spool, odd).unwrap();
+        let dirs = TriggerDirs { spool, osh: None };
+        let mut problems = Vec::new();
+        let found = dirs.take(&mut problems);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].target, odd);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("named pipe"), "{problems:?}");
+        assert!(!pipe.exists(), "a bad trigger is deleted like any other");
+    }
 }

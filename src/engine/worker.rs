@@ -431,7 +431,7 @@ impl RunSync<'_> {
                         self.flush(index, cursor, false).await?;
                         return Err(StepError::Corrupt(format!(
                             "{}: {c}; records before it were uploaded, the rest is held back",
-                            crate::paths::display(&path)
+                            crate::paths::display(path)
                         )));
                     }
                     Err(e) => {
@@ -446,7 +446,7 @@ impl RunSync<'_> {
                     Err(_) => {
                         self.entry.warn(format!(
                             "{}: a record at byte {} does not decode; skipped",
-                            crate::paths::display(&path),
+                            crate::paths::display(path),
                             raw.start
                         ));
                         continue;
@@ -495,7 +495,7 @@ impl RunSync<'_> {
                         i + 1,
                         job.id,
                         crate::paths::display(&known.path),
-                        crate::paths::display(&path),
+                        crate::paths::display(path),
                         self.entry.key
                     )));
                 }
@@ -1107,7 +1107,7 @@ impl RunSync<'_> {
         if age.is_none_or(|a| a < self.options.stale_after) {
             self.entry.warn(format!(
                 "not finalized: {} changed less than {} ago, its writer may still be running",
-                crate::paths::display(&path),
+                crate::paths::display(path),
                 humantime::format_duration(self.options.stale_after)
             ));
             return None;

@@ -862,6 +862,22 @@ mod tests {
     }
 
     #[test]
+    fn a_named_pipe_named_dotenv_is_refused_without_waiting() {
+        let t = tree();
+        let pipe = t.root.join(".env");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&pipe)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let err = resolve(&t, no_env).unwrap_err();
+        assert!(
+            matches!(&err, TargetError::NotAFile { path } if *path == pipe),
+            "{err:?}"
+        );
+    }
+
+    #[test]
     fn parse_errors_name_the_line_not_its_text() {
         let t = tree();
         let path = t.root.join(".env");
