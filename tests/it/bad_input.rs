@@ -460,3 +460,31 @@ fn the_daemon_logs_a_run_file_with_a_damaged_header_once_and_uploads_the_others(
     assert!(server.run("fxexit03").is_none());
     assert!(daemon.stop().success());
 }
+
+#[test]
+fn the_daemon_refuses_a_named_pipe_for_env_and_goes_on_with_the_others() {
+    let tmp = tempfile::tempdir().unwrap();
+    let piped = committed_case("0.31.0", "finished", tmp.path());
+    let env = piped.parent().unwrap().join(".env");
+    mkfifo(&env);
+    let other = committed_case("0.31.0", "exit_code_3", tmp.path());
+    let server = WandbServer::start();
+    let home = tmp.path().join("home");
+    let daemon = start_daemon(&server, &home, &[&piped, &other], &["--no-slurm"], &[]);
+    wait_until(Duration::from_secs(30), "the other run", || {
+        server
+            .run("fxexit03")
+            .is_some_and(|r| r["complete"] == true)
+    });
+    wait_until(Duration::from_secs(10), "the refusal in status", || {
+        let status = status_json(&home);
+        status["daemon"]["running"] == true
+            && status["runs"].as_array().unwrap().iter().any(|r| {
+                r["run_id"] == "fxfinish"
+                    && r.to_string().contains(env.to_str().unwrap())
+                    && r.to_string().contains("not a regular file")
+            })
+    });
+    assert!(server.run("fxfinish").is_none());
+    assert!(daemon.stop().success());
+}
