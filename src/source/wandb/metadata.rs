@@ -16,9 +16,10 @@ const MAX_BYTES: u64 = 1 << 20;
 /// adds detail.
 pub fn fill_gaps(identity: &mut RunIdentity, run_dir: &Path) {
     let path = run_dir.join("files").join("wandb-metadata.json");
-    // A symlink here would not be the run's own file; a named pipe would
-    // block the read.
-    let Ok(file) = crate::fs::open_regular_nofollow(&path) else {
+    // What it adds goes to the server: only the run's own file (no symlink
+    // leading out of the run, in any component), and never a named pipe,
+    // which would block the read.
+    let Ok(file) = crate::fs::open_beneath(run_dir, &path) else {
         return;
     };
     if file.metadata().map_or(true, |m| m.len() > MAX_BYTES) {
