@@ -101,7 +101,8 @@ impl FileConfig {
     /// The file at `path`; a missing file is an empty config unless it was
     /// named explicitly.
     pub fn load(path: &std::path::Path, explicit: bool) -> Result<FileConfig, ConfigError> {
-        let text = match std::fs::read_to_string(path) {
+        // A named pipe here is refused, not waited on.
+        let text = match crate::fs::open_regular(path).and_then(std::io::read_to_string) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
                 return Ok(FileConfig::default());

@@ -34,6 +34,7 @@ pub struct Report {
 
 #[derive(Debug, Serialize)]
 pub struct PathError {
+    #[serde(with = "crate::paths::serde_path")]
     pub path: PathBuf,
     pub error: String,
 }
@@ -96,11 +97,13 @@ pub struct NamingReport {
     /// The name comes from the template (not the run's own).
     pub from_template: bool,
     /// The job manifest the Slurm facts were also taken from.
+    #[serde(with = "crate::paths::serde_opt_path")]
     pub manifest: Option<PathBuf>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct FragmentReport {
+    #[serde(with = "crate::paths::serde_path")]
     pub path: PathBuf,
     pub size: u64,
     pub class: FileClass,
@@ -125,9 +128,12 @@ pub struct FileReport {
     pub path: String,
     pub policy: Policy,
     pub kind: FileKind,
-    /// `present`, `missing`, or `outside-link` (a symlink leaving the run
-    /// directory: never uploaded).
+    /// `present`, `missing`, `outside-link` (a symlink, in any component,
+    /// leads out of the run directory), `not-a-file` (a named pipe, device,
+    /// directory…) or `unreadable`. Only `present` files are uploaded.
     pub on_disk: &'static str,
+    /// Why a file that is there will not be uploaded.
+    pub refused: Option<String>,
 }
 
 pub fn run(args: InspectArgs) -> anyhow::Result<Outcome> {
@@ -285,7 +291,7 @@ fn run_report(run: &Run, newest_writer: Writer) -> RunReport {
         }
         let run_dir = fragment.path.parent().unwrap_or(Path::new("."));
         for (path, entry) in &state.files {
-            let on_disk = file_on_disk(run_dir, path);
+            let (on_disk, refused) = file_on_disk(run_dir, path);
             files.insert(
                 path.clone(),
                 FileReport {
@@ -293,6 +299,7 @@ fn run_report(run: &Run, newest_writer: Writer) -> RunReport {
                     policy: entry.policy,
                     kind: entry.kind,
                     on_disk,
+                    refused,
                 },
             );
         }
@@ -331,7 +338,7 @@ fn run_report(run: &Run, newest_writer: Writer) -> RunReport {
     for (fragment, report) in run.fragments.iter().zip(&fragments) {
         for p in &report.problems {
             let prefix = if count > 1 {
-                format!("{}: ", fragment.path.display())
+                format!("{}: ", crate::paths::display(&fragment.path))
             } else {
                 String::new()
             };
@@ -345,12 +352,9 @@ fn run_report(run: &Run, newest_writer: Writer) -> RunReport {
         ));
     }
     for file in files.values().filter(|f| f.on_disk != "present") {
-        problems.push(match file.on_disk {
-            "outside-link" => format!(
-                "files/{} links outside the run directory and will not be uploaded",
-                file.path
-            ),
-            _ => format!("files/{} is listed but missing on disk", file.path),
+        problems.push(match &file.refused {
+            Some(why) => format!("files/{} {why} and will not be uploaded", file.path),
+            None => format!("files/{} is listed but missing on disk", file.path),
         });
     }
     let class = run.class(newest_writer);
@@ -403,21 +407,26 @@ fn run_report(run: &Run, newest_writer: Writer) -> RunReport {
     }
 }
 
-/// Whether `files/<rel>` exists and may be uploaded: a symlink whose target
-/// leaves the run directory is reported instead (only the run's own data
-/// leaves the machine).
-fn file_on_disk(run_dir: &Path, rel: &str) -> &'static str {
+/// Whether `files/<rel>` exists and may be uploaded, decided as the upload
+/// decides it (by opening it): a file reached through a symlink, in any
+/// component, that leads out of the run directory, or one that is not a
+/// regular file, is reported with the reason instead (only the run's own
+/// data leaves the machine).
+fn file_on_disk(run_dir: &Path, rel: &str) -> (&'static str, Option<String>) {
     let path = run_dir.join("files").join(rel);
-    let Ok(meta) = std::fs::symlink_metadata(&path) else {
-        return "missing";
-    };
-    if !meta.file_type().is_symlink() {
-        return "present";
+    if std::fs::symlink_metadata(&path).is_err() {
+        return ("missing", None);
     }
-    match (path.canonicalize(), run_dir.canonicalize()) {
-        (Ok(target), Ok(root)) if target.starts_with(&root) => "present",
-        (Ok(_), Ok(_)) => "outside-link",
-        _ => "missing",
+    match crate::fs::open_beneath(run_dir, &path) {
+        Ok(_) => ("present", None),
+        Err(e) => match crate::fs::refusal(&e) {
+            Some(refused @ crate::fs::Refused::Outside(_)) => {
+                ("outside-link", Some(refused.to_string()))
+            }
+            Some(refused) => ("not-a-file", Some(refused.to_string())),
+            None if e.kind() == std::io::ErrorKind::NotFound => ("missing", None),
+            None => ("unreadable", Some(format!("cannot be read ({e})"))),
+        },
     }
 }
 
@@ -449,7 +458,7 @@ fn write_human(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
             .map(|f| {
                 format!(
                     "{} ({}, {} bytes)",
-                    f.path.display(),
+                    crate::paths::display(&f.path),
                     f.class.name(),
                     f.size
                 )

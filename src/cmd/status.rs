@@ -22,6 +22,7 @@ pub const SCHEMA: u32 = 1;
 #[derive(Debug, Serialize)]
 pub struct StatusReport {
     pub schema: u32,
+    #[serde(with = "crate::paths::serde_path")]
     pub state_dir: PathBuf,
     pub daemon: DaemonStatus,
     pub runs: Vec<RunStatus>,
@@ -66,6 +67,7 @@ pub struct RunStatus {
     pub group: Option<String>,
     pub entity: Option<String>,
     pub project: Option<String>,
+    #[serde(with = "crate::paths::serde_opt_path")]
     pub path: Option<PathBuf>,
     /// queued, live, uploading, waiting, synced, finalized, quarantined,
     /// failed.
@@ -474,7 +476,7 @@ fn write_human(out: &mut impl Write, report: &StatusReport) -> std::io::Result<(
         writeln!(
             out,
             "daemon not running (state directory {})",
-            report.state_dir.display()
+            crate::paths::display(&report.state_dir)
         )?;
     }
     if report.runs.is_empty() {

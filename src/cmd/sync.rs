@@ -171,9 +171,13 @@ async fn sync_all(
     let bars = Bars::new(jobs.len(), quiet);
     let shared = Arc::new((ledger, options, tokio::sync::Semaphore::new(parallel), bars));
     let mut tasks = tokio::task::JoinSet::new();
+    // Which run each task uploads, so that a task that panics is still
+    // reported as that run's failure.
+    let mut running = std::collections::HashMap::new();
     for (order, (job, client)) in jobs.into_iter().enumerate() {
         let shared = Arc::clone(&shared);
-        tasks.spawn(async move {
+        let unfinished = worker::not_attempted(&job, String::new());
+        let handle = tasks.spawn(async move {
             let (ledger, options, limit, bars) = &*shared;
             let _permit = limit.acquire().await.expect("semaphore never closes");
             let bar = bars.start(&job.id);
@@ -183,16 +187,45 @@ async fn sync_all(
             bars.finish(bar, &outcome);
             (order, outcome)
         });
+        running.insert(handle.id(), (order, unfinished));
     }
-    let mut outcomes = Vec::new();
-    while let Some(done) = tasks.join_next().await {
-        match done {
-            Ok(result) => outcomes.push(result),
-            Err(e) => eprintln!("syncd: a run's upload task failed: {e}"),
-        }
-    }
+    let mut outcomes = join_all(tasks, running).await;
     outcomes.sort_by_key(|(order, _)| *order);
     outcomes.into_iter().map(|(_, o)| o).collect()
+}
+
+/// Every task's outcome; a task that panicked (or was cancelled) becomes a
+/// failure of its run, taken from `running`, so that it is reported and
+/// fails the exit status instead of vanishing from the report.
+async fn join_all(
+    mut tasks: tokio::task::JoinSet<(usize, RunOutcome)>,
+    mut running: std::collections::HashMap<tokio::task::Id, (usize, RunOutcome)>,
+) -> Vec<(usize, RunOutcome)> {
+    let mut outcomes = Vec::new();
+    while let Some(done) = tasks.join_next_with_id().await {
+        match done {
+            Ok((_, result)) => outcomes.push(result),
+            Err(e) => {
+                let Some((order, mut outcome)) = running.remove(&e.id()) else {
+                    continue;
+                };
+                let cause = match e.try_into_panic() {
+                    Ok(panic) => panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "a panic".into()),
+                    Err(e) => e.to_string(),
+                };
+                outcome.error = Some(format!(
+                    "syncd failed while uploading this run (a bug; please report it): {cause}"
+                ));
+                outcome.failure = Some(worker::Failure::Transient);
+                outcomes.push((order, outcome));
+            }
+        }
+    }
+    outcomes
 }
 
 /// A bar per run and a total on a terminal; one plain line per finished
@@ -347,4 +380,34 @@ fn write_human(out: &mut impl Write, report: &SyncReport) -> std::io::Result<()>
         report.runs.len(),
         report.base_url
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::worker::RunJob;
+
+    #[tokio::test]
+    async fn a_task_that_panics_is_a_failed_run_in_the_report() {
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut running = std::collections::HashMap::new();
+        for (order, id) in ["fine", "bad"].into_iter().enumerate() {
+            let job = RunJob::new(id.into(), vec![format!("/r/run-{id}.wandb").into()]);
+            let unfinished = worker::not_attempted(&job, String::new());
+            let done = worker::not_attempted(&job, "reached".into());
+            let handle = tasks.spawn(async move {
+                assert_ne!(id, "bad", "boom in {id}");
+                (order, done)
+            });
+            running.insert(handle.id(), (order, unfinished));
+        }
+        let mut outcomes = join_all(tasks, running).await;
+        outcomes.sort_by_key(|(order, _)| *order);
+        assert_eq!(outcomes.len(), 2, "{outcomes:?}");
+        assert_eq!(outcomes[0].1.error.as_deref(), Some("reached"));
+        let bad = &outcomes[1].1;
+        assert_eq!(bad.run_id, "bad");
+        let error = bad.error.as_deref().unwrap();
+        assert!(error.contains("boom in bad"), "{error}");
+    }
 }

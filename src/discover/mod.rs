@@ -27,13 +27,17 @@ pub enum DiscoverError {
     NoRuns(PathBuf),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    /// A run directory (or a directory that may hold runs) that cannot be
+    /// read: its runs cannot be synced, which is said, not skipped.
+    #[error("{}: cannot be read ({source}); no run in it is synced", crate::paths::display(.path))]
+    Unreadable { path: PathBuf, source: io::Error },
 }
 
 impl DiscoverError {
     pub fn path(&self) -> &Path {
         match self {
             DiscoverError::NotFound(p) | DiscoverError::NoRuns(p) => p,
-            DiscoverError::Io { path, .. } => path,
+            DiscoverError::Io { path, .. } | DiscoverError::Unreadable { path, .. } => path,
         }
     }
 }
@@ -54,7 +58,11 @@ pub fn wandb_files(paths: &[PathBuf]) -> (Vec<WandbFile>, Vec<DiscoverError>) {
     let mut found = Vec::new();
     let mut errors = Vec::new();
     for path in paths {
-        match files_under(path) {
+        let unreadable_before = errors.len();
+        match files_under(path, &mut errors) {
+            // Nothing found, but something could not be read: that is the
+            // error, not an empty path.
+            Ok(files) if files.is_empty() && errors.len() > unreadable_before => {}
             Ok(files) if files.is_empty() => errors.push(DiscoverError::NoRuns(path.clone())),
             Ok(files) => {
                 for file in files {
@@ -69,7 +77,12 @@ pub fn wandb_files(paths: &[PathBuf]) -> (Vec<WandbFile>, Vec<DiscoverError>) {
     (found, errors)
 }
 
-fn files_under(path: &Path) -> Result<Vec<WandbFile>, DiscoverError> {
+/// The `.wandb` files under `path`; a directory below it that cannot be
+/// read is added to `unreadable` and the others are still looked through.
+fn files_under(
+    path: &Path,
+    unreadable: &mut Vec<DiscoverError>,
+) -> Result<Vec<WandbFile>, DiscoverError> {
     let io_err = |source: io::Error| {
         if source.kind() == io::ErrorKind::NotFound {
             DiscoverError::NotFound(path.to_path_buf())
@@ -95,13 +108,13 @@ fn files_under(path: &Path) -> Result<Vec<WandbFile>, DiscoverError> {
     for inner in ["wandb", ".wandb"] {
         let candidate = path.join(inner);
         if candidate.is_dir() {
-            let files = logs_in_children(&candidate).map_err(io_err)?;
+            let files = logs_in_children(&candidate, unreadable).map_err(io_err)?;
             if !files.is_empty() {
                 return Ok(files);
             }
         }
     }
-    logs_in_children(path).map_err(io_err)
+    logs_in_children(path, unreadable).map_err(io_err)
 }
 
 /// `*.wandb` files directly in `dir`, sorted by name.
@@ -124,7 +137,7 @@ fn logs_in(dir: &Path) -> io::Result<Vec<WandbFile>> {
 
 /// `*/*.wandb` under a wandb directory. `latest-run` is skipped: it links to a
 /// run directory that is listed under its own name as well.
-fn logs_in_children(dir: &Path) -> io::Result<Vec<WandbFile>> {
+fn logs_in_children(dir: &Path, unreadable: &mut Vec<DiscoverError>) -> io::Result<Vec<WandbFile>> {
     let mut children: Vec<PathBuf> = Vec::new();
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
@@ -141,8 +154,14 @@ fn logs_in_children(dir: &Path) -> io::Result<Vec<WandbFile>> {
     for child in children {
         match logs_in(&child) {
             Ok(found) => files.extend(found),
-            // An unreadable sibling must not hide the readable runs.
-            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {}
+            // An unreadable sibling must not hide the readable runs, nor
+            // be passed over in silence.
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                unreadable.push(DiscoverError::Unreadable {
+                    path: child,
+                    source: e,
+                });
+            }
             Err(e) => return Err(e),
         }
     }

@@ -60,7 +60,9 @@ pub struct ScanReport {
     pub changed_files: Vec<PathBuf>,
     /// Run directories skipped because another user owns them (reported once).
     pub foreign: Vec<PathBuf>,
-    /// Roots that do not exist or cannot be read (reported once per cause).
+    /// Roots that do not exist or cannot be read, run directories that
+    /// cannot be read, `.wandb` files whose header is damaged (reported once
+    /// per cause).
     pub problems: Vec<String>,
     /// System calls made, roughly (directory reads + stats), for the benchmark.
     pub syscalls: u64,
@@ -150,7 +152,7 @@ impl Scanner {
             let run_dirs = match list_run_dirs(&dir, &mut report.syscalls) {
                 Ok(run_dirs) => run_dirs,
                 Err(e) => {
-                    self.problem(&mut report, format!("{}: {e}", dir.display()));
+                    self.problem(&mut report, format!("{}: {e}", crate::paths::display(&dir)));
                     continue;
                 }
             };
@@ -200,7 +202,18 @@ impl Scanner {
         report.syscalls += 1;
         let entries = match fs::read_dir(run_dir) {
             Ok(entries) => entries,
-            Err(e) => return retry_unless_gone(self, e),
+            Err(e) => {
+                if e.kind() == std::io::ErrorKind::PermissionDenied {
+                    self.problem(
+                        report,
+                        format!(
+                            "{}: cannot be read ({e}); no run in it is synced",
+                            crate::paths::display(run_dir)
+                        ),
+                    );
+                }
+                return retry_unless_gone(self, e);
+            }
         };
         let mut found = false;
         for entry in entries.flatten() {
@@ -220,6 +233,7 @@ impl Scanner {
                 continue;
             }
             self.files.insert(path.clone(), Stamp::of(&meta));
+            self.check_header(&path, report);
             report.new_files.push(path);
         }
         if !found {
@@ -248,10 +262,32 @@ impl Scanner {
                 }
                 None => {
                     self.files.insert(path.clone(), stamp);
+                    self.check_header(path, report);
                     report.new_files.push(path.clone());
                 }
             }
         }
+    }
+
+    /// A new `.wandb` file whose header is damaged (or that cannot be
+    /// opened) is never a run: said once, rather than passed over in
+    /// silence. A header still being written is not damage.
+    fn check_header(&mut self, path: &Path, report: &mut ScanReport) {
+        use crate::source::wandb::framing::{LogReader, ReadError};
+        let problem = match crate::fs::open_regular(path) {
+            Ok(file) => match LogReader::open(file, 0) {
+                Ok(_) => return,
+                Err(ReadError::Corrupt(c)) => format!("{c}; not a W&B run file, not synced"),
+                Err(e) => format!("cannot be read ({e}); not synced"),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => format!("cannot be read ({e}); not synced"),
+        };
+        report.syscalls += 1;
+        self.problem(
+            report,
+            format!("{}: {problem}", crate::paths::display(path)),
+        );
     }
 
     fn problem(&mut self, report: &mut ScanReport, message: String) {
@@ -358,6 +394,30 @@ mod tests {
         let mut report = ScanReport::default();
         scanner.check_files([&first], &mut report);
         assert_eq!(report.changed_files, [first]);
+    }
+
+    #[test]
+    fn a_damaged_header_is_a_problem_said_once_and_a_short_one_is_not() {
+        let tmp = tempfile::tempdir().unwrap();
+        let wandb = tmp.path().join("wandb");
+        make_run(&wandb, "offline-run-20260101_000000-good");
+        let bad = make_run(&wandb, "offline-run-20260101_000000-bad");
+        fs::write(&bad, b"PK\x03\x04 not a run").unwrap();
+        let short = make_run(&wandb, "offline-run-20260101_000000-short");
+        fs::write(&short, b":W&B").unwrap();
+        let mut scanner = Scanner::new(vec![RootSpec(wandb.display().to_string())], uid());
+        let report = scanner.scan_roots(true);
+        assert_eq!(report.new_files.len(), 3);
+        assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+        assert!(
+            report.problems[0].starts_with(&format!("{}: ", bad.display()))
+                && report.problems[0].contains("file header"),
+            "{:?}",
+            report.problems
+        );
+        let mut report = scanner.scan_roots(true);
+        scanner.check_files([&bad], &mut report);
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
     }
 
     #[test]

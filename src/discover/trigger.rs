@@ -14,6 +14,7 @@
 
 use std::fs;
 use std::io::{self, Write};
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
 pub const SPOOL_DIR: &str = "notify";
@@ -76,6 +77,19 @@ impl TriggerDirs {
     }
 }
 
+/// A trigger holds one path: anything longer is not a trigger.
+const MAX_TRIGGER_BYTES: u64 = 64 * 1024;
+
+/// A trigger file's bytes; a named pipe or device is refused, not waited on.
+fn read_trigger(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    crate::fs::open_regular(path)?
+        .take(MAX_TRIGGER_BYTES)
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 fn take_from(dir: &Path, ext: &str, found: &mut Vec<Trigger>, problems: &mut Vec<String>) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
@@ -85,23 +99,29 @@ fn take_from(dir: &Path, ext: &str, found: &mut Vec<Trigger>, problems: &mut Vec
         if path.extension().is_none_or(|e| e != ext) {
             continue;
         }
-        let content = fs::read(&path);
+        let content = read_trigger(&path);
         // Deleted whatever it says: a bad trigger must not be retried forever.
         let _ = fs::remove_file(&path);
         match content {
             Ok(bytes) => {
-                let text = String::from_utf8_lossy(&bytes);
-                let text = text.trim();
+                let text = bytes.trim_ascii();
                 if text.is_empty() {
-                    problems.push(format!("{}: empty trigger file ignored", path.display()));
+                    problems.push(format!(
+                        "{}: empty trigger file ignored",
+                        crate::paths::display(&path)
+                    ));
                     continue;
                 }
                 found.push(Trigger {
-                    target: PathBuf::from(text),
+                    // The path's bytes: a directory name need not be UTF-8.
+                    target: PathBuf::from(std::ffi::OsString::from_vec(text.to_vec())),
                     source: path,
                 });
             }
-            Err(e) => problems.push(format!("{}: cannot read trigger: {e}", path.display())),
+            Err(e) => problems.push(format!(
+                "{}: cannot read trigger: {e}",
+                crate::paths::display(&path)
+            )),
         }
     }
 }
@@ -141,5 +161,29 @@ mod tests {
         assert_eq!(problems.len(), 1);
         assert!(dirs.take(&mut problems).is_empty(), "taken once");
         assert!(osh.join("ignored.txt").exists());
+    }
+
+    #[test]
+    fn a_named_pipe_is_refused_and_a_path_that_is_not_utf8_kept() {
+        use std::os::unix::ffi::OsStrExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let spool = tmp.path().join("spool");
+        fs::create_dir_all(&spool).unwrap();
+        let pipe = spool.join("pipe.trigger");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&pipe)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let odd = Path::new(std::ffi::OsStr::from_bytes(b"/scratch/wandb/run-\xe9"));
+        write_trigger(&spool, odd).unwrap();
+        let dirs = TriggerDirs { spool, osh: None };
+        let mut problems = Vec::new();
+        let found = dirs.take(&mut problems);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].target, odd);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("named pipe"), "{problems:?}");
+        assert!(!pipe.exists(), "a bad trigger is deleted like any other");
     }
 }

@@ -83,6 +83,7 @@ pub struct Activity {
     /// RFC 3339.
     pub next_retry: Option<String>,
     /// The run directory (for display).
+    #[serde(with = "crate::paths::serde_opt_path", default)]
     pub path: Option<PathBuf>,
     /// Slurm job id and state, when known.
     pub slurm_job: Option<String>,
@@ -120,4 +121,42 @@ pub fn write(state_dir: &Path, heartbeat: &Heartbeat) -> std::io::Result<()> {
 pub fn read(state_dir: &Path) -> Option<Heartbeat> {
     let bytes = std::fs::read(path(state_dir)).ok()?;
     serde_json::from_slice(&bytes).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_directory_that_is_not_utf8_is_written_and_read_back() {
+        use std::os::unix::ffi::OsStringExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = PathBuf::from(std::ffi::OsString::from_vec(
+            b"/s/wandb/offline-run-x-\xe9".to_vec(),
+        ));
+        let beat = Heartbeat {
+            pid: 1,
+            host: "h".into(),
+            started_at: "2026-01-01T00:00:00Z".into(),
+            heartbeat_at: "2026-01-01T00:00:00Z".into(),
+            stale_after_secs: 15,
+            online: true,
+            last_contact: None,
+            base_url: "http://s".into(),
+            activity: BTreeMap::from([(
+                format!("{UNSYNCED_PREFIX}{}", crate::paths::display(&dir)),
+                Activity {
+                    state: "queued".into(),
+                    next_retry: None,
+                    path: Some(dir),
+                    slurm_job: None,
+                    slurm_state: None,
+                    run_id: Some("x".into()),
+                    error: None,
+                },
+            )]),
+        };
+        write(tmp.path(), &beat).unwrap();
+        assert_eq!(read(tmp.path()), Some(beat));
+    }
 }

@@ -5,7 +5,6 @@
 //! and because every line goes to a fixed offset, repeating it overwrites.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -265,7 +264,7 @@ pub async fn sync_known_run(
             let mut fresh = RunLedger::new(key.clone(), job.id.clone(), base_url);
             fresh.warn(format!(
                 "the ledger {} was damaged ({reason}); the run was uploaded again from the start",
-                path.display()
+                crate::paths::display(&path)
             ));
             fresh
         }
@@ -413,7 +412,7 @@ impl RunSync<'_> {
         });
         for (index, path) in job.fragments.iter().enumerate() {
             let start = self.entry.fragments[index].cursor;
-            let file = File::open(path).map_err(|e| StepError::Read {
+            let file = crate::fs::open_regular(path).map_err(|e| StepError::Read {
                 path: path.clone(),
                 source: e.into(),
             })?;
@@ -432,7 +431,7 @@ impl RunSync<'_> {
                         self.flush(index, cursor, false).await?;
                         return Err(StepError::Corrupt(format!(
                             "{}: {c}; records before it were uploaded, the rest is held back",
-                            path.display()
+                            crate::paths::display(path)
                         )));
                     }
                     Err(e) => {
@@ -452,7 +451,7 @@ impl RunSync<'_> {
                     Err(_) => {
                         self.entry.warn(format!(
                             "{}: a record at byte {record_start} does not decode; skipped",
-                            path.display(),
+                            crate::paths::display(path),
                         ));
                         continue;
                     }
@@ -505,8 +504,8 @@ impl RunSync<'_> {
                         "fragment {} of run {} was {} and is now {}; move the ledger {} away to upload the run again",
                         i + 1,
                         job.id,
-                        known.path.display(),
-                        path.display(),
+                        crate::paths::display(&known.path),
+                        crate::paths::display(path),
                         self.entry.key
                     )));
                 }
@@ -1031,7 +1030,7 @@ impl RunSync<'_> {
             {
                 continue;
             }
-            if let Some(bytes) = self.read_found(&path, &found.path) {
+            if let Some(bytes) = self.read_found(&path, &found) {
                 mtimes.insert(path.clone(), found.mtime_ns);
                 contents.insert(path, bytes);
             }
@@ -1096,25 +1095,36 @@ impl RunSync<'_> {
     /// A run file's bytes from the newest fragment that has it.
     fn read_run_file(&mut self, rel: &str) -> Option<Vec<u8>> {
         let found = self.find_run_file(rel)?;
-        self.read_found(rel, &found.path)
+        self.read_found(rel, &found)
     }
 
-    /// The bytes of run file `rel`, found at `path`; a file that cannot be
-    /// read is reported (once) and skipped.
-    fn read_found(&mut self, rel: &str, path: &Path) -> Option<Vec<u8>> {
-        match std::fs::read(path) {
+    /// The bytes of run file `rel`; a file that cannot be read, is not a
+    /// regular file, or leads out of its run directory (through a symlink
+    /// in any component: `files/sub -> /etc`, `files -> /etc`) is reported
+    /// (once) and skipped. Only the run's own data leaves the machine.
+    fn read_found(&mut self, rel: &str, found: &FoundFile) -> Option<Vec<u8>> {
+        use std::io::Read;
+        let read = crate::fs::open_beneath(&found.run_dir, &found.path).and_then(|mut file| {
+            let mut bytes = Vec::new();
+            file.read_to_end(&mut bytes).map(|_| bytes)
+        });
+        match read {
             Ok(bytes) => Some(bytes),
             Err(e) => {
-                self.entry
-                    .warn(format!("files/{rel}: cannot read ({e}); not uploaded"));
+                self.entry.warn(match crate::fs::refusal(&e) {
+                    Some(refused @ crate::fs::Refused::Outside(_)) => format!(
+                        "files/{rel} {refused}; not uploaded (copy the file into the run to upload it)"
+                    ),
+                    Some(refused) => format!("files/{rel} {refused}; not uploaded"),
+                    None => format!("files/{rel}: cannot read ({e}); not uploaded"),
+                });
                 None
             }
         }
     }
 
-    /// Where run file `rel` is: in the newest fragment that has it. Symlinks
-    /// that leave the run directory are not followed (only the run's own data
-    /// is uploaded); that is reported once.
+    /// Where run file `rel` is: in the newest fragment that has it. Whether
+    /// it may be read is decided when it is opened ([`Self::read_found`]).
     fn find_run_file(&mut self, rel: &str) -> Option<FoundFile> {
         if rel.split('/').any(|part| part == "..") || rel.starts_with('/') {
             self.entry.warn(format!(
@@ -1127,25 +1137,13 @@ impl RunSync<'_> {
             let Ok(meta) = std::fs::symlink_metadata(&path) else {
                 continue;
             };
-            if meta.file_type().is_symlink() {
-                let inside = match (path.canonicalize(), dir.canonicalize()) {
-                    (Ok(target), Ok(root)) => target.starts_with(root),
-                    _ => false,
-                };
-                if !inside {
-                    let message = format!(
-                        "files/{rel} is a symlink pointing outside the run directory; not uploaded (copy the file into the run to upload it)"
-                    );
-                    self.entry.warn(message);
-                    return None;
-                }
-            }
             // The file's own size and mtime (a symlink's target's).
             let meta = std::fs::metadata(&path).unwrap_or(meta);
             return Some(FoundFile {
                 size: meta.len(),
                 mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
                 path,
+                run_dir: dir.clone(),
             });
         }
         None
@@ -1246,7 +1244,7 @@ impl RunSync<'_> {
         if age.is_none_or(|a| a < self.options.stale_after) {
             self.entry.warn(format!(
                 "not finalized: {} changed less than {} ago, its writer may still be running",
-                path.display(),
+                crate::paths::display(path),
                 humantime::format_duration(self.options.stale_after)
             ));
             return None;
@@ -1275,6 +1273,8 @@ impl RunSync<'_> {
 /// A run file on disk.
 struct FoundFile {
     path: PathBuf,
+    /// The fragment's run directory, which the file must lie within.
+    run_dir: PathBuf,
     size: u64,
     mtime_ns: i64,
 }

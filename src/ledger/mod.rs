@@ -39,6 +39,7 @@ pub enum Phase {
 /// Progress through one `.wandb` file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FragmentProgress {
+    #[serde(with = "crate::paths::serde_path")]
     pub path: PathBuf,
     /// Offset after the last record whose effects the server acknowledged.
     pub cursor: u64,
@@ -344,13 +345,16 @@ pub fn run_key(
         .canonicalize()
         .unwrap_or_else(|_| first_fragment.to_path_buf());
     let mut hasher = Sha256::new();
+    // The path's bytes, not a lossy rendering: two run directories whose
+    // names differ only in bytes that are not UTF-8 are two runs (and a
+    // UTF-8 path hashes exactly as it always did).
     for part in [
-        canonical.to_string_lossy().as_ref(),
-        base_url.trim_end_matches('/'),
-        entity.unwrap_or(""),
-        project.unwrap_or(""),
+        std::os::unix::ffi::OsStrExt::as_bytes(canonical.as_os_str()),
+        base_url.trim_end_matches('/').as_bytes(),
+        entity.unwrap_or("").as_bytes(),
+        project.unwrap_or("").as_bytes(),
     ] {
-        hasher.update(part.as_bytes());
+        hasher.update(part);
         hasher.update([0]);
     }
     let digest = hasher.finalize();
@@ -464,6 +468,73 @@ mod tests {
             ledger.load("wandb-m-2"),
             Err(LedgerError::Damaged { .. })
         ));
+    }
+
+    /// A ledger entry written by syncd before paths were carried as bytes
+    /// (`sync` of the committed `finished` fixture): it loads, and saving it
+    /// again writes the very same bytes.
+    #[test]
+    fn a_current_format_entry_loads_and_saves_unchanged() {
+        let golden = include_str!("../../tests/fixtures/ledger/v1-finished.json");
+        let tmp = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(tmp.path()).unwrap();
+        let key = "wandb-fxfinish-662572241eea";
+        std::fs::write(ledger.dir().join(format!("{key}.json")), golden).unwrap();
+        let entry = ledger.load(key).unwrap().unwrap();
+        assert_eq!(entry.phase, Phase::Synced);
+        assert_eq!(entry.acked.history_lines, 200);
+        assert_eq!(
+            entry.fragments[0].path,
+            Path::new(
+                "/scratch/alice/finished/wandb/offline-run-20261123_112321-fxfinish/run-fxfinish.wandb"
+            )
+        );
+        ledger.save(&entry).unwrap();
+        let saved = std::fs::read_to_string(ledger.dir().join(format!("{key}.json"))).unwrap();
+        assert_eq!(saved.trim_end(), golden.trim_end());
+    }
+
+    #[test]
+    fn a_fragment_path_that_is_not_utf8_is_saved_and_loaded() {
+        use std::os::unix::ffi::OsStringExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(tmp.path()).unwrap();
+        let mut entry = RunLedger::new("wandb-u-1".into(), "u".into(), "http://x".into());
+        let path = PathBuf::from(std::ffi::OsString::from_vec(
+            b"/s/offline-run-x-\xe9/run-u.wandb".to_vec(),
+        ));
+        entry.fragments.push(FragmentProgress {
+            path: path.clone(),
+            cursor: 7,
+            records: 1,
+            step_offset: 0,
+            exit: None,
+            run_seen: true,
+        });
+        ledger.save(&entry).unwrap();
+        ledger.save_unsynced(&entry).unwrap();
+        let back = ledger.load("wandb-u-1").unwrap().unwrap();
+        assert_eq!(back.fragments[0].path, path);
+        ledger.save(&entry).unwrap();
+        assert_eq!(
+            ledger.load("wandb-u-1").unwrap().unwrap().fragments[0].path,
+            path
+        );
+    }
+
+    #[test]
+    fn keys_of_paths_differing_in_bytes_that_are_not_utf8_differ() {
+        use std::os::unix::ffi::OsStringExt;
+        let key = |last: u8| {
+            let path = std::ffi::OsString::from_vec(vec![b'/', b'r', last]);
+            run_key("r", Path::new(&path), "http://s", None, None)
+        };
+        assert_ne!(key(0xe9), key(0xea));
+        // A UTF-8 path keeps the key it always had.
+        assert_eq!(
+            run_key("r1", Path::new("/a/run-r1.wandb"), "http://s", None, None),
+            "wandb-r1-a1dbc78128f5"
+        );
     }
 
     #[test]

@@ -109,11 +109,11 @@ impl fmt::Display for ApiKey {
 #[serde(tag = "kind", content = "path", rename_all = "lowercase")]
 pub enum Origin {
     /// A `.env` file: in the run's tree, or the user's own.
-    DotEnv(PathBuf),
+    DotEnv(#[serde(with = "crate::paths::serde_path")] PathBuf),
     /// The environment syncd was given.
     Environment,
     /// A netrc file.
-    Netrc(PathBuf),
+    Netrc(#[serde(with = "crate::paths::serde_path")] PathBuf),
     /// syncd's built-in default.
     Default,
 }
@@ -395,9 +395,13 @@ fn normalize_url(url: &str) -> String {
 /// there is no file. Refuses a file that is not the user's or that group or
 /// others may read or write.
 pub fn load_dotenv(path: &Path, uid: u32) -> Result<Option<HashMap<String, String>>, TargetError> {
-    let file = match std::fs::File::open(path) {
+    // Never blocks: a named pipe or device here is refused, not waited on.
+    let file = match crate::fs::open_regular(path) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if crate::fs::refusal(&e).is_some() => {
+            return Err(TargetError::NotAFile { path: path.into() });
+        }
         Err(source) => {
             return Err(TargetError::Read {
                 path: path.into(),
@@ -855,6 +859,22 @@ mod tests {
         std::fs::create_dir(t.root.join(".env")).unwrap();
         let err = resolve(&t, no_env).unwrap_err();
         assert!(matches!(err, TargetError::NotAFile { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn a_named_pipe_named_dotenv_is_refused_without_waiting() {
+        let t = tree();
+        let pipe = t.root.join(".env");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&pipe)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let err = resolve(&t, no_env).unwrap_err();
+        assert!(
+            matches!(&err, TargetError::NotAFile { path } if *path == pipe),
+            "{err:?}"
+        );
     }
 
     #[test]

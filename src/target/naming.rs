@@ -593,7 +593,7 @@ pub fn find_manifest(
     use std::io::Read;
     for dir in super::search_dirs(run_dir, root) {
         let path = dir.join(MANIFEST_FILE);
-        let file = match std::fs::File::open(&path) {
+        let file = match crate::fs::open_regular(&path) {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(source) => return Err(ManifestError::Read { path, source }),

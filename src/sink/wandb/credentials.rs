@@ -59,7 +59,8 @@ pub fn find_api_key(
         .map(PathBuf::from)
         .or_else(|| env("HOME").map(|h| PathBuf::from(h).join(".netrc")));
     if let Some(path) = &netrc
-        && let Ok(text) = std::fs::read_to_string(path)
+        && let Ok(text) = crate::fs::open_regular(path)
+            .and_then(|f| std::io::read_to_string(std::io::Read::take(f, 1 << 20)))
         && let Some(key) = netrc_password(&text, &host)
     {
         return Ok(ApiKey {

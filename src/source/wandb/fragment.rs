@@ -4,7 +4,6 @@
 //! [`super::run`]).
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -122,7 +121,7 @@ impl Fragment {
 /// Reads a whole `.wandb` file. I/O errors opening or reading it are
 /// returned; everything about its content is in the [`Fragment`].
 pub fn read_fragment(path: &Path, options: ReadOptions) -> std::io::Result<Fragment> {
-    let file = File::open(path)?;
+    let file = crate::fs::open_regular(path)?;
     let meta = file.metadata()?;
     let mut fragment = Fragment {
         path: path.to_path_buf(),

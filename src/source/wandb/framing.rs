@@ -513,7 +513,7 @@ pub fn for_each_record(
     start: u64,
     mut each: impl FnMut(RawRecord<'_>),
 ) -> Result<(u64, Tail), ReadError> {
-    let mut reader = LogReader::open(File::open(path)?, start)?;
+    let mut reader = LogReader::open(crate::fs::open_regular(path)?, start)?;
     while let Some(record) = reader.next_record()? {
         each(record);
     }

@@ -16,18 +16,17 @@ const MAX_BYTES: u64 = 1 << 20;
 /// adds detail.
 pub fn fill_gaps(identity: &mut RunIdentity, run_dir: &Path) {
     let path = run_dir.join("files").join("wandb-metadata.json");
-    // A symlink here would not be the run's own file.
-    let Ok(meta) = std::fs::symlink_metadata(&path) else {
+    // What it adds goes to the server: only the run's own file (no symlink
+    // leading out of the run, in any component), and never a named pipe,
+    // which would block the read.
+    let Ok(file) = crate::fs::open_beneath(run_dir, &path) else {
         return;
     };
-    if !meta.is_file() || meta.len() > MAX_BYTES {
+    if file.metadata().map_or(true, |m| m.len() > MAX_BYTES) {
         return;
     }
     let mut text = String::new();
-    let Ok(mut file) = std::fs::File::open(&path) else {
-        return;
-    };
-    if file.read_to_string(&mut text).is_err() {
+    if file.take(MAX_BYTES).read_to_string(&mut text).is_err() {
         return;
     }
     let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) else {

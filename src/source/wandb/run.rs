@@ -142,7 +142,7 @@ const HEAD_RECORDS: usize = 64;
 
 /// Reads a fragment's run id and start time without reading the whole file.
 pub fn head(path: &Path) -> Result<FragmentHead, ReadError> {
-    let mut reader = LogReader::open(std::fs::File::open(path)?, 0)?;
+    let mut reader = LogReader::open(crate::fs::open_regular(path)?, 0)?;
     let mut head = FragmentHead {
         path: path.to_path_buf(),
         run_id: String::new(),
