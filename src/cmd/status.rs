@@ -53,6 +53,9 @@ pub struct DaemonStatus {
     /// Servers holding requests back with `429 Retry-After` (until when,
     /// asked, and the capped wait).
     pub rate_limited: Vec<String>,
+    /// What the daemon found wrong under its roots (unreadable roots and
+    /// run directories, damaged run files), each with when.
+    pub problems: Vec<String>,
     pub heartbeat_at: Option<String>,
     pub base_url: Option<String>,
 }
@@ -149,6 +152,7 @@ pub fn status(
             slurm: b.slurm.clone(),
             loop_stalled_since: b.loop_stalled_since.clone(),
             rate_limited: b.rate_limited.clone(),
+            problems: b.problems.clone(),
             heartbeat_at: Some(b.heartbeat_at.clone()),
             base_url: Some(b.base_url.clone()),
         },
@@ -167,6 +171,7 @@ pub fn status(
             slurm: None,
             loop_stalled_since: None,
             rate_limited: Vec::new(),
+            problems: Vec::new(),
             heartbeat_at: None,
             base_url: None,
         },
@@ -453,6 +458,9 @@ fn write_human(out: &mut impl Write, report: &StatusReport) -> std::io::Result<(
         for pause in &d.rate_limited {
             writeln!(out, "rate limited: {pause}")?;
         }
+        for problem in &d.problems {
+            writeln!(out, "problem: {problem}")?;
+        }
         if let Some(since) = &d.loop_stalled_since {
             writeln!(
                 out,
@@ -591,6 +599,7 @@ mod tests {
             slurm: None,
             loop_stalled_since: None,
             rate_limited: Vec::new(),
+            problems: Vec::new(),
             base_url: "http://s".into(),
             activity: [
                 // Resolved and keyed, not uploaded yet (offline).
@@ -659,6 +668,7 @@ mod tests {
             slurm: None,
             loop_stalled_since: None,
             rate_limited: Vec::new(),
+            problems: Vec::new(),
             base_url: "http://s".into(),
             activity: [(
                 "unsynced:somewhere".to_string(),

@@ -53,6 +53,9 @@ struct SlurmReply {
 /// A probe's result: whether any server answered, else why not.
 type ProbeReply = Result<(), String>;
 
+/// How many discovery problems status lists (the newest).
+const MAX_PROBLEMS: usize = 50;
+
 /// A Slurm query unanswered this long is reported as Slurm not answering
 /// (its commands' own deadline is longer).
 const SLURM_SLOW: Duration = Duration::from_secs(5);
@@ -310,6 +313,7 @@ pub async fn run(
             }
             for p in problems {
                 log(&p);
+                state.note_problem(p);
             }
         }
         // inotify on local roots: a new run or a writer closing its file is
@@ -531,6 +535,10 @@ struct DaemonState {
     last_contact: Option<SystemTime>,
     /// `None` when Slurm is not asked.
     slurm_health: Option<SlurmWatch>,
+    /// What discovery found wrong (unreadable roots and run directories,
+    /// damaged run files, refused trigger files), newest last, each once,
+    /// with when: for status.
+    problems: VecDeque<String>,
 
     foreign_reported: HashSet<PathBuf>,
     /// The last Slurm query succeeded; when not, quiescence decides.
@@ -553,6 +561,15 @@ struct SlurmWatch {
 }
 
 impl DaemonState {
+    /// Keeps a discovery problem for status (the newest [`MAX_PROBLEMS`]).
+    fn note_problem(&mut self, problem: String) {
+        let at = humantime::format_rfc3339_seconds(SystemTime::now());
+        self.problems.push_back(format!("{at}: {problem}"));
+        while self.problems.len() > MAX_PROBLEMS {
+            self.problems.pop_front();
+        }
+    }
+
     /// Takes a scan's findings: new files join (or start) runs, changed
     /// files mark their run dirty.
     fn absorb(
@@ -564,6 +581,7 @@ impl DaemonState {
     ) {
         for problem in report.problems {
             log(&problem);
+            self.note_problem(problem);
         }
         for dir in report.foreign {
             if self.foreign_reported.insert(dir.clone()) {
@@ -1283,6 +1301,7 @@ impl DaemonState {
             next_probe,
             slurm: self.slurm_report(),
             loop_stalled_since: None,
+            problems: self.problems.iter().cloned().collect(),
             rate_limited: config
                 .targets
                 .clients()

@@ -53,6 +53,10 @@ pub struct Heartbeat {
     /// until when, what the server asked and what is waited (capped).
     #[serde(default)]
     pub rate_limited: Vec<String>,
+    /// What the daemon found wrong under its roots (unreadable roots and
+    /// run directories, damaged run files), each with when, newest last.
+    #[serde(default)]
+    pub problems: Vec<String>,
     pub base_url: String,
     /// What each run is doing now, by ledger key: `uploading`, `queued`,
     /// `waiting` (backing off until `next_retry`), `stopped` (with

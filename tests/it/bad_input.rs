@@ -423,7 +423,7 @@ fn an_unreadable_run_directory_is_reported_and_fails_the_sync() {
 }
 
 #[test]
-fn the_daemon_logs_a_run_file_with_a_damaged_header_once_and_uploads_the_others() {
+fn the_daemon_reports_a_run_file_with_a_damaged_header_once_and_uploads_the_others() {
     let tmp = tempfile::tempdir().unwrap();
     let wandb = committed_case("0.31.0", "finished", tmp.path());
     let other = committed_case("0.31.0", "exit_code_3", &tmp.path().join("other"));
@@ -456,6 +456,16 @@ fn the_daemon_logs_a_run_file_with_a_damaged_header_once_and_uploads_the_others(
             .count(),
         1,
         "{log}"
+    );
+    // And status lists it among the daemon's problems.
+    let status = crate::daemon::status_json(&home);
+    let problems = status["daemon"]["problems"].as_array().unwrap();
+    assert!(
+        problems.iter().any(|p| {
+            let p = p.as_str().unwrap();
+            p.contains(name) && p.contains("file header")
+        }),
+        "{status:#}"
     );
     assert!(server.run("fxexit03").is_none());
     assert!(daemon.stop().success());
