@@ -193,6 +193,17 @@ pub struct SyncArgs {
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
 
+    /// How long one request may take before it counts as failed (and is
+    /// retried). Examples: 30s, 2m.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// Attempts per request, the first included, before the run fails
+    /// (waits double from 2s up to 60s in between). A server never reached
+    /// at all gets 3.
+    #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub attempts: u32,
+
     /// Checkpoint after this many bytes of new lines (tuning and tests).
     #[arg(long, hide = true, default_value_t = 4 * 1024 * 1024)]
     pub batch_bytes: usize,

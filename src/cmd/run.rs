@@ -82,6 +82,16 @@ fn build_config(args: &RunArgs) -> Result<(DaemonConfig, Option<i32>), String> {
             .map(|r| r.split(':').map(str::to_string).collect())
             .unwrap_or_default()
     };
+    // From the working directory, once: a relative root loses the project
+    // directory (and its `.env`) above `wandb/` otherwise.
+    let roots: Vec<String> = roots
+        .iter()
+        .map(|r| {
+            crate::target::absolute(std::path::Path::new(r))
+                .display()
+                .to_string()
+        })
+        .collect();
     // On defaults, the directory `syncd inspect` and `syncd sync` read:
     // `$WANDB_DIR/wandb`, else `./wandb`, when it exists.
     let default_root = super::inspect::default_wandb_dir();

@@ -13,7 +13,10 @@ use reqwest::header::{
 use serde_json::{Value as Json, json};
 use tokio::sync::Mutex;
 
-use crate::sink::retry::{RetryPolicy, parse_retry_after, status_is_retryable};
+use crate::sink::retry::{
+    FIRST_CONTACT_ATTEMPTS, RetryNotice, RetryPolicy, notify_retry, parse_retry_after,
+    status_is_retryable,
+};
 
 /// Why a request did not succeed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -68,6 +71,8 @@ pub struct Client {
     policy: RetryPolicy,
     /// No request leaves before this instant (set by 429 Retry-After).
     paused_until: Arc<Mutex<Option<Instant>>>,
+    /// The server has answered (any HTTP status) at least once.
+    answered: std::sync::atomic::AtomicBool,
 }
 
 impl Client {
@@ -93,6 +98,7 @@ impl Client {
             auth,
             policy,
             paused_until: Arc::new(Mutex::new(None)),
+            answered: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -235,9 +241,12 @@ impl Client {
         what: &str,
         build: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<Bytes, SinkError> {
+        use std::sync::atomic::Ordering;
         let mut last = String::new();
         let mut offline = true;
-        for attempt in 0..self.policy.max_attempts {
+        let mut attempts = self.policy.max_attempts;
+        let mut attempt = 0;
+        while attempt < attempts {
             if attempt > 0 {
                 self.wait_for_pause().await;
             }
@@ -245,9 +254,13 @@ impl Client {
                 Err(e) => {
                     offline = e.is_connect() || e.is_timeout() || e.is_request();
                     last = describe_transport_error(&e);
+                    if e.is_connect() && !self.answered.load(Ordering::Relaxed) {
+                        attempts = attempts.min(FIRST_CONTACT_ATTEMPTS);
+                    }
                     self.policy.backoff(attempt)
                 }
                 Ok(response) => {
+                    self.answered.store(true, Ordering::Relaxed);
                     let status = response.status().as_u16();
                     let retry_after = response
                         .headers()
@@ -279,13 +292,21 @@ impl Client {
                     }
                 }
             };
-            if attempt + 1 < self.policy.max_attempts {
+            attempt += 1;
+            if attempt < attempts {
+                notify_retry(&RetryNotice {
+                    what: what.into(),
+                    error: last.clone(),
+                    attempt,
+                    attempts,
+                    wait,
+                });
                 tokio::time::sleep(wait).await;
             }
         }
         Err(SinkError::Exhausted {
             what: what.into(),
-            attempts: self.policy.max_attempts,
+            attempts,
             last,
             offline,
         })
