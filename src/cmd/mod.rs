@@ -39,6 +39,27 @@ fn naming_rule(
         .ok()
 }
 
+/// Columns of a table written anywhere but a terminal (a pipe, a file, a
+/// mail from cron): wrapped to fit, whatever the cells hold.
+const PIPED_TABLE_WIDTH: u16 = 100;
+
+/// A table for stdout: framed and as wide as the terminal on one; plain
+/// (no frame) and at most [`PIPED_TABLE_WIDTH`] columns otherwise.
+fn table_for_stdout() -> comfy_table::Table {
+    use std::io::IsTerminal as _;
+    let mut table = comfy_table::Table::new();
+    // Wrap to the width instead of running off its edge.
+    table.set_content_arrangement(comfy_table::ContentArrangement::Dynamic);
+    if std::io::stdout().is_terminal() {
+        table.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
+    } else {
+        table.load_preset(comfy_table::presets::NOTHING);
+        table.force_no_tty();
+        table.set_width(PIPED_TABLE_WIDTH);
+    }
+    table
+}
+
 pub fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Inspect(args) => inspect::run(args),

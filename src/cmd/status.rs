@@ -7,7 +7,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use comfy_table::{ContentArrangement, Table, presets};
 use serde::Serialize;
 
 use super::Outcome;
@@ -322,10 +321,7 @@ fn write_human(out: &mut impl Write, report: &StatusReport) -> std::io::Result<(
     if report.runs.is_empty() {
         writeln!(out, "no runs in the ledger yet")?;
     } else {
-        let mut table = Table::new();
-        table.load_preset(presets::UTF8_BORDERS_ONLY);
-        // Wrap to the terminal's width instead of running off its edge.
-        table.set_content_arrangement(ContentArrangement::Dynamic);
+        let mut table = super::table_for_stdout();
         table.set_header(vec![
             "run",
             "project",
@@ -367,7 +363,9 @@ fn write_human(out: &mut impl Write, report: &StatusReport) -> std::io::Result<(
                 notes.join("\n"),
             ]);
         }
-        writeln!(out, "{table}")?;
+        for line in table.lines() {
+            writeln!(out, "{}", line.trim_end())?;
+        }
     }
     for e in &report.errors {
         writeln!(out, "error: {e}")?;

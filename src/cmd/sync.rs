@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use comfy_table::{ContentArrangement, Table, presets};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
@@ -368,10 +367,7 @@ fn would_send_text(would: &WouldSend) -> String {
 
 fn write_human(out: &mut impl Write, report: &SyncReport) -> std::io::Result<()> {
     if !report.runs.is_empty() {
-        let mut table = Table::new();
-        table.load_preset(presets::UTF8_BORDERS_ONLY);
-        // Wrap to the terminal's width instead of running off its edge.
-        table.set_content_arrangement(ContentArrangement::Dynamic);
+        let mut table = super::table_for_stdout();
         table.set_header(vec![
             "run",
             "state",
@@ -411,7 +407,9 @@ fn write_human(out: &mut impl Write, report: &SyncReport) -> std::io::Result<()>
                 notes.join("\n"),
             ]);
         }
-        writeln!(out, "{table}")?;
+        for line in table.lines() {
+            writeln!(out, "{}", line.trim_end())?;
+        }
     }
     for e in &report.errors {
         writeln!(out, "error: {}", e.error)?;

@@ -521,14 +521,19 @@ impl RunSync<'_> {
 
     /// The ledger's fragments must be a prefix of the run's fragments now.
     fn check_fragments(&mut self, job: &RunJob) -> Result<(), StepError> {
+        let mut moved = false;
         for (i, path) in job.fragments.iter().enumerate() {
             match self.entry.fragments.get(i) {
                 // The same file by another path (another spelling, a
-                // symlinked or moved directory above the run): shown by
-                // the path it has now.
+                // symlinked or moved directory above the run): recorded
+                // and shown by the path it has now.
                 Some(known) if crate::ledger::same_fragment(&known.path, path) => {
                     if known.path != *path {
                         self.entry.fragments[i].path = path.clone();
+                        if let Some(stored) = self.checkpoint.fragments.get_mut(i) {
+                            stored.path = path.clone();
+                        }
+                        moved = true;
                     }
                 }
                 Some(known) => {
@@ -550,6 +555,9 @@ impl RunSync<'_> {
                     run_seen: false,
                 }),
             }
+        }
+        if moved && !self.options.dry_run && self.client.is_some() {
+            self.ledger.save(&self.checkpoint)?;
         }
         Ok(())
     }

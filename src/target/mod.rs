@@ -170,7 +170,11 @@ mod tests {
             );
         }
         let cwd = std::env::current_dir().unwrap();
-        assert_eq!(search_root(Path::new("run"), None), cwd.join("run"));
+        // A relative run directory is one below the working directory.
+        assert_eq!(
+            search_root(Path::new("wandb/run"), None),
+            cwd.join("wandb/run").ancestors().nth(2).unwrap()
+        );
     }
 
     #[test]
