@@ -321,8 +321,8 @@ fn write_human(out: &mut impl Write, report: &StatusReport) -> std::io::Result<(
     if report.runs.is_empty() {
         writeln!(out, "no runs in the ledger yet")?;
     } else {
-        let mut table = super::table_for_stdout();
-        table.set_header(vec![
+        let mut rows = Vec::new();
+        let header = [
             "run",
             "project",
             "state",
@@ -331,7 +331,7 @@ fn write_human(out: &mut impl Write, report: &StatusReport) -> std::io::Result<(
             "last upload",
             "slurm",
             "notes",
-        ]);
+        ];
         for r in &report.runs {
             let mut notes = Vec::new();
             if let Some(reason) = &r.reason {
@@ -352,7 +352,7 @@ fn write_human(out: &mut impl Write, report: &StatusReport) -> std::io::Result<(
                 (Some(job), None) => job.clone(),
                 _ => "-".into(),
             };
-            table.add_row(vec![
+            rows.push(vec![
                 name,
                 r.project.clone().unwrap_or_else(|| "-".into()),
                 r.state.to_string(),
@@ -363,9 +363,7 @@ fn write_human(out: &mut impl Write, report: &StatusReport) -> std::io::Result<(
                 notes.join("\n"),
             ]);
         }
-        for line in table.lines() {
-            writeln!(out, "{}", line.trim_end())?;
-        }
+        super::write_table(out, &header, rows)?;
     }
     for e in &report.errors {
         writeln!(out, "error: {e}")?;

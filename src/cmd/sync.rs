@@ -367,8 +367,8 @@ fn would_send_text(would: &WouldSend) -> String {
 
 fn write_human(out: &mut impl Write, report: &SyncReport) -> std::io::Result<()> {
     if !report.runs.is_empty() {
-        let mut table = super::table_for_stdout();
-        table.set_header(vec![
+        let mut rows = Vec::new();
+        let header = [
             "run",
             "state",
             "on server",
@@ -380,7 +380,7 @@ fn write_human(out: &mut impl Write, report: &SyncReport) -> std::io::Result<()>
             },
             "exit",
             "notes",
-        ]);
+        ];
         for o in &report.runs {
             let mut notes: Vec<String> = o.warnings.clone();
             if o.artifacts_not_uploaded > 0 {
@@ -392,7 +392,7 @@ fn write_human(out: &mut impl Write, report: &SyncReport) -> std::io::Result<()>
             if let Some(e) = &o.error {
                 notes.insert(0, format!("error: {e}"));
             }
-            table.add_row(vec![
+            rows.push(vec![
                 o.run_id.clone(),
                 phase_name(o.phase).to_string(),
                 o.server_path.clone().unwrap_or_else(|| "-".into()),
@@ -407,9 +407,7 @@ fn write_human(out: &mut impl Write, report: &SyncReport) -> std::io::Result<()>
                 notes.join("\n"),
             ]);
         }
-        for line in table.lines() {
-            writeln!(out, "{}", line.trim_end())?;
-        }
+        super::write_table(out, &header, rows)?;
     }
     for e in &report.errors {
         writeln!(out, "error: {}", e.error)?;
