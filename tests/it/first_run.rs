@@ -287,7 +287,8 @@ fn a_server_nothing_listens_on_fails_in_seconds_and_says_so() {
     let started = Instant::now();
     // The default schedule (waits from 2 s on): only the first-contact
     // limit makes this short.
-    let out = sync_in(&tmp.path().join("home"), &proj, &[]);
+    let wandb = proj.join("wandb");
+    let out = sync_in(&tmp.path().join("home"), &proj, &[wandb.to_str().unwrap()]);
     let took = started.elapsed();
     let shown = text(&out);
     assert_eq!(out.status.code(), Some(1), "{shown}");
@@ -362,6 +363,7 @@ fn a_server_that_never_answers_shows_each_retry_and_ends_within_the_policy() {
             "4",
             "--retry-min-ms",
             "100",
+            proj.join("wandb").to_str().unwrap(),
         ],
     );
     let took = started.elapsed();
@@ -384,9 +386,12 @@ fn a_dry_run_resolves_like_the_real_sync_and_says_what_it_would_send() {
     let server = WandbServer::start();
     write_private(&proj.join(".env"), &env_for(&server, "team"));
     let home = tmp.path().join("home");
+    // Absolute: what is tested here is the dry run, not the path.
+    let wandb = proj.join("wandb");
+    let wandb = wandb.to_str().unwrap();
 
     // Never uploaded: queued, and everything would be sent.
-    let out = sync_in(&home, &proj, &["--dry-run", "--json"]);
+    let out = sync_in(&home, &proj, &["--dry-run", "--json", wandb]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     let run = &report["runs"][0];
@@ -403,7 +408,7 @@ fn a_dry_run_resolves_like_the_real_sync_and_says_what_it_would_send() {
         run["would_send"]["bytes"].as_u64().unwrap() > 0,
         "{report:#}"
     );
-    let out = sync_in(&home, &proj, &["--dry-run"]);
+    let out = sync_in(&home, &proj, &["--dry-run", wandb]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
         text(&out).contains("would send") && text(&out).contains("nothing was sent"),
@@ -417,10 +422,10 @@ fn a_dry_run_resolves_like_the_real_sync_and_says_what_it_would_send() {
     assert_eq!(stored, 0, "a dry run writes no ledger");
 
     // Once synced, the dry run finds the run's entry: nothing to send.
-    let out = sync_in(&home, &proj, &[]);
+    let out = sync_in(&home, &proj, &[wandb]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let before = counters(&server);
-    let out = sync_in(&home, &proj, &["--dry-run", "--json"]);
+    let out = sync_in(&home, &proj, &["--dry-run", "--json", wandb]);
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     let run = &report["runs"][0];
     assert_eq!(run["phase"], "synced", "{report:#}");
@@ -430,7 +435,7 @@ fn a_dry_run_resolves_like_the_real_sync_and_says_what_it_would_send() {
 
     // An exposed `.env`: refused by the dry run as by the real sync.
     std::fs::set_permissions(proj.join(".env"), std::fs::Permissions::from_mode(0o644)).unwrap();
-    for args in [vec!["--dry-run"], vec![]] {
+    for args in [vec!["--dry-run", wandb], vec![wandb]] {
         let out = sync_in(&home, &proj, &args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
         assert!(text(&out).contains("chmod 600"), "{}", text(&out));
@@ -479,7 +484,12 @@ fn piped_tables_are_narrow() {
         &proj.join(".env"),
         "WANDB_BASE_URL=http://127.0.0.1:9\nWANDB_API_KEY=k\n",
     );
-    let out = sync_in(&home, &proj, &["--attempts", "1"]);
+    let wandb = proj.join("wandb");
+    let out = sync_in(
+        &home,
+        &proj,
+        &["--retry-min-ms", "1", wandb.to_str().unwrap()],
+    );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let sync_table = String::from_utf8_lossy(&out.stdout).into_owned();
     let status = Command::new(env!("CARGO_BIN_EXE_syncd"))
