@@ -260,7 +260,9 @@ impl Client {
                     self.policy.backoff(attempt)
                 }
                 Ok(response) => {
+                    // Reachable after all: the full policy from here on.
                     self.answered.store(true, Ordering::Relaxed);
+                    attempts = self.policy.max_attempts;
                     let status = response.status().as_u16();
                     let retry_after = response
                         .headers()
