@@ -54,7 +54,9 @@ fn write_table(
 ) -> std::io::Result<()> {
     use std::io::IsTerminal as _;
     let mut table = comfy_table::Table::new();
-    if std::io::stdout().is_terminal() {
+    // A terminal of unknown or tiny width (a pty nobody sized) gets the
+    // plain layout: framed cells a few columns wide say nothing.
+    if std::io::stdout().is_terminal() && table.width().is_some_and(|w| w >= 60) {
         table.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
         // Wrap to the terminal's width instead of running off its edge.
         table.set_content_arrangement(comfy_table::ContentArrangement::Dynamic);
