@@ -221,3 +221,35 @@ fn logger(format: &str) -> anyhow::Result<Log> {
         }
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[test]
+    fn relative_roots_are_taken_from_the_working_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = tmp.path().join("config.toml");
+        std::fs::write(&config, "").unwrap();
+        let cli = crate::cli::Cli::parse_from([
+            "syncd",
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "wandb",
+            "/abs/wandb",
+        ]);
+        let crate::cli::Command::Run(args) = cli.command else {
+            panic!("not run");
+        };
+        let (config, _) = build_config(&args).unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        let roots: Vec<&str> = config.roots.iter().map(|r| r.0.as_str()).collect();
+        assert_eq!(
+            roots,
+            [cwd.join("wandb").to_str().unwrap(), "/abs/wandb"],
+            "the project directory above a relative `wandb` is part of the root"
+        );
+    }
+}
