@@ -435,11 +435,15 @@ fn key_of(run_id: &str, parts: &[&str]) -> String {
 
 /// What a `.wandb` file is, independent of where it lives: the name of its
 /// run directory (`run-<start time>-<id>`, which tells the fragments of a
-/// resumed run apart) and its own name (`run-<id>.wandb`). The names are
-/// taken as the path spells them, after `.` and `..` are resolved, so a
-/// symlinked directory above the run or a moved project changes nothing.
+/// resumed run apart) and its own name (`run-<id>.wandb`), from the
+/// canonical path (a `latest-run` link names the directory it points to),
+/// else, for a file no longer there, from the path as spelled with `.` and
+/// `..` resolved. A symlinked directory above the run or a moved project
+/// changes nothing.
 pub fn fragment_identity(path: &Path) -> String {
-    let path = crate::target::absolute(path);
+    let path = path
+        .canonicalize()
+        .unwrap_or_else(|_| crate::target::absolute(path));
     let mut names = Vec::new();
     for component in path.components() {
         match component {
@@ -597,6 +601,23 @@ mod tests {
         assert_ne!(
             a,
             legacy_run_key("r1", Path::new(first), "http://s", None, None)
+        );
+    }
+
+    #[test]
+    fn a_fragment_through_latest_run_is_the_same_fragment() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = tmp.path().join("wandb/offline-run-20260101_000000-r1");
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::write(run.join("run-r1.wandb"), b"x").unwrap();
+        let latest = tmp.path().join("wandb/latest-run");
+        std::os::unix::fs::symlink(&run, &latest).unwrap();
+        let direct = run.join("run-r1.wandb");
+        let linked = latest.join("run-r1.wandb");
+        assert!(same_fragment(&direct, &linked));
+        assert_eq!(
+            run_key("r1", &direct, "http://s", None, None),
+            run_key("r1", &linked, "http://s", None, None)
         );
     }
 
