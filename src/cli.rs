@@ -40,46 +40,57 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Directories to watch: wandb directories, or directories holding a
-    /// `wandb/`; glob patterns allowed (quote them). Default: `roots` from
-    /// the config file, else `$SYNCD_ROOTS` (colon-separated).
+    /// `wandb/`; glob patterns allowed (quote them); relative ones are taken
+    /// from the working directory. [default: `roots` from the config file,
+    /// else `$SYNCD_ROOTS` (colon-separated), else `$WANDB_DIR/wandb`, else
+    /// ./wandb]
     pub roots: Vec<String>,
 
-    /// Config file. Default: `$XDG_CONFIG_HOME/syncd/config.toml`.
+    /// Config file. [default: `$XDG_CONFIG_HOME/syncd/config.toml`, else
+    /// ~/.config/syncd/config.toml]
     #[arg(long)]
     pub config: Option<PathBuf>,
 
-    /// Where the ledger, lease and heartbeat live.
+    /// Where the ledger, lease and heartbeat live. [default: `state_dir`
+    /// from the config file, else `$SYNCD_STATE_DIR`, else
+    /// `$XDG_STATE_HOME/syncd`, else ~/.local/state/syncd]
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
 
-    /// W&B server for runs whose `.env` files name none. Default:
-    /// `$WANDB_BASE_URL`, else https://api.wandb.ai.
+    /// W&B server for runs whose `.env` files name none. [default:
+    /// `base_url` from the config file, else `$WANDB_BASE_URL`, else
+    /// https://api.wandb.ai]
     #[arg(long)]
     pub base_url: Option<String>,
 
-    /// Server-side display name template, e.g. `v{version}-{experiment}_{job}`
-    /// (the default; see README "Run names"). Overrides `[naming] template`.
+    /// Server-side display name template (see README "Run names").
+    /// Overrides `[naming] template`. [default: v{version}-{experiment}_{job}]
     #[arg(long, value_parser = parse_template)]
     pub name_template: Option<Template>,
 
-    /// How often active runs are checked (e.g. 5s).
+    /// How often active runs are checked. [default: 5s, or `poll` in the
+    /// config file]
     #[arg(long, value_parser = parse_duration)]
     pub poll: Option<Duration>,
 
-    /// How often settled runs and whole roots are checked (e.g. 2m).
+    /// How often settled runs and whole roots are checked. [default: 2m, or
+    /// `idle_poll` in the config file]
     #[arg(long, value_parser = parse_duration)]
     pub idle_poll: Option<Duration>,
 
-    /// Runs uploaded at the same time.
+    /// Runs uploaded at the same time. [default: 4, or `jobs` in the config
+    /// file]
     #[arg(short = 'j', long = "jobs")]
     pub jobs: Option<usize>,
 
     /// After Slurm reports a job gone, wait this long for its exit record
-    /// before finalizing the run as failed.
+    /// before finalizing the run as failed. [default: 2m, or `grace` in the
+    /// config file]
     #[arg(long, value_parser = parse_duration)]
     pub grace: Option<Duration>,
 
     /// Runs without a Slurm job are finalized after this long unchanged.
+    /// [default: 30m, or `quiescence` in the config file]
     #[arg(long, value_parser = parse_duration)]
     pub quiescence: Option<Duration>,
 
@@ -93,10 +104,11 @@ pub struct RunArgs {
     pub no_slurm: bool,
 
     /// Lower the daemon's CPU priority (0-19), as on a shared login node.
+    /// [default: unchanged, or `nice` in the config file]
     #[arg(long)]
     pub nice: Option<i32>,
 
-    /// `text` (default) or `json` (one object per line, for journald).
+    /// `text` or `json` (one object per line, for journald).
     #[arg(long, default_value = "text")]
     pub log_format: String,
 
@@ -133,15 +145,20 @@ pub struct StatusArgs {
     #[arg(long)]
     pub watch: bool,
 
+    /// The daemon's state directory. [default: `$SYNCD_STATE_DIR`, else
+    /// `$XDG_STATE_HOME/syncd`, else ~/.local/state/syncd]
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
 pub struct NotifyArgs {
-    /// The run (or wandb) directory. Default: `$WANDB_DIR/wandb`, else `./wandb`.
+    /// The run (or wandb) directory. [default: `$WANDB_DIR/wandb`, else
+    /// ./wandb]
     pub path: Option<PathBuf>,
 
+    /// The daemon's state directory. [default: `$SYNCD_STATE_DIR`, else
+    /// `$XDG_STATE_HOME/syncd`, else ~/.local/state/syncd]
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
 }
@@ -149,7 +166,8 @@ pub struct NotifyArgs {
 #[derive(Debug, Args)]
 pub struct SyncArgs {
     /// `.wandb` files, run directories, wandb directories or project
-    /// directories. Default: `$WANDB_DIR/wandb`, else `./wandb`.
+    /// directories; relative ones are taken from the working directory.
+    /// [default: `$WANDB_DIR/wandb`, else ./wandb]
     pub paths: Vec<PathBuf>,
 
     /// Runs uploaded at the same time.
@@ -183,20 +201,31 @@ pub struct SyncArgs {
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pub stale_after: Duration,
 
-    /// W&B server for runs whose `.env` files name none. Default:
-    /// `$WANDB_BASE_URL`, else https://api.wandb.ai.
+    /// W&B server for runs whose `.env` files name none. [default:
+    /// `$WANDB_BASE_URL`, else https://api.wandb.ai]
     #[arg(long)]
     pub base_url: Option<String>,
 
-    /// Server-side display name template, e.g. `v{version}-{experiment}_{job}`
-    /// (the default; see README "Run names"). Overrides `[naming] template`.
+    /// Server-side display name template (see README "Run names").
+    /// Overrides `[naming] template`. [default: v{version}-{experiment}_{job}]
     #[arg(long, value_parser = parse_template)]
     pub name_template: Option<Template>,
 
-    /// Where the upload ledger lives. Default: `$SYNCD_STATE_DIR`, else
-    /// `$XDG_STATE_HOME/syncd`, else `~/.local/state/syncd`.
+    /// Where the upload ledger lives. [default: `$SYNCD_STATE_DIR`, else
+    /// `$XDG_STATE_HOME/syncd`, else ~/.local/state/syncd]
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
+
+    /// How long one request may take before it counts as failed (and is
+    /// retried). Examples: 30s, 2m.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// Attempts per request, the first included, before the run fails
+    /// (waits double from 2s up to 60s in between). A server never reached
+    /// at all gets 3.
+    #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub attempts: u32,
 
     /// Checkpoint after this many bytes of new lines (tuning and tests).
     #[arg(long, hide = true, default_value_t = 4 * 1024 * 1024)]
@@ -215,7 +244,7 @@ pub struct SyncArgs {
 #[derive(Debug, Args)]
 pub struct InspectArgs {
     /// `.wandb` files, run directories, wandb directories or project
-    /// directories. Default: `$WANDB_DIR/wandb`, else `./wandb`.
+    /// directories. [default: `$WANDB_DIR/wandb`, else ./wandb]
     pub paths: Vec<PathBuf>,
 
     /// Print one JSON document (schema in README.md) instead of tables.
@@ -233,8 +262,8 @@ pub struct InspectArgs {
     #[arg(long)]
     pub recover: bool,
 
-    /// Display name template to show the names runs will get with (default:
-    /// the config file's `[naming] template`, else `v{version}-{experiment}_{job}`).
+    /// Display name template to show the names runs will get with. [default:
+    /// the config file's `[naming] template`, else v{version}-{experiment}_{job}]
     #[arg(long, value_parser = parse_template)]
     pub name_template: Option<Template>,
 }

@@ -137,11 +137,16 @@ pub struct FileReport {
 }
 
 pub fn run(args: InspectArgs) -> anyhow::Result<Outcome> {
-    let paths = if args.paths.is_empty() {
+    // Absolute, as `syncd sync` takes them: the search for a run's job
+    // manifest starts from the run and goes up to the project directory.
+    let paths: Vec<PathBuf> = if args.paths.is_empty() {
         vec![default_wandb_dir()]
     } else {
         args.paths.clone()
-    };
+    }
+    .iter()
+    .map(|p| crate::target::absolute(p))
+    .collect();
     let options = ReadOptions {
         recover: args.recover,
     };

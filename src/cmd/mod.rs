@@ -39,6 +39,67 @@ fn naming_rule(
         .ok()
 }
 
+/// Columns of the notes under a table written anywhere but a terminal (a
+/// pipe, a file, a mail from cron).
+const PIPED_NOTES_WIDTH: usize = 100;
+
+/// Writes rows whose last column is free text (notes, errors). On a
+/// terminal: one framed table as wide as the terminal, wrapping cells. Piped:
+/// a plain table of the other columns, then each row's notes as lines of
+/// their own, wrapped at spaces only (paths and URLs stay whole for grep).
+fn write_table(
+    out: &mut impl std::io::Write,
+    header: &[&str],
+    rows: Vec<Vec<String>>,
+) -> std::io::Result<()> {
+    use std::io::IsTerminal as _;
+    let mut table = comfy_table::Table::new();
+    // A terminal of unknown or tiny width (a pty nobody sized) gets the
+    // plain layout: framed cells a few columns wide say nothing.
+    if std::io::stdout().is_terminal() && table.width().is_some_and(|w| w >= 60) {
+        table.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
+        // Wrap to the terminal's width instead of running off its edge.
+        table.set_content_arrangement(comfy_table::ContentArrangement::Dynamic);
+        table.set_header(header.to_vec());
+        for row in rows {
+            table.add_row(row);
+        }
+        return writeln!(out, "{table}");
+    }
+    table.load_preset(comfy_table::presets::NOTHING);
+    table.set_header(&header[..header.len() - 1]);
+    let mut notes = Vec::new();
+    for mut row in rows {
+        let note = row.pop().unwrap_or_default();
+        if !note.is_empty() {
+            let first = row.first().cloned().unwrap_or_default();
+            let name = first.lines().last().unwrap_or_default().to_string();
+            notes.push((name, note));
+        }
+        table.add_row(row);
+    }
+    for line in table.lines() {
+        writeln!(out, "{}", line.trim_end())?;
+    }
+    for (name, note) in notes {
+        for paragraph in note.lines() {
+            let mut line = format!("{name}:");
+            for word in paragraph.split(' ').filter(|w| !w.is_empty()) {
+                if line.chars().count() + 1 + word.chars().count() > PIPED_NOTES_WIDTH
+                    && line.trim_start().contains(' ')
+                {
+                    writeln!(out, "{line}")?;
+                    line = " ".repeat(name.chars().count() + 1);
+                }
+                line.push(' ');
+                line.push_str(word);
+            }
+            writeln!(out, "{line}")?;
+        }
+    }
+    Ok(())
+}
+
 pub fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Inspect(args) => inspect::run(args),

@@ -82,6 +82,16 @@ fn build_config(args: &RunArgs) -> Result<(DaemonConfig, Option<i32>), String> {
             .map(|r| r.split(':').map(str::to_string).collect())
             .unwrap_or_default()
     };
+    // From the working directory, once: a relative root loses the project
+    // directory (and its `.env`) above `wandb/` otherwise.
+    let roots: Vec<String> = roots
+        .iter()
+        .map(|r| {
+            crate::target::absolute(std::path::Path::new(r))
+                .display()
+                .to_string()
+        })
+        .collect();
     // On defaults, the directory `syncd inspect` and `syncd sync` read:
     // `$WANDB_DIR/wandb`, else `./wandb`, when it exists.
     let default_root = super::inspect::default_wandb_dir();
@@ -210,4 +220,36 @@ fn logger(format: &str) -> anyhow::Result<Log> {
             let _ = writeln!(out, "{line}");
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[test]
+    fn relative_roots_are_taken_from_the_working_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = tmp.path().join("config.toml");
+        std::fs::write(&config, "").unwrap();
+        let cli = crate::cli::Cli::parse_from([
+            "syncd",
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "wandb",
+            "/abs/wandb",
+        ]);
+        let crate::cli::Command::Run(args) = cli.command else {
+            panic!("not run");
+        };
+        let (config, _) = build_config(&args).unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        let roots: Vec<&str> = config.roots.iter().map(|r| r.0.as_str()).collect();
+        assert_eq!(
+            roots,
+            [cwd.join("wandb").to_str().unwrap(), "/abs/wandb"],
+            "the project directory above a relative `wandb` is part of the root"
+        );
+    }
 }

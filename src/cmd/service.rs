@@ -181,7 +181,10 @@ fn install(args: ServiceInstallArgs) -> anyhow::Result<Outcome> {
     } else {
         fallbacks(&binary)
     };
-    let warnings = readiness_warnings(&config_home, &manager, env);
+    let mut warnings = readiness_warnings(&config_home, &manager, env);
+    if let Some(warning) = build_dir_warning(&binary) {
+        warnings.insert(0, warning);
+    }
     let report = Report {
         unit_path,
         written: writes && !args.dry_run,
@@ -295,6 +298,20 @@ fn exec_path(binary: &Path) -> Result<String, String> {
     } else {
         escaped
     })
+}
+
+/// A binary in a cargo build directory (`target/release/syncd`, beside
+/// cargo's `.fingerprint` and `deps`) is replaced by the next `cargo build`
+/// and removed by `cargo clean`: a unit running it breaks with the clone.
+fn build_dir_warning(binary: &Path) -> Option<String> {
+    let dir = binary.parent()?;
+    if !(dir.join(".fingerprint").is_dir() && dir.join("deps").is_dir()) {
+        return None;
+    }
+    Some(format!(
+        "this syncd runs from cargo's build directory {}: the unit would run a file the next `cargo build` replaces and `cargo clean` deletes. Install it first with `cargo install --path . --locked` (into ~/.cargo/bin), then run `~/.cargo/bin/syncd service install`",
+        dir.display()
+    ))
 }
 
 fn current_binary() -> anyhow::Result<PathBuf> {
@@ -704,6 +721,20 @@ mod tests {
         let edited = unit.replace("Nice=10", "Nice=5");
         assert!(!written_by_syncd_unedited(&edited));
         assert!(!written_by_syncd_unedited(UNIT_TEMPLATE));
+    }
+
+    #[test]
+    fn a_binary_in_a_cargo_build_directory_is_warned_about() {
+        let tmp = tempfile::tempdir().unwrap();
+        let release = tmp.path().join("target/release");
+        std::fs::create_dir_all(release.join(".fingerprint")).unwrap();
+        std::fs::create_dir_all(release.join("deps")).unwrap();
+        let warning = build_dir_warning(&release.join("syncd")).unwrap();
+        assert!(
+            warning.contains("cargo install --path . --locked"),
+            "{warning}"
+        );
+        assert!(build_dir_warning(&tmp.path().join("bin/syncd")).is_none());
     }
 
     #[test]

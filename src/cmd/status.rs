@@ -7,7 +7,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use comfy_table::{ContentArrangement, Table, presets};
 use serde::Serialize;
 
 use super::Outcome;
@@ -490,11 +489,8 @@ fn write_human(out: &mut impl Write, report: &StatusReport) -> std::io::Result<(
     if report.runs.is_empty() {
         writeln!(out, "no runs in the ledger yet")?;
     } else {
-        let mut table = Table::new();
-        table.load_preset(presets::UTF8_BORDERS_ONLY);
-        // Wrap to the terminal's width instead of running off its edge.
-        table.set_content_arrangement(ContentArrangement::Dynamic);
-        table.set_header(vec![
+        let mut rows = Vec::new();
+        let header = [
             "run",
             "project",
             "state",
@@ -503,7 +499,7 @@ fn write_human(out: &mut impl Write, report: &StatusReport) -> std::io::Result<(
             "last upload",
             "slurm",
             "notes",
-        ]);
+        ];
         for r in &report.runs {
             let mut notes = Vec::new();
             if let Some(reason) = &r.reason {
@@ -526,7 +522,7 @@ fn write_human(out: &mut impl Write, report: &StatusReport) -> std::io::Result<(
                 (Some(job), None) => job.clone(),
                 _ => "-".into(),
             };
-            table.add_row(vec![
+            rows.push(vec![
                 name,
                 r.project.clone().unwrap_or_else(|| "-".into()),
                 match &r.waiting_for {
@@ -540,7 +536,7 @@ fn write_human(out: &mut impl Write, report: &StatusReport) -> std::io::Result<(
                 notes.join("\n"),
             ]);
         }
-        writeln!(out, "{table}")?;
+        super::write_table(out, &header, rows)?;
     }
     for e in &report.errors {
         writeln!(out, "error: {e}")?;

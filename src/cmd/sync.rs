@@ -2,10 +2,10 @@
 //! only what the server does not have yet, `-j` runs at a time.
 
 use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use comfy_table::{ContentArrangement, Table, presets};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
@@ -15,9 +15,9 @@ use crate::cli::SyncArgs;
 use crate::config;
 use crate::discover;
 use crate::engine::targets::Targets;
-use crate::engine::worker::{self, Progress, RunJob, RunOutcome, SyncOptions};
+use crate::engine::worker::{self, Progress, RunJob, RunOutcome, SyncOptions, WouldSend};
 use crate::ledger::{Ledger, Phase};
-use crate::sink::retry::RetryPolicy;
+use crate::sink::retry::{RetryNotice, RetryObserver, RetryPolicy, observe_retries};
 use crate::sink::wandb::client::Client;
 use crate::source::wandb::run;
 
@@ -41,16 +41,23 @@ pub fn run(args: SyncArgs) -> anyhow::Result<Outcome> {
     let policy = RetryPolicy {
         min_wait: std::time::Duration::from_millis(args.retry_min_ms),
         max_wait: std::time::Duration::from_millis(args.retry_max_ms.max(args.retry_min_ms)),
-        ..RetryPolicy::default()
+        max_attempts: args.attempts,
+        timeout: args.timeout,
     };
     let targets = Targets::from_process(args.base_url.clone(), policy);
     let state_dir = config::state_dir(args.state_dir.clone(), env);
     let ledger = Ledger::open(&state_dir)?;
-    let paths = if args.paths.is_empty() {
+    // Absolute from here on: a relative path's parents (the project
+    // directory holding `wandb/` and its `.env`) are part of where the run
+    // goes.
+    let paths: Vec<PathBuf> = if args.paths.is_empty() {
         vec![default_wandb_dir()]
     } else {
         args.paths.clone()
-    };
+    }
+    .iter()
+    .map(|p| crate::target::absolute(p))
+    .collect();
 
     let (files, discover_errors) = discover::wandb_files(&paths);
     let mut errors: Vec<PathError> = discover_errors.iter().map(PathError::from).collect();
@@ -78,14 +85,11 @@ pub fn run(args: SyncArgs) -> anyhow::Result<Outcome> {
         .collect();
 
     // Each run's server, key, entity and project (its `.env`, the user's,
-    // the environment, netrc); a dry run sends nothing and needs no key.
+    // the environment, netrc). A dry run resolves them too: it refuses what
+    // the real sync refuses, and finds the run's ledger entry by its key.
     let mut planned = Vec::new();
     let mut target_failures = Vec::new();
     for mut job in jobs {
-        if args.dry_run {
-            planned.push((job, None));
-            continue;
-        }
         match targets.resolve(job.run_dir(), &job.search_root()) {
             Ok(target) => {
                 // A long wait is said, not sat through in silence.
@@ -95,12 +99,12 @@ pub fn run(args: SyncArgs) -> anyhow::Result<Outcome> {
                     .on_pause(move |pause| eprintln!("syncd: {server}: {pause}"));
                 job.entity = target.entity.clone();
                 job.project = target.project.clone();
-                planned.push((job, Some(target.client)));
+                planned.push((job, target.client));
             }
             Err(message) => target_failures.push((job, message)),
         }
     }
-    if !args.dry_run && planned.is_empty() && errors.is_empty() && !target_failures.is_empty() {
+    if planned.is_empty() && errors.is_empty() && !target_failures.is_empty() {
         // Nothing can be sent at all: a configuration error, said once per
         // distinct cause.
         let mut said = std::collections::HashSet::new();
@@ -164,7 +168,7 @@ pub fn run(args: SyncArgs) -> anyhow::Result<Outcome> {
 async fn sync_all(
     ledger: Ledger,
     options: SyncOptions,
-    jobs: Vec<(RunJob, Option<Arc<Client>>)>,
+    jobs: Vec<(RunJob, Arc<Client>)>,
     parallel: usize,
     quiet: bool,
 ) -> Vec<RunOutcome> {
@@ -180,11 +184,16 @@ async fn sync_all(
         let handle = tasks.spawn(async move {
             let (ledger, options, limit, bars) = &*shared;
             let _permit = limit.acquire().await.expect("semaphore never closes");
-            let bar = bars.start(&job.id);
+            let bar = Arc::new(bars.start(&job.id));
             let progress = |p: Progress| bar.update(p);
-            let outcome =
-                worker::sync_run(client.as_deref(), ledger, options, &job, &progress).await;
-            bars.finish(bar, &outcome);
+            let shown = Arc::clone(&bar);
+            let observer: RetryObserver = Arc::new(move |notice: &RetryNotice| shown.retry(notice));
+            let outcome = observe_retries(
+                observer,
+                worker::sync_run(Some(&client), ledger, options, &job, &progress),
+            )
+            .await;
+            bars.finish(&bar, &outcome);
             (order, outcome)
         });
         running.insert(handle.id(), (order, unfinished));
@@ -229,14 +238,17 @@ async fn join_all(
 }
 
 /// A bar per run and a total on a terminal; one plain line per finished
-/// run otherwise.
+/// run, and per retry, otherwise. A bar that failed stays where it stood.
 struct Bars {
     multi: Option<MultiProgress>,
     total: Option<ProgressBar>,
     runs: usize,
+    /// Runs ended, and how many of them failed.
+    ended: std::sync::Mutex<(usize, usize)>,
 }
 
 struct RunBar {
+    run_id: String,
     bar: Option<ProgressBar>,
 }
 
@@ -245,7 +257,37 @@ impl RunBar {
         if let Some(bar) = &self.bar {
             bar.set_length(p.bytes_total);
             bar.set_position(p.bytes_read);
+            // Moving again: whatever a retry said is over.
+            bar.set_message("");
         }
+    }
+
+    /// What failed and when the next attempt is: on the bar, or as a line.
+    fn retry(&self, notice: &RetryNotice) {
+        let wait = format!("{:.1}s", notice.wait.as_secs_f64());
+        match &self.bar {
+            Some(bar) => bar.set_message(format!(
+                "{} failed ({}); attempt {} of {}, next in {wait}",
+                notice.what,
+                short(&notice.error),
+                notice.attempt,
+                notice.attempts
+            )),
+            None => eprintln!(
+                "{}: {} failed (attempt {} of {}): {}; next attempt in {wait}",
+                self.run_id, notice.what, notice.attempt, notice.attempts, notice.error
+            ),
+        }
+    }
+}
+
+/// The start of an error, for a progress line.
+fn short(error: &str) -> String {
+    const MAX: usize = 60;
+    if error.chars().count() <= MAX {
+        error.to_string()
+    } else {
+        format!("{}…", error.chars().take(MAX).collect::<String>())
     }
 }
 
@@ -256,12 +298,13 @@ impl Bars {
                 multi: None,
                 total: None,
                 runs,
+                ended: Default::default(),
             };
         }
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
         let total = multi.add(ProgressBar::new(runs as u64));
         total.set_style(
-            ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} runs")
+            ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} runs {msg}")
                 .expect("template"),
         );
         total.set_prefix("total");
@@ -269,12 +312,16 @@ impl Bars {
             multi: Some(multi),
             total: Some(total),
             runs,
+            ended: Default::default(),
         }
     }
 
     fn start(&self, run_id: &str) -> RunBar {
         let Some(multi) = &self.multi else {
-            return RunBar { bar: None };
+            return RunBar {
+                run_id: run_id.to_string(),
+                bar: None,
+            };
         };
         let bar = multi.insert_from_back(1, ProgressBar::new(0));
         bar.set_style(
@@ -282,17 +329,38 @@ impl Bars {
                 .expect("template"),
         );
         bar.set_prefix(run_id.chars().take(12).collect::<String>());
-        RunBar { bar: Some(bar) }
+        RunBar {
+            run_id: run_id.to_string(),
+            bar: Some(bar),
+        }
     }
 
-    fn finish(&self, bar: RunBar, outcome: &RunOutcome) {
+    /// A run ended: a bar that succeeded is full, one that failed is left
+    /// where it stood; the total counts runs synced, so it is full only
+    /// when every run was.
+    fn finish(&self, bar: &RunBar, outcome: &RunOutcome) {
         let summary = one_line(outcome);
-        match (bar.bar, &self.total) {
+        let failed = outcome.error.is_some();
+        let (ended, failures) = {
+            let mut ended = self.ended.lock().expect("never poisoned");
+            ended.0 += 1;
+            ended.1 += usize::from(failed);
+            *ended
+        };
+        match (&bar.bar, &self.total) {
             (Some(bar), Some(total)) => {
-                bar.finish_with_message(summary);
-                total.inc(1);
-                if total.position() as usize == self.runs {
-                    total.finish();
+                if failed {
+                    bar.abandon_with_message(summary);
+                } else {
+                    bar.finish_with_message(summary);
+                    total.inc(1);
+                }
+                if ended == self.runs {
+                    if failures == 0 {
+                        total.finish();
+                    } else {
+                        total.abandon_with_message(format!("{failures} failed"));
+                    }
                 }
             }
             _ => {
@@ -316,9 +384,10 @@ fn phase_name(phase: Phase) -> &'static str {
 }
 
 fn one_line(o: &RunOutcome) -> String {
-    match &o.error {
-        Some(e) => format!("failed: {e}"),
-        None => format!(
+    match (&o.error, &o.would_send) {
+        (Some(e), _) => format!("failed: {e}"),
+        (None, Some(would)) => format!("{} ({})", phase_name(o.phase), would_send_text(would)),
+        (None, None) => format!(
             "{} ({} history lines, {} sent now)",
             phase_name(o.phase),
             o.history_lines,
@@ -327,21 +396,29 @@ fn one_line(o: &RunOutcome) -> String {
     }
 }
 
+fn would_send_text(would: &WouldSend) -> String {
+    format!(
+        "would send {} lines / {} files / {} bytes",
+        would.lines, would.files, would.bytes
+    )
+}
+
 fn write_human(out: &mut impl Write, report: &SyncReport) -> std::io::Result<()> {
     if !report.runs.is_empty() {
-        let mut table = Table::new();
-        table.load_preset(presets::UTF8_BORDERS_ONLY);
-        // Wrap to the terminal's width instead of running off its edge.
-        table.set_content_arrangement(ContentArrangement::Dynamic);
-        table.set_header(vec![
+        let mut rows = Vec::new();
+        let header = [
             "run",
             "state",
             "on server",
             "history",
-            "sent now",
+            if report.dry_run {
+                "would send"
+            } else {
+                "sent now"
+            },
             "exit",
             "notes",
-        ]);
+        ];
         for o in &report.runs {
             let mut notes: Vec<String> = o.warnings.clone();
             if o.artifacts_not_uploaded > 0 {
@@ -353,33 +430,50 @@ fn write_human(out: &mut impl Write, report: &SyncReport) -> std::io::Result<()>
             if let Some(e) = &o.error {
                 notes.insert(0, format!("error: {e}"));
             }
-            table.add_row(vec![
+            rows.push(vec![
                 o.run_id.clone(),
                 phase_name(o.phase).to_string(),
                 o.server_path.clone().unwrap_or_else(|| "-".into()),
                 o.history_lines.to_string(),
-                o.history_lines_sent.to_string(),
+                match &o.would_send {
+                    Some(would) => would_send_text(would)
+                        .trim_start_matches("would send ")
+                        .to_string(),
+                    None => o.history_lines_sent.to_string(),
+                },
                 o.exit_code.map_or_else(|| "-".into(), |c| c.to_string()),
                 notes.join("\n"),
             ]);
         }
-        writeln!(out, "{table}")?;
+        super::write_table(out, &header, rows)?;
     }
     for e in &report.errors {
         writeln!(out, "error: {}", e.error)?;
     }
     let failed = report.runs.iter().filter(|r| r.error.is_some()).count();
-    let verb = if report.dry_run {
-        "would sync"
+    let runs = report.runs.len();
+    if report.dry_run {
+        let mut total = WouldSend::default();
+        for would in report.runs.iter().filter_map(|r| r.would_send.as_ref()) {
+            total.lines += would.lines;
+            total.files += would.files;
+            total.bytes += would.bytes;
+        }
+        writeln!(
+            out,
+            "dry run: {} of {runs} run(s) would be synced to {} ({}), {failed} failed; nothing was sent",
+            runs - failed,
+            report.base_url,
+            would_send_text(&total)
+        )
     } else {
-        "synced"
-    };
-    writeln!(
-        out,
-        "{verb} {} run(s) to {}, {failed} failed",
-        report.runs.len(),
-        report.base_url
-    )
+        writeln!(
+            out,
+            "{} of {runs} run(s) synced to {}, {failed} failed",
+            runs - failed,
+            report.base_url
+        )
+    }
 }
 
 #[cfg(test)]

@@ -1380,15 +1380,18 @@ fn attach_target(
     let target = target?;
     run.job.entity = target.entity.clone();
     run.job.project = target.project.clone();
-    run.key = Some(crate::ledger::run_key(
-        &run.job.id,
-        &run.job.fragments[0],
-        target.client.base_url(),
-        None,
-        None,
-    ));
+    let (id, first, server) = (&run.job.id, &run.job.fragments[0], target.client.base_url());
+    let key = crate::ledger::run_key(id, first, server, None, None);
+    // An entry a syncd before fragment identities stored under the path's
+    // key is moved to the new key now (this daemon holds the lease), so an
+    // upgrade neither re-uploads nor waits for the run's next upload.
+    let legacy = crate::ledger::legacy_run_key(id, first, server, None, None);
+    run.stored = None;
+    if let Ok(Some(entry)) = ledger.load_run(&key, &legacy, true) {
+        take_entry(run, entry);
+    }
+    run.key = Some(key);
     run.client = Some(Arc::clone(&target.client));
-    refresh_from_ledger(run, ledger);
     Ok(target.client)
 }
 
@@ -1412,7 +1415,10 @@ fn take_entry(run: &mut Tracked, entry: RunLedger) {
         .fragments
         .iter()
         .map(|path| {
-            let known = entry.fragments.iter().find(|f| f.path == *path);
+            let known = entry
+                .fragments
+                .iter()
+                .find(|f| crate::ledger::same_fragment(&f.path, path));
             known.map(|f| f.cursor)
         })
         .collect();

@@ -14,7 +14,7 @@ pub const FILE: &str = "daemon.json";
 /// The activity key of a run the ledger does not know yet.
 pub const UNSYNCED_PREFIX: &str = "unsynced:";
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Heartbeat {
     pub pid: u32,
     pub host: String,
@@ -76,7 +76,7 @@ pub struct SlurmHealth {
     pub error: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Activity {
     /// `uploading`, `queued`, `waiting` (see `reason`), `stopped`, `idle`.
     pub state: String,
@@ -156,9 +156,10 @@ mod tests {
                     slurm_job: None,
                     slurm_state: None,
                     run_id: Some("x".into()),
-                    error: None,
+                    ..Activity::default()
                 },
             )]),
+            ..Heartbeat::default()
         };
         write(tmp.path(), &beat).unwrap();
         assert_eq!(read(tmp.path()), Some(beat));

@@ -147,9 +147,22 @@ pub struct RunOutcome {
     pub artifacts_not_uploaded: usize,
     pub warnings: Vec<String>,
     pub error: Option<String>,
+    /// A dry run's account of what a real sync would send now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub would_send: Option<WouldSend>,
     /// What kind of failure `error` is, for a scheduler to react to.
     #[serde(skip)]
     pub failure: Option<Failure>,
+}
+
+/// What a dry run found a real sync would send: lines of history, system
+/// metrics and console, files (with the summary, config and metadata a
+/// completed run gets), and their bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct WouldSend {
+    pub lines: u64,
+    pub files: u64,
+    pub bytes: u64,
 }
 
 /// How a failed run should be treated by whoever retries it.
@@ -209,6 +222,8 @@ struct RunSync<'a> {
     files_uploaded: Vec<String>,
     /// Records read by this invocation.
     records_read: u64,
+    /// A dry run's count of what would be sent.
+    would_send: WouldSend,
     /// The run being synced: its manifest and `.env` defaults.
     job: &'a RunJob,
 }
@@ -251,9 +266,20 @@ pub async fn sync_known_run(
             options.project.as_deref(),
         ),
     };
+    let stores = !options.dry_run && client.is_some();
     let loaded = match known {
         Some(entry) => Ok(Some(entry)),
-        None => ledger.load(&key),
+        None => ledger.load_run(
+            &key,
+            &crate::ledger::legacy_run_key(
+                &job.id,
+                &job.fragments[0],
+                &base_url,
+                options.entity.as_deref(),
+                options.project.as_deref(),
+            ),
+            stores,
+        ),
     };
     let entry = match loaded {
         Ok(Some(entry)) => entry,
@@ -285,6 +311,7 @@ pub async fn sync_known_run(
         history_sent: 0,
         files_uploaded: Vec::new(),
         records_read: 0,
+        would_send: WouldSend::default(),
         job,
     };
     let result = run.sync(job, on_progress).await;
@@ -323,7 +350,13 @@ pub async fn sync_known_run(
     let outcome = RunOutcome {
         run_id: job.id.clone(),
         key,
-        phase: entry.phase,
+        // A dry run changed nothing: the run is where the ledger has it
+        // (`queued` for one never uploaded), with what would be sent.
+        phase: if options.dry_run {
+            run.checkpoint.phase
+        } else {
+            entry.phase
+        },
         server_path: entry
             .server
             .as_ref()
@@ -337,9 +370,9 @@ pub async fn sync_known_run(
         artifacts_not_uploaded: entry.state.artifacts.len(),
         warnings: entry.warnings.clone(),
         error: result.err().map(|e| e.to_string()),
+        would_send: options.dry_run.then_some(run.would_send),
         failure,
     };
-    let stores = !options.dry_run && client.is_some();
     (outcome, stores.then_some(run.checkpoint))
 }
 
@@ -374,6 +407,7 @@ fn failed_outcome(job: &RunJob, key: String, error: String) -> RunOutcome {
         artifacts_not_uploaded: 0,
         warnings: Vec::new(),
         error: Some(error),
+        would_send: None,
         failure: Some(Failure::Transient),
     }
 }
@@ -496,9 +530,21 @@ impl RunSync<'_> {
 
     /// The ledger's fragments must be a prefix of the run's fragments now.
     fn check_fragments(&mut self, job: &RunJob) -> Result<(), StepError> {
+        let mut moved = false;
         for (i, path) in job.fragments.iter().enumerate() {
             match self.entry.fragments.get(i) {
-                Some(known) if known.path == *path => {}
+                // The same file by another path (another spelling, a
+                // symlinked or moved directory above the run): recorded
+                // and shown by the path it has now.
+                Some(known) if crate::ledger::same_fragment(&known.path, path) => {
+                    if known.path != *path {
+                        self.entry.fragments[i].path = path.clone();
+                        if let Some(stored) = self.checkpoint.fragments.get_mut(i) {
+                            stored.path = path.clone();
+                        }
+                        moved = true;
+                    }
+                }
                 Some(known) => {
                     return Err(StepError::Corrupt(format!(
                         "fragment {} of run {} was {} and is now {}; move the ledger {} away to upload the run again",
@@ -518,6 +564,9 @@ impl RunSync<'_> {
                     run_seen: false,
                 }),
             }
+        }
+        if moved && !self.options.dry_run && self.client.is_some() {
+            self.ledger.save(&self.checkpoint)?;
         }
         Ok(())
     }
@@ -672,6 +721,13 @@ impl RunSync<'_> {
         let pending = std::mem::take(&mut self.pending);
         let console = self.entry.state.console.take_changed();
         if self.options.dry_run || self.client.is_none() {
+            let console_bytes: usize = console.iter().map(|l| l.text.len()).sum();
+            self.would_send.lines +=
+                (pending.history.len() + pending.events.len() + console.len()) as u64;
+            self.would_send.bytes += (pending.bytes + console_bytes) as u64;
+            if self.entry.state.identity.run_id.is_some() {
+                self.count_files(finishing);
+            }
             self.entry.acked.history_lines += pending.history.len() as u64;
             self.entry.acked.events_lines += pending.events.len() as u64;
             self.entry.acked.console_lines = self.entry.state.console.line_count();
@@ -1003,6 +1059,62 @@ impl RunSync<'_> {
         server: &ServerRun,
         finishing: bool,
     ) -> Result<Vec<String>, StepError> {
+        let (mut contents, mtimes) = self.files_to_send(finishing);
+        if contents.is_empty() {
+            return Ok(Vec::new());
+        }
+        let names: Vec<String> = contents.keys().cloned().collect();
+        let targets = ops::create_run_files(client, server, &names).await?;
+        let mut uploaded = Vec::new();
+        for (name, url) in targets.files {
+            let Some(bytes) = contents.remove(&name) else {
+                continue;
+            };
+            let ack = FileAck {
+                size: bytes.len() as u64,
+                sha256: sha256_hex(&bytes),
+                mtime_ns: mtimes.get(&name).copied(),
+            };
+            match url {
+                Some(url) => {
+                    client
+                        .put(&format!("upload of {name}"), &url, &targets.headers, bytes)
+                        .await?;
+                    self.entry.acked.files.insert(name.clone(), ack);
+                    self.files_uploaded.push(name.clone());
+                    uploaded.push(name);
+                }
+                None => self.entry.warn(format!(
+                    "the server did not want files/{name} (no upload URL)"
+                )),
+            }
+        }
+        Ok(uploaded)
+    }
+
+    /// A dry run's [`RunSync::upload_files`]: counts what would be sent and
+    /// takes it as sent (in memory only), so it is counted once.
+    fn count_files(&mut self, finishing: bool) {
+        let (contents, mtimes) = self.files_to_send(finishing);
+        for (name, bytes) in contents {
+            self.would_send.files += 1;
+            self.would_send.bytes += bytes.len() as u64;
+            let ack = FileAck {
+                size: bytes.len() as u64,
+                sha256: sha256_hex(&bytes),
+                mtime_ns: mtimes.get(&name).copied(),
+            };
+            self.entry.acked.files.insert(name, ack);
+        }
+    }
+
+    /// The run's files that the server does not have as they are now, by
+    /// name, with the mtime each had when read.
+    #[allow(clippy::type_complexity)]
+    fn files_to_send(
+        &mut self,
+        finishing: bool,
+    ) -> (BTreeMap<String, Vec<u8>>, BTreeMap<String, i64>) {
         let mut contents: BTreeMap<String, Vec<u8>> = BTreeMap::new();
         // Each file's mtime when read, for its acknowledgement.
         let mut mtimes: BTreeMap<String, i64> = BTreeMap::new();
@@ -1060,36 +1172,7 @@ impl RunSync<'_> {
             }
             _ => true,
         });
-        if contents.is_empty() {
-            return Ok(Vec::new());
-        }
-        let names: Vec<String> = contents.keys().cloned().collect();
-        let targets = ops::create_run_files(client, server, &names).await?;
-        let mut uploaded = Vec::new();
-        for (name, url) in targets.files {
-            let Some(bytes) = contents.remove(&name) else {
-                continue;
-            };
-            let ack = FileAck {
-                size: bytes.len() as u64,
-                sha256: sha256_hex(&bytes),
-                mtime_ns: mtimes.get(&name).copied(),
-            };
-            match url {
-                Some(url) => {
-                    client
-                        .put(&format!("upload of {name}"), &url, &targets.headers, bytes)
-                        .await?;
-                    self.entry.acked.files.insert(name.clone(), ack);
-                    self.files_uploaded.push(name.clone());
-                    uploaded.push(name);
-                }
-                None => self.entry.warn(format!(
-                    "the server did not want files/{name} (no upload URL)"
-                )),
-            }
-        }
-        Ok(uploaded)
+        (contents, mtimes)
     }
 
     /// A run file's bytes from the newest fragment that has it.
@@ -1179,6 +1262,9 @@ impl RunSync<'_> {
             || self.client.is_none()
             || self.entry.state.identity.run_id.is_none()
         {
+            if self.entry.state.identity.run_id.is_some() {
+                self.count_files(true);
+            }
             self.entry.acked.complete = code;
             self.entry.phase = phase;
             return Ok(());

@@ -260,6 +260,44 @@ impl Ledger {
         parse_entry(&path, &bytes).map(Some)
     }
 
+    /// The entry of a run under `key`, else one a syncd before fragment
+    /// identities stored under `legacy_key`, given the new key. With
+    /// `migrate`, such an entry is saved under the new key and the old
+    /// files removed (a crash in between leaves both; the new one is found
+    /// first from then on).
+    pub fn load_run(
+        &self,
+        key: &str,
+        legacy_key: &str,
+        migrate: bool,
+    ) -> Result<Option<RunLedger>, LedgerError> {
+        if let Some(entry) = self.load(key)? {
+            return Ok(Some(entry));
+        }
+        if legacy_key == key {
+            return Ok(None);
+        }
+        let Some(mut entry) = self.load(legacy_key)? else {
+            return Ok(None);
+        };
+        entry.key = key.to_string();
+        if migrate {
+            self.save(&entry)?;
+            for old in [self.path_of(legacy_key), self.live_path_of(legacy_key)] {
+                match std::fs::remove_file(&old) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(LedgerError::Write {
+                            path: old,
+                            source: e,
+                        });
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(Some(entry))
+    }
+
     /// Saves durably (fsync, atomic rename); a live checkpoint of the run
     /// is removed first, being older from now on.
     pub fn save(&self, entry: &RunLedger) -> Result<(), LedgerError> {
@@ -331,10 +369,37 @@ fn parse_entry(path: &Path, bytes: &[u8]) -> Result<RunLedger, LedgerError> {
     Ok(entry)
 }
 
-/// The ledger key of a run: its id plus a digest of where it lives and
-/// where it goes, so the same run id in two places, or sent to two servers or
-/// projects, is tracked separately.
+/// The ledger key of a run: its id plus a digest of what its first
+/// fragment is and where the run goes, so two runs of one id, or one run
+/// sent to two servers or projects, are tracked separately. What the
+/// fragment is, not where it lives: the same file reached by another
+/// spelling, through a symlink, or in a project directory moved as a whole
+/// is the same run (see [`fragment_identity`]).
 pub fn run_key(
+    run_id: &str,
+    first_fragment: &Path,
+    base_url: &str,
+    entity: Option<&str>,
+    project: Option<&str>,
+) -> String {
+    let identity = fragment_identity(first_fragment);
+    key_of(
+        run_id,
+        &[
+            b"fragment",
+            &identity,
+            base_url.trim_end_matches('/').as_bytes(),
+            entity.unwrap_or("").as_bytes(),
+            project.unwrap_or("").as_bytes(),
+        ],
+    )
+}
+
+/// The key [`run_key`] gave before it was based on what the fragment is:
+/// a digest of the fragment's canonical path. Entries stored under it are
+/// looked up when the run has none under its key, and moved over
+/// ([`Ledger::load_run`]), so an upgrade sends nothing again.
+pub fn legacy_run_key(
     run_id: &str,
     first_fragment: &Path,
     base_url: &str,
@@ -344,16 +409,22 @@ pub fn run_key(
     let canonical = first_fragment
         .canonicalize()
         .unwrap_or_else(|_| first_fragment.to_path_buf());
+    key_of(
+        run_id,
+        &[
+            // The path's bytes: what the lossy rendering hashed for every
+            // UTF-8 path (the old code could not store any other).
+            std::os::unix::ffi::OsStrExt::as_bytes(canonical.as_os_str()),
+            base_url.trim_end_matches('/').as_bytes(),
+            entity.unwrap_or("").as_bytes(),
+            project.unwrap_or("").as_bytes(),
+        ],
+    )
+}
+
+fn key_of(run_id: &str, parts: &[&[u8]]) -> String {
     let mut hasher = Sha256::new();
-    // The path's bytes, not a lossy rendering: two run directories whose
-    // names differ only in bytes that are not UTF-8 are two runs (and a
-    // UTF-8 path hashes exactly as it always did).
-    for part in [
-        std::os::unix::ffi::OsStrExt::as_bytes(canonical.as_os_str()),
-        base_url.trim_end_matches('/').as_bytes(),
-        entity.unwrap_or("").as_bytes(),
-        project.unwrap_or("").as_bytes(),
-    ] {
+    for part in parts {
         hasher.update(part);
         hasher.update([0]);
     }
@@ -370,6 +441,41 @@ pub fn run_key(
         .take(64)
         .collect();
     format!("wandb-{safe_id}-{}", hex(&digest[..6]))
+}
+
+/// What a `.wandb` file is, independent of where it lives: the name of its
+/// run directory (`run-<start time>-<id>`, which tells the fragments of a
+/// resumed run apart) and its own name (`run-<id>.wandb`), from the
+/// canonical path (a `latest-run` link names the directory it points to),
+/// else, for a file no longer there, from the path as spelled with `.` and
+/// `..` resolved. A symlinked directory above the run or a moved project
+/// changes nothing.
+pub fn fragment_identity(path: &Path) -> Vec<u8> {
+    let path = path
+        .canonicalize()
+        .unwrap_or_else(|_| crate::target::absolute(path));
+    let mut names = Vec::new();
+    for component in path.components() {
+        match component {
+            std::path::Component::Normal(name) => names.push(name),
+            std::path::Component::ParentDir => {
+                names.pop();
+            }
+            _ => {}
+        }
+    }
+    // Bytes, not a lossy rendering: two run directories whose names differ
+    // only in bytes that are not UTF-8 are two runs.
+    let tail = &names[names.len().saturating_sub(2)..];
+    tail.iter()
+        .map(|n| std::os::unix::ffi::OsStrExt::as_bytes(*n))
+        .collect::<Vec<_>>()
+        .join(&b'/')
+}
+
+/// Whether two paths are the same fragment ([`fragment_identity`]).
+pub fn same_fragment(a: &Path, b: &Path) -> bool {
+    a == b || fragment_identity(a) == fragment_identity(b)
 }
 
 pub fn hex(bytes: &[u8]) -> String {
@@ -565,26 +671,82 @@ mod tests {
     }
 
     #[test]
-    fn keys_differ_by_place_and_target() {
-        let a = run_key("r1", Path::new("/a/run-r1.wandb"), "http://s", None, None);
+    fn keys_differ_by_fragment_and_target_not_by_place() {
+        let first = "/a/wandb/run-20260101_000000-r1/run-r1.wandb";
+        let a = run_key("r1", Path::new(first), "http://s", None, None);
         assert!(a.starts_with("wandb-r1-"));
-        assert_ne!(
-            a,
-            run_key("r1", Path::new("/b/run-r1.wandb"), "http://s", None, None)
-        );
+        // Moved, or spelled another way: the same fragment.
+        for same in [
+            "/b/c/wandb/run-20260101_000000-r1/run-r1.wandb",
+            "/a/wandb/./run-20260101_000000-r1/../run-20260101_000000-r1/run-r1.wandb",
+        ] {
+            assert_eq!(a, run_key("r1", Path::new(same), "http://s", None, None));
+        }
+        // Another fragment (a later resume of the run) is another run.
         assert_ne!(
             a,
             run_key(
                 "r1",
-                Path::new("/a/run-r1.wandb"),
+                Path::new("/a/wandb/run-20260102_000000-r1/run-r1.wandb"),
                 "http://s",
                 None,
-                Some("p")
+                None
             )
         );
-        assert_eq!(
+        assert_ne!(
             a,
-            run_key("r1", Path::new("/a/run-r1.wandb"), "http://s/", None, None)
+            run_key("r1", Path::new(first), "http://s", None, Some("p"))
+        );
+        assert_eq!(a, run_key("r1", Path::new(first), "http://s/", None, None));
+        assert_ne!(
+            a,
+            legacy_run_key("r1", Path::new(first), "http://s", None, None)
+        );
+    }
+
+    #[test]
+    fn a_fragment_through_latest_run_is_the_same_fragment() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = tmp.path().join("wandb/offline-run-20260101_000000-r1");
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::write(run.join("run-r1.wandb"), b"x").unwrap();
+        let latest = tmp.path().join("wandb/latest-run");
+        std::os::unix::fs::symlink(&run, &latest).unwrap();
+        let direct = run.join("run-r1.wandb");
+        let linked = latest.join("run-r1.wandb");
+        assert!(same_fragment(&direct, &linked));
+        assert_eq!(
+            run_key("r1", &direct, "http://s", None, None),
+            run_key("r1", &linked, "http://s", None, None)
+        );
+    }
+
+    #[test]
+    fn an_entry_under_the_legacy_key_is_moved_to_the_new_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(tmp.path()).unwrap();
+        let mut old = RunLedger::new("wandb-r-old".into(), "r".into(), "http://x".into());
+        old.acked.history_lines = 7;
+        ledger.save(&old).unwrap();
+        // Looking without migrating changes nothing on disk.
+        let found = ledger
+            .load_run("wandb-r-new", "wandb-r-old", false)
+            .unwrap();
+        assert_eq!(found.unwrap().key, "wandb-r-new");
+        assert!(ledger.dir().join("wandb-r-old.json").exists());
+        let found = ledger.load_run("wandb-r-new", "wandb-r-old", true).unwrap();
+        assert_eq!(found.unwrap().acked.history_lines, 7);
+        assert!(!ledger.dir().join("wandb-r-old.json").exists());
+        let stored = ledger.load("wandb-r-new").unwrap().unwrap();
+        assert_eq!(
+            (stored.key.as_str(), stored.acked.history_lines),
+            ("wandb-r-new", 7)
+        );
+        assert!(
+            ledger
+                .load_run("wandb-q", "wandb-q-old", true)
+                .unwrap()
+                .is_none()
         );
     }
 }

@@ -51,6 +51,49 @@ impl RetryPolicy {
     }
 }
 
+/// Attempts in all for a request whose connection cannot be made at all
+/// (refused, unknown host, no route) while the server has never answered
+/// this process: likely a wrong URL or no network, which waiting on the
+/// full policy (minutes) would only hide.
+pub const FIRST_CONTACT_ATTEMPTS: u32 = 3;
+
+/// A failed attempt that is about to be retried.
+#[derive(Debug, Clone)]
+pub struct RetryNotice {
+    /// The request (`UpsertBucket`, `file_stream`, `upload of output.log`).
+    pub what: String,
+    /// Why the attempt failed.
+    pub error: String,
+    /// The attempt that failed, from 1, and how many there will be at most.
+    pub attempt: u32,
+    pub attempts: u32,
+    /// The wait before the next attempt.
+    pub wait: Duration,
+}
+
+/// Told about every retry, for a progress display.
+pub type RetryObserver = std::sync::Arc<dyn Fn(&RetryNotice) + Send + Sync>;
+
+tokio::task_local! {
+    /// The observer of the task sending a run's requests: clients are
+    /// shared by runs, so who is told is the task's business, not the
+    /// client's (see [`observe_retries`]).
+    static OBSERVER: RetryObserver;
+}
+
+/// Runs `future` with `observer` told about every retry its requests make.
+pub async fn observe_retries<F: std::future::Future>(
+    observer: RetryObserver,
+    future: F,
+) -> F::Output {
+    OBSERVER.scope(observer, future).await
+}
+
+/// Tells the current task's observer, if it has one.
+pub fn notify_retry(notice: &RetryNotice) {
+    let _ = OBSERVER.try_with(|observer| observer(notice));
+}
+
 /// Whether an HTTP status may succeed when asked again.
 pub fn status_is_retryable(status: u16) -> bool {
     match status {

@@ -208,18 +208,29 @@ pub enum TargetError {
 /// No key for the run's server anywhere it may come from.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "no W&B API key for {host} (the server from {server_origin}): add WANDB_API_KEY to {suggest}, set it in the environment, or add `machine {host} login user password <key>` to {netrc}{}",
+    "no W&B API key for {host} (the server from {server_origin}): add WANDB_API_KEY to {suggest} (private: `chmod 600`){}, set it in the environment, or add `machine {host} login user password <key>` to {netrc}{}",
+    also_note(suggest, user_file),
     skipped_note(skipped)
 )]
 pub struct MissingKey {
     pub host: String,
     pub server_origin: Origin,
-    /// Where a key would be picked up: the nearest `.env`, else the user's
-    /// file.
+    /// Where a key would be picked up first: the nearest `.env`, else the
+    /// one beside the run's `wandb/` directory (the project's).
     pub suggest: PathBuf,
+    /// The user's own `.env`, for every project.
+    pub user_file: PathBuf,
     pub netrc: String,
     /// Layers that hold a key for another server.
     pub skipped: Vec<Origin>,
+}
+
+fn also_note(suggest: &Path, user_file: &Path) -> String {
+    if suggest == user_file {
+        String::new()
+    } else {
+        format!(" or, for all your projects, to {}", user_file.display())
+    }
 }
 
 fn skipped_note(skipped: &[Origin]) -> String {
@@ -243,6 +254,19 @@ impl Layer {
     fn get(&self, name: &str) -> Option<&str> {
         self.vars.get(name).map(String::as_str)
     }
+}
+
+/// The directory holding the run's `wandb/` directory (the quick start's
+/// project directory, where its `.env` goes), else the farthest directory
+/// searched.
+fn project_dir(run_dir: &Path, root: &Path) -> PathBuf {
+    let dirs = super::search_dirs(run_dir, root);
+    dirs.iter()
+        .find(|d| d.file_name().is_some_and(|n| n == "wandb"))
+        .and_then(|d| d.parent())
+        .map(Path::to_path_buf)
+        .or_else(|| dirs.last().cloned())
+        .unwrap_or_else(|| run_dir.to_path_buf())
 }
 
 /// The target of the run in `run_dir`, watched under `root`; see the module
@@ -348,8 +372,10 @@ pub fn resolve_target(
                     server_origin: base_origin,
                     suggest: files
                         .first()
+                        .filter(|f| f.as_path() != user_env_file)
                         .cloned()
-                        .unwrap_or_else(|| user_env_file.to_path_buf()),
+                        .unwrap_or_else(|| project_dir(run_dir, root).join(DOTENV_FILE)),
+                    user_file: user_env_file.to_path_buf(),
                     netrc: missing.netrc,
                     skipped,
                 })));

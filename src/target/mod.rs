@@ -32,8 +32,11 @@ const LEVELS_OUTSIDE_ROOT: usize = 2;
 /// `run_dir` is not under `root` (compared as given, then with both paths
 /// canonicalized, so a root reached through a symlink still matches), only
 /// `run_dir`, its `wandb/` directory and that directory's parent are
-/// searched: never the whole way up to `/`.
+/// searched: never the whole way up to `/`. Relative paths are taken from
+/// the working directory first (`wandb/run-1` has the project directory as
+/// an ancestor only once made absolute).
 pub fn search_dirs(run_dir: &Path, root: &Path) -> Vec<PathBuf> {
+    let (run_dir, root) = (&absolute(run_dir), &absolute(root));
     if let Some(dirs) = dirs_under(run_dir, root) {
         return dirs;
     }
@@ -55,8 +58,12 @@ pub fn search_dirs(run_dir: &Path, root: &Path) -> Vec<PathBuf> {
 /// sync` argument): that path when it is above the directory holding the
 /// run's `wandb/` directory (the job's `WANDB_DIR`, where the templates put
 /// the manifest and a project keeps its `.env`), else that directory
-/// itself, so the search always reaches it.
+/// itself, so the search always reaches it. Both are made absolute first
+/// (see [`search_dirs`]).
 pub fn search_root(run_dir: &Path, found_under: Option<&Path>) -> PathBuf {
+    let run_dir = &absolute(run_dir);
+    let found_under = found_under.map(absolute);
+    let found_under = found_under.as_deref();
     let wandb_dir_parent = run_dir
         .ancestors()
         .nth(LEVELS_OUTSIDE_ROOT)
@@ -66,6 +73,12 @@ pub fn search_root(run_dir: &Path, found_under: Option<&Path>) -> PathBuf {
         Some(root) if wandb_dir_parent.starts_with(root) => root.to_path_buf(),
         _ => wandb_dir_parent.to_path_buf(),
     }
+}
+
+/// `path` from the working directory, spelled as given (symlinks kept:
+/// the user's spelling is what they recognise in messages).
+pub fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 fn dirs_under(run_dir: &Path, root: &Path) -> Option<Vec<PathBuf>> {
@@ -156,6 +169,23 @@ mod tests {
                 Path::new("/s/u/proj")
             );
         }
-        assert_eq!(search_root(Path::new("run"), None), Path::new("run"));
+        let cwd = std::env::current_dir().unwrap();
+        // A relative run directory is one below the working directory.
+        assert_eq!(
+            search_root(Path::new("wandb/run"), None),
+            cwd.join("wandb/run").ancestors().nth(2).unwrap()
+        );
+    }
+
+    #[test]
+    fn relative_paths_keep_the_project_directory() {
+        // `syncd sync wandb` in the project directory: the project
+        // directory (the working directory) is searched for the `.env`.
+        let cwd = std::env::current_dir().unwrap();
+        let run = Path::new("wandb/offline-run-1");
+        let root = search_root(run, Some(Path::new("wandb")));
+        assert_eq!(root, cwd);
+        assert_eq!(search_dirs(run, &root).last().unwrap(), &cwd);
+        assert_eq!(search_dirs(run, &root).len(), 3);
     }
 }

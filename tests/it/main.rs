@@ -12,6 +12,9 @@ mod cli;
 mod corruption;
 /// `syncd run` end to end: live runs, Slurm verdicts, chaos, outage, triggers.
 mod daemon;
+/// The first ten minutes: relative paths from the project directory, one
+/// run by any spelling, unreachable servers, dry runs, help, piped tables.
+mod first_run;
 /// A file that grows while it is read: every record exactly once.
 mod growing;
 /// The daemon stays live while a server hangs or black-holes and while

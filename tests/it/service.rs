@@ -548,3 +548,37 @@ fn the_committed_unit_passes_systemd_analyze_verify() {
     let (ok, complaints) = verify(&analyze, &home, &committed);
     assert!(ok && complaints.is_empty(), "{complaints:#?}");
 }
+
+#[test]
+fn a_binary_in_cargo_build_directory_is_warned_about_and_an_installed_one_is_not() {
+    let home = Home::new();
+    let fake = home.systemctl_without_manager();
+    // This test's syncd is cargo's own build output.
+    let (code, report) = home.install_json(&["--dry-run"], Some(&fake));
+    assert_eq!(code, 0);
+    let warnings = report["warnings"].to_string();
+    assert!(
+        warnings.contains("cargo's build directory")
+            && warnings.contains("cargo install --path . --locked"),
+        "{warnings}"
+    );
+    // A copy installed elsewhere (as `cargo install` puts it) is not.
+    let installed = home.path().join(".cargo/bin/syncd");
+    std::fs::create_dir_all(installed.parent().unwrap()).unwrap();
+    std::fs::copy(binary(), &installed).unwrap();
+    let out = Command::new(&installed)
+        .args(["service", "install", "--dry-run", "--json", "--systemctl"])
+        .arg(&fake)
+        .env("HOME", home.path())
+        .env("XDG_CONFIG_HOME", home.config())
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("DBUS_SESSION_BUS_ADDRESS")
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["binary"], installed.display().to_string());
+    assert!(
+        !report["warnings"].to_string().contains("build directory"),
+        "{report:#}"
+    );
+}

@@ -15,7 +15,8 @@ use reqwest::header::{
 use serde_json::{Value as Json, json};
 
 use crate::sink::retry::{
-    RetryPolicy, graphql_error_is_transient, parse_retry_after, status_is_retryable,
+    FIRST_CONTACT_ATTEMPTS, RetryNotice, RetryPolicy, graphql_error_is_transient, notify_retry,
+    parse_retry_after, status_is_retryable,
 };
 
 /// Why a request did not succeed.
@@ -406,7 +407,9 @@ impl Client {
         let at_most_once = delivery == Delivery::AtMostOnce;
         let mut last = String::new();
         let mut offline = true;
-        for attempt in 0..self.policy.max_attempts {
+        let mut attempts = self.policy.max_attempts;
+        let mut attempt = 0;
+        while attempt < attempts {
             if attempt > 0 {
                 self.wait_for_pause().await;
             }
@@ -421,10 +424,17 @@ impl Client {
                     if at_most_once && !e.is_connect() {
                         return Err(unconfirmed(last));
                     }
+                    // A server never reached gets a short schedule: it is
+                    // far more often a wrong URL or no network than a blip.
+                    if e.is_connect() && self.contact_guard().last_answer.is_none() {
+                        attempts = attempts.min(FIRST_CONTACT_ATTEMPTS);
+                    }
                     self.policy.backoff(attempt)
                 }
                 Ok(response) => {
                     self.record_answer();
+                    // Reachable after all: the full policy from here on.
+                    attempts = self.policy.max_attempts;
                     let status = response.status().as_u16();
                     let retry_after = response
                         .headers()
@@ -468,13 +478,21 @@ impl Client {
                     }
                 }
             };
-            if attempt + 1 < self.policy.max_attempts {
+            attempt += 1;
+            if attempt < attempts {
+                notify_retry(&RetryNotice {
+                    what: what.into(),
+                    error: last.clone(),
+                    attempt,
+                    attempts,
+                    wait,
+                });
                 tokio::time::sleep(wait).await;
             }
         }
         Err(SinkError::Exhausted {
             what: what.into(),
-            attempts: self.policy.max_attempts,
+            attempts,
             last,
             offline,
         })
