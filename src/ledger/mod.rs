@@ -86,8 +86,10 @@ pub struct Acked {
     /// Saved durably before each alert's request and never lowered after a
     /// request that may have arrived: an alert pages a person, so it is sent
     /// at most once, even when its answer is lost or syncd is killed before
-    /// the checkpoint that counts it in `alerts`. Absent in older ledgers.
-    #[serde(default)]
+    /// the checkpoint that counts it in `alerts`. Absent in older ledgers,
+    /// and left out while 0, so that a run without alerts keeps the bytes
+    /// of format 1 exactly.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub alerts_attempted: u64,
     pub preempting: bool,
     /// Exit code sent with `complete`.
@@ -478,6 +480,10 @@ pub fn same_fragment(a: &Path, b: &Path) -> bool {
     a == b || fragment_identity(a) == fragment_identity(b)
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -636,9 +642,10 @@ mod tests {
             run_key("r", Path::new(&path), "http://s", None, None)
         };
         assert_ne!(key(0xe9), key(0xea));
-        // A UTF-8 path keeps the key it always had.
+        // The key entries were stored under before fragment identities is
+        // found again for a UTF-8 path: it hashes as it always did.
         assert_eq!(
-            run_key("r1", Path::new("/a/run-r1.wandb"), "http://s", None, None),
+            legacy_run_key("r1", Path::new("/a/run-r1.wandb"), "http://s", None, None),
             "wandb-r1-a1dbc78128f5"
         );
     }
