@@ -288,10 +288,11 @@ fn apply_activity(row: &mut RunStatus, activity: &Activity) {
     fill_gaps(row, activity);
 }
 
-/// What the ledger row lacks and the daemon knows: where the run goes
-/// (before its first upload the ledger has no server side), what is on
-/// disk (an entry written by a failed `sync` has no fragments yet), Slurm.
+/// What the ledger row lacks and the daemon knows: where the run is and
+/// where it goes (before its first upload the ledger has no fragments or
+/// server side), what is on disk, Slurm.
 fn fill_gaps(row: &mut RunStatus, activity: &Activity) {
+    row.path = row.path.take().or_else(|| activity.path.clone());
     row.project = row.project.take().or_else(|| activity.project.clone());
     row.entity = row.entity.take().or_else(|| activity.entity.clone());
     if let Some(on_disk) = activity.bytes_on_disk {

@@ -8,12 +8,12 @@
 //! per run. When the server cannot be reached it goes offline: no uploads,
 //! a probe with capped backoff, and everything resumes when it answers.
 //!
-//! The loop itself never waits on the outside world: uploads, server probes
-//! and Slurm queries are tasks that report back on channels, and the loop
-//! uses the last answer meanwhile. So the lease is renewed, the heartbeat
-//! written, the watchdog fed and signals obeyed on time whatever a server
-//! (one that accepts connections and never answers, say) or `slurmctld`
-//! does.
+//! The loop itself never waits on a server or on Slurm: uploads, server
+//! probes and Slurm queries are tasks that report back on channels, and the
+//! loop uses the last answer meanwhile. It does read runs' directories and
+//! files itself; so that a mount that stops answering cannot stop the rest,
+//! the lease, heartbeat file, watchdog and SIGTERM are kept by the keeper
+//! thread (`engine::keeper`), to which the loop publishes its heartbeat.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -289,7 +289,7 @@ pub async fn run(
         }
         keeper.turned();
         // The keeper said why when it lost the lease.
-        if stopping || keeper.lease_lost().is_some() {
+        if stopping || keeper.lease_lost() {
             break;
         }
         let now = Instant::now();
@@ -539,7 +539,6 @@ struct DaemonState {
     /// damaged run files, refused trigger files), newest last, each once,
     /// with when: for status.
     problems: VecDeque<String>,
-
     foreign_reported: HashSet<PathBuf>,
     /// The last Slurm query succeeded; when not, quiescence decides.
     slurm_answers: bool,

@@ -26,8 +26,8 @@ use crate::engine::heartbeat::{self, Heartbeat};
 use crate::engine::sd_notify::Notifier;
 use crate::ledger::lease::Lease;
 
-/// How often the keeper looks at what is due.
-const TICK: Duration = Duration::from_millis(250);
+/// How often the keeper looks at what is due (signals wake it at once).
+const TICK: Duration = Duration::from_millis(500);
 /// How often the heartbeat file is written (status trusts it for 15 s).
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 /// A loop that has not turned for this long is reported as stalled.
@@ -57,7 +57,7 @@ struct Shared {
     /// The loop is done: release the lease and end.
     finish: AtomicBool,
     /// Set by the keeper: the lease was lost (another daemon has it).
-    lease_lost: Mutex<Option<String>>,
+    lease_lost: AtomicBool,
 }
 
 /// The loop's handle on its keeper thread.
@@ -82,7 +82,7 @@ impl Keeper {
                 turned_at_wall: SystemTime::now(),
             }),
             finish: AtomicBool::new(false),
-            lease_lost: Mutex::new(None),
+            lease_lost: AtomicBool::new(false),
         });
         // Its own runtime: the signal listeners and the timer must not
         // depend on the loop's thread being free.
@@ -123,9 +123,9 @@ impl Keeper {
         published.summary = summary;
     }
 
-    /// Why the lease was lost, once it was: the loop stops.
-    pub fn lease_lost(&self) -> Option<String> {
-        lock(&self.shared.lease_lost).clone()
+    /// The lease was lost (the keeper said why): the loop stops.
+    pub fn lease_lost(&self) -> bool {
+        self.shared.lease_lost.load(Ordering::Relaxed)
     }
 
     /// Removes the heartbeat, releases the lease and ends the thread.
@@ -188,13 +188,13 @@ async fn keep(
         }
         let now = Instant::now();
         if now.duration_since(last_renew) >= lease.renew_interval()
-            && lock(&shared.lease_lost).is_none()
+            && !shared.lease_lost.load(Ordering::Relaxed)
         {
             match lease.renew() {
                 Ok(()) => last_renew = now,
                 Err(e) => {
                     log(&format!("lost the lease, stopping: {e}"));
-                    *lock(&shared.lease_lost) = Some(e.to_string());
+                    shared.lease_lost.store(true, Ordering::Relaxed);
                 }
             }
         }

@@ -225,6 +225,15 @@ fn a_server_that_accepts_and_never_answers_does_not_stall_the_daemon() {
             && run["behind_bytes"].as_u64().unwrap_or(0) > 0
             && run["next_retry"].is_string()
     });
+    // Project and path from the run itself, before any upload.
+    let status = status_json(&home);
+    assert_eq!(status["runs"][0]["project"], "syncd-fixtures", "{status:#}");
+    assert!(
+        status["runs"][0]["path"]
+            .as_str()
+            .is_some_and(|p| p.contains("fxfinish")),
+        "{status:#}"
+    );
     assert_no_takeover(&server, &hole, &home, &root, &daemon);
     assert_alive(&daemon, &home, "after the second daemon gave up");
     let took = stop_in_time(daemon);
