@@ -32,10 +32,10 @@ const TICK: Duration = Duration::from_millis(500);
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 /// A loop that has not turned for this long is reported as stalled.
 pub const STALLED_AFTER: Duration = Duration::from_secs(10);
-/// The watchdog is fed while the loop turned within this long: a loop stuck
-/// longer than that on a filesystem is restarted by systemd (`WatchdogSec`
-/// of the shipped unit is longer than the keeper's period, shorter than
-/// this plus it would be pointless).
+/// The watchdog is fed while the loop turned within this long. A mount
+/// that hangs for minutes is the outside world, not a broken daemon; one
+/// stalled past this stops being vouched for, and systemd restarts the
+/// daemon once the unit's `WatchdogSec` (2 min) passes without a feed.
 const WATCHDOG_LOOP_LIMIT: Duration = Duration::from_secs(300);
 /// After SIGTERM: how long a loop that has not reacted gets, and how long
 /// one waiting for its uploads in flight gets.

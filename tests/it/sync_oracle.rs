@@ -120,21 +120,38 @@ fn syncd_leaves_the_same_state_as_the_official_client_on_every_fixture() {
         let tmp = tempfile::tempdir().unwrap();
         let official = WandbServer::start();
         let ours = WandbServer::start();
-        // The official client on copies of every case, in one invocation.
+        // The official client on copies of every case: the runs of one
+        // fragment in one invocation (it syncs them in parallel), then each
+        // fragment of a resumed run in one of its own, oldest first. In one
+        // invocation a run's fragments race each other, and which one's
+        // rows land first differs from one sync to the next; a user
+        // resuming a run syncs it in order.
         let official_copies = tmp.path().join("official");
-        let run_dirs: Vec<PathBuf> = cases
+        let copies: Vec<Vec<PathBuf>> = cases
             .iter()
-            .flat_map(|c| copy_case(c, &official_copies))
+            .map(|c| copy_case(c, &official_copies))
             .collect();
-        let args: Vec<&Path> = run_dirs.iter().map(PathBuf::as_path).collect();
-        let sync = wandb_sync(
-            &cli,
-            &official,
-            official.api_key(),
-            &tmp.path().join("official-scratch"),
-            &args,
-        );
-        assert!(sync.status.is_some(), "{}", sync.describe());
+        let mut invocations: Vec<Vec<&Path>> = vec![
+            copies
+                .iter()
+                .filter(|dirs| dirs.len() == 1)
+                .flatten()
+                .map(PathBuf::as_path)
+                .collect(),
+        ];
+        for dirs in copies.iter().filter(|dirs| dirs.len() > 1) {
+            invocations.extend(dirs.iter().map(|dir| vec![dir.as_path()]));
+        }
+        for (i, args) in invocations.iter().enumerate() {
+            let sync = wandb_sync(
+                &cli,
+                &official,
+                official.api_key(),
+                &tmp.path().join(format!("official-scratch-{i}")),
+                args,
+            );
+            assert!(sync.status.is_some(), "{}", sync.describe());
+        }
         // syncd on its own copies (it writes nothing into them, but the
         // comparison must not depend on the official client's markers).
         let our_copies = tmp.path().join("ours");
