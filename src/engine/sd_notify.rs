@@ -174,10 +174,10 @@ impl Notifier {
 /// `WATCHDOG_PID` exists because the variables are inherited: a child that
 /// is not the service's main process must not feed the watchdog.
 fn watchdog_timeout(usec: Option<&str>, for_pid: Option<&str>, pid: u32) -> Option<Duration> {
-    if let Some(for_pid) = for_pid {
-        if for_pid.trim().parse::<u32>().ok()? != pid {
-            return None;
-        }
+    if let Some(for_pid) = for_pid
+        && for_pid.trim().parse::<u32>().ok()? != pid
+    {
+        return None;
     }
     let usec: u64 = usec?.trim().parse().ok()?;
     (usec > 0).then(|| Duration::from_micros(usec))

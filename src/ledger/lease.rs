@@ -546,10 +546,10 @@ fn lock_version(
         let Some(lock_content) = read(&lock)? else {
             continue; // its owner finished just now
         };
-        if let Ok(owner) = Claim::parse(&lock_content) {
-            if let Standing::Valid { .. } = owner.standing(SystemTime::now()) {
-                return Ok(Locked::Theirs(owner));
-            }
+        if let Ok(owner) = Claim::parse(&lock_content)
+            && let Standing::Valid { .. } = owner.standing(SystemTime::now())
+        {
+            return Ok(Locked::Theirs(owner));
         }
         // Its owner died in mid-change. Clear the dead lock while holding the
         // lock on the dead lock's content, so that of two processes doing

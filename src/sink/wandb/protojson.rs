@@ -284,10 +284,10 @@ impl<'a> Fields<'a> {
                 let expected = wire_type_of(field.kind);
                 if wire_type == expected {
                     values[index].push(raw);
-                } else if let (true, 2, Raw::Len(packed)) = (field.repeated, wire_type, raw) {
-                    if expected != 2 {
-                        unpack(packed, expected, &mut values[index])?;
-                    }
+                } else if let (true, 2, Raw::Len(packed)) = (field.repeated, wire_type, raw)
+                    && expected != 2
+                {
+                    unpack(packed, expected, &mut values[index])?;
                 }
                 // Any other mismatch: an unknown field to Go, skipped.
             }
@@ -682,9 +682,9 @@ fn format_duration(seconds: i64, nanos: i32) -> Option<String> {
 fn fraction(nanos: u32) -> String {
     if nanos == 0 {
         String::new()
-    } else if nanos % 1_000_000 == 0 {
+    } else if nanos.is_multiple_of(1_000_000) {
         format!(".{:03}", nanos / 1_000_000)
-    } else if nanos % 1_000 == 0 {
+    } else if nanos.is_multiple_of(1_000) {
         format!(".{:06}", nanos / 1_000)
     } else {
         format!(".{nanos:09}")
