@@ -77,7 +77,10 @@ pub fn output_within(mut command: Command, timeout: Duration) -> io::Result<Outp
 /// [`output_within`] for async callers: the child is a `tokio::process`
 /// child, awaited without blocking the caller's thread, and killed when the
 /// deadline passes or when the future is dropped (`kill_on_drop`), so a
-/// daemon that stops or gives up never leaves it behind.
+/// daemon that stops or gives up never leaves it behind. The child starts
+/// with no signal blocked, whatever the calling thread blocks (the daemon's
+/// loop blocks SIGTERM for its keeper thread, and a blocked mask survives
+/// exec: `squeue` would otherwise ignore a service manager's SIGTERM).
 pub async fn output_within_async(
     command: std::process::Command,
     timeout: Duration,
@@ -88,6 +91,19 @@ pub async fn output_within_async(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    // SAFETY: between fork and exec only async-signal-safe calls are
+    // allowed; sigemptyset and pthread_sigmask are, and touch only the
+    // child's own stack and mask.
+    unsafe {
+        command.pre_exec(|| {
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            match libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()) {
+                0 => Ok(()),
+                error => Err(io::Error::from_raw_os_error(error)),
+            }
+        });
+    }
     let child = command.spawn()?;
     match tokio::time::timeout(timeout, child.wait_with_output()).await {
         Ok(output) => output,
@@ -189,6 +205,29 @@ mod tests {
             !alive
         });
         assert!(gone, "the timed-out child {pid} still runs");
+    }
+
+    #[tokio::test]
+    async fn the_async_runner_starts_children_with_no_signal_blocked() {
+        // As on the daemon's loop thread, which blocks these for its keeper.
+        // SAFETY: an initialised set, the calling thread's own mask.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        }
+        let mut grep = Command::new("grep");
+        grep.args(["SigBlk", "/proc/self/status"]);
+        let output = output_within_async(grep, Duration::from_secs(10))
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(
+            text.split_whitespace().nth(1),
+            Some("0000000000000000"),
+            "{text}"
+        );
     }
 
     #[test]
