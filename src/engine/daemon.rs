@@ -43,9 +43,10 @@ use crate::target::NamingRule;
 /// A finished upload: its outcome and the run's ledger entry as stored.
 type Finished = (RunOutcome, Option<RunLedger>);
 
-/// A Slurm query's answer, with the `Slurm` (its cache) the task borrowed.
+/// A Slurm query's answer, with the `Slurm` (its cache) the task borrowed
+/// (`None` if the query panicked: a new one is made).
 struct SlurmReply {
-    slurm: Slurm,
+    slurm: Option<Slurm>,
     asked: Vec<String>,
     answer: Result<HashMap<String, JobInfo>, SlurmError>,
 }
@@ -282,7 +283,7 @@ pub async fn run(
             }
             Some(reply) = slurm_rx.recv() => {
                 state.take_slurm_answer(&reply.asked, reply.answer, &log);
-                slurm = Some(reply.slurm);
+                slurm = reply.slurm.or_else(Slurm::detect);
             }
             Some(reply) = probe_rx.recv() => state.take_probe(reply, &log),
             _ = tokio::time::sleep(tick) => {}
@@ -311,9 +312,12 @@ pub async fn run(
                 state.absorb(report, &config, &ledger, &log);
                 state.prioritize(&trigger.target);
             }
+            // A trigger file that cannot be read or removed comes back every
+            // read: said once.
             for p in problems {
-                log(&p);
-                state.note_problem(p);
+                if state.note_problem(p.clone()) {
+                    log(&p);
+                }
             }
         }
         // inotify on local roots: a new run or a writer closing its file is
@@ -396,12 +400,29 @@ pub async fn run(
             {
                 state.slurm_asked();
                 let reply_to = slurm_tx.clone();
+                // The query runs in a task of its own, watched by this one,
+                // so that even a panic in it is answered (else `slurm`
+                // would never come back).
                 tokio::spawn(async move {
-                    let answer = asking.states(&ids).await;
-                    let reply = SlurmReply {
-                        slurm: asking,
-                        asked: ids,
-                        answer,
+                    let query = tokio::spawn(async move {
+                        let answer = asking.states(&ids).await;
+                        (asking, ids, answer)
+                    });
+                    let reply = match query.await {
+                        Ok((slurm, asked, answer)) => SlurmReply {
+                            slurm: Some(slurm),
+                            asked,
+                            answer,
+                        },
+                        Err(e) => SlurmReply {
+                            slurm: None,
+                            asked: Vec::new(),
+                            answer: Err(SlurmError::Failed {
+                                command: "squeue/sacct".into(),
+                                status: "the query failed inside syncd".into(),
+                                stderr: e.to_string(),
+                            }),
+                        },
                     };
                     let _ = reply_to.send(reply).await;
                 });
@@ -415,7 +436,12 @@ pub async fn run(
             let timeout = config.retry.timeout;
             let reply_to = probe_tx.clone();
             tokio::spawn(async move {
-                let _ = reply_to.send(probe(clients, timeout).await).await;
+                // Answered even if the probe panics: else `probing` would
+                // stay set and no probe would go again.
+                let reply = tokio::spawn(probe(clients, timeout))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("the probe failed inside syncd: {e}")));
+                let _ = reply_to.send(reply).await;
             });
         }
         if state.offline_until.is_none() {
@@ -539,6 +565,7 @@ struct DaemonState {
     /// damaged run files, refused trigger files), newest last, each once,
     /// with when: for status.
     problems: VecDeque<String>,
+    problems_seen: HashSet<String>,
     foreign_reported: HashSet<PathBuf>,
     /// The last Slurm query succeeded; when not, quiescence decides.
     slurm_answers: bool,
@@ -560,13 +587,18 @@ struct SlurmWatch {
 }
 
 impl DaemonState {
-    /// Keeps a discovery problem for status (the newest [`MAX_PROBLEMS`]).
-    fn note_problem(&mut self, problem: String) {
+    /// Keeps a discovery problem for status (the newest [`MAX_PROBLEMS`]);
+    /// `false` when it was already known.
+    fn note_problem(&mut self, problem: String) -> bool {
+        if !self.problems_seen.insert(problem.clone()) {
+            return false;
+        }
         let at = humantime::format_rfc3339_seconds(SystemTime::now());
         self.problems.push_back(format!("{at}: {problem}"));
         while self.problems.len() > MAX_PROBLEMS {
             self.problems.pop_front();
         }
+        true
     }
 
     /// Takes a scan's findings: new files join (or start) runs, changed
@@ -615,6 +647,7 @@ impl DaemonState {
                 }
                 run.dirty = true;
                 run.stopped = None;
+                run.settings_stamp = None;
                 self.active.insert(id.clone());
                 run.newest_mtime = std::fs::metadata(run.job.fragments.last().unwrap())
                     .and_then(|m| m.modified())
@@ -922,6 +955,8 @@ impl DaemonState {
             Some(Failure::Permanent | Failure::Corrupt) => {
                 let error = outcome.error.clone().unwrap_or_default();
                 log(&format!("{}: stopped: {error}", outcome.run_id));
+                // Not a settings problem: a change of `.env` does not help.
+                run.settings_stamp = None;
                 run.stopped = Some(error);
             }
             Some(Failure::Transient) => {

@@ -38,7 +38,11 @@ pub const STALLED_AFTER: Duration = Duration::from_secs(10);
 /// daemon once the unit's `WatchdogSec` (2 min) passes without a feed.
 const WATCHDOG_LOOP_LIMIT: Duration = Duration::from_secs(300);
 /// After SIGTERM: how long a loop that has not reacted gets, and how long
-/// one waiting for its uploads in flight gets.
+/// one waiting for its uploads in flight gets. A loop that has not turned
+/// for 2 s is stuck in one step (a hung mount, or a full poll of a huge root
+/// on a slow filesystem); uploads share its thread and make no progress
+/// meanwhile either, so ending it then loses at most a step that every
+/// upload repeats from its checkpoint.
 const STOP_REACT: Duration = Duration::from_secs(2);
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -129,11 +133,35 @@ impl Keeper {
     }
 
     /// Removes the heartbeat, releases the lease and ends the thread.
-    pub fn finish(mut self) {
+    pub fn finish(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Keeper {
+    /// Also when the daemon fails after starting the keeper: the lease is
+    /// released rather than left to expire.
+    fn drop(&mut self) {
         self.shared.finish.store(true, Ordering::SeqCst);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+/// What the keeper leaves behind when the daemon ends: its heartbeat
+/// removed and its lease released, unless the lease was lost, in which
+/// case both belong to the daemon that has it now.
+fn leave(lost: bool, lease: Lease, state_dir: &std::path::Path, log: &Log) {
+    if lost {
+        return;
+    }
+    let path = heartbeat::path(state_dir);
+    if heartbeat::read(state_dir).is_none_or(|beat| beat.pid == std::process::id()) {
+        let _ = std::fs::remove_file(path);
+    }
+    if let Err(e) = lease.release() {
+        log(&format!("could not release the lease: {e}"));
     }
 }
 
@@ -195,9 +223,13 @@ async fn keep(
                 Err(e) => {
                     log(&format!("lost the lease, stopping: {e}"));
                     shared.lease_lost.store(true, Ordering::Relaxed);
+                    // The loop stops at its next turn; if it is stuck, the
+                    // process ends as after SIGTERM.
+                    stop_asked.get_or_insert(now);
                 }
             }
         }
+        let lost = shared.lease_lost.load(Ordering::Relaxed);
         let (turned_at, turned_at_wall) = {
             let published = lock(&shared.published);
             (published.turned_at, published.turned_at_wall)
@@ -214,7 +246,9 @@ async fn keep(
             stall_said = false;
             log("the loop turns again");
         }
-        if last_beat.is_none_or(|at| now.duration_since(at) >= HEARTBEAT_EVERY) {
+        // Without the lease, the heartbeat and the watchdog are the new
+        // holder's to speak for.
+        if !lost && last_beat.is_none_or(|at| now.duration_since(at) >= HEARTBEAT_EVERY) {
             last_beat = Some(now);
             let (beat, summary) = {
                 let published = lock(&shared.published);
@@ -255,21 +289,16 @@ async fn keep(
             let waited = now.duration_since(asked);
             if (!reacted && waited >= STOP_REACT) || waited >= STOP_REACT + STOP_GRACE {
                 log(&format!(
-                    "the loop did not stop within {} s of SIGTERM (stuck on a filesystem?); exiting without it",
+                    "the loop did not stop within {} s (stuck on a filesystem?); exiting without it",
                     waited.as_secs()
                 ));
-                let _ = std::fs::remove_file(heartbeat::path(&state_dir));
-                if let Err(e) = lease.release() {
-                    log(&format!("could not release the lease: {e}"));
-                }
+                leave(lost, lease, &state_dir, &log);
                 std::process::exit(0);
             }
         }
     }
-    let _ = std::fs::remove_file(heartbeat::path(&state_dir));
-    if let Err(e) = lease.release() {
-        log(&format!("could not release the lease: {e}"));
-    }
+    let lost = shared.lease_lost.load(Ordering::Relaxed);
+    leave(lost, lease, &state_dir, &log);
 }
 
 /// The next delivery of `signal`; never, without a listener.
