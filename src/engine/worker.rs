@@ -704,14 +704,7 @@ impl RunSync<'_> {
                 output: Some(output),
                 ..Default::default()
             };
-            client
-                .file_stream(
-                    &server.entity,
-                    &server.project,
-                    &server.name,
-                    request.to_json(),
-                )
-                .await?;
+            send_to_stream(client, &server, &request).await?;
         }
         Ok(())
     }
@@ -806,10 +799,7 @@ impl RunSync<'_> {
             if request.is_empty() {
                 break;
             }
-            let body = request.to_json();
-            client
-                .file_stream(&server.entity, &server.project, &server.name, body)
-                .await?;
+            send_to_stream(client, &server, &request).await?;
             self.history_sent += request.history.as_ref().map_or(0, |l| l.lines.len() as u64);
         }
         let first_alert = self.entry.acked.alerts;
@@ -1285,14 +1275,7 @@ impl RunSync<'_> {
             ..Default::default()
         };
         if !request.is_empty() {
-            client
-                .file_stream(
-                    &server.entity,
-                    &server.project,
-                    &server.name,
-                    request.to_json(),
-                )
-                .await?;
+            send_to_stream(client, &server, &request).await?;
         }
         self.entry.acked.complete = code;
         self.entry.acked.summary_sha256 = Some(summary_sha);
@@ -1423,4 +1406,21 @@ fn take_console(
             .push(line);
     }
     taken
+}
+
+/// Posts one FileStream request to the run's stream on the server.
+async fn send_to_stream(
+    client: &Client,
+    server: &ServerRun,
+    request: &Request,
+) -> Result<(), SinkError> {
+    client
+        .file_stream(
+            &server.entity,
+            &server.project,
+            &server.name,
+            request.to_json(),
+        )
+        .await?;
+    Ok(())
 }

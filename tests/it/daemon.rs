@@ -164,7 +164,7 @@ pub fn status_json(home: &Path) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-fn committed_copy(version: &str, case: &str, root: &Path) {
+pub fn committed_copy(version: &str, case: &str, root: &Path) {
     copy_tree_rooted(
         &committed_root().join(version).join(case).join("wandb"),
         root,

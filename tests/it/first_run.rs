@@ -249,19 +249,8 @@ fn an_entry_stored_under_the_old_key_is_continued_and_moved() {
     let before = counters(&server);
 
     // Store the entry as the old syncd did: under the path-derived key.
-    let mut entry = only_ledger_entry(&home);
-    let fragment = PathBuf::from(entry["fragments"][0]["path"].as_str().unwrap());
-    let old = legacy_key(RUN, &fragment, &server.base_url());
-    entry["key"] = Value::String(old.clone());
+    let old = store_under_the_old_key(&home, &server);
     let runs = home.join("state/runs");
-    for file in std::fs::read_dir(&runs).unwrap().flatten() {
-        std::fs::remove_file(file.path()).unwrap();
-    }
-    std::fs::write(
-        runs.join(format!("{old}.json")),
-        serde_json::to_vec_pretty(&entry).unwrap(),
-    )
-    .unwrap();
 
     let out = sync_in(&home, &proj, &["--json", "wandb"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));

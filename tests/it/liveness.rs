@@ -18,9 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
 
-use crate::daemon::{Daemon, start_daemon, status_json, wait_until};
-use crate::official_sync::copy_tree_rooted;
-use crate::support::committed_root;
+use crate::daemon::{Daemon, committed_copy, start_daemon, status_json, wait_until};
 use crate::wandb_server::WandbServer;
 
 /// A TCP relay in front of the test server that can black-hole: while it
@@ -110,11 +108,11 @@ fn relay(client: TcpStream, upstream: SocketAddr, holding: Arc<AtomicBool>, quit
     }
 }
 
-fn committed_copy(version: &str, case: &str, root: &Path) {
-    copy_tree_rooted(
-        &committed_root().join(version).join(case).join("wandb"),
-        root,
-    );
+/// The pid in the state directory's lease.
+fn lease_holder(home: &Path) -> Value {
+    let lease: Value =
+        serde_json::from_slice(&std::fs::read(home.join("state/lease.json")).unwrap()).unwrap();
+    lease["pid"].clone()
 }
 
 fn age_of(rfc3339: &Value) -> Duration {
@@ -155,17 +153,9 @@ fn assert_no_takeover(
     root: &Path,
     first: &Daemon,
 ) {
-    let second = start_daemon(
-        server,
-        home,
-        &[root],
-        &["--no-slurm", "--request-timeout", "2s", "--wait"],
-        &[("WANDB_BASE_URL", &hole.url())],
-    );
+    let second = start_daemon_with_key(server, hole, home, root, &["--wait"]);
     std::thread::sleep(Duration::from_secs(5));
-    let lease: Value =
-        serde_json::from_slice(&std::fs::read(home.join("state/lease.json")).unwrap()).unwrap();
-    assert_eq!(lease["pid"], first.pid(), "the lease changed hands");
+    assert_eq!(lease_holder(home), first.pid(), "the lease changed hands");
     assert!(
         !second.log_text().contains("watching"),
         "the second daemon started: {}",
@@ -193,7 +183,7 @@ fn a_server_that_accepts_and_never_answers_does_not_stall_the_daemon() {
     let server = WandbServer::start();
     let hole = BlackHole::start(server.addr(), true);
     let home = tmp.path().join("home");
-    let daemon = start_daemon_with_key(&server, &hole, &home, &root);
+    let daemon = start_daemon_with_key(&server, &hole, &home, &root, &[]);
     // Never answered yet: not "online".
     let first = status_json(&home);
     assert_ne!(first["daemon"]["network"], "online", "{first:#}");
@@ -241,7 +231,7 @@ fn a_server_that_accepts_and_never_answers_does_not_stall_the_daemon() {
 
     // The server answers again: the run arrives whole, each line once.
     hole.hold(false);
-    let daemon = start_daemon_with_key(&server, &hole, &home, &root);
+    let daemon = start_daemon_with_key(&server, &hole, &home, &root, &[]);
     wait_until(Duration::from_secs(60), "the run after the outage", || {
         server
             .run("fxfinish")
@@ -264,7 +254,7 @@ fn a_server_that_answers_then_black_holes_does_not_stall_the_daemon() {
     let server = WandbServer::start();
     let hole = BlackHole::start(server.addr(), false);
     let home = tmp.path().join("home");
-    let daemon = start_daemon_with_key(&server, &hole, &home, &root);
+    let daemon = start_daemon_with_key(&server, &hole, &home, &root, &[]);
     wait_until(Duration::from_secs(20), "the first run", || {
         server
             .run("fxexit03")
@@ -290,7 +280,7 @@ fn a_server_that_answers_then_black_holes_does_not_stall_the_daemon() {
     eprintln!("SIGTERM after the server went silent: exited after {took:?}");
 
     hole.hold(false);
-    let daemon = start_daemon_with_key(&server, &hole, &home, &root);
+    let daemon = start_daemon_with_key(&server, &hole, &home, &root, &[]);
     wait_until(Duration::from_secs(60), "the second run", || {
         server
             .run("fxfinish")
@@ -311,18 +301,22 @@ fn a_server_that_answers_then_black_holes_does_not_stall_the_daemon() {
     daemon.stop();
 }
 
-/// `start_daemon` against the relay, with the server's key.
+/// `start_daemon` against the relay, with the server's key and requests
+/// that time out after 2 s.
 fn start_daemon_with_key(
     server: &WandbServer,
     hole: &BlackHole,
     home: &Path,
     root: &Path,
+    extra: &[&str],
 ) -> Daemon {
+    let mut flags = vec!["--no-slurm", "--request-timeout", "2s"];
+    flags.extend_from_slice(extra);
     start_daemon(
         server,
         home,
         &[root],
-        &["--no-slurm", "--request-timeout", "2s"],
+        &flags,
         &[("WANDB_BASE_URL", &hole.url())],
     )
 }
@@ -383,9 +377,7 @@ fn an_squeue_that_sleeps_does_not_stall_the_daemon() {
         &[("PATH", &path), ("WANDB_BASE_URL", &url)],
     );
     std::thread::sleep(Duration::from_secs(5));
-    let lease: Value =
-        serde_json::from_slice(&std::fs::read(home.join("state/lease.json")).unwrap()).unwrap();
-    assert_eq!(lease["pid"], daemon.pid(), "the lease changed hands");
+    assert_eq!(lease_holder(&home), daemon.pid(), "the lease changed hands");
     drop(second);
     let took = stop_in_time(daemon);
     eprintln!("SIGTERM while squeue hangs: exited after {took:?}");
@@ -522,9 +514,7 @@ fn a_filesystem_that_stops_answering_does_not_stall_the_lease_heartbeat_or_sigte
         &[],
     );
     std::thread::sleep(Duration::from_secs(5));
-    let lease: Value =
-        serde_json::from_slice(&std::fs::read(home.join("state/lease.json")).unwrap()).unwrap();
-    assert_eq!(lease["pid"], daemon.pid(), "the lease changed hands");
+    assert_eq!(lease_holder(&home), daemon.pid(), "the lease changed hands");
     drop(second);
     assert!(
         daemon.log_text().contains("loop has not turned"),
