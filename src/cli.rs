@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::target::Template;
+use crate::naming::Template;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::target::{NamingRule, Template};
+use crate::naming::{NamingRule, Template};
 
 /// The public W&B API, used when `WANDB_BASE_URL` is not set.
 pub const DEFAULT_WANDB_BASE_URL: &str = "https://api.wandb.ai";
@@ -143,7 +143,7 @@ impl FileConfig {
     pub fn naming_rule(
         &self,
         flag_template: Option<&Template>,
-    ) -> Result<NamingRule, crate::target::TemplateError> {
+    ) -> Result<NamingRule, crate::naming::TemplateError> {
         let mut rule = NamingRule::default();
         let section = self.naming.clone().unwrap_or_default();
         if let Some(template) = flag_template.cloned().or(section.template) {

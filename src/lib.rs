@@ -13,18 +13,22 @@
 //! - [`ledger`]: how far each run has been uploaded, durably;
 //! - [`sink`]: the trackers' HTTP protocols;
 //! - [`engine`]: the per-run upload loop that ties them together;
-//! - [`target`]: where each run goes (`.env` credentials) and its name there;
+//! - [`destination`]: where each run goes (`.env` credentials, clients);
+//! - [`naming`]: a run's name and group there, from its Slurm job;
+//! - [`project`]: the directories around a run searched for its `.env` and job manifest;
 //! - [`cmd`]: the command-line subcommands built on them.
 
 pub mod cli;
 pub mod cmd;
 pub mod config;
+pub mod destination;
 pub mod discover;
 pub mod engine;
 pub mod fs;
 pub mod ledger;
+pub mod naming;
 pub mod paths;
 pub mod process;
+pub mod project;
 pub mod sink;
 pub mod source;
-pub mod target;

@@ -12,6 +12,8 @@ use serde::Serialize;
 use super::Outcome;
 use crate::cli::InspectArgs;
 use crate::discover;
+use crate::naming::{NamingRule, find_manifest, name_run};
+use crate::project::search_root;
 use crate::source::wandb::fragment::{
     self, CorruptionReport, FileClass, Fragment, ReadOptions, Writer,
 };
@@ -19,7 +21,6 @@ use crate::source::wandb::framing::Tail;
 use crate::source::wandb::run::{self, Run};
 use crate::source::wandb::value::Value;
 use crate::source::wandb::views::{ArtifactInfo, FileKind, Policy};
-use crate::target::{NamingRule, find_manifest, name_run, search_root};
 
 /// Version of the `--json` document; bumped on incompatible changes.
 pub const SCHEMA: u32 = 1;
@@ -145,7 +146,7 @@ pub fn run(args: InspectArgs) -> anyhow::Result<Outcome> {
         args.paths.clone()
     }
     .iter()
-    .map(|p| crate::target::absolute(p))
+    .map(|p| crate::project::absolute(p))
     .collect();
     let options = ReadOptions {
         recover: args.recover,

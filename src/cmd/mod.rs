@@ -31,9 +31,9 @@ impl From<Outcome> for std::process::ExitCode {
 /// The naming rule of a command without `--config` (see
 /// [`crate::config::naming_rule`]); `None` after saying what is wrong.
 fn naming_rule(
-    flag: Option<&crate::target::Template>,
+    flag: Option<&crate::naming::Template>,
     env: impl Fn(&str) -> Option<String>,
-) -> Option<crate::target::NamingRule> {
+) -> Option<crate::naming::NamingRule> {
     crate::config::naming_rule(flag, env)
         .inspect_err(|e| eprintln!("syncd: error: {e}"))
         .ok()

@@ -1,7 +1,7 @@
 //! `syncd run`: the daemon. Flags override the config file, which overrides
 //! the environment's defaults. Each run's server and key come from the
 //! nearest `.env` above it, the user's `.env`, the environment or netrc
-//! (`engine::targets`); a run with none is reported, not fatal.
+//! (`destination::clients`); a run with none is reported, not fatal.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -15,10 +15,10 @@ use tokio::sync::mpsc;
 use super::Outcome;
 use crate::cli::RunArgs;
 use crate::config::{self, FileConfig};
+use crate::destination::clients::Targets;
 use crate::discover::scan::RootSpec;
 use crate::discover::trigger;
 use crate::engine::daemon::{self, Control, DaemonConfig, DaemonError};
-use crate::engine::targets::Targets;
 use crate::sink::retry::RetryPolicy;
 
 pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
@@ -87,7 +87,7 @@ fn build_config(args: &RunArgs) -> Result<(DaemonConfig, Option<i32>), String> {
     let roots: Vec<String> = roots
         .iter()
         .map(|r| {
-            crate::target::absolute(std::path::Path::new(r))
+            crate::project::absolute(std::path::Path::new(r))
                 .display()
                 .to_string()
         })

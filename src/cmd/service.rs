@@ -21,10 +21,11 @@ use serde::Serialize;
 use super::Outcome;
 use crate::cli::{ServiceAction, ServiceArgs, ServiceInstallArgs};
 use crate::config::{self, FileConfig};
+use crate::destination::resolve as dotenv;
+use crate::destination::{TargetError, resolve_target};
 use crate::ledger::sha256_hex;
 use crate::ledger::store::write_atomic;
 use crate::process;
-use crate::target::{TargetError, dotenv, resolve_target};
 
 /// The unit as committed; its `ExecStart=` runs [`TEMPLATE_BINARY`].
 pub const UNIT_TEMPLATE: &str = include_str!("../../systemd/syncd.service");

@@ -13,8 +13,8 @@ use super::Outcome;
 use super::inspect::{PathError, default_wandb_dir};
 use crate::cli::SyncArgs;
 use crate::config;
+use crate::destination::clients::Targets;
 use crate::discover;
-use crate::engine::targets::Targets;
 use crate::engine::worker::{self, Progress, RunJob, RunOutcome, SyncOptions, WouldSend};
 use crate::ledger::{Ledger, Phase};
 use crate::sink::retry::{RetryNotice, RetryObserver, RetryPolicy, observe_retries};
@@ -56,7 +56,7 @@ pub fn run(args: SyncArgs) -> anyhow::Result<Outcome> {
         args.paths.clone()
     }
     .iter()
-    .map(|p| crate::target::absolute(p))
+    .map(|p| crate::project::absolute(p))
     .collect();
 
     let (files, discover_errors) = discover::wandb_files(&paths);

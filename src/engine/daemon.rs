@@ -22,6 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
 
+use crate::destination::clients::Targets;
 use crate::discover::scan::{RootSpec, ScanReport, Scanner};
 use crate::discover::trigger::TriggerDirs;
 use crate::discover::wandb_files;
@@ -30,15 +31,14 @@ use crate::engine::heartbeat::{Activity, Heartbeat, SlurmHealth, UNSYNCED_PREFIX
 use crate::engine::keeper::Keeper;
 use crate::engine::sd_notify::Notifier;
 use crate::engine::slurm::{JobInfo, Slurm, SlurmError};
-use crate::engine::targets::Targets;
 use crate::engine::worker::{self, Failure, RunJob, RunOutcome, SyncOptions, Verdict};
 use crate::ledger::lease::Lease;
 use crate::ledger::{Ledger, Phase, RunLedger};
+use crate::naming::NamingRule;
 use crate::sink::retry::RetryPolicy;
 use crate::sink::wandb::client::Client;
 use crate::sink::wandb::ops;
 use crate::source::wandb::run as wandb_run;
-use crate::target::NamingRule;
 
 /// A finished upload: its outcome and the run's ledger entry as stored.
 type Finished = (RunOutcome, Option<RunLedger>);

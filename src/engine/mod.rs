@@ -7,5 +7,4 @@ pub mod heartbeat;
 pub mod keeper;
 pub mod sd_notify;
 pub mod slurm;
-pub mod targets;
 pub mod worker;

@@ -15,6 +15,8 @@ use prost::Message;
 use crate::ledger::{
     ErrorNote, FileAck, FragmentProgress, Ledger, LedgerError, Phase, RunLedger, sha256_hex,
 };
+use crate::naming::{JobManifest, Naming, NamingRule, name_run, read_manifest};
+use crate::project::search_root;
 use crate::sink::wandb::client::{Client, SinkError};
 use crate::sink::wandb::filestream::{self, Lines, Request};
 use crate::sink::wandb::ops::{self, ServerRun, UpsertRun};
@@ -24,7 +26,6 @@ use crate::source::wandb::proto::{self, Record, RecordType};
 use crate::source::wandb::value::Value;
 use crate::source::wandb::views::console::Stream;
 use crate::source::wandb::views::{FileKind, Policy, Update};
-use crate::target::{JobManifest, Naming, NamingRule, name_run, read_manifest, search_root};
 
 /// How runs are synced (the same for every run of one `syncd sync`).
 #[derive(Debug, Clone)]

@@ -123,7 +123,7 @@ pub struct RunLedger {
     pub last_upload: Option<String>,
     /// The display name and group the server was last told.
     #[serde(default)]
-    pub naming: Option<crate::target::Naming>,
+    pub naming: Option<crate::naming::Naming>,
     /// The run as materialised at the cursors.
     pub state: RunState,
 }
@@ -455,7 +455,7 @@ fn key_of(run_id: &str, parts: &[&[u8]]) -> String {
 pub fn fragment_identity(path: &Path) -> Vec<u8> {
     let path = path
         .canonicalize()
-        .unwrap_or_else(|_| crate::target::absolute(path));
+        .unwrap_or_else(|_| crate::project::absolute(path));
     let mut names = Vec::new();
     for component in path.components() {
         match component {

@@ -916,7 +916,7 @@ fn the_daemon_stops_cleanly() {
 
 // ---- Names ------------------------------------------------------------------
 // syncd names a run `v{version}-{experiment}_{job}` and groups array tasks
-// `{experiment}_{array_job_id}` (src/target/naming.rs: DEFAULT_TEMPLATE,
+// `{experiment}_{array_job_id}` (src/naming/mod.rs: DEFAULT_TEMPLATE,
 // DEFAULT_GROUP_TEMPLATE), unless the run has a name or group of its own.
 
 /// A run with no name of its own gets the templated name; an array's tasks

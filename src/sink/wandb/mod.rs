@@ -3,7 +3,6 @@
 //! summary and console lines, and file uploads.
 
 pub mod client;
-pub mod credentials;
 pub mod filestream;
 pub mod ops;
 pub mod protojson;

@@ -10,10 +10,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use crate::destination::resolve::{self, ApiKey};
+use crate::destination::{Target, TargetError, resolve_target};
+use crate::project;
 use crate::sink::retry::RetryPolicy;
 use crate::sink::wandb::client::Client;
-use crate::target::dotenv::ApiKey;
-use crate::target::{self, Target, TargetError, resolve_target};
 
 /// The environment variables target resolution reads.
 const ENV_VARS: [&str; 7] = [
@@ -60,7 +61,7 @@ impl Targets {
 
     pub fn new(env: HashMap<String, String>, retry: RetryPolicy) -> Targets {
         let lookup = |name: &str| env.get(name).cloned().filter(|v| !v.is_empty());
-        let user_env_file = target::dotenv::user_env_file(lookup);
+        let user_env_file = resolve::user_env_file(lookup);
         Targets {
             env,
             user_env_file,
@@ -129,9 +130,9 @@ impl Targets {
             .lookup("NETRC")
             .map(PathBuf::from)
             .or_else(|| self.lookup("HOME").map(|h| PathBuf::from(h).join(".netrc")));
-        target::search_dirs(run_dir, root)
+        project::search_dirs(run_dir, root)
             .into_iter()
-            .map(|dir| dir.join(target::dotenv::DOTENV_FILE))
+            .map(|dir| dir.join(resolve::DOTENV_FILE))
             .chain(std::iter::once(self.user_env_file.clone()))
             .chain(netrc)
             .collect()

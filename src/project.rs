@@ -1,26 +1,10 @@
-//! Where a run goes and what it is called there.
-//!
-//! - [`naming`]: the server-side display name and group of a run, rendered
-//!   from a template (`v{version}-{experiment}_{job}`) over the run's Slurm
-//!   facts, its config and the job manifest the sbatch templates write;
-//! - [`dotenv`]: the server, key, entity and project for a run, from the
-//!   nearest `.env` up to the watched root, the user's own `.env`, the
-//!   environment and `~/.netrc`; keys are redacted wherever they could be
-//!   printed.
-//!
-//! Both look for a file from the run directory upwards; [`search_dirs`] says
-//! which directories that walk visits.
-
-pub mod dotenv;
-pub mod naming;
+//! The project directory around a run: which directories are searched,
+//! from the run directory upwards, for the run's `.env` files
+//! ([`crate::destination`]) and its job manifest ([`crate::naming`]).
+//! [`search_dirs`] says which directories that walk visits and
+//! [`search_root`] where it stops.
 
 use std::path::{Path, PathBuf};
-
-pub use dotenv::{ApiKey, Origin, Target, TargetError, resolve_target};
-pub use naming::{
-    Field, JobManifest, MANIFEST_FILE, ManifestError, NameFacts, Naming, NamingRule, Template,
-    TemplateError, find_manifest, name_run, read_manifest,
-};
 
 /// How many directories above the run directory are searched when the run
 /// is not under the root: its `wandb/` directory and the `WANDB_DIR` that

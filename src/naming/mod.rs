@@ -583,7 +583,7 @@ pub enum ManifestError {
     Invalid { path: PathBuf, message: String },
 }
 
-/// The nearest job manifest for a run, searching [`super::search_dirs`]
+/// The nearest job manifest for a run, searching [`crate::project::search_dirs`]
 /// (the run directory, then up to `root`); the nearest file decides, an
 /// invalid one is an error rather than a reason to look further up.
 pub fn find_manifest(
@@ -591,7 +591,7 @@ pub fn find_manifest(
     root: &Path,
 ) -> Result<Option<(PathBuf, JobManifest)>, ManifestError> {
     use std::io::Read;
-    for dir in super::search_dirs(run_dir, root) {
+    for dir in crate::project::search_dirs(run_dir, root) {
         let path = dir.join(MANIFEST_FILE);
         let file = match crate::fs::open_regular(&path) {
             Ok(file) => file,

@@ -6,7 +6,7 @@
 //! looked up, each on its own, in these layers, nearest first:
 //!
 //! 1. the `.env` files from the run directory up to the watched root
-//!    ([`super::search_dirs`]), nearest first: a project's `.env` beats its
+//!    ([`crate::project::search_dirs`]), nearest first: a project's `.env` beats its
 //!    parent's;
 //! 2. the user's own file, `$XDG_CONFIG_HOME/syncd/.env`;
 //! 3. the environment (the lookup function the caller passes: that is where
@@ -49,7 +49,7 @@ use std::path::{Path, PathBuf};
 use sha2::Digest as _;
 
 use crate::config::DEFAULT_WANDB_BASE_URL;
-use crate::sink::wandb::credentials::{KeySource, find_api_key};
+use crate::destination::netrc::{KeySource, find_api_key};
 
 /// The file name looked for in each directory.
 pub const DOTENV_FILE: &str = ".env";
@@ -260,7 +260,7 @@ impl Layer {
 /// project directory, where its `.env` goes), else the farthest directory
 /// searched.
 fn project_dir(run_dir: &Path, root: &Path) -> PathBuf {
-    let dirs = super::search_dirs(run_dir, root);
+    let dirs = crate::project::search_dirs(run_dir, root);
     dirs.iter()
         .find(|d| d.file_name().is_some_and(|n| n == "wandb"))
         .and_then(|d| d.parent())
@@ -283,7 +283,7 @@ pub fn resolve_target(
 ) -> Result<Target, TargetError> {
     let mut layers = Vec::new();
     let mut files = Vec::new();
-    let dotenvs = super::search_dirs(run_dir, root)
+    let dotenvs = crate::project::search_dirs(run_dir, root)
         .into_iter()
         .map(|dir| dir.join(DOTENV_FILE))
         .chain(std::iter::once(user_env_file.to_path_buf()));
