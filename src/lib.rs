@@ -18,6 +18,8 @@
 //! - [`project`]: the directories around a run searched for its `.env` and job manifest;
 //! - [`cmd`]: the command-line subcommands built on them.
 
+#![forbid(unsafe_code)]
+
 pub mod cli;
 pub mod cmd;
 pub mod config;

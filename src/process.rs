@@ -91,20 +91,7 @@ pub async fn output_within_async(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    // SAFETY: between fork and exec only async-signal-safe calls are
-    // allowed; sigemptyset and pthread_sigmask are, and touch only the
-    // child's own stack and mask.
-    unsafe {
-        command.pre_exec(|| {
-            let mut none: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut none);
-            match libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()) {
-                0 => Ok(()),
-                error => Err(io::Error::from_raw_os_error(error)),
-            }
-        });
-    }
-    let child = command.spawn()?;
+    let child = spawn_with_no_signal_blocked(command).await?;
     match tokio::time::timeout(timeout, child.wait_with_output()).await {
         Ok(output) => output,
         // Dropping the timed-out future dropped the child: it is killed.
@@ -127,10 +114,47 @@ fn read_in_background(pipe: Option<impl Read + Send + 'static>) -> mpsc::Receive
     receiver
 }
 
+/// Starts `command` from a short-lived thread that blocks no signal: a
+/// child inherits the mask of the thread that forks it, and std resets only
+/// signal dispositions, not the mask. The thread hands the child back over
+/// a channel rather than being joined, so an `exec` held up by a hung mount
+/// holds up only that thread.
+async fn spawn_with_no_signal_blocked(
+    mut command: tokio::process::Command,
+) -> io::Result<tokio::process::Child> {
+    let runtime = tokio::runtime::Handle::current();
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    thread::Builder::new()
+        .name("syncd-spawn".into())
+        .spawn(move || {
+            let spawned = unblock_all_signals().and_then(|()| {
+                // tokio registers the child with the runtime's reaper.
+                let _runtime = runtime.enter();
+                command.spawn()
+            });
+            let _ = sender.send(spawned);
+        })?;
+    receiver
+        .await
+        .map_err(|_| io::Error::other("the thread starting the command ended without an answer"))?
+}
+
+/// Lets the calling thread receive every signal again.
+fn unblock_all_signals() -> io::Result<()> {
+    use nix::sys::signal::{SigSet, SigmaskHow, pthread_sigmask};
+    pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None).map_err(io::Error::from)
+}
+
+/// Blocks `signals` in the calling thread (and in threads it starts later).
+pub fn block_signals_in_this_thread(signals: &[nix::sys::signal::Signal]) -> io::Result<()> {
+    use nix::sys::signal::{SigSet, SigmaskHow, pthread_sigmask};
+    let set: SigSet = signals.iter().copied().collect();
+    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None).map_err(io::Error::from)
+}
+
 /// The uid this process runs as.
 pub fn current_uid() -> u32 {
-    // SAFETY: getuid cannot fail and touches no memory.
-    unsafe { libc::getuid() }
+    rustix::process::getuid().as_raw()
 }
 
 #[cfg(test)]
@@ -210,13 +234,7 @@ mod tests {
     #[tokio::test]
     async fn the_async_runner_starts_children_with_no_signal_blocked() {
         // As on the daemon's loop thread, which blocks these for its keeper.
-        // SAFETY: an initialised set, the calling thread's own mask.
-        unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, libc::SIGTERM);
-            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        }
+        block_signals_in_this_thread(&[nix::sys::signal::Signal::SIGTERM]).unwrap();
         let mut grep = Command::new("grep");
         grep.args(["SigBlk", "/proc/self/status"]);
         let output = output_within_async(grep, Duration::from_secs(10))

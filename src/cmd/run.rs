@@ -190,11 +190,10 @@ fn spawn_signal_handlers(tx: mpsc::Sender<Control>, args: RunArgs, log: Log) -> 
 /// threads started later inherit it: call before the runtime starts.
 fn lower_priority(nice: i32) {
     let nice = nice.clamp(0, 19);
-    // SAFETY: a plain syscall about our own process.
-    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } != 0 {
+    if let Err(error) = rustix::process::setpriority_process(None, nice) {
         eprintln!(
             "syncd: could not set nice {nice}: {}",
-            std::io::Error::last_os_error()
+            std::io::Error::from(error)
         );
     }
 }

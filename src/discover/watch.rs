@@ -47,15 +47,9 @@ const NETWORK_FILESYSTEMS: &[(i64, &str)] = &[
 ];
 
 pub fn fs_kind(path: &Path) -> FsKind {
-    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+    let Ok(stat) = rustix::fs::statfs(path) else {
         return FsKind::Unknown;
     };
-    // SAFETY: statfs writes into the zeroed struct we own; the path is a
-    // valid NUL-terminated string.
-    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c_path.as_ptr(), &mut stat) } != 0 {
-        return FsKind::Unknown;
-    }
     let magic = stat.f_type as i64 & 0xffff_ffff;
     match NETWORK_FILESYSTEMS.iter().find(|(m, _)| *m == magic) {
         Some((_, name)) => FsKind::Network(name),

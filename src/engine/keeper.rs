@@ -167,16 +167,13 @@ fn leave(lost: bool, lease: Lease, state_dir: &std::path::Path, log: &Log) {
 
 /// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread.
 fn block_stop_signals_in_this_thread() {
-    // SAFETY: `set` is a valid, initialised signal set owned by this frame;
-    // pthread_sigmask only changes the calling thread's mask.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-            libc::sigaddset(&mut set, signal);
-        }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-    }
+    use nix::sys::signal::Signal;
+    // Only fails for an invalid `how`, which this is not.
+    let _ = crate::process::block_signals_in_this_thread(&[
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+    ]);
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -62,13 +62,9 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     match File::open(dir)?.sync_all() {
         // Some network filesystems refuse fsync on a directory; the rename
         // is still atomic there.
-        Err(e) if e.raw_os_error() == Some(libc_einval()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => Ok(()),
         other => other,
     }
-}
-
-const fn libc_einval() -> i32 {
-    22
 }
 
 fn hostname_tag() -> String {
