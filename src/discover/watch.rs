@@ -50,6 +50,8 @@ pub fn fs_kind(path: &Path) -> FsKind {
     let Ok(stat) = rustix::fs::statfs(path) else {
         return FsKind::Unknown;
     };
+    // `f_type` is i64 here but narrower on other architectures.
+    #[allow(clippy::unnecessary_cast)]
     let magic = stat.f_type as i64 & 0xffff_ffff;
     match NETWORK_FILESYSTEMS.iter().find(|(m, _)| *m == magic) {
         Some((_, name)) => FsKind::Network(name),
