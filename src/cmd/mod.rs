@@ -1,6 +1,11 @@
 //! The subcommands. Each returns the process exit status: 0 when everything
 //! went well, 1 when some runs could not be handled, 2 for usage and
 //! configuration errors (also what an `Err` becomes in `main`).
+//!
+//! A subcommand parses nothing itself (arguments are [`crate::cli`]'s) and
+//! holds no logic another subcommand needs: what two of them share lives in
+//! the module that owns that question (paths in [`crate::project`], defaults
+//! in [`crate::config`]), not in a sibling.
 
 pub mod inspect;
 pub mod notify;

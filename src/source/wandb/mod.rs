@@ -8,6 +8,9 @@
 //! - [`metadata`]: `wandb-metadata.json` of writers older than 0.21;
 //! - [`fragment`]: one file read end to end and classified;
 //! - [`run`]: fragments grouped into runs.
+//!
+//! Memory is bounded by one 32 KiB block and one record, never by the size
+//! of the file: a reader continues from any cursor it returned before.
 
 pub mod fragment;
 pub mod framing;

@@ -3,6 +3,9 @@
 //! upload, artifacts, exit. [`RunState::apply`] consumes records in order and
 //! returns what each one changed, so an uploader can stream rows out without
 //! the state ever holding the run's history.
+//!
+//! Views hold what a run *is* now, not how far it has been sent: that is the
+//! ledger's ([`crate::ledger`]), and what goes on the wire is the sink's.
 
 pub mod console;
 pub mod rows;
