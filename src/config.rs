@@ -177,15 +177,6 @@ pub fn naming_rule(
     file.naming_rule(flag_template).map_err(|e| e.to_string())
 }
 
-/// This machine's name, for the lease and the heartbeat.
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "unknown-host".into())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

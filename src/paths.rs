@@ -47,7 +47,7 @@ fn to_repr(path: &Path) -> Repr<'_> {
     match path.to_str() {
         Some(text) => Repr::Text(text.into()),
         None => Repr::Bytes {
-            bytes_hex: crate::ledger::hex(path.as_os_str().as_bytes()),
+            bytes_hex: crate::fs::hex(path.as_os_str().as_bytes()),
             display: Some(display(path)),
         },
     }
@@ -143,7 +143,7 @@ mod tests {
         assert_eq!(json["maybe"]["display"], "/runs/offline-run-x-\\xe9\\y");
         assert_eq!(
             json["maybe"]["bytes_hex"],
-            crate::ledger::hex(b"/runs/offline-run-x-\xe9\\y")
+            crate::fs::hex(b"/runs/offline-run-x-\xe9\\y")
         );
     }
 

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use super::Outcome;
 use crate::cli::RunArgs;
 use crate::config::{self, FileConfig};
-use crate::destination::clients::Targets;
+use crate::destination::clients::Clients;
 use crate::discover::scan::RootSpec;
 use crate::discover::trigger;
 use crate::engine::daemon::{self, Control, DaemonConfig, DaemonError};
@@ -138,7 +138,7 @@ fn build_config(args: &RunArgs) -> Result<(DaemonConfig, Option<i32>), String> {
         flag.or(FileConfig::duration(value))
             .unwrap_or(Duration::from_secs(default))
     };
-    let targets = Targets::from_process(args.base_url.clone().or(file.base_url.clone()), retry);
+    let targets = Clients::from_process(args.base_url.clone().or(file.base_url.clone()), retry);
     let config = DaemonConfig {
         roots: roots.into_iter().map(RootSpec).collect(),
         state_dir,

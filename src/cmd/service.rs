@@ -22,9 +22,9 @@ use super::Outcome;
 use crate::cli::{ServiceAction, ServiceArgs, ServiceInstallArgs};
 use crate::config::{self, FileConfig};
 use crate::destination::resolve as dotenv;
-use crate::destination::{TargetError, resolve_target};
-use crate::ledger::sha256_hex;
-use crate::ledger::store::write_atomic;
+use crate::destination::{DestinationError, resolve_destination};
+use crate::fs::durable::write_atomic;
+use crate::fs::sha256_hex;
 use crate::process;
 
 /// The unit as committed; its `ExecStart=` runs [`TEMPLATE_BINARY`].
@@ -533,7 +533,7 @@ fn readiness_warnings(
         ));
     }
     // The key the daemon would use for a run without a `.env` of its own:
-    // its `syncd/.env`, the unit's environment, netrc (as `Targets` resolves
+    // its `syncd/.env`, the unit's environment, netrc (as `Clients` resolves
     // it, with the config file's server first).
     let user_env = dotenv::user_env_file(unit_var);
     let lookup = |key: &str| match key {
@@ -543,7 +543,7 @@ fn readiness_warnings(
         _ => unit_var(key),
     };
     let no_run_dir = user_env.parent().unwrap_or(Path::new("/"));
-    match resolve_target(
+    match resolve_destination(
         no_run_dir,
         no_run_dir,
         &user_env,
@@ -551,7 +551,7 @@ fn readiness_warnings(
         process::current_uid(),
     ) {
         Ok(_) => {}
-        Err(missing @ TargetError::MissingKey(_)) => {
+        Err(missing @ DestinationError::MissingKey(_)) => {
             let shell_has_key = env("WANDB_API_KEY").is_some();
             warnings.push(format!(
                 "{missing}{}; the service does not see your shell's environment: put \

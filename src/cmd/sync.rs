@@ -13,7 +13,7 @@ use super::Outcome;
 use super::inspect::{PathError, default_wandb_dir};
 use crate::cli::SyncArgs;
 use crate::config;
-use crate::destination::clients::Targets;
+use crate::destination::clients::Clients;
 use crate::discover;
 use crate::engine::worker::{self, Progress, RunJob, RunOutcome, SyncOptions, WouldSend};
 use crate::ledger::{Ledger, Phase};
@@ -44,7 +44,7 @@ pub fn run(args: SyncArgs) -> anyhow::Result<Outcome> {
         max_attempts: args.attempts,
         timeout: args.timeout,
     };
-    let targets = Targets::from_process(args.base_url.clone(), policy);
+    let targets = Clients::from_process(args.base_url.clone(), policy);
     let state_dir = config::state_dir(args.state_dir.clone(), env);
     let ledger = Ledger::open(&state_dir)?;
     // Absolute from here on: a relative path's parents (the project
@@ -101,7 +101,7 @@ pub fn run(args: SyncArgs) -> anyhow::Result<Outcome> {
                 job.project = target.project.clone();
                 planned.push((job, target.client));
             }
-            Err(message) => target_failures.push((job, message)),
+            Err(e) => target_failures.push((job, e.to_string())),
         }
     }
     if planned.is_empty() && errors.is_empty() && !target_failures.is_empty() {

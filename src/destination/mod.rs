@@ -14,7 +14,9 @@
 //! its client (that is [`crate::sink`]).
 
 pub mod clients;
+pub mod key;
 pub mod netrc;
 pub mod resolve;
 
-pub use resolve::{ApiKey, Origin, Target, TargetError, resolve_target};
+pub use key::ApiKey;
+pub use resolve::{Destination, DestinationError, Origin, resolve_destination};
