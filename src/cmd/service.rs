@@ -127,12 +127,12 @@ pub struct Report {
 
 fn install(args: ServiceInstallArgs) -> anyhow::Result<Outcome> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let Some(config_home) = config::config_home(env) else {
-        eprintln!(
-            "syncd service install: neither XDG_CONFIG_HOME (absolute) nor HOME is set: \
-             cannot tell where the user unit goes"
-        );
-        return Ok(Outcome::Usage);
+    let config_home = match config::config_home(config::ProcessEnv) {
+        Ok(dir) => dir,
+        Err(e) => {
+            eprintln!("syncd service install: cannot tell where the user unit goes: {e}");
+            return Ok(Outcome::Usage);
+        }
     };
     let unit_path = config_home.join("systemd/user").join(UNIT_NAME);
     let binary = current_binary()?;
@@ -516,7 +516,15 @@ fn readiness_warnings(
     };
     let mut warnings = Vec::new();
 
-    let config_path = config::config_file(unit_var);
+    let (config_path, user_env) = match config::config_file(unit_var)
+        .and_then(|config| Ok((config, dotenv::user_env_file(unit_var)?)))
+    {
+        Ok(paths) => paths,
+        Err(e) => {
+            warnings.push(format!("the daemon will not start: {e}"));
+            return warnings;
+        }
+    };
     let file = match FileConfig::load(&config_path, false) {
         Ok(file) => file,
         Err(e) => {
@@ -535,7 +543,6 @@ fn readiness_warnings(
     // The key the daemon would use for a run without a `.env` of its own:
     // its `syncd/.env`, the unit's environment, netrc (as `Clients` resolves
     // it, with the config file's server first).
-    let user_env = dotenv::user_env_file(unit_var);
     let lookup = |key: &str| match key {
         "WANDB_BASE_URL" => (file.base_url.clone())
             .filter(|url| !url.trim().is_empty())

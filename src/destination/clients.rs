@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use crate::config::DirsError;
 use crate::destination::resolve;
 use crate::destination::{ApiKey, Destination, DestinationError, netrc, resolve_destination};
 use crate::project;
@@ -50,7 +51,10 @@ pub struct Clients {
 impl Clients {
     /// From the process environment; `base_url` (a `--base-url` flag or the
     /// config file's `base_url`) stands in for `WANDB_BASE_URL`.
-    pub fn from_process(base_url: Option<String>, retry: RetryPolicy) -> Clients {
+    pub fn from_process(
+        base_url: Option<String>,
+        retry: RetryPolicy,
+    ) -> Result<Clients, DirsError> {
         let mut env: HashMap<String, String> = ENV_VARS
             .iter()
             .filter_map(|name| Some((name.to_string(), std::env::var(name).ok()?)))
@@ -61,16 +65,18 @@ impl Clients {
         Clients::new(env, retry)
     }
 
-    pub fn new(env: HashMap<String, String>, retry: RetryPolicy) -> Clients {
-        let lookup = |name: &str| env.get(name).cloned().filter(|v| !v.is_empty());
-        let user_env_file = resolve::user_env_file(lookup);
-        Clients {
+    /// From the variables `env` (only [`ENV_VARS`] are read); an error
+    /// when they give no home for the user's own `.env`.
+    pub fn new(env: HashMap<String, String>, retry: RetryPolicy) -> Result<Clients, DirsError> {
+        let lookup = |name: &str| env.get(name).cloned();
+        let user_env_file = resolve::user_env_file(lookup)?;
+        Ok(Clients {
             env,
             user_env_file,
             uid: crate::process::current_uid(),
             retry,
             clients: Mutex::new(HashMap::new()),
-        }
+        })
     }
 
     fn lookup(&self, name: &str) -> Option<String> {
@@ -178,7 +184,7 @@ mod tests {
             "WANDB_API_KEY=kc\nWANDB_BASE_URL=http://127.0.0.1:2\n",
         );
         let env = HashMap::from([("HOME".to_string(), tmp.path().display().to_string())]);
-        let targets = Clients::new(env, RetryPolicy::default());
+        let targets = Clients::new(env, RetryPolicy::default()).unwrap();
         let a = targets.resolve(&root.join("a/wandb/offline-run-1"), &root);
         let b = targets.resolve(&root.join("b/wandb/offline-run-2"), &root);
         let c = targets.resolve(&root.join("c/wandb/offline-run-3"), &root);
@@ -192,6 +198,20 @@ mod tests {
     }
 
     #[test]
+    fn without_a_home_there_is_no_user_file_and_an_error_says_so() {
+        let err = Clients::new(HashMap::new(), RetryPolicy::default())
+            .err()
+            .unwrap();
+        assert_eq!(err, DirsError::NoHome);
+        let env = HashMap::from([
+            ("HOME".to_string(), "/h".to_string()),
+            ("XDG_CONFIG_HOME".to_string(), "relative".to_string()),
+        ]);
+        let clients = Clients::new(env, RetryPolicy::default()).unwrap();
+        assert_eq!(clients.user_env_file, Path::new("/h/.config/syncd/.env"));
+    }
+
+    #[test]
     fn a_refused_env_is_an_error_without_the_key() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("root");
@@ -199,7 +219,7 @@ mod tests {
         std::fs::set_permissions(root.join(".env"), std::fs::Permissions::from_mode(0o644))
             .unwrap();
         let env = HashMap::from([("HOME".to_string(), tmp.path().display().to_string())]);
-        let targets = Clients::new(env, RetryPolicy::default());
+        let targets = Clients::new(env, RetryPolicy::default()).unwrap();
         let run = root.join("wandb/offline-run-1");
         let error = targets.resolve(&run, &root).err().unwrap();
         assert!(

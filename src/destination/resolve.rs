@@ -360,8 +360,8 @@ pub fn resolve_destination(
 
 /// The user's own `.env`: `$XDG_CONFIG_HOME/syncd/.env`, else
 /// `~/.config/syncd/.env` (next to [`crate::config::config_file`]).
-pub fn user_env_file(env: impl Fn(&str) -> Option<String>) -> PathBuf {
-    crate::config::config_file(env).with_file_name(DOTENV_FILE)
+pub fn user_env_file(env: impl crate::config::Env) -> Result<PathBuf, crate::config::DirsError> {
+    Ok(crate::config::config_file(env)?.with_file_name(DOTENV_FILE))
 }
 
 fn normalize_url(url: &str) -> String {
@@ -676,11 +676,15 @@ mod tests {
         assert_eq!(target.entity.as_deref(), Some("tree"));
         assert_eq!(target.api_key.expose(), KEY2);
         assert_eq!(
-            user_env_file(env_of(vec![("XDG_CONFIG_HOME", "/x".into())])),
+            user_env_file(env_of(vec![
+                ("XDG_CONFIG_HOME", "/x".into()),
+                ("HOME", "/home/u".into())
+            ]))
+            .unwrap(),
             Path::new("/x/syncd/.env")
         );
         assert_eq!(
-            user_env_file(env_of(vec![("HOME", "/home/u".into())])),
+            user_env_file(env_of(vec![("HOME", "/home/u".into())])).unwrap(),
             Path::new("/home/u/.config/syncd/.env")
         );
     }

@@ -171,9 +171,9 @@ impl Tracked {
 /// Why the daemon stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error("{0}")]
+    #[error(transparent)]
     Lease(#[from] crate::ledger::lease::LeaseError),
-    #[error("{0}")]
+    #[error(transparent)]
     Ledger(#[from] crate::ledger::LedgerError),
     #[error("cannot start the keeper thread: {0}")]
     Keeper(std::io::Error),

@@ -155,19 +155,21 @@ impl RunLedger {
     }
 }
 
+/// The io cause of `Dir`, `Read` and `Write` is their `source()`, not part
+/// of their text, so a report of the whole chain says it once.
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
-    #[error("cannot use state directory {path}: {source}")]
+    #[error("cannot use state directory {path}")]
     Dir {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot write ledger {path}: {source}")]
+    #[error("cannot write ledger {path}")]
     Write {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot read ledger {path}: {source}")]
+    #[error("cannot read ledger {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
