@@ -148,10 +148,12 @@ pub enum DestinationError {
     NotOwned { path: PathBuf, owner: u32, uid: u32 },
     #[error("refusing {path}: not a regular file")]
     NotAFile { path: PathBuf },
-    #[error("cannot read {path}: {source}")]
+    /// The cause is in the text (this error is shown with `to_string`) and
+    /// so is not also its `source()`.
+    #[error("cannot read {}: {error}", .path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("cannot parse {path}{}: {reason} (the line is not shown: it may hold a key)", line.map(|l| format!(" line {l}")).unwrap_or_default())]
     Parse {
@@ -383,17 +385,17 @@ pub fn load_dotenv(
         Err(e) if crate::fs::refusal(&e).is_some() => {
             return Err(DestinationError::NotAFile { path: path.into() });
         }
-        Err(source) => {
+        Err(error) => {
             return Err(DestinationError::Read {
                 path: path.into(),
-                source,
+                error,
             });
         }
     };
     // Checked on the open file: what is read is what was checked.
-    let meta = file.metadata().map_err(|source| DestinationError::Read {
+    let meta = file.metadata().map_err(|error| DestinationError::Read {
         path: path.into(),
-        source,
+        error,
     })?;
     if !meta.is_file() {
         return Err(DestinationError::NotAFile { path: path.into() });
@@ -416,9 +418,9 @@ pub fn load_dotenv(
     let mut bytes = Vec::new();
     file.take(MAX_DOTENV_BYTES + 1)
         .read_to_end(&mut bytes)
-        .map_err(|source| DestinationError::Read {
+        .map_err(|error| DestinationError::Read {
             path: path.into(),
-            source,
+            error,
         })?;
     if bytes.len() as u64 > MAX_DOTENV_BYTES {
         return Err(DestinationError::Parse {
@@ -448,10 +450,10 @@ pub fn load_dotenv(
                     reason: "not `NAME=value`".into(),
                 });
             }
-            Err(dotenvy::Error::Io(source)) => {
+            Err(dotenvy::Error::Io(error)) => {
                 return Err(DestinationError::Read {
                     path: path.into(),
-                    source,
+                    error,
                 });
             }
             // Never seen while iterating; its text has no value in it.

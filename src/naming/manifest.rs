@@ -78,12 +78,13 @@ impl JobManifest {
     }
 }
 
+/// Shown with `to_string`: the io cause is in the text, not a `source()`.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    #[error("cannot read job manifest {path}: {source}")]
+    #[error("cannot read job manifest {}: {error}", .path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("job manifest {path} is not valid: {message}")]
     Invalid { path: PathBuf, message: String },
@@ -102,18 +103,18 @@ pub fn find_manifest(
         let file = match crate::fs::open_regular(&path) {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(source) => return Err(ManifestError::Read { path, source }),
+            Err(error) => return Err(ManifestError::Read { path, error }),
         };
         let mut text = String::new();
         let read = file.take(MAX_MANIFEST_BYTES + 1).read_to_string(&mut text);
-        if let Err(source) = read {
-            return Err(if source.kind() == std::io::ErrorKind::InvalidData {
+        if let Err(error) = read {
+            return Err(if error.kind() == std::io::ErrorKind::InvalidData {
                 ManifestError::Invalid {
                     path,
                     message: "not UTF-8".into(),
                 }
             } else {
-                ManifestError::Read { path, source }
+                ManifestError::Read { path, error }
             });
         }
         if text.len() as u64 > MAX_MANIFEST_BYTES {
