@@ -107,6 +107,23 @@ impl BaseDirs {
     }
 }
 
+/// `$HOME`, which must be set and absolute.
+pub fn home_dir(env: impl Env) -> Result<PathBuf, DirsError> {
+    check_home(env.var("HOME").map(PathBuf::from))
+}
+
+/// A path from the config file with a leading `~/` (or a lone `~`) taken
+/// as `$HOME`; a `~` anywhere else is part of a name.
+pub fn expand_home(path: &str, env: impl Env) -> Result<PathBuf, DirsError> {
+    if path == "~" {
+        return home_dir(env);
+    }
+    match path.strip_prefix("~/") {
+        Some(rest) => Ok(home_dir(env)?.join(rest)),
+        None => Ok(PathBuf::from(path)),
+    }
+}
+
 fn check_home(home: Option<PathBuf>) -> Result<PathBuf, DirsError> {
     match home {
         None => Err(DirsError::NoHome),
@@ -469,6 +486,35 @@ mod tests {
         assert!(rule.override_user_names && rule.array_group.is_none());
         assert!(FileConfig::load(&tmp.path().join("missing.toml"), false).is_ok());
         assert!(FileConfig::load(&tmp.path().join("missing.toml"), true).is_err());
+    }
+
+    #[test]
+    fn only_a_leading_tilde_is_the_home_directory() {
+        let env = |k: &str| (k == "HOME").then(|| "/home/u".to_string());
+        for (path, expanded) in [
+            ("~/osh", "/home/u/osh"),
+            ("~", "/home/u"),
+            ("/scratch/~/osh", "/scratch/~/osh"),
+            ("/scratch/a~b", "/scratch/a~b"),
+            ("~other/osh", "~other/osh"),
+            ("osh~", "osh~"),
+        ] {
+            assert_eq!(
+                expand_home(path, env).unwrap(),
+                PathBuf::from(expanded),
+                "{path}"
+            );
+        }
+        // No home: an error for `~/`, never a path relative to the
+        // working directory; other paths need none.
+        let no_home = |_: &str| None;
+        assert_eq!(expand_home("~/osh", no_home), Err(DirsError::NoHome));
+        assert_eq!(
+            expand_home("/abs/osh", no_home).unwrap(),
+            PathBuf::from("/abs/osh")
+        );
+        let relative = |k: &str| (k == "HOME").then(|| "home/u".to_string());
+        assert!(expand_home("~/osh", relative).is_err());
     }
 
     #[test]

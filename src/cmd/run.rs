@@ -4,7 +4,6 @@
 //! (`destination::clients`); a run with none is reported, not fatal.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,7 +13,7 @@ use tokio::sync::mpsc;
 
 use super::Outcome;
 use crate::cli::RunArgs;
-use crate::config::{self, ConfigError, DirsError, Env, FileConfig, ProcessEnv};
+use crate::config::{self, ConfigError, Env, FileConfig, ProcessEnv};
 use crate::destination::clients::Clients;
 use crate::discover::scan::RootSpec;
 use crate::discover::trigger;
@@ -115,8 +114,8 @@ fn build_config(args: &RunArgs) -> Result<(DaemonConfig, Option<i32>), ConfigErr
     let state_dir = config::state_dir(args.state_dir.clone().or(file.state_dir.clone()), env)?;
     let osh_dir = match file.osh_command_dir.as_deref() {
         Some("") => None,
-        Some(dir) => Some(expand_home(dir, env)?),
-        None => Some(trigger::osh_default_dir(&home_dir(env)?)),
+        Some(dir) => Some(config::expand_home(dir, env)?),
+        None => Some(trigger::osh_default_dir(&config::home_dir(env)?)),
     };
     let mut retry = RetryPolicy {
         max_attempts: 4,
@@ -148,27 +147,6 @@ fn build_config(args: &RunArgs) -> Result<(DaemonConfig, Option<i32>), ConfigErr
         slurm: !args.no_slurm && file.slurm.unwrap_or(true),
     };
     Ok((config, args.nice.or(file.nice)))
-}
-
-/// `$HOME`, required to be absolute (see [`config::BaseDirs`]).
-fn home_dir(env: impl Env) -> Result<PathBuf, ConfigError> {
-    match env.var("HOME") {
-        None => Err(DirsError::NoHome.into()),
-        Some(home) if !Path::new(&home).is_absolute() => Err(DirsError::RelativeHome(home).into()),
-        Some(home) => Ok(PathBuf::from(home)),
-    }
-}
-
-/// A path from the config file with a leading `~/` (or a lone `~`) taken
-/// as `$HOME`; a `~` anywhere else is part of a name.
-fn expand_home(path: &str, env: impl Env) -> Result<PathBuf, ConfigError> {
-    if path == "~" {
-        return home_dir(env);
-    }
-    match path.strip_prefix("~/") {
-        Some(rest) => Ok(home_dir(env)?.join(rest)),
-        None => Ok(PathBuf::from(path)),
-    }
 }
 
 /// SIGTERM/SIGINT stop the daemon; SIGHUP reads the settings again (a
@@ -238,36 +216,7 @@ fn logger(format: &str) -> anyhow::Result<Log> {
 mod tests {
     use super::*;
     use clap::Parser as _;
-
-    #[test]
-    fn only_a_leading_tilde_is_the_home_directory() {
-        let env = |k: &str| (k == "HOME").then(|| "/home/u".to_string());
-        for (path, expanded) in [
-            ("~/osh", "/home/u/osh"),
-            ("~", "/home/u"),
-            ("/scratch/~/osh", "/scratch/~/osh"),
-            ("/scratch/a~b", "/scratch/a~b"),
-            ("~other/osh", "~other/osh"),
-            ("osh~", "osh~"),
-        ] {
-            assert_eq!(
-                expand_home(path, env).unwrap(),
-                PathBuf::from(expanded),
-                "{path}"
-            );
-        }
-        // No home: an error for `~/`, never a path relative to the
-        // working directory; other paths need none.
-        let no_home = |_: &str| None;
-        let err = expand_home("~/osh", no_home).unwrap_err();
-        assert!(matches!(err, ConfigError::Dirs(DirsError::NoHome)), "{err}");
-        assert_eq!(
-            expand_home("/abs/osh", no_home).unwrap(),
-            PathBuf::from("/abs/osh")
-        );
-        let relative = |k: &str| (k == "HOME").then(|| "home/u".to_string());
-        assert!(expand_home("~/osh", relative).is_err());
-    }
+    use std::path::PathBuf;
 
     #[test]
     fn a_ledger_error_through_the_daemon_says_each_thing_once() {
@@ -291,7 +240,7 @@ mod tests {
             assert_eq!(text.matches(part).count(), 1, "{part} in {text}");
         }
         // The settings' errors are typed and say what to fix once too.
-        let error = anyhow::Error::from(ConfigError::from(DirsError::NoHome));
+        let error = anyhow::Error::from(ConfigError::from(config::DirsError::NoHome));
         let text = format!("{error:#}");
         assert_eq!(text.matches("HOME is not set").count(), 1, "{text}");
     }
