@@ -47,10 +47,16 @@ fn to_repr(path: &Path) -> Repr<'_> {
     match path.to_str() {
         Some(text) => Repr::Text(text.into()),
         None => Repr::Bytes {
-            bytes_hex: crate::ledger::hex(path.as_os_str().as_bytes()),
+            bytes_hex: hex(path.as_os_str().as_bytes()),
             display: Some(display(path)),
         },
     }
+}
+
+/// Lowercase hex, the inverse of what [`from_repr`] decodes (kept here, not
+/// taken from [`crate::fs`], which shows paths through this module).
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn from_repr<E: serde::de::Error>(repr: Repr<'_>) -> Result<PathBuf, E> {
@@ -143,7 +149,7 @@ mod tests {
         assert_eq!(json["maybe"]["display"], "/runs/offline-run-x-\\xe9\\y");
         assert_eq!(
             json["maybe"]["bytes_hex"],
-            crate::ledger::hex(b"/runs/offline-run-x-\xe9\\y")
+            hex(b"/runs/offline-run-x-\xe9\\y")
         );
     }
 

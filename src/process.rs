@@ -157,6 +157,20 @@ pub fn current_uid() -> u32 {
     rustix::process::getuid().as_raw()
 }
 
+/// This machine's name (for the lease, the heartbeat and temporary file
+/// names), read once per process: it does not change while syncd runs, and
+/// the durable writes that use it happen many times a second.
+pub fn hostname() -> &'static str {
+    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "unknown-host".into())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use comfy_table::{Table, presets};
 use serde::Serialize;
 
-use super::Outcome;
+use super::{Outcome, PathError, default_wandb_dir};
 use crate::cli::InspectArgs;
 use crate::discover;
 use crate::naming::{NamingRule, find_manifest, name_run};
@@ -31,22 +31,6 @@ pub struct Report {
     pub runs: Vec<RunReport>,
     /// Paths that could not be read, with the reason.
     pub errors: Vec<PathError>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct PathError {
-    #[serde(with = "crate::paths::serde_path")]
-    pub path: PathBuf,
-    pub error: String,
-}
-
-impl From<&discover::DiscoverError> for PathError {
-    fn from(e: &discover::DiscoverError) -> Self {
-        PathError {
-            path: e.path().to_path_buf(),
-            error: e.to_string(),
-        }
-    }
 }
 
 #[derive(Debug, Serialize)]
@@ -151,7 +135,7 @@ pub fn run(args: InspectArgs) -> anyhow::Result<Outcome> {
     let options = ReadOptions {
         recover: args.recover,
     };
-    let env = |k: &str| std::env::var(k).ok();
+    let env = crate::config::ProcessEnv;
     let Some(naming) = super::naming_rule(args.name_template.as_ref(), env) else {
         return Ok(Outcome::Usage);
     };
@@ -176,14 +160,6 @@ pub fn run(args: InspectArgs) -> anyhow::Result<Outcome> {
     } else {
         Outcome::Ok
     })
-}
-
-/// `$WANDB_DIR/wandb` (where the SDK writes when `WANDB_DIR` is set), else `./wandb`.
-pub fn default_wandb_dir() -> PathBuf {
-    match std::env::var_os("WANDB_DIR") {
-        Some(dir) if !dir.is_empty() => Path::new(&dir).join("wandb"),
-        _ => PathBuf::from("wandb"),
-    }
 }
 
 /// Reads every run under `paths`. A newest fragment unmodified for

@@ -14,7 +14,12 @@ pub mod service;
 pub mod status;
 pub mod sync;
 
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
 use crate::cli::{Cli, Command};
+use crate::discover;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -33,11 +38,37 @@ impl From<Outcome> for std::process::ExitCode {
     }
 }
 
+/// A path a command could not read, and why (the `errors` of `inspect
+/// --json` and `sync --json`).
+#[derive(Debug, Serialize)]
+pub struct PathError {
+    #[serde(with = "crate::paths::serde_path")]
+    pub path: PathBuf,
+    pub error: String,
+}
+
+impl From<&discover::DiscoverError> for PathError {
+    fn from(e: &discover::DiscoverError) -> Self {
+        PathError {
+            path: e.path().to_path_buf(),
+            error: e.to_string(),
+        }
+    }
+}
+
+/// `$WANDB_DIR/wandb` (where the SDK writes when `WANDB_DIR` is set), else `./wandb`.
+pub fn default_wandb_dir() -> PathBuf {
+    match std::env::var_os("WANDB_DIR") {
+        Some(dir) if !dir.is_empty() => Path::new(&dir).join("wandb"),
+        _ => PathBuf::from("wandb"),
+    }
+}
+
 /// The naming rule of a command without `--config` (see
 /// [`crate::config::naming_rule`]); `None` after saying what is wrong.
 fn naming_rule(
     flag: Option<&crate::naming::Template>,
-    env: impl Fn(&str) -> Option<String>,
+    env: impl crate::config::Env,
 ) -> Option<crate::naming::NamingRule> {
     crate::config::naming_rule(flag, env)
         .inspect_err(|e| eprintln!("syncd: error: {e}"))

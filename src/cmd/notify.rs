@@ -10,11 +10,8 @@ use crate::config;
 use crate::discover::trigger;
 
 pub fn run(args: NotifyArgs) -> anyhow::Result<Outcome> {
-    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let target = args
-        .path
-        .clone()
-        .unwrap_or_else(super::inspect::default_wandb_dir);
+    let env = crate::config::ProcessEnv;
+    let target = args.path.clone().unwrap_or_else(super::default_wandb_dir);
     // Absolute, so the daemon on another node finds it; not canonicalized:
     // the run directory may not exist yet when a job starts.
     let target = if target.is_absolute() {
@@ -22,7 +19,7 @@ pub fn run(args: NotifyArgs) -> anyhow::Result<Outcome> {
     } else {
         std::env::current_dir()?.join(target)
     };
-    let state_dir = config::state_dir(args.state_dir.clone(), env);
+    let state_dir = config::state_dir(args.state_dir.clone(), env)?;
     let spool: PathBuf = state_dir.join(trigger::SPOOL_DIR);
     match trigger::write_trigger(&spool, &target) {
         Ok(_) => Ok(Outcome::Ok),

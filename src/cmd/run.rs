@@ -4,7 +4,6 @@
 //! (`destination::clients`); a run with none is reported, not fatal.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,8 +13,8 @@ use tokio::sync::mpsc;
 
 use super::Outcome;
 use crate::cli::RunArgs;
-use crate::config::{self, FileConfig};
-use crate::destination::clients::Targets;
+use crate::config::{self, ConfigError, Env, FileConfig, ProcessEnv};
+use crate::destination::clients::Clients;
 use crate::discover::scan::RootSpec;
 use crate::discover::trigger;
 use crate::engine::daemon::{self, Control, DaemonConfig, DaemonError};
@@ -65,20 +64,20 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
 }
 
 /// The daemon's settings from flags, the config file and the environment
-/// (read again on SIGHUP), and the nice level. `Err` is a message for the user.
-fn build_config(args: &RunArgs) -> Result<(DaemonConfig, Option<i32>), String> {
-    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let config_path = args
-        .config
-        .clone()
-        .unwrap_or_else(|| config::config_file(env));
-    let file = FileConfig::load(&config_path, args.config.is_some()).map_err(|e| e.to_string())?;
+/// (read again on SIGHUP), and the nice level.
+fn build_config(args: &RunArgs) -> Result<(DaemonConfig, Option<i32>), ConfigError> {
+    let env = ProcessEnv;
+    let config_path = match args.config.clone() {
+        Some(path) => path,
+        None => config::config_file(env)?,
+    };
+    let file = FileConfig::load(&config_path, args.config.is_some())?;
     let roots: Vec<String> = if !args.roots.is_empty() {
         args.roots.clone()
     } else if let Some(roots) = file.roots.clone() {
         roots
     } else {
-        env("SYNCD_ROOTS")
+        env.var("SYNCD_ROOTS")
             .map(|r| r.split(':').map(str::to_string).collect())
             .unwrap_or_default()
     };
@@ -94,7 +93,7 @@ fn build_config(args: &RunArgs) -> Result<(DaemonConfig, Option<i32>), String> {
         .collect();
     // On defaults, the directory `syncd inspect` and `syncd sync` read:
     // `$WANDB_DIR/wandb`, else `./wandb`, when it exists.
-    let default_root = super::inspect::default_wandb_dir();
+    let default_root = super::default_wandb_dir();
     let roots = if roots.is_empty() && default_root.is_dir() {
         vec![
             std::path::absolute(&default_root)
@@ -106,25 +105,17 @@ fn build_config(args: &RunArgs) -> Result<(DaemonConfig, Option<i32>), String> {
         roots
     };
     if roots.is_empty() {
-        return Err(format!(
-            "no roots to watch and no {} here: name them (`syncd run $SCRATCH/wandb`), set `roots` in {}, or set SYNCD_ROOTS",
-            default_root.display(),
-            config_path.display()
-        ));
+        return Err(ConfigError::NoRoots {
+            default_root,
+            config_file: config_path,
+        });
     }
-    let naming = file
-        .naming_rule(args.name_template.as_ref())
-        .map_err(|e| e.to_string())?;
-    let state_dir = config::state_dir(args.state_dir.clone().or(file.state_dir.clone()), env);
-    let home = PathBuf::from(env("HOME").unwrap_or_else(|| ".".into()));
+    let naming = file.naming_rule(args.name_template.as_ref())?;
+    let state_dir = config::state_dir(args.state_dir.clone().or(file.state_dir.clone()), env)?;
     let osh_dir = match file.osh_command_dir.as_deref() {
         Some("") => None,
-        Some(dir) => Some(PathBuf::from(dir.replacen(
-            '~',
-            &home.display().to_string(),
-            1,
-        ))),
-        None => Some(trigger::osh_default_dir(&home)),
+        Some(dir) => Some(config::expand_home(dir, env)?),
+        None => Some(trigger::osh_default_dir(&config::home_dir(env)?)),
     };
     let mut retry = RetryPolicy {
         max_attempts: 4,
@@ -134,22 +125,21 @@ fn build_config(args: &RunArgs) -> Result<(DaemonConfig, Option<i32>), String> {
     if let Some(ms) = args.retry_min_ms {
         retry.min_wait = Duration::from_millis(ms);
     }
-    let duration = |flag: Option<Duration>, value: &Option<String>, default: u64| {
-        flag.or(FileConfig::duration(value))
-            .unwrap_or(Duration::from_secs(default))
+    let duration = |flag: Option<Duration>, value: Option<Duration>, default: u64| {
+        flag.or(value).unwrap_or(Duration::from_secs(default))
     };
-    let targets = Targets::from_process(args.base_url.clone().or(file.base_url.clone()), retry);
+    let targets = Clients::from_process(args.base_url.clone().or(file.base_url.clone()), retry)?;
     let config = DaemonConfig {
         roots: roots.into_iter().map(RootSpec).collect(),
         state_dir,
         targets: Arc::new(targets),
         naming,
-        live_poll: duration(args.poll, &file.poll, 5),
-        idle_poll: duration(args.idle_poll, &file.idle_poll, 120),
+        live_poll: duration(args.poll, file.poll, 5),
+        idle_poll: duration(args.idle_poll, file.idle_poll, 120),
         trigger_poll: Duration::from_millis(500),
         concurrency: args.jobs.or(file.jobs).unwrap_or(4).max(1),
-        grace: duration(args.grace, &file.grace, 120),
-        quiescence: duration(args.quiescence, &file.quiescence, 1800),
+        grace: duration(args.grace, file.grace, 120),
+        quiescence: duration(args.quiescence, file.quiescence, 1800),
         osh_dir,
         lease_ttl: args.lease_ttl.unwrap_or(Duration::from_secs(30)),
         wait_for_lease: args.wait,
@@ -225,6 +215,34 @@ fn logger(format: &str) -> anyhow::Result<Log> {
 mod tests {
     use super::*;
     use clap::Parser as _;
+    use std::path::PathBuf;
+
+    #[test]
+    fn a_ledger_error_through_the_daemon_says_each_thing_once() {
+        // As main prints it: the anyhow chain with `{:#}`.
+        let cause = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "no access here");
+        let ledger = crate::ledger::LedgerError::Dir {
+            path: PathBuf::from("/state/runs"),
+            source: cause,
+        };
+        let error = anyhow::Error::from(DaemonError::from(ledger));
+        let text = format!("{error:#}");
+        assert_eq!(
+            text,
+            "cannot use state directory /state/runs: no access here"
+        );
+        for part in [
+            "cannot use state directory",
+            "/state/runs",
+            "no access here",
+        ] {
+            assert_eq!(text.matches(part).count(), 1, "{part} in {text}");
+        }
+        // The settings' errors are typed and say what to fix once too.
+        let error = anyhow::Error::from(ConfigError::from(config::DirsError::NoHome));
+        let text = format!("{error:#}");
+        assert_eq!(text.matches("HOME is not set").count(), 1, "{text}");
+    }
 
     #[test]
     fn relative_roots_are_taken_from_the_working_directory() {

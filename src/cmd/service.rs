@@ -22,9 +22,9 @@ use super::Outcome;
 use crate::cli::{ServiceAction, ServiceArgs, ServiceInstallArgs};
 use crate::config::{self, FileConfig};
 use crate::destination::resolve as dotenv;
-use crate::destination::{TargetError, resolve_target};
-use crate::ledger::sha256_hex;
-use crate::ledger::store::write_atomic;
+use crate::destination::{DestinationError, resolve_destination};
+use crate::fs::durable::write_atomic;
+use crate::fs::sha256_hex;
 use crate::process;
 
 /// The unit as committed; its `ExecStart=` runs [`TEMPLATE_BINARY`].
@@ -127,12 +127,12 @@ pub struct Report {
 
 fn install(args: ServiceInstallArgs) -> anyhow::Result<Outcome> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let Some(config_home) = config::config_home(env) else {
-        eprintln!(
-            "syncd service install: neither XDG_CONFIG_HOME (absolute) nor HOME is set: \
-             cannot tell where the user unit goes"
-        );
-        return Ok(Outcome::Usage);
+    let config_home = match config::config_home(config::ProcessEnv) {
+        Ok(dir) => dir,
+        Err(e) => {
+            eprintln!("syncd service install: cannot tell where the user unit goes: {e}");
+            return Ok(Outcome::Usage);
+        }
     };
     let unit_path = config_home.join("systemd/user").join(UNIT_NAME);
     let binary = current_binary()?;
@@ -516,7 +516,15 @@ fn readiness_warnings(
     };
     let mut warnings = Vec::new();
 
-    let config_path = config::config_file(unit_var);
+    let (config_path, user_env) = match config::config_file(unit_var)
+        .and_then(|config| Ok((config, dotenv::user_env_file(unit_var)?)))
+    {
+        Ok(paths) => paths,
+        Err(e) => {
+            warnings.push(format!("the daemon will not start: {e}"));
+            return warnings;
+        }
+    };
     let file = match FileConfig::load(&config_path, false) {
         Ok(file) => file,
         Err(e) => {
@@ -533,9 +541,8 @@ fn readiness_warnings(
         ));
     }
     // The key the daemon would use for a run without a `.env` of its own:
-    // its `syncd/.env`, the unit's environment, netrc (as `Targets` resolves
+    // its `syncd/.env`, the unit's environment, netrc (as `Clients` resolves
     // it, with the config file's server first).
-    let user_env = dotenv::user_env_file(unit_var);
     let lookup = |key: &str| match key {
         "WANDB_BASE_URL" => (file.base_url.clone())
             .filter(|url| !url.trim().is_empty())
@@ -543,7 +550,7 @@ fn readiness_warnings(
         _ => unit_var(key),
     };
     let no_run_dir = user_env.parent().unwrap_or(Path::new("/"));
-    match resolve_target(
+    match resolve_destination(
         no_run_dir,
         no_run_dir,
         &user_env,
@@ -551,7 +558,7 @@ fn readiness_warnings(
         process::current_uid(),
     ) {
         Ok(_) => {}
-        Err(missing @ TargetError::MissingKey(_)) => {
+        Err(missing @ DestinationError::MissingKey(_)) => {
             let shell_has_key = env("WANDB_API_KEY").is_some();
             warnings.push(format!(
                 "{missing}{}; the service does not see your shell's environment: put \

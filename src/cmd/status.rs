@@ -93,8 +93,8 @@ pub struct RunStatus {
 }
 
 pub fn run(args: StatusArgs) -> anyhow::Result<Outcome> {
-    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let state_dir = config::state_dir(args.state_dir.clone(), env);
+    let env = crate::config::ProcessEnv;
+    let state_dir = config::state_dir(args.state_dir.clone(), env)?;
     loop {
         let report = status(
             &state_dir,

@@ -9,11 +9,10 @@ use anyhow::Context as _;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
-use super::Outcome;
-use super::inspect::{PathError, default_wandb_dir};
+use super::{Outcome, PathError, default_wandb_dir};
 use crate::cli::SyncArgs;
 use crate::config;
-use crate::destination::clients::Targets;
+use crate::destination::clients::Clients;
 use crate::discover;
 use crate::engine::worker::{self, Progress, RunJob, RunOutcome, SyncOptions, WouldSend};
 use crate::ledger::{Ledger, Phase};
@@ -34,7 +33,7 @@ pub struct SyncReport {
 }
 
 pub fn run(args: SyncArgs) -> anyhow::Result<Outcome> {
-    let env = |k: &str| std::env::var(k).ok();
+    let env = crate::config::ProcessEnv;
     let Some(naming) = super::naming_rule(args.name_template.as_ref(), env) else {
         return Ok(Outcome::Usage);
     };
@@ -44,8 +43,8 @@ pub fn run(args: SyncArgs) -> anyhow::Result<Outcome> {
         max_attempts: args.attempts,
         timeout: args.timeout,
     };
-    let targets = Targets::from_process(args.base_url.clone(), policy);
-    let state_dir = config::state_dir(args.state_dir.clone(), env);
+    let targets = Clients::from_process(args.base_url.clone(), policy)?;
+    let state_dir = config::state_dir(args.state_dir.clone(), env)?;
     let ledger = Ledger::open(&state_dir)?;
     // Absolute from here on: a relative path's parents (the project
     // directory holding `wandb/` and its `.env`) are part of where the run
@@ -101,7 +100,7 @@ pub fn run(args: SyncArgs) -> anyhow::Result<Outcome> {
                 job.project = target.project.clone();
                 planned.push((job, target.client));
             }
-            Err(message) => target_failures.push((job, message)),
+            Err(e) => target_failures.push((job, e.to_string())),
         }
     }
     if planned.is_empty() && errors.is_empty() && !target_failures.is_empty() {

@@ -1,6 +1,6 @@
 //! Where each run goes, and one HTTP client per server and key however many
-//! runs share them. Callers keep a run's target once resolved (the daemon in
-//! its run table), so nothing per run is cached here.
+//! runs share them. Callers keep a run's [`RunClient`] once resolved (the
+//! daemon in its run table), so nothing per run is cached here.
 //!
 //! The environment is read once, when the resolver is made (at start and on
 //! SIGHUP), so a `.env` edited while the daemon runs takes effect on SIGHUP,
@@ -10,13 +10,14 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::destination::resolve::{self, ApiKey};
-use crate::destination::{Target, TargetError, resolve_target};
+use crate::config::DirsError;
+use crate::destination::resolve;
+use crate::destination::{ApiKey, Destination, DestinationError, netrc, resolve_destination};
 use crate::project;
 use crate::sink::retry::RetryPolicy;
 use crate::sink::wandb::client::Client;
 
-/// The environment variables target resolution reads.
+/// The environment variables [`resolve_destination`] reads.
 const ENV_VARS: [&str; 7] = [
     "WANDB_API_KEY",
     "WANDB_BASE_URL",
@@ -27,17 +28,19 @@ const ENV_VARS: [&str; 7] = [
     "XDG_CONFIG_HOME",
 ];
 
-/// A run's destination: the client for its server and key, and the entity
-/// and project to use when neither the command line nor the run names one.
+/// What a run is uploaded with: the client for its server and key, and the
+/// entity and project to use when neither the command line nor the run
+/// names one.
 #[derive(Clone)]
-pub struct RunTarget {
+pub struct RunClient {
     pub client: Arc<Client>,
     pub entity: Option<String>,
     pub project: Option<String>,
 }
 
-/// Resolves targets; cheap to share between tasks.
-pub struct Targets {
+/// Resolves each run's [`Destination`] and keeps one client per server and
+/// key; cheap to share between tasks.
+pub struct Clients {
     env: HashMap<String, String>,
     user_env_file: PathBuf,
     uid: u32,
@@ -45,10 +48,13 @@ pub struct Targets {
     clients: Mutex<HashMap<(String, ApiKey), Arc<Client>>>,
 }
 
-impl Targets {
+impl Clients {
     /// From the process environment; `base_url` (a `--base-url` flag or the
     /// config file's `base_url`) stands in for `WANDB_BASE_URL`.
-    pub fn from_process(base_url: Option<String>, retry: RetryPolicy) -> Targets {
+    pub fn from_process(
+        base_url: Option<String>,
+        retry: RetryPolicy,
+    ) -> Result<Clients, DirsError> {
         let mut env: HashMap<String, String> = ENV_VARS
             .iter()
             .filter_map(|name| Some((name.to_string(), std::env::var(name).ok()?)))
@@ -56,19 +62,21 @@ impl Targets {
         if let Some(url) = base_url.filter(|u| !u.trim().is_empty()) {
             env.insert("WANDB_BASE_URL".into(), url);
         }
-        Targets::new(env, retry)
+        Clients::new(env, retry)
     }
 
-    pub fn new(env: HashMap<String, String>, retry: RetryPolicy) -> Targets {
-        let lookup = |name: &str| env.get(name).cloned().filter(|v| !v.is_empty());
-        let user_env_file = resolve::user_env_file(lookup);
-        Targets {
+    /// From the variables `env` (only [`ENV_VARS`] are read); an error
+    /// when they give no home for the user's own `.env`.
+    pub fn new(env: HashMap<String, String>, retry: RetryPolicy) -> Result<Clients, DirsError> {
+        let lookup = |name: &str| env.get(name).cloned();
+        let user_env_file = resolve::user_env_file(lookup)?;
+        Ok(Clients {
             env,
             user_env_file,
             uid: crate::process::current_uid(),
             retry,
             clients: Mutex::new(HashMap::new()),
-        }
+        })
     }
 
     fn lookup(&self, name: &str) -> Option<String> {
@@ -81,8 +89,8 @@ impl Targets {
     }
 
     /// The settings for the run in `run_dir`, found under `root`.
-    pub fn settings(&self, run_dir: &Path, root: &Path) -> Result<Target, TargetError> {
-        resolve_target(
+    pub fn settings(&self, run_dir: &Path, root: &Path) -> Result<Destination, DestinationError> {
+        resolve_destination(
             run_dir,
             root,
             &self.user_env_file,
@@ -91,12 +99,12 @@ impl Targets {
         )
     }
 
-    /// The target of the run in `run_dir`; the error is a sentence for the
-    /// user, with no key in it.
-    pub fn resolve(&self, run_dir: &Path, root: &Path) -> Result<RunTarget, String> {
-        let settings = self.settings(run_dir, root).map_err(|e| e.to_string())?;
-        let client = self.client(&settings).map_err(|e| e.to_string())?;
-        Ok(RunTarget {
+    /// The client and defaults of the run in `run_dir`; the error says
+    /// what to fix, with no key in it.
+    pub fn resolve(&self, run_dir: &Path, root: &Path) -> Result<RunClient, DestinationError> {
+        let settings = self.settings(run_dir, root)?;
+        let client = self.client(&settings)?;
+        Ok(RunClient {
             client,
             entity: settings.entity.clone(),
             project: settings.project.clone(),
@@ -105,7 +113,7 @@ impl Targets {
 
     fn client(
         &self,
-        settings: &Target,
+        settings: &Destination,
     ) -> Result<Arc<Client>, crate::sink::wandb::client::SinkError> {
         let key = (settings.base_url.clone(), settings.api_key.clone());
         let mut clients = lock(&self.clients);
@@ -121,15 +129,11 @@ impl Targets {
         Ok(client)
     }
 
-    /// Every distinct client made so far (for the offline probe).
     /// The files a run's destination and key can come from: the `.env`
     /// files searched for it, the user's, and netrc. Whether each exists
     /// is part of the answer's meaning (one created later counts).
     pub fn settings_files(&self, run_dir: &Path, root: &Path) -> Vec<PathBuf> {
-        let netrc = self
-            .lookup("NETRC")
-            .map(PathBuf::from)
-            .or_else(|| self.lookup("HOME").map(|h| PathBuf::from(h).join(".netrc")));
+        let netrc = netrc::path(|k| self.lookup(k));
         project::search_dirs(run_dir, root)
             .into_iter()
             .map(|dir| dir.join(resolve::DOTENV_FILE))
@@ -138,6 +142,7 @@ impl Targets {
             .collect()
     }
 
+    /// Every distinct client made so far (for the offline probe).
     pub fn clients(&self) -> Vec<Arc<Client>> {
         lock(&self.clients).values().cloned().collect()
     }
@@ -179,7 +184,7 @@ mod tests {
             "WANDB_API_KEY=kc\nWANDB_BASE_URL=http://127.0.0.1:2\n",
         );
         let env = HashMap::from([("HOME".to_string(), tmp.path().display().to_string())]);
-        let targets = Targets::new(env, RetryPolicy::default());
+        let targets = Clients::new(env, RetryPolicy::default()).unwrap();
         let a = targets.resolve(&root.join("a/wandb/offline-run-1"), &root);
         let b = targets.resolve(&root.join("b/wandb/offline-run-2"), &root);
         let c = targets.resolve(&root.join("c/wandb/offline-run-3"), &root);
@@ -193,6 +198,20 @@ mod tests {
     }
 
     #[test]
+    fn without_a_home_there_is_no_user_file_and_an_error_says_so() {
+        let err = Clients::new(HashMap::new(), RetryPolicy::default())
+            .err()
+            .unwrap();
+        assert_eq!(err, DirsError::NoHome);
+        let env = HashMap::from([
+            ("HOME".to_string(), "/h".to_string()),
+            ("XDG_CONFIG_HOME".to_string(), "relative".to_string()),
+        ]);
+        let clients = Clients::new(env, RetryPolicy::default()).unwrap();
+        assert_eq!(clients.user_env_file, Path::new("/h/.config/syncd/.env"));
+    }
+
+    #[test]
     fn a_refused_env_is_an_error_without_the_key() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("root");
@@ -200,9 +219,14 @@ mod tests {
         std::fs::set_permissions(root.join(".env"), std::fs::Permissions::from_mode(0o644))
             .unwrap();
         let env = HashMap::from([("HOME".to_string(), tmp.path().display().to_string())]);
-        let targets = Targets::new(env, RetryPolicy::default());
+        let targets = Clients::new(env, RetryPolicy::default()).unwrap();
         let run = root.join("wandb/offline-run-1");
         let error = targets.resolve(&run, &root).err().unwrap();
+        assert!(
+            matches!(error, DestinationError::Exposed { .. }),
+            "{error:?}"
+        );
+        let error = error.to_string();
         assert!(error.contains("chmod 600"), "{error}");
         assert!(!error.contains("sekrit"), "{error}");
         // Fixed: found at the next attempt, no restart needed.

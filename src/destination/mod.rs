@@ -1,20 +1,30 @@
 //! Where a run goes: the server, API key, entity and project for each run,
-//! and the clients that talk to each server.
+//! and the clients that talk to each server. Credentials live here and
+//! nowhere else.
 //!
 //! - [`resolve`]: the layered lookup: the nearest `.env` up to the watched
 //!   root, the user's own `.env`, the environment and `~/.netrc`; a key is
-//!   scoped to the server it was found with, and redacted wherever it could
-//!   be printed;
-//! - [`netrc`]: the `~/.netrc` fallback the official client also reads;
+//!   scoped to the server it was found with; its errors
+//!   ([`DestinationError`], one `MissingKey`) say what to fix and never
+//!   hold a key;
+//! - [`key`]: [`ApiKey`], the one type that holds a key, redacted wherever
+//!   it could be printed;
+//! - [`netrc`]: reads `~/.netrc`, the fallback the official client also
+//!   reads, and nothing else;
 //! - [`clients`]: one shared client per (server, key), so runs bound for the
 //!   same server share its connection pool and its 429 pause.
 //!
 //! This folder decides *where*; it never reads run files (that is
-//! [`crate::source`]) and never speaks a tracker's protocol beyond building
-//! its client (that is [`crate::sink`]).
+//! [`crate::source`]), never names runs (that is [`crate::naming`]), never
+//! writes a file, and never speaks a tracker's protocol beyond building its
+//! client (that is [`crate::sink`]). Which directories are searched for a
+//! `.env` is [`crate::project`]'s; where the user's own files are is
+//! [`crate::config`]'s.
 
 pub mod clients;
+pub mod key;
 pub mod netrc;
 pub mod resolve;
 
-pub use resolve::{ApiKey, Origin, Target, TargetError, resolve_target};
+pub use key::ApiKey;
+pub use resolve::{Destination, DestinationError, Origin, resolve_destination};

@@ -1,87 +1,45 @@
-//! Where the API key comes from: `WANDB_API_KEY`, else the netrc entry for
-//! the server's host (`$NETRC`, else `~/.netrc`), as wandb itself looks.
-//! The key is returned to the caller only; nothing here prints or stores it.
+//! The `~/.netrc` fallback for a server's key, as wandb itself reads it:
+//! the file (`$NETRC`, else `~/.netrc`), the machine name of a server
+//! (`host[:port]`), and the password of that machine's entry (or of a
+//! `default` entry). Which layer wins, and every message about a missing
+//! key, is [`super::resolve`]'s; nothing here prints a key.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-/// Where a key was found, for messages (never the key itself).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeySource {
-    Env,
-    Netrc(PathBuf),
-}
+use super::key::ApiKey;
 
-impl std::fmt::Display for KeySource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            KeySource::Env => f.write_str("WANDB_API_KEY"),
-            KeySource::Netrc(path) => write!(f, "{}", path.display()),
-        }
-    }
-}
+/// A netrc larger than this is not read.
+const MAX_NETRC_BYTES: u64 = 1 << 20;
 
-/// An API key with its origin. `Debug` does not show the key.
-#[derive(Clone)]
-pub struct ApiKey {
-    pub key: String,
-    pub source: KeySource,
-}
-
-impl std::fmt::Debug for ApiKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ApiKey(from {}, redacted)", self.source)
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "no W&B API key for {host}: set WANDB_API_KEY, or add `machine {host} login user password <key>` to {netrc}"
-)]
-pub struct MissingKey {
-    pub host: String,
-    pub netrc: String,
-}
-
-/// The key for `base_url` from the environment `env` (a lookup function so
-/// tests need not change the process environment).
-pub fn find_api_key(
-    base_url: &str,
-    env: impl Fn(&str) -> Option<String>,
-) -> Result<ApiKey, MissingKey> {
-    if let Some(key) = env("WANDB_API_KEY").filter(|k| !k.trim().is_empty()) {
-        return Ok(ApiKey {
-            key: key.trim().to_string(),
-            source: KeySource::Env,
-        });
-    }
-    let host = host_of(base_url);
-    let netrc = env("NETRC")
+/// The netrc file of the environment `env`: `$NETRC`, else `$HOME/.netrc`;
+/// `None` with neither set.
+pub fn path(env: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    env("NETRC")
         .map(PathBuf::from)
-        .or_else(|| env("HOME").map(|h| PathBuf::from(h).join(".netrc")));
-    if let Some(path) = &netrc
-        && let Ok(text) = crate::fs::open_regular(path)
-            .and_then(|f| std::io::read_to_string(std::io::Read::take(f, 1 << 20)))
-        && let Some(key) = netrc_password(&text, &host)
-    {
-        return Ok(ApiKey {
-            key,
-            source: KeySource::Netrc(path.clone()),
-        });
-    }
-    Err(MissingKey {
-        host,
-        netrc: netrc.map_or_else(|| "~/.netrc".into(), |p| p.display().to_string()),
-    })
+        .or_else(|| env("HOME").map(|h| PathBuf::from(h).join(".netrc")))
 }
 
-/// `host[:port]` of a URL, the netrc machine name wandb uses.
+/// The key `path` holds for `machine` (see [`host_of`]), else its
+/// `default` entry's; `None` when the file is missing, unreadable or not a
+/// regular file (never waited on), or has no such entry.
+pub fn key_for(path: &Path, machine: &str) -> Option<ApiKey> {
+    let file = crate::fs::open_regular(path).ok()?;
+    let text = std::io::read_to_string(std::io::Read::take(file, MAX_NETRC_BYTES)).ok()?;
+    netrc_password(&text, machine).map(ApiKey::new)
+}
+
+/// `host[:port]` of a URL, the netrc machine name wandb uses (the port only
+/// when it is not the scheme's default); the text as given if it is not a
+/// URL.
 pub fn host_of(url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
-    authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, h)| h)
-        .to_string()
+    let Ok(url) = reqwest::Url::parse(url) else {
+        return url.to_string();
+    };
+    match (url.host_str(), url.port()) {
+        (Some(host), Some(port)) => format!("{host}:{port}"),
+        (Some(host), None) => host.to_string(),
+        (None, _) => url.to_string(),
+    }
 }
 
 /// The password of `machine` (or of a `default` entry) in netrc text.
@@ -124,23 +82,6 @@ fn netrc_password(text: &str, machine: &str) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
-        move |k| {
-            pairs
-                .iter()
-                .find(|(n, _)| *n == k)
-                .map(|(_, v)| v.to_string())
-        }
-    }
-
-    #[test]
-    fn env_key_wins_and_is_not_shown_in_debug() {
-        let key =
-            find_api_key("https://api.wandb.ai", env_of(&[("WANDB_API_KEY", "k123")])).unwrap();
-        assert_eq!(key.key, "k123");
-        assert!(!format!("{key:?}").contains("k123"));
-    }
-
     #[test]
     fn netrc_entry_for_the_host_and_port() {
         let tmp = tempfile::tempdir().unwrap();
@@ -150,29 +91,48 @@ mod tests {
             "machine api.wandb.ai login user password wrong\nmachine 127.0.0.1:8080\n  login user\n  password right\n",
         )
         .unwrap();
-        let path = netrc.to_str().unwrap().to_string();
-        let env = move |k: &str| (k == "NETRC").then(|| path.clone());
-        let key = find_api_key("http://127.0.0.1:8080/", env).unwrap();
-        assert_eq!(key.key, "right");
-        assert!(matches!(key.source, KeySource::Netrc(_)));
+        let key = key_for(&netrc, &host_of("http://127.0.0.1:8080/")).unwrap();
+        assert_eq!(key.expose(), "right");
+        assert!(!format!("{key:?}").contains("right"));
+        assert_eq!(key_for(&netrc, "other.example"), None);
+        std::fs::write(&netrc, "machine a password x\ndefault login u password d\n").unwrap();
+        assert_eq!(key_for(&netrc, "b").unwrap().expose(), "d");
+        assert_eq!(key_for(&tmp.path().join("missing"), "a"), None);
     }
 
     #[test]
-    fn missing_key_says_how_to_fix_it() {
-        let err = find_api_key("http://localhost:9", |_| None).unwrap_err();
-        let text = err.to_string();
-        assert!(
-            text.contains("WANDB_API_KEY") && text.contains("machine localhost:9"),
-            "{text}"
+    fn the_file_is_netrc_else_home() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        assert_eq!(
+            path(env(&[("NETRC", "/n"), ("HOME", "/h")])),
+            Some(PathBuf::from("/n"))
         );
+        assert_eq!(
+            path(env(&[("HOME", "/h")])),
+            Some(PathBuf::from("/h/.netrc"))
+        );
+        assert_eq!(path(env(&[])), None);
     }
 
     #[test]
     fn hosts_of_urls() {
         assert_eq!(host_of("https://api.wandb.ai"), "api.wandb.ai");
         assert_eq!(
-            host_of("http://user@127.0.0.1:18080/path?q"),
+            host_of("http://user:pw@127.0.0.1:18080/path?q"),
             "127.0.0.1:18080"
         );
+        assert_eq!(
+            host_of("https://user@wandb.lab.example/x#y"),
+            "wandb.lab.example"
+        );
+        assert_eq!(host_of("http://[::1]:8080"), "[::1]:8080");
+        assert_eq!(host_of("https://WANDB.Example:443/"), "wandb.example");
     }
 }

@@ -12,7 +12,7 @@
 //! 3. the environment (the lookup function the caller passes: that is where
 //!    a `--base-url` flag or config file setting goes);
 //! 4. for the key only, the netrc entry of the server's host (`$NETRC`, else
-//!    `~/.netrc`), as [`find_api_key`] reads it.
+//!    `~/.netrc`), as [`netrc`] reads it.
 //!
 //! A blank value counts as unset. The server is the nearest layer's
 //! `WANDB_BASE_URL` (default `https://api.wandb.ai`).
@@ -36,7 +36,7 @@
 //! # Redaction
 //!
 //! [`ApiKey`] prints as `[redacted]` (`Debug` and `Display`) and has no
-//! `Serialize`; [`Target`], [`Origin`] and [`TargetError`] never hold key
+//! `Serialize`; [`Destination`], [`Origin`] and [`DestinationError`] never hold key
 //! text in what they print: a line of a `.env` that fails to parse is named
 //! by its number, not shown.
 
@@ -46,10 +46,9 @@ use std::io::Read as _;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use sha2::Digest as _;
-
+use super::key::ApiKey;
+use super::netrc;
 use crate::config::DEFAULT_WANDB_BASE_URL;
-use crate::destination::netrc::{KeySource, find_api_key};
 
 /// The file name looked for in each directory.
 pub const DOTENV_FILE: &str = ".env";
@@ -64,45 +63,6 @@ pub const VARS: [&str; 4] = [
 
 /// A `.env` larger than this is refused as not one.
 const MAX_DOTENV_BYTES: u64 = 1024 * 1024;
-
-/// What replaces a key in text.
-pub const REDACTED: &str = "[redacted]";
-
-/// An API key. It prints as `[redacted]`; [`ApiKey::expose`] is the only
-/// way to its text, for the HTTP client.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct ApiKey(String);
-
-impl ApiKey {
-    pub fn new(key: impl Into<String>) -> ApiKey {
-        ApiKey(key.into())
-    }
-
-    /// The key itself: only for the `Authorization` header.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// `sha256:` and 8 hex digits of the key's hash: tells keys apart in
-    /// status output without revealing them.
-    pub fn fingerprint(&self) -> String {
-        let digest = sha2::Sha256::digest(self.0.as_bytes());
-        let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
-        format!("sha256:{hex}")
-    }
-}
-
-impl fmt::Debug for ApiKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ApiKey({REDACTED})")
-    }
-}
-
-impl fmt::Display for ApiKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(REDACTED)
-    }
-}
 
 /// Where a setting came from. Prints as a path or a phrase, never a value.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -128,7 +88,7 @@ impl fmt::Display for Origin {
     }
 }
 
-/// Where each of a [`Target`]'s settings came from.
+/// Where each of a [`Destination`]'s settings came from.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Origins {
     pub base_url: Origin,
@@ -141,7 +101,7 @@ pub struct Origins {
 /// to use when the run names none of its own. `Debug` and `Display` show no
 /// key.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
+pub struct Destination {
     /// Without a trailing `/`.
     pub base_url: String,
     pub api_key: ApiKey,
@@ -153,7 +113,7 @@ pub struct Target {
     pub files: Vec<PathBuf>,
 }
 
-impl fmt::Display for Target {
+impl fmt::Display for Destination {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.base_url)?;
         match (&self.entity, &self.project) {
@@ -172,7 +132,7 @@ impl fmt::Display for Target {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum TargetError {
+pub enum DestinationError {
     #[error(
         "refusing {path}: it is {access} (mode {mode:04o}) and may hold an API key; make it private with `chmod 600 {path}`"
     )]
@@ -188,10 +148,12 @@ pub enum TargetError {
     NotOwned { path: PathBuf, owner: u32, uid: u32 },
     #[error("refusing {path}: not a regular file")]
     NotAFile { path: PathBuf },
-    #[error("cannot read {path}: {source}")]
+    /// The cause is in the text (this error is shown with `to_string`) and
+    /// so is not also its `source()`.
+    #[error("cannot read {}: {error}", .path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("cannot parse {path}{}: {reason} (the line is not shown: it may hold a key)", line.map(|l| format!(" line {l}")).unwrap_or_default())]
     Parse {
@@ -203,6 +165,9 @@ pub enum TargetError {
     BadBaseUrl { origin: Origin },
     #[error(transparent)]
     MissingKey(Box<MissingKey>),
+    /// The settings were fine but no HTTP client could be made for them.
+    #[error(transparent)]
+    Client(#[from] crate::sink::wandb::client::SinkError),
 }
 
 /// No key for the run's server anywhere it may come from.
@@ -274,13 +239,13 @@ fn project_dir(run_dir: &Path, root: &Path) -> PathBuf {
 /// (`$XDG_CONFIG_HOME/syncd/.env`, [`user_env_file`]); `env` looks up the
 /// environment (and `HOME`/`NETRC` for netrc); `uid` is whom the `.env`
 /// files must belong to ([`crate::process::current_uid`]).
-pub fn resolve_target(
+pub fn resolve_destination(
     run_dir: &Path,
     root: &Path,
     user_env_file: &Path,
     env: impl Fn(&str) -> Option<String>,
     uid: u32,
-) -> Result<Target, TargetError> {
+) -> Result<Destination, DestinationError> {
     let mut layers = Vec::new();
     let mut files = Vec::new();
     let dotenvs = crate::project::search_dirs(run_dir, root)
@@ -321,7 +286,7 @@ pub fn resolve_target(
     if !(base_url.starts_with("https://") || base_url.starts_with("http://"))
         || base_url.len() <= "https://".len()
     {
-        return Err(TargetError::BadBaseUrl {
+        return Err(DestinationError::BadBaseUrl {
             origin: base_origin,
         });
     }
@@ -332,10 +297,11 @@ pub fn resolve_target(
             == base_url
     };
 
+    // The nearest `.env` key that is for this server, then the
+    // environment's (only if it is for this server too), then netrc.
     let mut skipped = Vec::new();
     let mut api_key = None;
-    let env_layer = layers.len() - 1;
-    for (i, layer) in layers[..env_layer].iter().enumerate() {
+    for (i, layer) in layers.iter().enumerate() {
         if let Some(key) = layer.get("WANDB_API_KEY") {
             if sees_server(i) {
                 api_key = Some((ApiKey::new(key), layer.origin.clone()));
@@ -344,46 +310,34 @@ pub fn resolve_target(
             skipped.push(layer.origin.clone());
         }
     }
-    if api_key.is_none() {
-        // The environment, then netrc, as `syncd sync` has always looked;
-        // the environment's key only if it is for this server.
-        let env_key_fits = sees_server(env_layer);
-        if !env_key_fits && layers[env_layer].get("WANDB_API_KEY").is_some() {
-            skipped.push(Origin::Environment);
-        }
-        let lookup = |name: &str| {
-            if name == "WANDB_API_KEY" && !env_key_fits {
-                None
-            } else {
-                env(name)
-            }
-        };
-        match find_api_key(&base_url, lookup) {
-            Ok(found) => {
-                let origin = match found.source {
-                    KeySource::Env => Origin::Environment,
-                    KeySource::Netrc(path) => Origin::Netrc(path),
-                };
-                api_key = Some((ApiKey::new(found.key), origin));
-            }
-            Err(missing) => {
-                return Err(TargetError::MissingKey(Box::new(MissingKey {
-                    host: missing.host,
-                    server_origin: base_origin,
-                    suggest: files
-                        .first()
-                        .filter(|f| f.as_path() != user_env_file)
-                        .cloned()
-                        .unwrap_or_else(|| project_dir(run_dir, root).join(DOTENV_FILE)),
-                    user_file: user_env_file.to_path_buf(),
-                    netrc: missing.netrc,
-                    skipped,
-                })));
+    let (api_key, key_origin) = match api_key {
+        Some(found) => found,
+        None => {
+            let host = netrc::host_of(&base_url);
+            let netrc_file = netrc::path(&env);
+            match netrc_file
+                .as_deref()
+                .and_then(|path| Some((netrc::key_for(path, &host)?, path)))
+            {
+                Some((key, path)) => (key, Origin::Netrc(path.to_path_buf())),
+                None => {
+                    return Err(DestinationError::MissingKey(Box::new(MissingKey {
+                        host,
+                        server_origin: base_origin,
+                        suggest: files
+                            .first()
+                            .filter(|f| f.as_path() != user_env_file)
+                            .cloned()
+                            .unwrap_or_else(|| project_dir(run_dir, root).join(DOTENV_FILE)),
+                        user_file: user_env_file.to_path_buf(),
+                        netrc: netrc_file
+                            .map_or_else(|| "~/.netrc".into(), |p| p.display().to_string()),
+                        skipped,
+                    })));
+                }
             }
         }
-    }
-    let (api_key, key_origin) = api_key.expect("found or returned");
-
+    };
     let first = |name: &str| {
         layers
             .iter()
@@ -391,7 +345,7 @@ pub fn resolve_target(
     };
     let (entity, entity_origin) = first("WANDB_ENTITY").unzip();
     let (project, project_origin) = first("WANDB_PROJECT").unzip();
-    Ok(Target {
+    Ok(Destination {
         base_url,
         api_key,
         entity,
@@ -408,8 +362,8 @@ pub fn resolve_target(
 
 /// The user's own `.env`: `$XDG_CONFIG_HOME/syncd/.env`, else
 /// `~/.config/syncd/.env` (next to [`crate::config::config_file`]).
-pub fn user_env_file(env: impl Fn(&str) -> Option<String>) -> PathBuf {
-    crate::config::config_file(env).with_file_name(DOTENV_FILE)
+pub fn user_env_file(env: impl crate::config::Env) -> Result<PathBuf, crate::config::DirsError> {
+    Ok(crate::config::config_file(env)?.with_file_name(DOTENV_FILE))
 }
 
 fn normalize_url(url: &str) -> String {
@@ -420,31 +374,34 @@ fn normalize_url(url: &str) -> String {
 /// assignment of a name wins, as dotenvy's loader has it), or `None` if
 /// there is no file. Refuses a file that is not the user's or that group or
 /// others may read or write.
-pub fn load_dotenv(path: &Path, uid: u32) -> Result<Option<HashMap<String, String>>, TargetError> {
+pub fn load_dotenv(
+    path: &Path,
+    uid: u32,
+) -> Result<Option<HashMap<String, String>>, DestinationError> {
     // Never blocks: a named pipe or device here is refused, not waited on.
     let file = match crate::fs::open_regular(path) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) if crate::fs::refusal(&e).is_some() => {
-            return Err(TargetError::NotAFile { path: path.into() });
+            return Err(DestinationError::NotAFile { path: path.into() });
         }
-        Err(source) => {
-            return Err(TargetError::Read {
+        Err(error) => {
+            return Err(DestinationError::Read {
                 path: path.into(),
-                source,
+                error,
             });
         }
     };
     // Checked on the open file: what is read is what was checked.
-    let meta = file.metadata().map_err(|source| TargetError::Read {
+    let meta = file.metadata().map_err(|error| DestinationError::Read {
         path: path.into(),
-        source,
+        error,
     })?;
     if !meta.is_file() {
-        return Err(TargetError::NotAFile { path: path.into() });
+        return Err(DestinationError::NotAFile { path: path.into() });
     }
     if meta.uid() != uid {
-        return Err(TargetError::NotOwned {
+        return Err(DestinationError::NotOwned {
             path: path.into(),
             owner: meta.uid(),
             uid,
@@ -452,7 +409,7 @@ pub fn load_dotenv(path: &Path, uid: u32) -> Result<Option<HashMap<String, Strin
     }
     let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o077 != 0 {
-        return Err(TargetError::Exposed {
+        return Err(DestinationError::Exposed {
             path: path.into(),
             mode,
             access: describe_access(mode),
@@ -461,18 +418,18 @@ pub fn load_dotenv(path: &Path, uid: u32) -> Result<Option<HashMap<String, Strin
     let mut bytes = Vec::new();
     file.take(MAX_DOTENV_BYTES + 1)
         .read_to_end(&mut bytes)
-        .map_err(|source| TargetError::Read {
+        .map_err(|error| DestinationError::Read {
             path: path.into(),
-            source,
+            error,
         })?;
     if bytes.len() as u64 > MAX_DOTENV_BYTES {
-        return Err(TargetError::Parse {
+        return Err(DestinationError::Parse {
             path: path.into(),
             line: None,
             reason: format!("larger than {MAX_DOTENV_BYTES} bytes"),
         });
     }
-    let text = String::from_utf8(bytes).map_err(|_| TargetError::Parse {
+    let text = String::from_utf8(bytes).map_err(|_| DestinationError::Parse {
         path: path.into(),
         line: None,
         reason: "not UTF-8".into(),
@@ -487,21 +444,21 @@ pub fn load_dotenv(path: &Path, uid: u32) -> Result<Option<HashMap<String, Strin
                 }
             }
             Err(dotenvy::Error::LineParse(line, _)) => {
-                return Err(TargetError::Parse {
+                return Err(DestinationError::Parse {
                     path: path.into(),
                     line: line_number(text, &line),
                     reason: "not `NAME=value`".into(),
                 });
             }
-            Err(dotenvy::Error::Io(source)) => {
-                return Err(TargetError::Read {
+            Err(dotenvy::Error::Io(error)) => {
+                return Err(DestinationError::Read {
                     path: path.into(),
-                    source,
+                    error,
                 });
             }
             // Never seen while iterating; its text has no value in it.
             Err(other) => {
-                return Err(TargetError::Parse {
+                return Err(DestinationError::Parse {
                     path: path.into(),
                     line: None,
                     reason: other.to_string(),
@@ -551,6 +508,7 @@ fn line_number(text: &str, line: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::destination::key::REDACTED;
 
     const KEY: &str = "0123456789abcdef0123456789abcdef01234567";
     const KEY2: &str = "fedcba9876543210fedcba9876543210fedcba98";
@@ -591,8 +549,11 @@ mod tests {
         move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone())
     }
 
-    fn resolve(t: &Tree, env: impl Fn(&str) -> Option<String>) -> Result<Target, TargetError> {
-        resolve_target(
+    fn resolve(
+        t: &Tree,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Destination, DestinationError> {
+        resolve_destination(
             &t.run,
             &t.root,
             &t.user_file,
@@ -666,8 +627,8 @@ mod tests {
             0o600,
         );
         let uid = crate::process::current_uid();
-        let ta = resolve_target(&a, &t.root, &t.user_file, no_env, uid).unwrap();
-        let tb = resolve_target(&b, &t.root, &t.user_file, no_env, uid).unwrap();
+        let ta = resolve_destination(&a, &t.root, &t.user_file, no_env, uid).unwrap();
+        let tb = resolve_destination(&b, &t.root, &t.user_file, no_env, uid).unwrap();
         assert_eq!(ta.base_url, "https://wandb.lab.example");
         assert_eq!(
             (ta.api_key.expose(), ta.entity.as_deref()),
@@ -717,11 +678,15 @@ mod tests {
         assert_eq!(target.entity.as_deref(), Some("tree"));
         assert_eq!(target.api_key.expose(), KEY2);
         assert_eq!(
-            user_env_file(env_of(vec![("XDG_CONFIG_HOME", "/x".into())])),
+            user_env_file(env_of(vec![
+                ("XDG_CONFIG_HOME", "/x".into()),
+                ("HOME", "/home/u".into())
+            ]))
+            .unwrap(),
             Path::new("/x/syncd/.env")
         );
         assert_eq!(
-            user_env_file(env_of(vec![("HOME", "/home/u".into())])),
+            user_env_file(env_of(vec![("HOME", "/home/u".into())])).unwrap(),
             Path::new("/home/u/.config/syncd/.env")
         );
     }
@@ -753,7 +718,7 @@ mod tests {
         assert_eq!(target.origins.api_key, Origin::Netrc(netrc));
 
         let err = resolve(&t, no_env).unwrap_err();
-        assert!(matches!(err, TargetError::MissingKey(_)));
+        assert!(matches!(err, DestinationError::MissingKey(_)));
         let text = err.to_string();
         assert!(
             text.contains("api.wandb.ai") && text.contains(&t.user_file.display().to_string()),
@@ -835,7 +800,7 @@ mod tests {
         ] {
             write(&path, &format!("WANDB_API_KEY={KEY}\n"), mode);
             let err = resolve(&t, no_env).unwrap_err();
-            assert!(matches!(err, TargetError::Exposed { .. }), "{err:?}");
+            assert!(matches!(err, DestinationError::Exposed { .. }), "{err:?}");
             let text = err.to_string();
             assert!(
                 text.contains(&format!("chmod 600 {}", path.display())),
@@ -866,9 +831,11 @@ mod tests {
         );
         let me = crate::process::current_uid();
         let other = me.wrapping_add(1);
-        let err = resolve_target(&t.run, &t.root, &t.user_file, no_env, other).unwrap_err();
+        let err = resolve_destination(&t.run, &t.root, &t.user_file, no_env, other).unwrap_err();
         match &err {
-            TargetError::NotOwned { owner, uid, .. } => assert_eq!((*owner, *uid), (me, other)),
+            DestinationError::NotOwned { owner, uid, .. } => {
+                assert_eq!((*owner, *uid), (me, other))
+            }
             e => panic!("{e:?}"),
         }
         let text = err.to_string();
@@ -884,7 +851,7 @@ mod tests {
         let t = tree();
         std::fs::create_dir(t.root.join(".env")).unwrap();
         let err = resolve(&t, no_env).unwrap_err();
-        assert!(matches!(err, TargetError::NotAFile { .. }), "{err:?}");
+        assert!(matches!(err, DestinationError::NotAFile { .. }), "{err:?}");
     }
 
     #[test]
@@ -898,7 +865,7 @@ mod tests {
         assert!(made.success());
         let err = resolve(&t, no_env).unwrap_err();
         assert!(
-            matches!(&err, TargetError::NotAFile { path } if *path == pipe),
+            matches!(&err, DestinationError::NotAFile { path } if *path == pipe),
             "{err:?}"
         );
     }
@@ -915,7 +882,7 @@ mod tests {
         let err = resolve(&t, no_env).unwrap_err();
         let text = err.to_string();
         assert!(
-            matches!(err, TargetError::Parse { line: Some(3), .. }),
+            matches!(err, DestinationError::Parse { line: Some(3), .. }),
             "{err:?}"
         );
         assert!(text.contains("line 3") && text.contains(".env"), "{text}");
@@ -964,7 +931,7 @@ mod tests {
             );
             let err = resolve(&t, no_env).unwrap_err();
             assert!(
-                matches!(err, TargetError::BadBaseUrl { .. }),
+                matches!(err, DestinationError::BadBaseUrl { .. }),
                 "{url}: {err:?}"
             );
             assert!(err.to_string().contains(&path.display().to_string()));

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
 
-use crate::destination::clients::Targets;
+use crate::destination::clients::Clients;
 use crate::discover::scan::{RootSpec, ScanReport, Scanner};
 use crate::discover::trigger::TriggerDirs;
 use crate::discover::wandb_files;
@@ -68,7 +68,7 @@ pub struct DaemonConfig {
     pub state_dir: PathBuf,
     /// Each run's server, key, entity and project (its `.env`, the user's,
     /// the environment, netrc).
-    pub targets: Arc<Targets>,
+    pub targets: Arc<Clients>,
     pub naming: NamingRule,
     /// How often active runs' files are checked and roots' mtimes looked at.
     pub live_poll: Duration,
@@ -171,9 +171,9 @@ impl Tracked {
 /// Why the daemon stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error("{0}")]
+    #[error(transparent)]
     Lease(#[from] crate::ledger::lease::LeaseError),
-    #[error("{0}")]
+    #[error(transparent)]
     Ledger(#[from] crate::ledger::LedgerError),
     #[error("cannot start the keeper thread: {0}")]
     Keeper(std::io::Error),
@@ -1162,7 +1162,7 @@ impl DaemonState {
     /// A request of any worker that could not reach its server puts the
     /// daemon offline at once (its own retries go on): it does not wait
     /// for that worker to give up. Also keeps `last_contact` current.
-    fn watch_contact(&mut self, targets: &Targets, log: &Arc<dyn Fn(&str) + Send + Sync>) {
+    fn watch_contact(&mut self, targets: &Clients, log: &Arc<dyn Fn(&str) + Send + Sync>) {
         for client in targets.clients() {
             let contact = client.contact();
             if contact.last_answer > self.last_contact {
@@ -1323,7 +1323,7 @@ impl DaemonState {
         let network = self.network();
         Heartbeat {
             pid: std::process::id(),
-            host: crate::config::hostname(),
+            host: crate::process::hostname().to_string(),
             started_at: started_at.to_string(),
             heartbeat_at: now_rfc3339(),
             stale_after_secs: 15,
@@ -1380,7 +1380,7 @@ fn settings_retry_hint(config: &DaemonConfig) -> String {
 
 /// A stamp of the files a run's destination and key come from: any
 /// change to them (written, created, removed) changes it.
-fn settings_stamp(run: &Tracked, targets: &Targets) -> u64 {
+fn settings_stamp(run: &Tracked, targets: &Clients) -> u64 {
     use std::hash::{Hash, Hasher};
     use std::os::unix::fs::MetadataExt;
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
@@ -1406,12 +1406,12 @@ fn settings_stamp(run: &Tracked, targets: &Targets) -> u64 {
 /// client, or why the run is refused.
 fn attach_target(
     run: &mut Tracked,
-    targets: &Targets,
+    targets: &Clients,
     ledger: &Ledger,
 ) -> Result<Arc<Client>, String> {
     let target = targets.resolve(run.job.run_dir(), &run.job.search_root());
     run.client = None;
-    let target = target?;
+    let target = target.map_err(|e| e.to_string())?;
     run.job.entity = target.entity.clone();
     run.job.project = target.project.clone();
     let (id, first, server) = (&run.job.id, &run.job.fragments[0], target.client.base_url());

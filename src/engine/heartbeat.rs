@@ -118,7 +118,7 @@ pub fn path(state_dir: &Path) -> PathBuf {
 
 pub fn write(state_dir: &Path, heartbeat: &Heartbeat) -> std::io::Result<()> {
     let bytes = serde_json::to_vec_pretty(heartbeat).expect("heartbeat serializes");
-    crate::ledger::store::replace(&path(state_dir), &bytes)
+    crate::fs::durable::replace(&path(state_dir), &bytes)
 }
 
 /// The heartbeat, if the file exists and parses.

@@ -12,9 +12,8 @@ use std::time::SystemTime;
 
 use prost::Message;
 
-use crate::ledger::{
-    ErrorNote, FileAck, FragmentProgress, Ledger, LedgerError, Phase, RunLedger, sha256_hex,
-};
+use crate::fs::sha256_hex;
+use crate::ledger::{ErrorNote, FileAck, FragmentProgress, Ledger, LedgerError, Phase, RunLedger};
 use crate::naming::{JobManifest, Naming, NamingRule, name_run, read_manifest};
 use crate::project::search_root;
 use crate::sink::wandb::client::{Client, SinkError};

@@ -75,8 +75,8 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use super::sha256_hex;
-use super::store::read_optional;
+use crate::fs::durable::read_optional;
+use crate::fs::sha256_hex;
 
 /// File name inside the state directory.
 pub const FILE: &str = "lease.json";
@@ -375,8 +375,7 @@ impl Identity {
 }
 
 fn this_host() -> &'static str {
-    static HOST: OnceLock<String> = OnceLock::new();
-    HOST.get_or_init(crate::config::hostname)
+    crate::process::hostname()
 }
 
 fn process_token() -> &'static str {
@@ -400,7 +399,7 @@ fn random_token() -> String {
 /// A claim in a private temporary file, to be linked to a lock name and to
 /// `lease.json` or renamed over it; the name is removed on drop.
 ///
-/// The lease does not use `store::write_atomic`: its temporary name is one
+/// The lease does not use `durable::write_atomic`: its temporary name is one
 /// per process (concurrent calls would share it), and its unconditional
 /// rename would overwrite a takeover made by another node a moment earlier.
 struct Pending {

@@ -5,7 +5,6 @@
 //! holds an API key.
 
 pub mod lease;
-pub mod store;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,6 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::fs::{durable, hex};
 use crate::sink::wandb::ops::ServerRun;
 use crate::source::wandb::views::{ExitInfo, RunState};
 
@@ -155,19 +155,21 @@ impl RunLedger {
     }
 }
 
+/// The io cause of `Dir`, `Read` and `Write` is their `source()`, not part
+/// of their text, so a report of the whole chain says it once.
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
-    #[error("cannot use state directory {path}: {source}")]
+    #[error("cannot use state directory {path}")]
     Dir {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot write ledger {path}: {source}")]
+    #[error("cannot write ledger {path}")]
     Write {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot read ledger {path}: {source}")]
+    #[error("cannot read ledger {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -230,7 +232,7 @@ impl Ledger {
     /// older durable copy; lines re-sent from there go to the same offsets).
     pub fn load(&self, key: &str) -> Result<Option<RunLedger>, LedgerError> {
         let live = self.live_path_of(key);
-        let cut_short = match store::read_in_place(&live).map_err(|source| LedgerError::Read {
+        let cut_short = match durable::read_in_place(&live).map_err(|source| LedgerError::Read {
             path: live.clone(),
             source,
         })? {
@@ -252,7 +254,7 @@ impl Ledger {
 
     fn load_durable(&self, key: &str) -> Result<Option<RunLedger>, LedgerError> {
         let path = self.path_of(key);
-        let Some(bytes) = store::read_optional(&path).map_err(|source| LedgerError::Read {
+        let Some(bytes) = durable::read_optional(&path).map_err(|source| LedgerError::Read {
             path: path.clone(),
             source,
         })?
@@ -315,19 +317,19 @@ impl Ledger {
         }
         let path = self.path_of(&entry.key);
         let bytes = serde_json::to_vec_pretty(entry).expect("ledger serializes");
-        store::write_atomic(&path, &bytes).map_err(|source| LedgerError::Write { path, source })
+        durable::write_atomic(&path, &bytes).map_err(|source| LedgerError::Write { path, source })
     }
 
     /// A checkpoint of a run still being uploaded: rewritten in place
     /// next to the durable copy, without fsync (see
-    /// [`store::write_in_place`]). A process killed at any moment loses
+    /// [`durable::write_in_place`]). A process killed at any moment loses
     /// nothing (the page cache holds the write); a write cut short or a
     /// power loss leaves an older checkpoint to load, which only means
     /// lines are sent again, to the same line numbers, overwriting.
     pub fn save_unsynced(&self, entry: &RunLedger) -> Result<(), LedgerError> {
         let path = self.live_path_of(&entry.key);
         let bytes = serde_json::to_vec(entry).expect("ledger serializes");
-        store::write_in_place(&path, &bytes).map_err(|source| LedgerError::Write { path, source })
+        durable::write_in_place(&path, &bytes).map_err(|source| LedgerError::Write { path, source })
     }
 
     /// Every ledger in the directory (for `status`); damaged ones as errors.
@@ -482,14 +484,6 @@ pub fn same_fragment(a: &Path, b: &Path) -> bool {
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
 }
 
 #[cfg(test)]

@@ -174,3 +174,70 @@ fn json_schema_has_the_documented_fields() {
     assert_eq!(run["slurm"]["job_name"], "train-demo");
     assert!(Path::new(run["fragments"][0]["path"].as_str().unwrap()).is_file());
 }
+
+/// Where `syncd notify` puts its trigger, run in `cwd` with `vars` set and
+/// `HOME`, `XDG_STATE_HOME` and `SYNCD_STATE_DIR` otherwise removed.
+fn notify_in(cwd: &Path, vars: &[(&str, &Path)]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_syncd"));
+    cmd.args(["notify", "/scratch/u/wandb/offline-run-1"])
+        .current_dir(cwd)
+        .env_remove("HOME")
+        .env_remove("XDG_STATE_HOME")
+        .env_remove("SYNCD_STATE_DIR");
+    for (name, value) in vars {
+        cmd.env(name, value);
+    }
+    cmd.output().expect("run syncd")
+}
+
+/// The files under `dir`, relative to it.
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                found.push(path.strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn the_state_directory_is_never_relative_to_the_working_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cwd, home) = (tmp.path().join("cwd"), tmp.path().join("home"));
+    std::fs::create_dir_all(&cwd).unwrap();
+    std::fs::create_dir_all(&home).unwrap();
+
+    // No HOME: a clear error, and nothing written where syncd was started.
+    let out = notify_in(&cwd, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("HOME is not set"), "{}", text(&out));
+    assert!(files_under(&cwd).is_empty(), "{:?}", files_under(&cwd));
+
+    // A relative XDG_STATE_HOME does not count: the default under HOME.
+    let out = notify_in(
+        &cwd,
+        &[("HOME", &home), ("XDG_STATE_HOME", Path::new("state"))],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(files_under(&cwd).is_empty(), "{:?}", files_under(&cwd));
+    let written = files_under(&home);
+    assert_eq!(written.len(), 1, "{written:?}");
+    assert!(
+        written[0].starts_with(".local/state/syncd/notify/"),
+        "{written:?}"
+    );
+
+    // An absolute one does.
+    let state = tmp.path().join("state");
+    let out = notify_in(&cwd, &[("HOME", &home), ("XDG_STATE_HOME", &state)]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(files_under(&state).len(), 1);
+    assert!(files_under(&state)[0].starts_with("syncd/notify/"));
+}

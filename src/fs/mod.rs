@@ -1,3 +1,6 @@
+//! Files syncd reads and writes, whatever they hold: safe opens (here),
+//! durable writes ([`durable`]) and content digests ([`sha256_hex`]).
+//!
 //! Safe opens (regular files only, beneath a directory) of the files users
 //! control: `.env` files, run files, `files/*`, job manifests, trigger
 //! files, netrc.
@@ -16,6 +19,20 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{Mode, OFlags};
+use sha2::{Digest, Sha256};
+
+pub mod durable;
+
+/// Lowercase hex digits of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The SHA-256 of `bytes` in lowercase hex: checksums of uploaded files,
+/// of the service unit, of lease versions.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
 
 /// Why a file was not opened although it exists.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,5 +1,6 @@
-//! Durable small files: write to a temporary name, fsync, rename over the
-//! target, fsync the directory. A reader sees the old content or the new,
+//! Durable small files (run ledgers, the service unit, the heartbeat):
+//! write to a temporary name, fsync, rename over the target, fsync the
+//! directory. A reader sees the old content or the new,
 //! never a mix, and a crash at any point leaves one of the two. Plain
 //! read/write/rename only (no mmap, no locks), which NFS honours.
 
@@ -68,15 +69,11 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 fn hostname_tag() -> String {
-    fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| {
-            h.trim()
-                .chars()
-                .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
-                .take(32)
-                .collect()
-        })
-        .unwrap_or_default()
+    crate::process::hostname()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(32)
+        .collect()
 }
 
 /// Reads `path`, `None` if it does not exist.
