@@ -3,7 +3,8 @@
 //! fixture runs, and every later syncd must continue each of them, with the
 //! run it belongs to, without sending again anything the entry says the
 //! server acknowledged. (That each golden loads and saves back byte for byte
-//! is a unit test of `ledger::format`.)
+//! is a unit test of `ledger::format`.) An entry this syncd cannot read,
+//! damaged or written by a newer syncd, stops its run and is kept.
 //!
 //! The goldens are written once, by the syncd of the format's time, and
 //! never rewritten:
@@ -147,6 +148,19 @@ fn load_golden(golden: &Golden) -> RunLedger {
         .load(&key)
         .unwrap_or_else(|e| panic!("golden {}: {e}", golden.name))
         .unwrap()
+}
+
+/// A live checkpoint's bytes: a header with the body's length and CRC-32,
+/// then the body.
+fn in_place(body: &[u8]) -> Vec<u8> {
+    let mut out = format!(
+        "syncd-in-place {} {:08x}\n",
+        body.len(),
+        crc32fast::hash(body)
+    )
+    .into_bytes();
+    out.extend_from_slice(body);
+    out
 }
 
 /// Each golden entry, with its run placed anew and the test server in
@@ -307,8 +321,9 @@ fn write_goldens() {
         let moved = Path::new(WRITTEN_UNDER).join(files[0].strip_prefix(&root).unwrap());
         let new_key = syncd::ledger::run_key(&run_id, &moved, WRITTEN_FOR, None, None);
         let root_text = root.to_str().unwrap();
-        let root_hex = syncd::ledger::hex(root.as_os_str().as_bytes());
-        let neutral_hex = syncd::ledger::hex(WRITTEN_UNDER.as_bytes());
+        let hex = |bytes: &[u8]| -> String { bytes.iter().map(|b| format!("{b:02x}")).collect() };
+        let root_hex = hex(root.as_os_str().as_bytes());
+        let neutral_hex = hex(WRITTEN_UNDER.as_bytes());
         for path in &written {
             let bytes = std::fs::read(path).unwrap();
             // A live checkpoint: its header gives the body's length (old
@@ -328,20 +343,97 @@ fn write_goldens() {
                 .replace(root_text, WRITTEN_UNDER)
                 .replace(&root_hex, &neutral_hex)
                 .replace(&old_key, &new_key);
-            let mut out = Vec::new();
-            if header {
-                out.extend(
-                    format!(
-                        "syncd-in-place {} {:08x}\n",
-                        body.len(),
-                        crc32fast::hash(body.as_bytes())
-                    )
-                    .into_bytes(),
-                );
-            }
-            out.extend(body.into_bytes());
+            let out = if header {
+                in_place(body.as_bytes())
+            } else {
+                body.into_bytes()
+            };
             let ext = path.extension().unwrap().to_str().unwrap();
             std::fs::write(golden_dir().join(format!("{}.{ext}", golden.name)), out).unwrap();
         }
     }
+}
+
+/// An entry a newer syncd wrote (here its live checkpoint, over a durable
+/// copy this syncd can read) is reported and left as it is: the run is not
+/// uploaded from the older copy, which would replace the newer one.
+#[test]
+fn an_entry_of_a_newer_format_is_left_alone_and_its_run_not_uploaded() {
+    let golden = GOLDENS.iter().find(|g| g.name == "v1-live").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (wandb_dir, files) = place_case(golden, tmp.path());
+    let server = WandbServer::start();
+    let mut entry = load_golden(golden);
+    entry.key = syncd::ledger::run_key(&entry.run_id, &files[0], &server.base_url(), None, None);
+    entry.base_url = server.base_url();
+    let ledger = Ledger::open(&tmp.path().join("state")).unwrap();
+    ledger.save(&entry).unwrap();
+    let durable = ledger.dir().join(format!("{}.json", entry.key));
+    let live = ledger.dir().join(format!("{}.live", entry.key));
+    let newer = format!(
+        r#"{{"format": {}, "key": "{}", "progress": {{}}}}"#,
+        syncd::ledger::FORMAT_VERSION + 1,
+        entry.key
+    );
+    std::fs::write(&live, in_place(newer.as_bytes())).unwrap();
+    let before = [
+        std::fs::read(&durable).unwrap(),
+        std::fs::read(&live).unwrap(),
+    ];
+
+    let out = syncd_command(&server, tmp.path(), server.api_key(), &["--json"])
+        .arg(&wandb_dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let error = report["runs"][0]["error"].as_str().unwrap();
+    assert!(error.contains("newer than this syncd knows"), "{error}");
+    assert_eq!(server.snapshot()["counters"]["requests"], 0);
+    let after = [
+        std::fs::read(&durable).unwrap(),
+        std::fs::read(&live).unwrap(),
+    ];
+    assert!(after == before, "the entry is left as it was");
+}
+
+/// Under the daemon, a run whose entry is damaged is stopped with the
+/// reason, which `status` shows; nothing is sent and the entry is kept.
+#[test]
+fn the_daemon_stops_a_run_whose_entry_is_damaged_and_says_why() {
+    let golden = GOLDENS.iter().find(|g| g.name == "v1-live").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (wandb_dir, files) = place_case(golden, tmp.path());
+    let server = WandbServer::start();
+    let key = syncd::ledger::run_key("fxfinish", &files[0], &server.base_url(), None, None);
+    let runs = tmp.path().join("state/runs");
+    std::fs::create_dir_all(&runs).unwrap();
+    let durable = runs.join(format!("{key}.json"));
+    let golden_bytes = std::fs::read(golden_dir().join("v1-live.json")).unwrap();
+    let damaged = &golden_bytes[..golden_bytes.len() / 2];
+    std::fs::write(&durable, damaged).unwrap();
+
+    let daemon = crate::daemon::start_daemon(&server, tmp.path(), &[&wandb_dir], &[], &[]);
+    let mut status = Value::Null;
+    crate::daemon::wait_until(
+        std::time::Duration::from_secs(30),
+        "the run stopped with its reason",
+        || {
+            status = crate::daemon::status_json(tmp.path());
+            status["runs"].as_array().unwrap().iter().any(|r| {
+                r["reason"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("is damaged") && e.contains("move it away"))
+            })
+        },
+    );
+    assert!(
+        status["errors"][0]
+            .as_str()
+            .is_some_and(|e| e.contains("is damaged")),
+        "{status:#}"
+    );
+    daemon.stop();
+    assert_eq!(server.snapshot()["counters"]["requests"], 0);
+    assert_eq!(std::fs::read(&durable).unwrap(), damaged);
 }
