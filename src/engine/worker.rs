@@ -284,15 +284,19 @@ pub async fn sync_known_run(
     let entry = match loaded {
         Ok(Some(entry)) => entry,
         Ok(None) => RunLedger::new(key.clone(), job.id.clone(), base_url),
-        // A checkpoint cut short by a power loss: start over. Every line goes
-        // to its fixed offset again, so the server ends up the same.
-        Err(LedgerError::Damaged { path, reason }) => {
-            let mut fresh = RunLedger::new(key.clone(), job.id.clone(), base_url);
-            fresh.warn(format!(
-                "the ledger {} was damaged ({reason}); the run was uploaded again from the start",
-                crate::paths::display(&path)
-            ));
-            fresh
+        // An entry that does not load (damaged, or a newer syncd's) is never
+        // replaced, and its run is not uploaded from the start behind the
+        // user's back (that would send every alert and file again): the run
+        // stops until a person moves the entry away (or upgrades syncd, for
+        // a newer one's). Power losses do not
+        // get here: durable copies are replaced atomically, and a live
+        // checkpoint cut short falls back to its durable copy.
+        Err(e @ (LedgerError::Damaged { .. } | LedgerError::UnknownFormat { .. })) => {
+            let outcome = RunOutcome {
+                failure: Some(Failure::Permanent),
+                ..failed_outcome(job, key, e.to_string())
+            };
+            return (outcome, None);
         }
         Err(e) => return (failed_outcome(job, key, e.to_string()), None),
     };

@@ -3,23 +3,51 @@
 //! holds the byte cursor into each fragment, the materialised run state at
 //! that cursor, what the server has acknowledged, and the last error. It never
 //! holds an API key.
+//!
+//! # The format is frozen
+//!
+//! Users' ledgers outlive the syncd that wrote them, and an entry that
+//! cannot be read loses what it says the server already has. The format
+//! belongs to this module alone (`format/`: its own serde types per
+//! version, converted at the edge), and every change to it follows one rule:
+//!
+//! - **A change bumps the version and migrates.** Any change to what an
+//!   entry's JSON says (a field renamed, added, retyped, a value spelled
+//!   differently) is a new format version with its own types; the old
+//!   version's types stay as they are, and its entries are migrated on load,
+//!   never uploaded again. The golden entries under `tests/fixtures/ledger/`
+//!   (written by the syncd of their time, never rewritten) must keep
+//!   loading, saving back byte for byte while their version is the newest,
+//!   and continuing their run without sending anything again.
+//! - **A newer entry is left alone.** An entry of a version this syncd does
+//!   not know (a newer syncd wrote it) is reported
+//!   ([`LedgerError::UnknownFormat`]); its run is not uploaded, and the entry
+//!   is never overwritten.
+//! - **A damaged entry stops its run.** An entry that does not parse
+//!   ([`LedgerError::Damaged`]) is reported and kept as it is; its run is not
+//!   uploaded again from the start unless a person moves the entry away.
+//!   (A live checkpoint cut short is not damage: its durable copy is read
+//!   instead, see [`Ledger::load`].)
 
+mod format;
 pub mod lease;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::fs::{durable, hex};
 use crate::sink::wandb::ops::ServerRun;
 use crate::source::wandb::views::{ExitInfo, RunState};
 
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this syncd writes.
+pub const FORMAT_VERSION: u32 = format::VERSION;
 
-/// Where a run stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Where a run stands. Serializes for `sync --json`; the ledger spells it
+/// in its own format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Phase {
     /// Found, nothing acknowledged yet.
@@ -37,9 +65,8 @@ pub enum Phase {
 }
 
 /// Progress through one `.wandb` file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FragmentProgress {
-    #[serde(with = "crate::paths::serde_path")]
     pub path: PathBuf,
     /// Offset after the last record whose effects the server acknowledged.
     pub cursor: u64,
@@ -50,23 +77,21 @@ pub struct FragmentProgress {
     /// The fragment's exit record, once read.
     pub exit: Option<ExitInfo>,
     /// Its first run record has been read (and its step offset decided).
-    #[serde(default)]
     pub run_seen: bool,
 }
 
 /// A file uploaded to the run, by its path relative to `files/`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileAck {
     pub size: u64,
     pub sha256: String,
     /// The file's mtime (ns) when read: unchanged size and mtime spare a
     /// live run's uploads from reading it again.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtime_ns: Option<i64>,
 }
 
 /// What the server has acknowledged.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Acked {
     /// Lines of `wandb-history.jsonl` / `wandb-events.jsonl` / `output.log`.
     pub history_lines: u64,
@@ -86,17 +111,14 @@ pub struct Acked {
     /// Saved durably before each alert's request and never lowered after a
     /// request that may have arrived: an alert pages a person, so it is sent
     /// at most once, even when its answer is lost or syncd is killed before
-    /// the checkpoint that counts it in `alerts`. Absent in older ledgers,
-    /// and left out while 0, so that a run without alerts keeps the bytes
-    /// of format 1 exactly.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    /// the checkpoint that counts it in `alerts`.
     pub alerts_attempted: u64,
     pub preempting: bool,
     /// Exit code sent with `complete`.
     pub complete: Option<i32>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ErrorNote {
     /// RFC 3339.
     pub at: String,
@@ -104,9 +126,8 @@ pub struct ErrorNote {
 }
 
 /// The whole record of one run.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone)]
 pub struct RunLedger {
-    pub format: u32,
     pub key: String,
     pub run_id: String,
     pub base_url: String,
@@ -122,7 +143,6 @@ pub struct RunLedger {
     /// RFC 3339 time of the last acknowledged upload.
     pub last_upload: Option<String>,
     /// The display name and group the server was last told.
-    #[serde(default)]
     pub naming: Option<crate::naming::Naming>,
     /// The run as materialised at the cursors.
     pub state: RunState,
@@ -131,7 +151,6 @@ pub struct RunLedger {
 impl RunLedger {
     pub fn new(key: String, run_id: String, base_url: String) -> RunLedger {
         RunLedger {
-            format: FORMAT_VERSION,
             key,
             run_id,
             base_url,
@@ -230,20 +249,16 @@ impl Ledger {
     /// The run's newest checkpoint: the live one when it was written whole,
     /// else the durable one (a live checkpoint cut short falls back to the
     /// older durable copy; lines re-sent from there go to the same offsets).
+    /// A live checkpoint written whole that does not load is reported, not
+    /// passed over: saving the older copy's progress would replace it.
     pub fn load(&self, key: &str) -> Result<Option<RunLedger>, LedgerError> {
         let live = self.live_path_of(key);
         let cut_short = match durable::read_in_place(&live).map_err(|source| LedgerError::Read {
             path: live.clone(),
             source,
         })? {
-            Some(Ok(body)) => match parse_entry(&live, &body) {
-                Ok(entry) => return Ok(Some(entry)),
-                Err(e) => Some(e),
-            },
-            Some(Err(reason)) => Some(LedgerError::Damaged {
-                path: live.clone(),
-                reason,
-            }),
+            Some(Ok(body)) => return parse_entry(&live, &body).map(Some),
+            Some(Err(reason)) => Some(LedgerError::Damaged { path: live, reason }),
             None => None,
         };
         match self.load_durable(key)? {
@@ -316,7 +331,7 @@ impl Ledger {
             _ => {}
         }
         let path = self.path_of(&entry.key);
-        let bytes = serde_json::to_vec_pretty(entry).expect("ledger serializes");
+        let bytes = format::encode(entry, true);
         durable::write_atomic(&path, &bytes).map_err(|source| LedgerError::Write { path, source })
     }
 
@@ -328,7 +343,7 @@ impl Ledger {
     /// lines are sent again, to the same line numbers, overwriting.
     pub fn save_unsynced(&self, entry: &RunLedger) -> Result<(), LedgerError> {
         let path = self.live_path_of(&entry.key);
-        let bytes = serde_json::to_vec(entry).expect("ledger serializes");
+        let bytes = format::encode(entry, false);
         durable::write_in_place(&path, &bytes).map_err(|source| LedgerError::Write { path, source })
     }
 
@@ -360,17 +375,16 @@ const DURABLE_EXT: &str = "json";
 const LIVE_EXT: &str = "live";
 
 fn parse_entry(path: &Path, bytes: &[u8]) -> Result<RunLedger, LedgerError> {
-    let entry: RunLedger = serde_json::from_slice(bytes).map_err(|e| LedgerError::Damaged {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    if entry.format != FORMAT_VERSION {
-        return Err(LedgerError::UnknownFormat {
+    format::decode(bytes).map_err(|refused| match refused {
+        format::Refused::Damaged(reason) => LedgerError::Damaged {
             path: path.to_path_buf(),
-            format: entry.format,
-        });
-    }
-    Ok(entry)
+            reason,
+        },
+        format::Refused::Newer(format) => LedgerError::UnknownFormat {
+            path: path.to_path_buf(),
+            format,
+        },
+    })
 }
 
 /// The ledger key of a run: its id plus a digest of what its first
@@ -482,10 +496,6 @@ pub fn same_fragment(a: &Path, b: &Path) -> bool {
     a == b || fragment_identity(a) == fragment_identity(b)
 }
 
-fn is_zero(n: &u64) -> bool {
-    *n == 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -518,7 +528,9 @@ mod tests {
         let ledger = Ledger::open(tmp.path()).unwrap();
         let mut entry = RunLedger::new("wandb-old-000000000000".into(), "old".into(), "".into());
         entry.acked.alerts = 2;
-        let mut json = serde_json::to_value(&entry).unwrap();
+        entry.acked.alerts_attempted = 2;
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&format::encode(&entry, true)).unwrap();
         json["acked"]
             .as_object_mut()
             .unwrap()
@@ -530,7 +542,6 @@ mod tests {
         .unwrap();
         let back = ledger.load(&entry.key).unwrap().unwrap();
         assert_eq!((back.acked.alerts, back.acked.alerts_attempted), (2, 0));
-        assert_eq!(back.format, FORMAT_VERSION);
     }
 
     #[test]
@@ -574,30 +585,6 @@ mod tests {
             ledger.load("wandb-m-2"),
             Err(LedgerError::Damaged { .. })
         ));
-    }
-
-    /// A ledger entry written by syncd before paths were carried as bytes
-    /// (`sync` of the committed `finished` fixture): it loads, and saving it
-    /// again writes the very same bytes.
-    #[test]
-    fn a_current_format_entry_loads_and_saves_unchanged() {
-        let golden = include_str!("../../tests/fixtures/ledger/v1-finished.json");
-        let tmp = tempfile::tempdir().unwrap();
-        let ledger = Ledger::open(tmp.path()).unwrap();
-        let key = "wandb-fxfinish-662572241eea";
-        std::fs::write(ledger.dir().join(format!("{key}.json")), golden).unwrap();
-        let entry = ledger.load(key).unwrap().unwrap();
-        assert_eq!(entry.phase, Phase::Synced);
-        assert_eq!(entry.acked.history_lines, 200);
-        assert_eq!(
-            entry.fragments[0].path,
-            Path::new(
-                "/scratch/alice/finished/wandb/offline-run-20261123_112321-fxfinish/run-fxfinish.wandb"
-            )
-        );
-        ledger.save(&entry).unwrap();
-        let saved = std::fs::read_to_string(ledger.dir().join(format!("{key}.json"))).unwrap();
-        assert_eq!(saved.trim_end(), golden.trim_end());
     }
 
     #[test]
@@ -648,18 +635,24 @@ mod tests {
     fn a_newer_format_is_its_own_error() {
         let tmp = tempfile::tempdir().unwrap();
         let ledger = Ledger::open(tmp.path()).unwrap();
-        let mut entry = RunLedger::new("wandb-n-1".into(), "n".into(), "http://s".into());
-        entry.format = FORMAT_VERSION + 1;
-        std::fs::write(
-            ledger.dir().join("wandb-n-1.json"),
-            serde_json::to_vec(&entry).unwrap(),
-        )
-        .unwrap();
+        let newer = format!(
+            r#"{{"format": {}, "key": "wandb-n-1"}}"#,
+            FORMAT_VERSION + 1
+        );
+        std::fs::write(ledger.dir().join("wandb-n-1.json"), &newer).unwrap();
         let err = ledger.load("wandb-n-1").unwrap_err();
         assert!(
             matches!(err, LedgerError::UnknownFormat { format, .. } if format == FORMAT_VERSION + 1),
             "{err}"
         );
+        // Also as a live checkpoint written whole, over an older durable
+        // copy: reported, not passed over for the older copy.
+        let entry = RunLedger::new("wandb-n-1".into(), "n".into(), "http://s".into());
+        std::fs::remove_file(ledger.dir().join("wandb-n-1.json")).unwrap();
+        ledger.save(&entry).unwrap();
+        durable::write_in_place(&ledger.dir().join("wandb-n-1.live"), newer.as_bytes()).unwrap();
+        let err = ledger.load("wandb-n-1").unwrap_err();
+        assert!(matches!(err, LedgerError::UnknownFormat { .. }), "{err}");
     }
 
     #[test]

@@ -108,7 +108,7 @@ fn user_named(identity: &RunIdentity) -> bool {
 }
 
 /// What to set on the server run; `None` leaves the run's own value.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Naming {
     pub display_name: Option<String>,
     pub group: Option<String>,

@@ -17,6 +17,9 @@ mod daemon;
 mod first_run;
 /// A file that grows while it is read: every record exactly once.
 mod growing;
+/// Ledger format v1 is frozen: golden entries continue without re-sending;
+/// an entry damaged or from a newer syncd stops its run and is kept.
+mod ledger_format;
 /// The daemon stays live while a server hangs or black-holes and while
 /// `squeue` sleeps; then everything converges.
 mod liveness;

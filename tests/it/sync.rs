@@ -624,27 +624,69 @@ fn entity_and_project_can_be_overridden() {
     assert_eq!(server.snapshot()["runs"].as_array().unwrap().len(), 2);
 }
 
+/// A ledger entry that does not load is reported and kept, and its run is
+/// not uploaded again behind the user's back (every file and alert would
+/// go again); moved away, as the message says, the run is uploaded again
+/// from the start, to the same lines.
 #[test]
-fn a_damaged_ledger_entry_means_uploading_again_to_the_same_lines() {
+fn a_damaged_ledger_entry_stops_its_run_until_it_is_moved_away() {
     let tmp = tempfile::tempdir().unwrap();
     let wandb_dir = committed_case("0.31.0", "finished", tmp.path());
     let server = WandbServer::start();
     let out = syncd_sync(&server, tmp.path(), &[wandb_dir.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let before = server.run("fxfinish").unwrap();
-    // What a power loss can leave of a checkpoint written without fsync.
+    let counters = server.snapshot()["counters"].clone();
+    // Cut in half: not something a power loss leaves (durable copies are
+    // replaced atomically), but what damage looks like.
     let runs = tmp.path().join("state/runs");
+    let mut damaged = Vec::new();
     for entry in std::fs::read_dir(&runs).unwrap().flatten() {
         let bytes = std::fs::read(entry.path()).unwrap();
         std::fs::write(entry.path(), &bytes[..bytes.len() / 2]).unwrap();
+        damaged.push((entry.path(), bytes[..bytes.len() / 2].to_vec()));
     }
     let out = syncd_sync(
         &server,
         tmp.path(),
         &["--json", wandb_dir.to_str().unwrap()],
     );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let error = report["runs"][0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("is damaged") && error.contains("move it away"),
+        "{error}"
+    );
+    assert_eq!(
+        server.snapshot()["counters"],
+        counters,
+        "nothing is sent for the run"
+    );
+    for (path, bytes) in &damaged {
+        assert_eq!(&std::fs::read(path).unwrap(), bytes, "{}", path.display());
+    }
+    let status = crate::support::syncd(
+        &[
+            "status",
+            "--json",
+            "--state-dir",
+            tmp.path().join("state").to_str().unwrap(),
+        ],
+        None,
+    );
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert!(
+        status["errors"][0]
+            .as_str()
+            .is_some_and(|e| e.contains("is damaged")),
+        "{status:#}"
+    );
+
+    let aside = tmp.path().join("damaged");
+    std::fs::rename(&runs, &aside).unwrap();
+    let out = syncd_sync(&server, tmp.path(), &[wandb_dir.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(text(&out).contains("was damaged"), "{}", text(&out));
     let after = server.run("fxfinish").unwrap();
     assert_eq!(
         steps(&after),

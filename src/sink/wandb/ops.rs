@@ -54,7 +54,7 @@ pub struct UpsertRun {
 }
 
 /// The server's identity of a run; later URLs use these names.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerRun {
     pub entity: String,
     pub project: String,

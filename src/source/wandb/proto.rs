@@ -193,7 +193,7 @@ pub struct StatsItem {
     pub value_json: String,
 }
 
-#[derive(Clone, Copy, PartialEq, Message, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, PartialEq, Message)]
 pub struct Timestamp {
     #[prost(int64, tag = "1")]
     pub seconds: i64,
@@ -344,7 +344,8 @@ pub struct RunRecord {
     pub resume: bool,
 }
 
-#[derive(Clone, PartialEq, Message, serde::Serialize, serde::Deserialize)]
+/// Serializes for `inspect --json`.
+#[derive(Clone, PartialEq, Message, serde::Serialize)]
 pub struct GitRepoRecord {
     #[prost(string, tag = "1")]
     pub remote_url: String,

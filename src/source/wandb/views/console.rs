@@ -22,15 +22,14 @@ pub const WINDOW: usize = 32;
 /// in a request.
 pub const MAX_LINE_CHARS: usize = 256 * 1024;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Stream {
     Stdout,
     Stderr,
 }
 
 /// One line of console output as it should be shown.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsoleLine {
     /// 0-based line number in the run's console log.
     pub index: u64,
@@ -38,7 +37,7 @@ pub struct ConsoleLine {
     pub text: String,
 }
 
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default)]
 struct Cursor {
     /// Global indexes of this stream's recent lines, oldest first.
     rows: VecDeque<u64>,
@@ -52,28 +51,16 @@ struct Cursor {
 }
 
 /// A line still inside some stream's window.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone)]
 struct Line {
     index: u64,
     stream: Stream,
-    #[serde(with = "chars_as_string")]
     text: Vec<char>,
 }
 
-mod chars_as_string {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(chars: &[char], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&chars.iter().collect::<String>())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<char>, D::Error> {
-        Ok(String::deserialize(d)?.chars().collect())
-    }
-}
-
-/// Serializes (window, cursors, numbering) so a checkpoint can continue it.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+/// Window, cursors and numbering: what a checkpoint keeps so that it can
+/// continue the console (see [`Console::parts`]).
+#[derive(Debug, Clone, Default)]
 pub struct Console {
     /// Text of lines still inside some stream's window, by global index.
     lines: VecDeque<Line>,
@@ -88,9 +75,119 @@ pub struct Console {
     finished_unsent_bytes: usize,
 }
 
+/// A [`Console`]'s whole state as plain data, for a checkpoint to store:
+/// [`Console::parts`] gives it, [`Console::from_parts`] takes it back.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConsoleParts {
+    /// Lines still inside some stream's window, oldest first.
+    pub lines: Vec<ConsoleLine>,
+    pub first_index: u64,
+    pub next_index: u64,
+    pub stdout: CursorParts,
+    pub stderr: CursorParts,
+    /// Lines changed and not yet taken, by index, ascending.
+    pub changed: Vec<u64>,
+    pub finished_unsent: Vec<ConsoleLine>,
+    pub finished_unsent_bytes: usize,
+}
+
+/// One stream's cursor in [`ConsoleParts`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CursorParts {
+    /// Indexes of the stream's recent lines, oldest first.
+    pub rows: Vec<u64>,
+    /// Position of the cursor's line within `rows` (`rows.len()`: the
+    /// line after the last).
+    pub row: usize,
+    pub col: usize,
+    pub pending_escape: String,
+}
+
+impl Cursor {
+    fn parts(&self) -> CursorParts {
+        CursorParts {
+            rows: self.rows.iter().copied().collect(),
+            row: self.row,
+            col: self.col,
+            pending_escape: self.pending_escape.clone(),
+        }
+    }
+
+    fn from_parts(parts: CursorParts, lines: std::ops::Range<u64>) -> Result<Cursor, String> {
+        if parts.row > parts.rows.len() {
+            return Err(format!(
+                "a cursor on row {} of {}",
+                parts.row,
+                parts.rows.len()
+            ));
+        }
+        if parts.rows.iter().any(|r| !lines.contains(r)) {
+            return Err("a cursor on a line the console no longer holds".into());
+        }
+        Ok(Cursor {
+            rows: parts.rows.into(),
+            row: parts.row,
+            col: parts.col,
+            pending_escape: parts.pending_escape,
+        })
+    }
+}
+
 impl Console {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The console's state, to store.
+    pub fn parts(&self) -> ConsoleParts {
+        ConsoleParts {
+            lines: self.recent().collect(),
+            first_index: self.first_index,
+            next_index: self.next_index,
+            stdout: self.stdout.parts(),
+            stderr: self.stderr.parts(),
+            changed: self.changed.iter().copied().collect(),
+            finished_unsent: self.finished_unsent.clone(),
+            finished_unsent_bytes: self.finished_unsent_bytes,
+        }
+    }
+
+    /// The console [`Console::parts`] gave, or why `parts` cannot be one:
+    /// the held lines are numbered `first_index..next_index` in order and
+    /// each cursor is on one of them or just past its stream's last.
+    pub fn from_parts(parts: ConsoleParts) -> Result<Console, String> {
+        let held = parts.first_index..parts.next_index;
+        let numbered = parts.next_index.checked_sub(parts.first_index)
+            == Some(parts.lines.len() as u64)
+            && parts
+                .lines
+                .iter()
+                .zip(held.clone())
+                .all(|(line, index)| line.index == index);
+        if !numbered {
+            return Err(format!(
+                "console lines are not numbered {}..{}",
+                parts.first_index, parts.next_index
+            ));
+        }
+        Ok(Console {
+            lines: parts
+                .lines
+                .into_iter()
+                .map(|line| Line {
+                    index: line.index,
+                    stream: line.stream,
+                    text: line.text.chars().collect(),
+                })
+                .collect(),
+            first_index: parts.first_index,
+            next_index: parts.next_index,
+            stdout: Cursor::from_parts(parts.stdout, held.clone())?,
+            stderr: Cursor::from_parts(parts.stderr, held)?,
+            changed: parts.changed.into_iter().collect(),
+            finished_unsent: parts.finished_unsent,
+            finished_unsent_bytes: parts.finished_unsent_bytes,
+        })
     }
 
     /// Number of lines the console log has so far.
@@ -432,6 +529,38 @@ mod tests {
         assert_eq!(indexes, (0..100).collect::<Vec<_>>());
         assert_eq!(taken[7].text, "line 7");
         assert!(console.take_changed().is_empty());
+    }
+
+    #[test]
+    fn a_console_rebuilt_from_its_parts_continues_the_same() {
+        let mut console = Console::new();
+        for i in 0..40 {
+            console.write(Stream::Stdout, &format!("line {i}\n"));
+        }
+        console.write(Stream::Stderr, "err\nbar 10%\u{1b}[");
+        let mut copy = Console::from_parts(console.parts()).unwrap();
+        assert_eq!(copy.parts(), console.parts());
+        for c in [&mut console, &mut copy] {
+            c.write(Stream::Stderr, "1A\rERR\n");
+            c.write(Stream::Stdout, "last");
+        }
+        assert_eq!(copy.take_changed(), console.take_changed());
+        assert_eq!(copy.parts(), console.parts());
+    }
+
+    #[test]
+    fn parts_that_are_not_a_console_are_refused() {
+        let mut console = Console::new();
+        console.write(Stream::Stdout, "a\nb\n");
+        let mut parts = console.parts();
+        parts.lines[1].index = 5;
+        assert!(Console::from_parts(parts).is_err());
+        let mut parts = console.parts();
+        parts.stdout.row = 3;
+        assert!(Console::from_parts(parts).is_err());
+        let mut parts = console.parts();
+        parts.stdout.rows.push(9);
+        assert!(Console::from_parts(parts).is_err());
     }
 
     #[test]

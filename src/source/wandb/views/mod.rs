@@ -15,14 +15,14 @@ use std::collections::BTreeMap;
 
 use indexmap::IndexMap;
 use prost::Message;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use self::console::{Console, Stream};
 use super::proto::{self, Record, RecordType};
 use super::value::{Map, ParseError, Value};
 
 /// Who and what the run is, from its `run` and `environment` records.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct RunIdentity {
     pub run_id: Option<String>,
     pub entity: Option<String>,
@@ -95,7 +95,8 @@ fn set_nonempty(slot: &mut Option<String>, value: &str) {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Serializes for `inspect --json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Policy {
     /// Upload as soon as seen.
@@ -116,8 +117,8 @@ impl Policy {
     }
 }
 
-/// wandb's file type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// wandb's file type. Serializes for `inspect --json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FileKind {
     Other,
@@ -128,13 +129,13 @@ pub enum FileKind {
 }
 
 /// A file the run asked to upload, relative to the run's `files/` directory.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileEntry {
     pub policy: Policy,
     pub kind: FileKind,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExitInfo {
     pub code: i32,
     pub runtime_secs: i32,
@@ -142,7 +143,8 @@ pub struct ExitInfo {
     pub not_complete: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Serializes for `inspect --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ArtifactInfo {
     pub name: String,
     pub kind: String,
@@ -175,15 +177,13 @@ pub enum Update {
     Nothing,
 }
 
-/// Everything materialised so far from a run's records. It serializes (with
-/// values as extended JSON) so an uploader can checkpoint it and continue
+/// Everything materialised so far from a run's records: an uploader
+/// checkpoints it (the ledger stores it in its own format) and continues
 /// from a cursor without re-reading the run.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default)]
 pub struct RunState {
     pub identity: RunIdentity,
-    #[serde(with = "crate::source::wandb::value::extended_json_map")]
     pub config: Map,
-    #[serde(with = "crate::source::wandb::value::extended_json_map")]
     pub summary: Map,
     pub files: IndexMap<String, FileEntry>,
     pub console: Console,
@@ -198,28 +198,24 @@ pub struct RunState {
     pub metrics: Vec<String>,
     /// All `telemetry` records concatenated: decoding the concatenation gives
     /// their protobuf merge, which is what wandb reports.
-    #[serde(with = "crate::source::wandb::value::base64_bytes")]
     pub telemetry: Vec<u8>,
     /// `metric` records as written, in order.
-    #[serde(with = "crate::source::wandb::value::base64_list")]
     pub metric_records: Vec<Vec<u8>>,
     /// `environment` records by writer id, each writer's records concatenated.
-    #[serde(with = "crate::source::wandb::value::base64_map")]
     pub environments: IndexMap<String, Vec<u8>>,
     /// Sub-messages that did not decode (their record's framing was intact).
     pub malformed_records: u64,
     /// Values that were not valid extended JSON (kept as strings).
     pub value_errors: u64,
-    #[serde(skip)]
+    /// Not checkpointed: a run read on from a checkpoint reports only the
+    /// count.
     pub first_value_error: Option<ParseError>,
     /// Added to `_step` in history rows and the summary: a resumed fragment
     /// continues the steps of the ones before it (set by the reader of a
     /// multi-fragment run).
-    #[serde(default)]
     pub step_offset: i64,
     /// Start of the fragment being read; system-metric rows count their
     /// `_runtime` from it.
-    #[serde(default)]
     pub fragment_start: Option<proto::Timestamp>,
 }
 
