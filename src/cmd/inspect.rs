@@ -175,7 +175,11 @@ pub fn inspect(
     let mut errors: Vec<PathError> = discover_errors.iter().map(PathError::from).collect();
     let mut fragments = Vec::new();
     for file in files {
-        match fragment::read_fragment(&file.path, options) {
+        match fragment::read_fragment_leaving_out(
+            &file.path,
+            options,
+            crate::sink::wandb::filestream::leave_out_oversized_values,
+        ) {
             Ok(f) => fragments.push(f),
             Err(e) => errors.push(PathError {
                 path: file.path,

@@ -14,7 +14,6 @@ use super::metadata;
 use super::proto::{Record, RecordKind};
 use super::record;
 use super::views::RunState;
-use crate::sink::wandb::filestream;
 
 /// Whether the process writing a file is still there. The reader cannot know;
 /// the caller decides (from Slurm, a quiescence timeout, or because a later
@@ -121,6 +120,18 @@ impl Fragment {
 /// Reads a whole `.wandb` file. I/O errors opening or reading it are
 /// returned; everything about its content is in the [`Fragment`].
 pub fn read_fragment(path: &Path, options: ReadOptions) -> std::io::Result<Fragment> {
+    read_fragment_leaving_out(path, options, |_| Vec::new())
+}
+
+/// [`read_fragment`], with `leave_out` applied to each record before it is
+/// applied to the state: it removes what an upload would leave out and
+/// describes each thing removed (a problem of the fragment). The rule is
+/// the sink's (a server's limits); the reader only applies it.
+pub fn read_fragment_leaving_out(
+    path: &Path,
+    options: ReadOptions,
+    mut leave_out: impl FnMut(&mut Record) -> Vec<String>,
+) -> std::io::Result<Fragment> {
     let file = crate::fs::open_regular(path)?;
     let meta = file.metadata()?;
     let mut fragment = Fragment {
@@ -177,7 +188,7 @@ pub fn read_fragment(path: &Path, options: ReadOptions) -> std::io::Result<Fragm
                     Ok(mut rec) => {
                         // What the upload leaves out is left out here too,
                         // and said.
-                        for refused in filestream::leave_out_oversized_values(&mut rec) {
+                        for refused in leave_out(&mut rec) {
                             fragment
                                 .problems
                                 .push(format!("record at byte {start}: {refused}"));
