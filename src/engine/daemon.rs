@@ -28,16 +28,17 @@ use crate::discover::trigger::TriggerDirs;
 use crate::discover::wandb_files;
 use crate::discover::watch::{Accelerator, Change, FsKind, fs_kind};
 use crate::engine::heartbeat::{Activity, Heartbeat, SlurmHealth, UNSYNCED_PREFIX};
+use crate::engine::job::{Failure, RunJob, RunOutcome, SyncOptions, Verdict};
 use crate::engine::keeper::Keeper;
 use crate::engine::sd_notify::Notifier;
 use crate::engine::slurm::{JobInfo, Slurm, SlurmError};
-use crate::engine::worker::{self, Failure, RunJob, RunOutcome, SyncOptions, Verdict};
 use crate::ledger::lease::Lease;
 use crate::ledger::{Ledger, Phase, RunLedger};
 use crate::naming::NamingRule;
 use crate::sink::retry::RetryPolicy;
 use crate::sink::wandb::client::Client;
 use crate::sink::wandb::ops;
+use crate::sink::wandb::upload;
 use crate::source::wandb::run as wandb_run;
 
 /// A finished upload: its outcome and the run's ledger entry as stored.
@@ -466,7 +467,7 @@ pub async fn run(
                 };
                 let (ledger, done) = (ledger.clone(), done_tx.clone());
                 tokio::spawn(async move {
-                    let done_with = worker::sync_known_run(
+                    let done_with = upload::sync_known_run(
                         Some(&client),
                         &ledger,
                         &options,
