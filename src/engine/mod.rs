@@ -7,5 +7,6 @@ pub mod daemon;
 pub mod heartbeat;
 pub mod job;
 pub mod keeper;
+pub mod schedule;
 pub mod sd_notify;
 pub mod slurm;
