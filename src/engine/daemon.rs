@@ -1603,3 +1603,54 @@ fn take_entry(run: &mut Tracked, entry: RunLedger) {
     );
     run.stored = (!settled).then(|| Box::new(entry));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::job::failed_outcome;
+
+    fn config(state_dir: &Path) -> DaemonConfig {
+        DaemonConfig {
+            roots: Vec::new(),
+            state_dir: state_dir.to_path_buf(),
+            targets: Arc::new(Targets::new(HashMap::new(), RetryPolicy::default())),
+            naming: NamingRule::default(),
+            live_poll: Duration::from_secs(1),
+            idle_poll: Duration::from_secs(60),
+            trigger_poll: Duration::from_secs(1),
+            concurrency: 2,
+            grace: Duration::from_secs(30),
+            quiescence: Duration::from_secs(600),
+            osh_dir: None,
+            lease_ttl: Duration::from_secs(30),
+            wait_for_lease: false,
+            retry: RetryPolicy::default(),
+            slurm: false,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_queued_run_that_is_not_tracked_is_stopped_not_a_panic() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (config, ledger) = (config(tmp.path()), Ledger::open(tmp.path()).unwrap());
+        let mut state = DaemonState::default();
+        let ghost = "wandb#ghost".to_string();
+        state.schedule.enqueue(&ghost);
+        let id = state.next_ready(Instant::now(), config.live_poll).unwrap();
+        assert!(state.target_of(&id, &config, &ledger).is_none());
+        assert!(matches!(state.schedule.state(&ghost), State::Stopped(_)));
+        assert_eq!(state.schedule.in_flight(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_upload_that_ends_for_a_run_not_followed_changes_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (config, ledger) = (config(tmp.path()), Ledger::open(tmp.path()).unwrap());
+        let mut state = DaemonState::default();
+        let job = RunJob::new("ghost".into(), vec![tmp.path().join("run-ghost.wandb")]);
+        let outcome = failed_outcome(&job, "key".into(), "refused".into());
+        state.finished("wandb#ghost", outcome, None, &ledger, &config);
+        assert_eq!(state.schedule.in_flight(), 0);
+        assert_eq!(state.schedule.queued(), 0);
+    }
+}

@@ -43,6 +43,7 @@ use crate::source::wandb::views::console::Stream;
 
 use batch::{Outbox, send_to_stream, take_console};
 
+/// Why a step failed; its kind decides the run's [`Failure`] class.
 #[derive(Debug, thiserror::Error)]
 enum StepError {
     #[error(transparent)]
@@ -66,6 +67,7 @@ struct Pending {
     records: u64,
 }
 
+/// One run's upload under way.
 struct RunSync<'a> {
     client: Option<&'a Client>,
     ledger: &'a Ledger,
