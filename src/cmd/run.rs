@@ -226,13 +226,14 @@ fn logger(format: &str) -> anyhow::Result<Log> {
     }))
 }
 
-/// The daemon's `tracing` events (info and worse), one line each through
-/// the `log` closure: its message, as `syncd` has always written them.
+/// syncd's own `tracing` events (info and worse; not its libraries'), one
+/// line each through the `log` closure: the message, as `syncd run` has
+/// always written it.
 struct LogBridge(Log);
 
 impl tracing::Subscriber for LogBridge {
     fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
-        *metadata.level() <= tracing::Level::INFO
+        *metadata.level() <= tracing::Level::INFO && metadata.target().starts_with("syncd")
     }
 
     fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
