@@ -26,6 +26,7 @@ pub mod config;
 pub mod destination;
 pub mod discover;
 pub mod engine;
+pub mod errors;
 pub mod fs;
 pub mod ledger;
 pub mod naming;

@@ -38,6 +38,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         lower_priority(nice);
     }
     let log = logger(&args.log_format)?;
+    // The daemon logs through `tracing`: its events go to the same lines.
+    if tracing::subscriber::set_global_default(LogBridge(log.clone())).is_err() {
+        log("a log subscriber was already set; the daemon's events go there");
+    }
     // One thread: the daemon mostly waits (on the network, on the next
     // poll), and its own CPU was mostly threads waking each other (a worker
     // per upload, the loop per result). On one thread uploads still overlap
@@ -51,7 +55,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     let result = runtime.block_on(async move {
         let (tx, rx) = mpsc::channel(8);
         spawn_signal_handlers(tx, args, log.clone())?;
-        anyhow::Ok(daemon::run(daemon_config, rx, log).await)
+        anyhow::Ok(daemon::run(daemon_config, rx).await)
     })?;
     match result {
         Ok(()) => Ok(Outcome::Ok),
@@ -209,6 +213,43 @@ fn logger(format: &str) -> anyhow::Result<Log> {
             let _ = writeln!(out, "{line}");
         }
     }))
+}
+
+/// syncd's own `tracing` events (info and worse; not its libraries'), one
+/// line each through the `log` closure: the message, as `syncd run` has
+/// always written it.
+struct LogBridge(Log);
+
+impl tracing::Subscriber for LogBridge {
+    fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
+        *metadata.level() <= tracing::Level::INFO && metadata.target().starts_with("syncd")
+    }
+
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Message(String);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.0 = format!("{value:?}");
+                }
+            }
+        }
+        let mut message = Message(String::new());
+        event.record(&mut message);
+        (self.0)(&message.0);
+    }
+
+    fn enter(&self, _: &tracing::span::Id) {}
+
+    fn exit(&self, _: &tracing::span::Id) {}
 }
 
 #[cfg(test)]

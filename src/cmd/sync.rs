@@ -14,10 +14,13 @@ use crate::cli::SyncArgs;
 use crate::config;
 use crate::destination::clients::Clients;
 use crate::discover;
-use crate::engine::worker::{self, Progress, RunJob, RunOutcome, SyncOptions, WouldSend};
+use crate::engine::job::{
+    Failure, Progress, RunJob, RunOutcome, SyncOptions, WouldSend, not_attempted,
+};
 use crate::ledger::{Ledger, Phase};
 use crate::sink::retry::{RetryNotice, RetryObserver, RetryPolicy, observe_retries};
 use crate::sink::wandb::client::Client;
+use crate::sink::wandb::upload;
 use crate::source::wandb::run;
 
 /// Version of the `--json` document.
@@ -139,7 +142,7 @@ pub fn run(args: SyncArgs) -> anyhow::Result<Outcome> {
     outcomes.extend(
         target_failures
             .into_iter()
-            .map(|(job, message)| worker::not_attempted(&job, message)),
+            .map(|(job, message)| not_attempted(&job, message)),
     );
 
     let report = SyncReport {
@@ -179,7 +182,7 @@ async fn sync_all(
     let mut running = std::collections::HashMap::new();
     for (order, (job, client)) in jobs.into_iter().enumerate() {
         let shared = Arc::clone(&shared);
-        let unfinished = worker::not_attempted(&job, String::new());
+        let unfinished = not_attempted(&job, String::new());
         let handle = tasks.spawn(async move {
             let (ledger, options, limit, bars) = &*shared;
             let _permit = limit.acquire().await.expect("semaphore never closes");
@@ -189,7 +192,7 @@ async fn sync_all(
             let observer: RetryObserver = Arc::new(move |notice: &RetryNotice| shown.retry(notice));
             let outcome = observe_retries(
                 observer,
-                worker::sync_run(Some(&client), ledger, options, &job, &progress),
+                upload::sync_run(Some(&client), ledger, options, &job, &progress),
             )
             .await;
             bars.finish(&bar, &outcome);
@@ -228,7 +231,7 @@ async fn join_all(
                 outcome.error = Some(format!(
                     "syncd failed while uploading this run (a bug; please report it): {cause}"
                 ));
-                outcome.failure = Some(worker::Failure::Transient);
+                outcome.failure = Some(Failure::Transient);
                 outcomes.push((order, outcome));
             }
         }
@@ -478,7 +481,7 @@ fn write_human(out: &mut impl Write, report: &SyncReport) -> std::io::Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::worker::RunJob;
+    use crate::engine::job::RunJob;
 
     #[tokio::test]
     async fn a_task_that_panics_is_a_failed_run_in_the_report() {
@@ -486,8 +489,8 @@ mod tests {
         let mut running = std::collections::HashMap::new();
         for (order, id) in ["fine", "bad"].into_iter().enumerate() {
             let job = RunJob::new(id.into(), vec![format!("/r/run-{id}.wandb").into()]);
-            let unfinished = worker::not_attempted(&job, String::new());
-            let done = worker::not_attempted(&job, "reached".into());
+            let unfinished = not_attempted(&job, String::new());
+            let done = not_attempted(&job, "reached".into());
             let handle = tasks.spawn(async move {
                 assert_ne!(id, "bad", "boom in {id}");
                 (order, done)

@@ -1,12 +1,13 @@
 //! `syncd run`: the loop that finds runs and keeps them uploaded.
 //!
-//! Every tick it takes trigger files (uploads now), polls the roots on the
-//! fast schedule for active runs and on the slow one for everything else,
-//! asks Slurm once for all live runs' jobs, finalizes runs whose job is gone,
-//! and hands runs to workers: a fair FIFO queue (a run is queued once, goes
-//! to the back after its turn), at most `concurrency` at a time, one worker
+//! Every turn ([`Daemon::turn`]) it takes trigger files (uploads now),
+//! polls the roots on the fast schedule for active runs and on the slow one
+//! for everything else, asks Slurm once for all live runs' jobs, finalizes
+//! runs whose job is gone, and hands the runs the scheduler says are ready
+//! (`engine::schedule`) to uploads, at most `concurrency` at a time, one
 //! per run. When the server cannot be reached it goes offline: no uploads,
-//! a probe with capped backoff, and everything resumes when it answers.
+//! a probe with capped backoff and jitter, and everything resumes when it
+//! answers.
 //!
 //! The loop itself never waits on a server or on Slurm: uploads, server
 //! probes and Slurm queries are tasks that report back on channels, and the
@@ -18,9 +19,11 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn};
 
 use crate::destination::clients::Clients;
 use crate::discover::scan::{RootSpec, ScanReport, Scanner};
@@ -28,16 +31,18 @@ use crate::discover::trigger::TriggerDirs;
 use crate::discover::wandb_files;
 use crate::discover::watch::{Accelerator, Change, FsKind, fs_kind};
 use crate::engine::heartbeat::{Activity, Heartbeat, SlurmHealth, UNSYNCED_PREFIX};
+use crate::engine::job::{Failure, RunJob, RunOutcome, SyncOptions, Verdict};
 use crate::engine::keeper::Keeper;
+use crate::engine::schedule::{self, Done, Scheduler, State};
 use crate::engine::sd_notify::Notifier;
 use crate::engine::slurm::{JobInfo, Slurm, SlurmError};
-use crate::engine::worker::{self, Failure, RunJob, RunOutcome, SyncOptions, Verdict};
 use crate::ledger::lease::Lease;
 use crate::ledger::{Ledger, Phase, RunLedger};
 use crate::naming::NamingRule;
 use crate::sink::retry::RetryPolicy;
 use crate::sink::wandb::client::Client;
 use crate::sink::wandb::ops;
+use crate::sink::wandb::upload;
 use crate::source::wandb::run as wandb_run;
 
 /// A finished upload: its outcome and the run's ledger entry as stored.
@@ -113,17 +118,6 @@ struct Tracked {
     /// refused: the reason is said when its turn comes, see `target_of`).
     client: Option<Arc<Client>>,
     phase: Phase,
-    queued: bool,
-    in_flight: bool,
-    /// Something changed since the last upload began.
-    dirty: bool,
-    failures: u32,
-    not_before: Option<Instant>,
-    /// When its last upload began: a live run's appends are batched into
-    /// one upload per `live_poll` rather than one per write.
-    last_upload_began: Option<Instant>,
-    /// A permanent error: not retried until its files change or on SIGHUP.
-    stopped: Option<String>,
     /// For a run stopped on its settings (a refused `.env`, no key, a key
     /// the server refused): the stamp of its settings files then; when it
     /// changes, the run is tried again.
@@ -154,17 +148,15 @@ struct Tracked {
 }
 
 impl Tracked {
-    fn settled(&self) -> bool {
-        matches!(self.phase, Phase::Synced | Phase::Finalized) && !self.dirty
+    /// Done on the server and nothing new since: `scheduled` is the run's
+    /// state in the scheduler.
+    fn settled(&self, scheduled: &State) -> bool {
+        matches!(self.phase, Phase::Synced | Phase::Finalized) && !scheduled.pending()
     }
 
     /// Settled, and nothing pending or to show beyond what the ledger says.
-    fn quiet(&self) -> bool {
-        self.settled()
-            && !self.in_flight
-            && !self.queued
-            && self.stopped.is_none()
-            && self.not_before.is_none()
+    fn quiet(&self, scheduled: &State) -> bool {
+        self.settled(scheduled) && *scheduled == State::Idle
     }
 }
 
@@ -187,346 +179,508 @@ pub enum Control {
     Reload(Option<Box<DaemonConfig>>),
 }
 
-/// Runs until `control` says stop. `log` receives one line per event.
+/// How often the loop turns when nothing arrives.
+const TICK: Duration = Duration::from_millis(250);
+
+/// Runs until `control` says stop.
 pub async fn run(
-    mut config: DaemonConfig,
+    config: DaemonConfig,
     mut control: mpsc::Receiver<Control>,
-    log: Arc<dyn Fn(&str) + Send + Sync>,
 ) -> Result<(), DaemonError> {
-    let lease = acquire_lease(&config, &log).await?;
-    let notifier = Notifier::from_env();
-    let keeper = Keeper::start(
-        lease,
-        config.state_dir.clone(),
-        notifier.clone(),
-        Arc::clone(&log),
-    )
-    .map_err(DaemonError::Keeper)?;
-    let ledger = Ledger::open(&config.state_dir)?;
-    let uid = crate::process::current_uid();
-    let mut scanner = Scanner::new(config.roots.clone(), uid);
-    let triggers = TriggerDirs {
-        spool: config.state_dir.join(crate::discover::trigger::SPOOL_DIR),
-        osh: config.osh_dir.clone(),
-    };
-    let _ = std::fs::create_dir_all(&triggers.spool);
-    // `None` while a query has it (or when Slurm is not asked at all).
-    let mut slurm = if config.slurm { Slurm::detect() } else { None };
-    let started_at = now_rfc3339();
-    let mut state = DaemonState {
-        slurm_health: slurm.as_ref().map(|_| SlurmWatch::default()),
-        ..DaemonState::default()
-    };
     let (done_tx, mut done_rx) = mpsc::channel::<(String, Finished)>(64);
     let (slurm_tx, mut slurm_rx) = mpsc::channel::<SlurmReply>(1);
     let (probe_tx, mut probe_rx) = mpsc::channel::<ProbeReply>(1);
-    // Running, before the first scan (which may take a while on a slow
-    // filesystem).
-    keeper.publish(state.heartbeat(&config, &started_at), state.summary_line());
-
-    // The first full scan; the ledger says what is already done.
-    let report = scanner.scan_roots(true);
-    state.absorb(report, &config, &ledger, &log);
-    let mut accelerator = Accelerator::new();
-    for dir in scanner.wandb_dirs().cloned().collect::<Vec<_>>() {
-        match fs_kind(&dir) {
-            FsKind::Network(name) => log(&format!(
-                "{}: on {name}, found by polling only",
-                dir.display()
-            )),
-            _ if accelerator.watch(&dir) => log(&format!(
-                "{}: local, polled and watched with inotify",
-                dir.display()
-            )),
-            _ => log(&format!("{}: found by polling", dir.display())),
-        }
-    }
-    if let Some(n) = &notifier
-        && let Err(e) = n.ready()
-    {
-        log(&format!("cannot tell systemd we are ready: {e}"));
-    }
-    log(&format!(
-        "syncd run: watching {} root(s), {} run(s) known, default server {} (a run's .env may name another)",
-        config.roots.len(),
-        state.runs.len(),
-        config.targets.default_base_url()
-    ));
-
-    let tick = Duration::from_millis(250);
-    let mut last_live = Instant::now();
-    let mut last_idle = Instant::now();
-    let mut last_trigger = Instant::now() - config.trigger_poll;
-    let mut last_heartbeat = Instant::now() - Duration::from_secs(60);
-    let mut stopping = false;
-    let mut rescan = false;
+    let replies = Replies {
+        done: done_tx,
+        slurm: slurm_tx,
+        probe: probe_tx,
+    };
+    let mut daemon = Daemon::start(config, replies).await?;
     loop {
+        let mut stopping = false;
         tokio::select! {
             message = control.recv() => match message {
-                Some(Control::Reload(new)) => {
-                    if let Some(new) = new {
-                        log(&format!("SIGHUP: settings reloaded, watching {} root(s)", new.roots.len()));
-                        scanner.set_roots(new.roots.clone());
-                        state.retarget(&new, &ledger);
-                        let keep = (config.state_dir.clone(), config.lease_ttl);
-                        config = *new;
-                        // The state directory and lease stay what they were.
-                        (config.state_dir, config.lease_ttl) = keep;
-                    }
-                    log("SIGHUP: retrying stopped runs");
-                    state.retry_stopped();
-                }
+                Some(Control::Reload(new)) => daemon.reload(new),
                 Some(Control::Stop) | None => stopping = true,
             },
-            Some((id, (outcome, stored))) = done_rx.recv() => {
-                state.finished(&id, outcome, stored, &ledger, &config, &log)
-            }
-            Some(reply) = slurm_rx.recv() => {
-                state.take_slurm_answer(&reply.asked, reply.answer, &log);
-                slurm = reply.slurm.or_else(Slurm::detect);
-            }
-            Some(reply) = probe_rx.recv() => state.take_probe(reply, &log),
-            _ = tokio::time::sleep(tick) => {}
+            Some((id, (outcome, stored))) = done_rx.recv() => daemon.finished(&id, outcome, stored),
+            Some(reply) = slurm_rx.recv() => daemon.take_slurm_reply(reply),
+            Some(reply) = probe_rx.recv() => daemon.state.take_probe(reply),
+            _ = tokio::time::sleep(TICK) => {}
         }
-        keeper.turned();
+        daemon.keeper.turned();
         // The keeper said why when it lost the lease.
-        if stopping || keeper.lease_lost() {
+        if stopping || daemon.keeper.lease_lost() {
             break;
         }
-        let now = Instant::now();
-        if now.duration_since(last_trigger) >= config.trigger_poll {
-            last_trigger = now;
-            let mut problems = Vec::new();
-            for trigger in triggers.take(&mut problems) {
-                let (files, errors) = wandb_files(std::slice::from_ref(&trigger.target));
-                for e in errors {
-                    log(&format!("trigger {}: {e}", trigger.source.display()));
-                }
-                let mut report = ScanReport::default();
-                for file in files {
-                    if let Some(run_dir) = file.path.parent() {
-                        scanner.look_at_run_dir(run_dir, &mut report);
-                    }
-                    report.changed_files.push(file.path);
-                }
-                state.absorb(report, &config, &ledger, &log);
-                state.prioritize(&trigger.target);
-            }
-            // A trigger file that cannot be read or removed comes back every
-            // read: said once.
-            for p in problems {
-                if state.note_problem(p.clone()) {
-                    log(&p);
-                }
-            }
-        }
-        // inotify on local roots: a new run or a writer closing its file is
-        // seen before the next poll.
-        let changed = accelerator.changed();
-        let mut poll_now = std::mem::take(&mut rescan);
-        if !changed.is_empty() {
-            let mut report = ScanReport::default();
-            let mut closed = Vec::new();
-            for Change {
-                path,
-                writer_closed,
-            } in changed
-            {
-                if path.extension().is_some_and(|e| e == "wandb") {
-                    scanner.check_files([&path], &mut report);
-                    if writer_closed {
-                        closed.push(path);
-                    }
-                } else if path.is_dir()
-                    && path
-                        .file_name()
-                        .is_some_and(|n| n.to_string_lossy().starts_with("offline-run-"))
-                {
-                    accelerator.watch(&path);
-                    scanner.look_at_run_dir(&path, &mut report);
-                } else if path
-                    .file_name()
-                    .is_some_and(|n| n == "wandb" || n == ".wandb")
-                    && path.is_dir()
-                {
-                    // A root's wandb directory appeared: it replaces the
-                    // root as what is listed, now rather than next poll.
-                    poll_now = true;
-                }
-            }
-            state.absorb(report, &config, &ledger, &log);
-            // Its writer is done: the rest goes now, not after the batching
-            // interval.
-            for path in closed {
-                state.prioritize(&path);
-            }
-        }
-        if poll_now || now.duration_since(last_live) >= config.live_poll {
-            last_live = now;
-            let full = now.duration_since(last_idle) >= config.idle_poll;
-            let mut report = scanner.scan_roots(full);
-            state.forget_quiet();
-            scanner.check_files(state.files_to_check(full), &mut report);
-            if full {
-                last_idle = now;
-            }
-            state.absorb(report, &config, &ledger, &log);
-            // Watched: the listed directories (where new runs and files
-            // appear) and the active runs' directories (where files close).
-            let listed = scanner.wandb_dirs().chain(scanner.run_dirs_without_file());
-            let active_run_dirs = state
-                .active_runs()
-                .filter(|r| !r.settled())
-                .filter_map(|r| r.job.fragments.last()?.parent());
-            let wanted: HashSet<&Path> = listed
-                .map(PathBuf::as_path)
-                .chain(active_run_dirs)
-                .collect();
-            let watching = accelerator.watching();
-            for dir in &wanted {
-                accelerator.watch(dir);
-            }
-            accelerator.retain(|dir| wanted.contains(dir));
-            // What a newly watched directory got between its listing and
-            // its watch is found by scanning once more, next tick.
-            rescan = accelerator.watching() > watching;
-            if full {
-                state.recheck_settings(&config, &log);
-            }
-            // One query at a time, as a task: `slurm` comes back with its
-            // answer, and until then the last answer stands.
-            if let Some(ids) = state.slurm_question()
-                && let Some(mut asking) = slurm.take()
-            {
-                state.slurm_asked();
-                let reply_to = slurm_tx.clone();
-                // The query runs in a task of its own, watched by this one,
-                // so that even a panic in it is answered (else `slurm`
-                // would never come back).
-                tokio::spawn(async move {
-                    let query = tokio::spawn(async move {
-                        let answer = asking.states(&ids).await;
-                        (asking, ids, answer)
-                    });
-                    let reply = match query.await {
-                        Ok((slurm, asked, answer)) => SlurmReply {
-                            slurm: Some(slurm),
-                            asked,
-                            answer,
-                        },
-                        Err(e) => SlurmReply {
-                            slurm: None,
-                            asked: Vec::new(),
-                            answer: Err(SlurmError::Failed {
-                                command: "squeue/sacct".into(),
-                                status: "the query failed inside syncd".into(),
-                                stderr: e.to_string(),
-                            }),
-                        },
-                    };
-                    let _ = reply_to.send(reply).await;
-                });
-            }
-            state.decide_finalization(&config);
-        }
-        state.watch_contact(&config.targets, &log);
-        if !state.probing && state.offline_until.is_some_and(|t| now >= t) {
-            state.probing = true;
-            let clients = config.targets.clients();
-            let timeout = config.retry.timeout;
-            let reply_to = probe_tx.clone();
-            tokio::spawn(async move {
-                // Answered even if the probe panics: else `probing` would
-                // stay set and no probe would go again.
-                let reply = tokio::spawn(probe(clients, timeout))
-                    .await
-                    .unwrap_or_else(|e| Err(format!("the probe failed inside syncd: {e}")));
-                let _ = reply_to.send(reply).await;
-            });
-        }
-        if state.offline_until.is_none() {
-            while state.in_flight < config.concurrency.max(1) {
-                let Some(id) = state.next_ready(now, config.live_poll) else {
-                    break;
-                };
-                let Some(client) = state.target_of(&id, &config, &ledger, &log) else {
-                    continue;
-                };
-                let run = state.runs.get_mut(&id).expect("queued runs are tracked");
-                run.in_flight = true;
-                run.dirty = false;
-                run.last_upload_began = Some(now);
-                state.in_flight += 1;
-                let job = run.job.clone();
-                let known = run.stored.take().map(|entry| *entry);
-                let options = SyncOptions {
-                    verdict: run.verdict.clone(),
-                    naming: config.naming.clone(),
-                    ..SyncOptions::default()
-                };
-                let (ledger, done) = (ledger.clone(), done_tx.clone());
-                tokio::spawn(async move {
-                    let done_with = worker::sync_known_run(
-                        Some(&client),
-                        &ledger,
-                        &options,
-                        &job,
-                        known,
-                        &|_| {},
-                    )
-                    .await;
-                    let _ = done.send((id, done_with)).await;
-                });
-            }
-        }
-        // Written by the keeper on its own schedule.
-        if now.duration_since(last_heartbeat) >= Duration::from_secs(2) {
-            last_heartbeat = now;
-            keeper.publish(state.heartbeat(&config, &started_at), state.summary_line());
-        }
+        daemon.turn(Instant::now());
     }
-
-    // Shutdown: no new work; in-flight uploads get a few seconds to reach a
-    // checkpoint (each step is checkpointed, so abandoning one loses nothing).
-    if let Some(n) = &notifier
-        && let Err(e) = n.stopping()
-    {
-        log(&format!("cannot tell systemd we are stopping: {e}"));
-    }
-    log(&format!(
-        "stopping: waiting up to 5 s for {} upload(s)",
-        state.in_flight
-    ));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while state.in_flight > 0 && Instant::now() < deadline {
-        keeper.turned();
-        match tokio::time::timeout(Duration::from_millis(200), done_rx.recv()).await {
-            Ok(Some((id, (outcome, stored)))) => {
-                state.finished(&id, outcome, stored, &ledger, &config, &log)
-            }
-            _ => continue,
-        }
-    }
-    if state.in_flight > 0 {
-        log(&format!(
-            "stopping with {} upload(s) unfinished; they continue from their last checkpoint next time",
-            state.in_flight
-        ));
-    }
-    keeper.finish();
+    daemon.shut_down(&mut done_rx).await;
     Ok(())
 }
 
-async fn acquire_lease(
-    config: &DaemonConfig,
-    log: &Arc<dyn Fn(&str) + Send + Sync>,
-) -> Result<Lease, DaemonError> {
+/// Where the tasks the loop starts answer.
+struct Replies {
+    done: mpsc::Sender<(String, Finished)>,
+    slurm: mpsc::Sender<SlurmReply>,
+    probe: mpsc::Sender<ProbeReply>,
+}
+
+/// The loop's own state: what it watches, its clocks and its runs.
+struct Daemon {
+    config: DaemonConfig,
+    ledger: Ledger,
+    keeper: Keeper,
+    notifier: Option<Notifier>,
+    scanner: Scanner,
+    accelerator: Accelerator,
+    triggers: TriggerDirs,
+    /// `None` while a query has it (or when Slurm is not asked at all).
+    slurm: Option<Slurm>,
+    state: DaemonState,
+    replies: Replies,
+    started_at: String,
+    last_live: Instant,
+    last_idle: Instant,
+    last_trigger: Instant,
+    last_heartbeat: Instant,
+    /// Poll again next turn: a newly watched directory may have got files
+    /// between its listing and its watch.
+    rescan: bool,
+}
+
+impl Daemon {
+    /// Takes the lease, starts the keeper, scans the roots once (the
+    /// ledger says what is already done) and sets up the watches.
+    async fn start(config: DaemonConfig, replies: Replies) -> Result<Daemon, DaemonError> {
+        let lease = acquire_lease(&config).await?;
+        let notifier = Notifier::from_env();
+        // The keeper's own events, at the level of the worst of them.
+        let keeper_log: Arc<dyn Fn(&str) + Send + Sync> =
+            Arc::new(|message: &str| tracing::warn!(target: "syncd::engine::keeper", "{message}"));
+        let keeper = Keeper::start(
+            lease,
+            config.state_dir.clone(),
+            notifier.clone(),
+            keeper_log,
+        )
+        .map_err(DaemonError::Keeper)?;
+        let ledger = Ledger::open(&config.state_dir)?;
+        let uid = crate::process::current_uid();
+        let scanner = Scanner::new(config.roots.clone(), uid);
+        let triggers = TriggerDirs {
+            spool: config.state_dir.join(crate::discover::trigger::SPOOL_DIR),
+            osh: config.osh_dir.clone(),
+        };
+        if let Err(e) = std::fs::create_dir_all(&triggers.spool) {
+            warn!(
+                path = %triggers.spool.display(),
+                error = %e,
+                "cannot create the trigger spool {}: {e}; `syncd notify` will not reach this daemon",
+                triggers.spool.display()
+            );
+        }
+        let slurm = if config.slurm { Slurm::detect() } else { None };
+        let state = DaemonState {
+            slurm_health: slurm.as_ref().map(|_| SlurmWatch::default()),
+            ..DaemonState::default()
+        };
+        let now = Instant::now();
+        let trigger_poll = config.trigger_poll;
+        let mut daemon = Daemon {
+            config,
+            ledger,
+            keeper,
+            notifier,
+            scanner,
+            accelerator: Accelerator::new(),
+            triggers,
+            slurm,
+            state,
+            replies,
+            started_at: now_rfc3339(),
+            last_live: now,
+            last_idle: now,
+            // Both due at the first turn.
+            last_trigger: now.checked_sub(trigger_poll).unwrap_or(now),
+            last_heartbeat: now.checked_sub(Duration::from_secs(60)).unwrap_or(now),
+            rescan: false,
+        };
+        // Running, before the first scan (which may take a while on a slow
+        // filesystem).
+        daemon.publish_heartbeat();
+        // The first full scan; the ledger says what is already done.
+        let report = daemon.scanner.scan_roots(true);
+        daemon.state.absorb(report, &daemon.config, &daemon.ledger);
+        for dir in daemon.scanner.wandb_dirs().cloned().collect::<Vec<_>>() {
+            match fs_kind(&dir) {
+                FsKind::Network(name) => info!(
+                    path = %dir.display(),
+                    fs = %name,
+                    "{}: on {name}, found by polling only",
+                    dir.display()
+                ),
+                _ if daemon.accelerator.watch(&dir) => info!(
+                    path = %dir.display(),
+                    "{}: local, polled and watched with inotify",
+                    dir.display()
+                ),
+                _ => info!(path = %dir.display(), "{}: found by polling", dir.display()),
+            }
+        }
+        if let Some(n) = &daemon.notifier
+            && let Err(e) = n.ready()
+        {
+            warn!(error = %e, "cannot tell systemd we are ready: {e}");
+        }
+        info!(
+            roots = daemon.config.roots.len(),
+            runs = daemon.state.runs.len(),
+            server = %daemon.config.targets.default_base_url(),
+            "syncd run: watching {} root(s), {} run(s) known, default server {} (a run's .env may name another)",
+            daemon.config.roots.len(),
+            daemon.state.runs.len(),
+            daemon.config.targets.default_base_url()
+        );
+        Ok(daemon)
+    }
+
+    /// One turn of the loop, after whatever woke it.
+    fn turn(&mut self, now: Instant) {
+        if now.duration_since(self.last_trigger) >= self.config.trigger_poll {
+            self.last_trigger = now;
+            self.take_triggers();
+        }
+        let poll_now = self.take_changes();
+        if poll_now || now.duration_since(self.last_live) >= self.config.live_poll {
+            self.poll(now);
+        }
+        self.state.watch_contact(&self.config.targets);
+        self.probe_if_due(now);
+        self.start_uploads(now);
+        // Written by the keeper on its own schedule.
+        if now.duration_since(self.last_heartbeat) >= Duration::from_secs(2) {
+            self.last_heartbeat = now;
+            self.publish_heartbeat();
+        }
+    }
+
+    /// SIGHUP: new settings (the state directory and lease stay what they
+    /// were), and stopped runs are tried again.
+    fn reload(&mut self, new: Option<Box<DaemonConfig>>) {
+        if let Some(new) = new {
+            info!(
+                roots = new.roots.len(),
+                "SIGHUP: settings reloaded, watching {} root(s)",
+                new.roots.len()
+            );
+            self.scanner.set_roots(new.roots.clone());
+            self.state.retarget(&new, &self.ledger);
+            let keep = (self.config.state_dir.clone(), self.config.lease_ttl);
+            self.config = *new;
+            (self.config.state_dir, self.config.lease_ttl) = keep;
+        }
+        let retried = self.state.retry_stopped();
+        info!(runs = retried, "SIGHUP: retrying stopped runs");
+    }
+
+    fn finished(&mut self, id: &str, outcome: RunOutcome, stored: Option<RunLedger>) {
+        self.state
+            .finished(id, outcome, stored, &self.ledger, &self.config);
+    }
+
+    fn take_slurm_reply(&mut self, reply: SlurmReply) {
+        if let Some(slurm) = &reply.slurm {
+            let accounting = slurm.accounting_error().map(ToString::to_string);
+            self.state.take_accounting(accounting);
+        }
+        self.state.take_slurm_answer(&reply.asked, reply.answer);
+        self.slurm = reply.slurm.or_else(Slurm::detect);
+    }
+
+    /// Trigger files (`syncd notify`, wandb-osh): their runs are looked at
+    /// now and go first.
+    fn take_triggers(&mut self) {
+        let mut problems = Vec::new();
+        for trigger in self.triggers.take(&mut problems) {
+            let (files, errors) = wandb_files(std::slice::from_ref(&trigger.target));
+            for e in errors {
+                warn!(trigger = %trigger.source.display(), error = %e, "trigger {}: {e}", trigger.source.display());
+            }
+            let mut report = ScanReport::default();
+            for file in files {
+                if let Some(run_dir) = file.path.parent() {
+                    self.scanner.look_at_run_dir(run_dir, &mut report);
+                }
+                report.changed_files.push(file.path);
+            }
+            self.state.absorb(report, &self.config, &self.ledger);
+            self.state.prioritize(&trigger.target);
+        }
+        // A trigger file that cannot be read or removed comes back every
+        // read: said once.
+        for p in problems {
+            if self.state.note_problem(p.clone()) {
+                warn!("{p}");
+            }
+        }
+    }
+
+    /// inotify on local roots: a new run or a writer closing its file is
+    /// seen before the next poll. Returns whether to poll now.
+    fn take_changes(&mut self) -> bool {
+        let changed = self.accelerator.changed();
+        let mut poll_now = std::mem::take(&mut self.rescan);
+        if changed.is_empty() {
+            return poll_now;
+        }
+        let mut report = ScanReport::default();
+        let mut closed = Vec::new();
+        for Change {
+            path,
+            writer_closed,
+        } in changed
+        {
+            if path.extension().is_some_and(|e| e == "wandb") {
+                self.scanner.check_files([&path], &mut report);
+                if writer_closed {
+                    closed.push(path);
+                }
+            } else if path.is_dir()
+                && path
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("offline-run-"))
+            {
+                self.accelerator.watch(&path);
+                self.scanner.look_at_run_dir(&path, &mut report);
+            } else if path
+                .file_name()
+                .is_some_and(|n| n == "wandb" || n == ".wandb")
+                && path.is_dir()
+            {
+                // A root's wandb directory appeared: it replaces the root
+                // as what is listed, now rather than next poll.
+                poll_now = true;
+            }
+        }
+        self.state.absorb(report, &self.config, &self.ledger);
+        // Its writer is done: the rest goes now, not after the batching
+        // interval.
+        for path in closed {
+            self.state.prioritize(&path);
+        }
+        poll_now
+    }
+
+    /// A poll: the roots and the active runs' files (everything on the
+    /// idle schedule), the watches, the settings of stopped runs, Slurm,
+    /// and which runs are to be finalized.
+    fn poll(&mut self, now: Instant) {
+        self.last_live = now;
+        let full = now.duration_since(self.last_idle) >= self.config.idle_poll;
+        let mut report = self.scanner.scan_roots(full);
+        self.state.forget_quiet();
+        self.scanner
+            .check_files(self.state.files_to_check(full), &mut report);
+        if full {
+            self.last_idle = now;
+        }
+        self.state.absorb(report, &self.config, &self.ledger);
+        self.update_watches();
+        if full {
+            self.state.recheck_settings(&self.config);
+        }
+        self.ask_slurm();
+        self.state.decide_finalization(&self.config);
+    }
+
+    /// Watched: the listed directories (where new runs and files appear)
+    /// and the active runs' directories (where files close).
+    fn update_watches(&mut self) {
+        let listed = self
+            .scanner
+            .wandb_dirs()
+            .chain(self.scanner.run_dirs_without_file());
+        let active_run_dirs = self
+            .state
+            .active_runs()
+            .filter(|(id, r)| !r.settled(self.state.schedule.state(id)))
+            .filter_map(|(_, r)| r.job.fragments.last()?.parent());
+        let wanted: HashSet<&Path> = listed
+            .map(PathBuf::as_path)
+            .chain(active_run_dirs)
+            .collect();
+        let watching = self.accelerator.watching();
+        for dir in &wanted {
+            self.accelerator.watch(dir);
+        }
+        self.accelerator.retain(|dir| wanted.contains(dir));
+        // What a newly watched directory got between its listing and its
+        // watch is found by scanning once more, next turn.
+        self.rescan = self.accelerator.watching() > watching;
+    }
+
+    /// One query at a time, as a task: `slurm` comes back with its answer,
+    /// and until then the last answer stands.
+    fn ask_slurm(&mut self) {
+        let Some(ids) = self.state.slurm_question() else {
+            return;
+        };
+        let Some(mut asking) = self.slurm.take() else {
+            return;
+        };
+        self.state.slurm_asked();
+        let reply_to = self.replies.slurm.clone();
+        // The query runs in a task of its own, watched by this one, so
+        // that even a panic in it is answered (else `slurm` would never
+        // come back).
+        tokio::spawn(async move {
+            let query = tokio::spawn(async move {
+                let answer = asking.states(&ids).await;
+                (asking, ids, answer)
+            });
+            let reply = match query.await {
+                Ok((slurm, asked, answer)) => SlurmReply {
+                    slurm: Some(slurm),
+                    asked,
+                    answer,
+                },
+                Err(e) => {
+                    error!(error = %e, "the Slurm query failed inside syncd: {e}");
+                    SlurmReply {
+                        slurm: None,
+                        asked: Vec::new(),
+                        answer: Err(SlurmError::Failed {
+                            command: "squeue/sacct".into(),
+                            status: "the query failed inside syncd".into(),
+                            stderr: e.to_string(),
+                        }),
+                    }
+                }
+            };
+            if reply_to.send(reply).await.is_err() {
+                debug!("a Slurm answer came after the loop ended");
+            }
+        });
+    }
+
+    /// While offline, a probe when its time comes (one at a time).
+    fn probe_if_due(&mut self, now: Instant) {
+        if self.state.probing || self.state.offline_until.is_none_or(|t| now < t) {
+            return;
+        }
+        self.state.probing = true;
+        let clients = self.config.targets.clients();
+        let timeout = self.config.retry.timeout;
+        let reply_to = self.replies.probe.clone();
+        tokio::spawn(async move {
+            // Answered even if the probe panics: else `probing` would stay
+            // set and no probe would go again.
+            let reply = tokio::spawn(probe(clients, timeout))
+                .await
+                .unwrap_or_else(|e| Err(format!("the probe failed inside syncd: {e}")));
+            if reply_to.send(reply).await.is_err() {
+                debug!("a probe's answer came after the loop ended");
+            }
+        });
+    }
+
+    /// Hands ready runs to uploads, up to `concurrency` at once (none while
+    /// offline).
+    fn start_uploads(&mut self, now: Instant) {
+        if self.state.offline_until.is_some() {
+            return;
+        }
+        while self.state.schedule.in_flight() < self.config.concurrency.max(1) {
+            let Some(id) = self.state.next_ready(now, self.config.live_poll) else {
+                break;
+            };
+            let Some(client) = self.state.target_of(&id, &self.config, &self.ledger) else {
+                continue;
+            };
+            let Some(run) = self.state.runs.get_mut(&id) else {
+                // Queued but no longer followed: a scheduler bug, not a
+                // reason to stop every other run.
+                error!(run = %id, "{id}: queued but not tracked; dropped from the queue");
+                self.state.schedule.stop(&id, "not tracked".into());
+                continue;
+            };
+            let job = run.job.clone();
+            let known = run.stored.take().map(|entry| *entry);
+            let options = SyncOptions {
+                verdict: run.verdict.clone(),
+                naming: self.config.naming.clone(),
+                ..SyncOptions::default()
+            };
+            let (ledger, done) = (self.ledger.clone(), self.replies.done.clone());
+            debug!(run = %id, "upload starts");
+            tokio::spawn(async move {
+                let done_with =
+                    upload::sync_known_run(Some(&client), &ledger, &options, &job, known, &|_| {})
+                        .await;
+                if done.send((id, done_with)).await.is_err() {
+                    debug!("an upload ended after the loop ended");
+                }
+            });
+        }
+    }
+
+    fn publish_heartbeat(&self) {
+        self.keeper.publish(
+            self.state.heartbeat(&self.config, &self.started_at),
+            self.state.summary_line(),
+        );
+    }
+
+    /// No new work; in-flight uploads get a few seconds to reach a
+    /// checkpoint (each step is checkpointed, so abandoning one loses
+    /// nothing).
+    async fn shut_down(mut self, done_rx: &mut mpsc::Receiver<(String, Finished)>) {
+        if let Some(n) = &self.notifier
+            && let Err(e) = n.stopping()
+        {
+            warn!(error = %e, "cannot tell systemd we are stopping: {e}");
+        }
+        info!(
+            uploads = self.state.schedule.in_flight(),
+            "stopping: waiting up to 5 s for {} upload(s)",
+            self.state.schedule.in_flight()
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.state.schedule.in_flight() > 0 && Instant::now() < deadline {
+            self.keeper.turned();
+            if let Ok(Some((id, (outcome, stored)))) =
+                tokio::time::timeout(Duration::from_millis(200), done_rx.recv()).await
+            {
+                self.finished(&id, outcome, stored);
+            }
+        }
+        if self.state.schedule.in_flight() > 0 {
+            warn!(
+                uploads = self.state.schedule.in_flight(),
+                "stopping with {} upload(s) unfinished; they continue from their last checkpoint next time",
+                self.state.schedule.in_flight()
+            );
+        }
+        self.keeper.finish();
+    }
+}
+
+async fn acquire_lease(config: &DaemonConfig) -> Result<Lease, DaemonError> {
+    let waits = schedule::lease_wait(config.lease_ttl);
+    let mut attempt = 0;
     loop {
         match Lease::acquire(&config.state_dir, config.lease_ttl) {
-            Ok(lease) => return Ok(lease),
+            Ok(lease) => {
+                if let Some(takeover) = lease.takeover() {
+                    warn!(path = %config.state_dir.display(), "{takeover}");
+                }
+                return Ok(lease);
+            }
             Err(e) if config.wait_for_lease => {
-                log(&format!("{e}; waiting for it"));
-                tokio::time::sleep(config.lease_ttl / 3).await;
+                info!(path = %config.state_dir.display(), "{e}; waiting for it");
+                tokio::time::sleep(waits.backoff(attempt)).await;
+                attempt += 1;
             }
             Err(e) => return Err(e.into()),
         }
@@ -544,11 +698,12 @@ struct DaemonState {
     runs: HashMap<String, Box<Tracked>>,
     /// Which run each `.wandb` file belongs to.
     file_to_run: HashMap<PathBuf, String>,
-    queue: VecDeque<String>,
-    in_flight: usize,
+    /// Which run uploads when.
+    schedule: Scheduler<String>,
     /// Offline: no uploads until this instant, then a probe.
     offline_until: Option<Instant>,
-    offline_backoff: Duration,
+    /// Probes that found no server in this outage (for their backoff).
+    offline_probes: u32,
     /// The first failure of the current outage, and the newest's reason.
     offline_since: Option<SystemTime>,
     offline_error: Option<String>,
@@ -584,6 +739,8 @@ struct SlurmWatch {
     asking_since: Option<(Instant, SystemTime)>,
     /// Since when queries fail (the first failure), and the newest error.
     failing: Option<(SystemTime, String)>,
+    /// Why `sacct` failed in the last answer, if it did.
+    accounting_failing: Option<String>,
 }
 
 impl DaemonState {
@@ -603,23 +760,18 @@ impl DaemonState {
 
     /// Takes a scan's findings: new files join (or start) runs, changed
     /// files mark their run dirty.
-    fn absorb(
-        &mut self,
-        report: ScanReport,
-        config: &DaemonConfig,
-        ledger: &Ledger,
-        log: &Arc<dyn Fn(&str) + Send + Sync>,
-    ) {
+    fn absorb(&mut self, report: ScanReport, config: &DaemonConfig, ledger: &Ledger) {
         for problem in report.problems {
-            log(&problem);
+            warn!("{problem}");
             self.note_problem(problem);
         }
         for dir in report.foreign {
             if self.foreign_reported.insert(dir.clone()) {
-                log(&format!(
+                warn!(
+                    path = %dir.display(),
                     "{}: owned by another user; not synced",
                     dir.display()
-                ));
+                );
             }
         }
         for path in report.new_files.into_iter().chain(report.changed_files) {
@@ -642,20 +794,18 @@ impl DaemonState {
                 }
                 let acked = at.and_then(|i| run.acked.get(i).copied().flatten());
                 if matches!(run.phase, Phase::Synced | Phase::Finalized) && acked == Some(size) {
-                    run.dirty = false;
                     continue;
                 }
-                run.dirty = true;
-                run.stopped = None;
+                // A stopped run is tried again: its files changed.
                 run.settings_stamp = None;
                 self.active.insert(id.clone());
-                run.newest_mtime = std::fs::metadata(run.job.fragments.last().unwrap())
-                    .and_then(|m| m.modified())
-                    .ok();
-                if !run.queued && !run.in_flight {
-                    run.queued = true;
-                    self.queue.push_back(id);
-                }
+                run.newest_mtime = run
+                    .job
+                    .fragments
+                    .last()
+                    .and_then(|newest| std::fs::metadata(newest).ok())
+                    .and_then(|m| m.modified().ok());
+                self.schedule.enqueue(&id);
             }
         }
     }
@@ -683,13 +833,6 @@ impl DaemonState {
                 key: None,
                 client: None,
                 phase: Phase::Queued,
-                queued: false,
-                in_flight: false,
-                dirty: true,
-                failures: 0,
-                not_before: None,
-                last_upload_began: None,
-                stopped: None,
                 settings_stamp: None,
                 named_entity: (!head.entity.is_empty()).then(|| head.entity.clone().into()),
                 named_project: (!head.project.is_empty()).then(|| head.project.clone().into()),
@@ -729,12 +872,17 @@ impl DaemonState {
     /// refused is stopped (until its files change or SIGHUP) and said why.
     fn target_of(
         &mut self,
-        id: &str,
+        id: &String,
         config: &DaemonConfig,
         ledger: &Ledger,
-        log: &Arc<dyn Fn(&str) + Send + Sync>,
     ) -> Option<Arc<Client>> {
-        let run = self.runs.get_mut(id)?;
+        let Some(run) = self.runs.get_mut(id) else {
+            // Queued but no longer followed: a scheduler bug, not a reason
+            // to stop every other run.
+            error!(run = %id, "{id}: queued but not tracked; dropped from the queue");
+            self.schedule.stop(id, "not tracked".into());
+            return None;
+        };
         let error = match &run.client {
             Some(client) => return Some(Arc::clone(client)),
             None => match attach_target(run, &config.targets, ledger) {
@@ -743,19 +891,21 @@ impl DaemonState {
             },
         };
         let error = format!("{error}; {}", settings_retry_hint(config));
-        log(&format!(
+        warn!(
+            run = %id,
+            path = %run.job.run_dir().display(),
             "{}: not uploaded: {error}",
             run.job.run_dir().display()
-        ));
+        );
         run.settings_stamp = Some(settings_stamp(run, &config.targets));
-        run.stopped = Some(error);
+        self.schedule.stop(id, error);
         None
     }
 
     /// Runs stopped on their settings whose settings files changed are
     /// looked up again and, when they now resolve, queued (on the idle
     /// schedule: a stat per candidate file per stopped run).
-    fn recheck_settings(&mut self, config: &DaemonConfig, log: &Arc<dyn Fn(&str) + Send + Sync>) {
+    fn recheck_settings(&mut self, config: &DaemonConfig) {
         for id in &self.active {
             let Some(run) = self.runs.get_mut(id) else {
                 continue;
@@ -763,41 +913,32 @@ impl DaemonState {
             let Some(stamp) = run.settings_stamp else {
                 continue;
             };
-            if run.stopped.is_none() || settings_stamp(run, &config.targets) == stamp {
+            let stopped = matches!(self.schedule.state(id), State::Stopped(_));
+            if !stopped || settings_stamp(run, &config.targets) == stamp {
                 continue;
             }
             run.settings_stamp = None;
-            run.stopped = None;
-            log(&format!(
+            info!(
+                run = %id,
+                path = %run.job.run_dir().display(),
                 "{}: its settings changed, trying it again",
                 run.job.run_dir().display()
-            ));
+            );
             // Resolved again when its turn comes (`target_of`).
             run.client = None;
-            run.dirty = true;
-            if !run.queued && !run.in_flight {
-                run.queued = true;
-                self.queue.push_back(id.clone());
-            }
+            self.schedule.enqueue(id);
         }
     }
 
     /// SIGHUP: stopped and backing-off runs go again, at the back of the
-    /// queue.
-    fn retry_stopped(&mut self) {
+    /// queue. Returns how many.
+    fn retry_stopped(&mut self) -> usize {
         for id in &self.active {
-            let Some(run) = self.runs.get_mut(id) else {
-                continue;
-            };
-            let was_stopped = run.stopped.take().is_some();
-            run.settings_stamp = None;
-            run.not_before = None;
-            if was_stopped && !run.queued && !run.in_flight {
-                run.dirty = true;
-                run.queued = true;
-                self.queue.push_back(id.clone());
+            if let Some(run) = self.runs.get_mut(id) {
+                run.settings_stamp = None;
             }
         }
+        self.schedule.retry_stopped()
     }
 
     /// New settings (SIGHUP): every run's target is looked up again.
@@ -807,24 +948,28 @@ impl DaemonState {
             // Another target is another ledger entry (the key names it).
             run.stored = None;
             run.job.read_manifest();
+            // A refusal is reported when the run's turn comes (`target_of`).
             let _ = attach_target(run, &config.targets, ledger);
         }
         // Its new target's ledger may say anything: each is looked at once.
         self.active.extend(self.runs.keys().cloned());
     }
 
-    /// The runs in `active`.
-    fn active_runs(&self) -> impl Iterator<Item = &Tracked> {
+    /// The runs in `active`, with their ids.
+    fn active_runs(&self) -> impl Iterator<Item = (&String, &Tracked)> {
         self.active
             .iter()
-            .filter_map(|id| self.runs.get(id).map(|r| &**r))
+            .filter_map(|id| self.runs.get(id).map(|r| (id, &**r)))
     }
 
-    /// Quiet runs leave `active`.
+    /// Quiet runs leave `active` (and the scheduler): from now on only the
+    /// full poll looks at them. This is where a run becomes settled.
     fn forget_quiet(&mut self) {
-        let runs = &self.runs;
-        self.active
-            .retain(|id| runs.get(id).is_some_and(|run| !run.quiet()));
+        let (runs, schedule) = (&self.runs, &mut self.schedule);
+        self.active.retain(|id| {
+            let quiet = runs.get(id).is_none_or(|run| run.quiet(schedule.state(id)));
+            !(quiet && schedule.forget(id))
+        });
     }
 
     /// The `.wandb` files a poll stats: every run's newest on a full poll,
@@ -838,8 +983,8 @@ impl DaemonState {
                 .collect(),
             false => self
                 .active_runs()
-                .filter(|r| !r.settled())
-                .filter_map(|r| r.job.fragments.last())
+                .filter(|(id, r)| !r.settled(self.schedule.state(id)))
+                .filter_map(|(_, r)| r.job.fragments.last())
                 .collect(),
         }
     }
@@ -871,39 +1016,25 @@ impl DaemonState {
         };
         for id in ids {
             self.active.insert(id.clone());
-            self.queue.retain(|q| q != &id);
-            if let Some(run) = self.runs.get_mut(&id) {
-                run.not_before = None;
-                run.last_upload_began = None;
-                if !run.in_flight {
-                    run.queued = true;
-                    self.queue.push_front(id);
-                }
-            }
+            self.schedule.notify(&id);
         }
     }
 
-    /// The next queued run that may go now (FIFO; runs backing off stay
-    /// queued without blocking the others).
+    /// The next run to upload, marked as uploading (see
+    /// [`Scheduler::next_ready`]).
     fn next_ready(&mut self, now: Instant, live_interval: Duration) -> Option<String> {
-        let position = self.queue.iter().position(|id| {
-            let run = &self.runs[id];
-            // A run still being written waits for the rest of its interval;
-            // one that has ended (or is being finalized) goes at once.
-            let batching = !run.ended
-                && run.verdict.is_none()
-                && run
-                    .last_upload_began
-                    .is_some_and(|t| now.duration_since(t) < live_interval);
-            run.stopped.is_none() && run.not_before.is_none_or(|t| now >= t) && !batching
-        })?;
-        let id = self.queue.remove(position)?;
-        if let Some(run) = self.runs.get_mut(&id) {
-            run.queued = false;
-        }
-        Some(id)
+        let runs = &self.runs;
+        // A run still being written waits for the rest of its interval;
+        // one that has ended (or is being finalized) goes at once.
+        let still_written = |id: &String| {
+            runs.get(id)
+                .is_some_and(|run| !run.ended && run.verdict.is_none())
+        };
+        self.schedule.next_ready(now, live_interval, still_written)
     }
 
+    /// An upload is over: the run takes what its ledger entry says now, and
+    /// the scheduler how it went.
     fn finished(
         &mut self,
         id: &str,
@@ -911,73 +1042,71 @@ impl DaemonState {
         stored: Option<RunLedger>,
         ledger: &Ledger,
         config: &DaemonConfig,
-        log: &Arc<dyn Fn(&str) + Send + Sync>,
     ) {
-        self.in_flight = self.in_flight.saturating_sub(1);
-        let Some(run) = self.runs.get_mut(id) else {
-            return;
-        };
-        run.in_flight = false;
-        // Unless a reload sent the run elsewhere while it was uploading (its
-        // key names the new target's entry now, read then).
-        if run.key.as_deref().is_none_or(|key| key == outcome.key) {
-            run.key = Some(outcome.key.clone());
-            match stored {
-                Some(entry) => take_entry(run, entry),
-                None => refresh_from_ledger(run, ledger),
+        let id = id.to_string();
+        let error = outcome.error.clone().unwrap_or_default();
+        let done = match outcome.failure {
+            None => Done::Uploaded,
+            Some(Failure::Offline) => Done::Offline,
+            Some(Failure::Transient) => Done::Failed,
+            Some(Failure::Auth | Failure::Config) => {
+                Done::Stopped(format!("{error}; {}", settings_retry_hint(config)))
             }
+            Some(Failure::Permanent | Failure::Corrupt) => Done::Stopped(error.clone()),
+        };
+        let wait = match self.schedule.finished(&id, done.clone(), Instant::now()) {
+            Ok(wait) => wait,
+            Err(e) => {
+                error!(run = %id, "{e}; its outcome is taken all the same");
+                None
+            }
+        };
+        if let Some(run) = self.runs.get_mut(&id) {
+            // Unless a reload sent the run elsewhere while it was uploading
+            // (its key names the new target's entry now, read then).
+            if run.key.as_deref().is_none_or(|key| key == outcome.key) {
+                run.key = Some(outcome.key.clone());
+                match stored {
+                    Some(entry) => take_entry(run, entry),
+                    None => refresh_from_ledger(run, ledger),
+                }
+            }
+            run.settings_stamp = match outcome.failure {
+                // A refused key or `.env` is fixed in the settings files.
+                Some(Failure::Auth | Failure::Config) => Some(settings_stamp(run, &config.targets)),
+                // Not a settings problem: a change of `.env` does not help.
+                Some(Failure::Permanent | Failure::Corrupt) => None,
+                _ => run.settings_stamp,
+            };
+        } else {
+            warn!(run = %id, "{id}: an upload ended for a run no longer followed");
         }
-        match outcome.failure {
-            None => {
-                run.failures = 0;
-                run.not_before = None;
+        match done {
+            Done::Uploaded => {
+                debug!(run = %id, "upload done");
                 // An upload went through: the network is back, whatever a
                 // probe still out will say.
                 if self.offline_until.is_some() {
-                    log("an upload went through, resuming uploads");
+                    info!(run = %id, "an upload went through, resuming uploads");
                     self.back_online();
                 }
             }
-            Some(Failure::Offline) => {
-                run.dirty = true;
-                let error = outcome.error.clone().unwrap_or_default();
-                self.go_offline(SystemTime::now(), error, log);
+            Done::Offline => self.go_offline(SystemTime::now(), error),
+            Done::Stopped(reason) => {
+                warn!(run = %outcome.run_id, "{}: stopped: {reason}", outcome.run_id)
             }
-            Some(Failure::Auth | Failure::Config) => {
-                let error = outcome.error.clone().unwrap_or_default();
-                let error = format!("{error}; {}", settings_retry_hint(config));
-                log(&format!("{}: stopped: {error}", outcome.run_id));
-                // A refused key or `.env` is fixed in the settings files.
-                let run = self.runs.get_mut(id).expect("still tracked");
-                run.settings_stamp = Some(settings_stamp(run, &config.targets));
-                run.stopped = Some(error);
-            }
-            Some(Failure::Permanent | Failure::Corrupt) => {
-                let error = outcome.error.clone().unwrap_or_default();
-                log(&format!("{}: stopped: {error}", outcome.run_id));
-                // Not a settings problem: a change of `.env` does not help.
-                run.settings_stamp = None;
-                run.stopped = Some(error);
-            }
-            Some(Failure::Transient) => {
-                run.failures += 1;
-                run.dirty = true;
-                let wait = Duration::from_secs(5u64.saturating_mul(1 << run.failures.min(7)))
-                    .min(Duration::from_secs(600));
-                run.not_before = Some(Instant::now() + wait);
-                log(&format!(
-                    "{}: failed ({}), retrying in {}",
+            Done::Failed => {
+                // Whole seconds: the jitter's nanoseconds say nothing.
+                let wait = Duration::from_secs(wait.unwrap_or_default().as_secs());
+                warn!(
+                    run = %outcome.run_id,
+                    error = %error,
+                    retry_in = %humantime::format_duration(wait),
+                    "{}: failed ({error}), retrying in {}",
                     outcome.run_id,
-                    outcome.error.clone().unwrap_or_default(),
                     humantime::format_duration(wait)
-                ));
+                );
             }
-        }
-        // Dirty again while it ran (or failed): back in the queue, at the end.
-        let run = self.runs.get_mut(id).expect("still tracked");
-        if run.dirty && !run.queued && run.stopped.is_none() {
-            run.queued = true;
-            self.queue.push_back(id.to_string());
         }
     }
 
@@ -986,8 +1115,8 @@ impl DaemonState {
     fn slurm_question(&self) -> Option<Vec<String>> {
         let ids: Vec<String> = self
             .active_runs()
-            .filter(|r| !r.ended && !r.settled())
-            .filter_map(|r| r.slurm_job.clone())
+            .filter(|(id, r)| !r.ended && !r.settled(self.schedule.state(id)))
+            .filter_map(|(_, r)| r.slurm_job.clone())
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
@@ -1006,17 +1135,16 @@ impl DaemonState {
         &mut self,
         ids: &[String],
         answer: Result<HashMap<String, JobInfo>, SlurmError>,
-        log: &Arc<dyn Fn(&str) + Send + Sync>,
     ) {
         let watch = self.slurm_health.get_or_insert_with(SlurmWatch::default);
         let asked_at = watch.asking_since.take().map(|(_, at)| at);
         match answer {
             Ok(states) => {
                 if let Some((since, _)) = watch.failing.take() {
-                    log(&format!(
+                    info!(
                         "Slurm answers again (it had not since {})",
                         humantime::format_rfc3339_seconds(since)
-                    ));
+                    );
                 }
                 self.slurm_answers = true;
                 for id in &self.active {
@@ -1040,9 +1168,10 @@ impl DaemonState {
             }
             Err(e) => {
                 if watch.failing.is_none() {
-                    log(&format!(
+                    warn!(
+                        error = %e,
                         "asking Slurm failed ({e}); using the quiescence timeout until it answers"
-                    ));
+                    );
                 }
                 let since = watch
                     .failing
@@ -1054,6 +1183,21 @@ impl DaemonState {
                 self.slurm_answers = false;
             }
         }
+    }
+
+    /// Why `sacct` failed while `squeue` answered (how ended jobs ended is
+    /// then unknown), or `None` when it answered: said once each way.
+    fn take_accounting(&mut self, accounting: Option<String>) {
+        let watch = self.slurm_health.get_or_insert_with(SlurmWatch::default);
+        match (&accounting, &watch.accounting_failing) {
+            (Some(error), None) => warn!(
+                error = %error,
+                "sacct failed ({error}); how ended jobs ended is unknown until it answers"
+            ),
+            (None, Some(_)) => info!("sacct answers again"),
+            _ => {}
+        }
+        watch.accounting_failing = accounting;
     }
 
     /// What `status` says of Slurm: answering, or not since when and why
@@ -1088,7 +1232,7 @@ impl DaemonState {
     /// queued to be finalized.
     fn decide_finalization(&mut self, config: &DaemonConfig) {
         let now = Instant::now();
-        let mut queue = Vec::new();
+        let mut finalize = Vec::new();
         for id in &self.active {
             let Some(run) = self.runs.get_mut(id) else {
                 continue;
@@ -1096,7 +1240,7 @@ impl DaemonState {
             if run.ended
                 || run.verdict.is_some()
                 || run.phase != Phase::Live
-                || run.stopped.is_some()
+                || matches!(self.schedule.state(id), State::Stopped(_))
             {
                 continue;
             }
@@ -1128,19 +1272,18 @@ impl DaemonState {
                 None
             };
             if let Some(verdict) = verdict {
+                info!(run = %id, reason = %verdict.reason, "to be finalized: {}", verdict.reason);
                 run.verdict = Some(verdict);
-                run.dirty = true;
-                if !run.queued && !run.in_flight {
-                    run.queued = true;
-                    queue.push(id.clone());
-                }
+                finalize.push(id.clone());
             }
         }
-        self.queue.extend(queue);
+        for id in &finalize {
+            self.schedule.enqueue(id);
+        }
     }
 
     /// Takes a probe's answer: back online, or offline a while longer.
-    fn take_probe(&mut self, reply: ProbeReply, log: &Arc<dyn Fn(&str) + Send + Sync>) {
+    fn take_probe(&mut self, reply: ProbeReply) {
         self.probing = false;
         if self.offline_until.is_none() {
             // An upload went through while the probe was out.
@@ -1148,12 +1291,14 @@ impl DaemonState {
         }
         match reply {
             Err(error) => {
+                debug!(error = %error, "probe: still offline");
                 self.offline_error = Some(error);
-                self.offline_backoff = (self.offline_backoff * 2).min(Duration::from_secs(60));
-                self.offline_until = Some(Instant::now() + self.offline_backoff);
+                self.offline_probes = self.offline_probes.saturating_add(1);
+                let wait = schedule::PROBE_RETRY.backoff(self.offline_probes);
+                self.offline_until = Some(Instant::now() + wait);
             }
             Ok(()) => {
-                log("server reachable again, resuming uploads");
+                info!("server reachable again, resuming uploads");
                 self.back_online();
             }
         }
@@ -1162,7 +1307,7 @@ impl DaemonState {
     /// A request of any worker that could not reach its server puts the
     /// daemon offline at once (its own retries go on): it does not wait
     /// for that worker to give up. Also keeps `last_contact` current.
-    fn watch_contact(&mut self, targets: &Clients, log: &Arc<dyn Fn(&str) + Send + Sync>) {
+    fn watch_contact(&mut self, targets: &Clients) {
         for client in targets.clients() {
             let contact = client.contact();
             if contact.last_answer > self.last_contact {
@@ -1176,56 +1321,36 @@ impl DaemonState {
                 continue;
             }
             let error = contact.last_error.unwrap_or_default();
-            self.go_offline(since, format!("{}: {error}", client.base_url()), log);
+            self.go_offline(since, format!("{}: {error}", client.base_url()));
         }
     }
 
-    fn go_offline(
-        &mut self,
-        since: SystemTime,
-        error: String,
-        log: &Arc<dyn Fn(&str) + Send + Sync>,
-    ) {
+    fn go_offline(&mut self, since: SystemTime, error: String) {
         if self.offline_until.is_none() {
-            log(&format!("server unreachable, going offline: {error}"));
-            self.offline_backoff = Duration::from_secs(2);
-            self.offline_until = Some(Instant::now() + self.offline_backoff);
+            warn!(error = %error, "server unreachable, going offline: {error}");
+            self.offline_probes = 0;
+            self.offline_until = Some(Instant::now() + schedule::PROBE_RETRY.backoff(0));
             self.offline_since = Some(since);
         }
         self.offline_error = Some(error);
     }
 
-    /// Online again: runs that waited for the network are queued.
+    /// Online again: the runs that waited for the network are still
+    /// queued, and uploads start again.
     fn back_online(&mut self) {
         self.offline_until = None;
-        self.offline_backoff = Duration::ZERO;
+        self.offline_probes = 0;
         self.offline_since = None;
         self.offline_error = None;
         self.online_at = Some(SystemTime::now());
-        let dirty: Vec<String> = self
-            .active
-            .iter()
-            .filter(|id| {
-                self.runs
-                    .get(*id)
-                    .is_some_and(|r| r.dirty && !r.queued && !r.in_flight && r.stopped.is_none())
-            })
-            .cloned()
-            .collect();
-        for id in dirty {
-            if let Some(run) = self.runs.get_mut(&id) {
-                run.queued = true;
-            }
-            self.queue.push_back(id);
-        }
     }
 
     fn counts(&self) -> (usize, usize, usize) {
         let live = self
             .active_runs()
-            .filter(|r| r.phase == Phase::Live && !r.ended)
+            .filter(|(_, r)| r.phase == Phase::Live && !r.ended)
             .count();
-        (live, self.queue.len(), self.in_flight)
+        (live, self.schedule.queued(), self.schedule.in_flight())
     }
 
     /// `online`, `offline`, or `not contacted yet`: online only once a
@@ -1258,27 +1383,28 @@ impl DaemonState {
         let activity =
             self.active_runs()
                 // Quiet runs: the ledger says all there is.
-                .filter(|run| !run.quiet())
-                .map(|run| {
+                .filter(|(id, run)| !run.quiet(self.schedule.state(id)))
+                .map(|(id, run)| {
                     let key = run.key.clone().unwrap_or_else(|| {
                         format!("{UNSYNCED_PREFIX}{}", run.job.run_dir().display())
                     });
-                    let waiting_offline = self.offline_until.is_some()
-                        && !run.in_flight
-                        && run.stopped.is_none()
-                        && (run.queued || run.dirty);
-                    let (state, reason, next_retry) = if run.in_flight {
-                        ("uploading", None, None)
-                    } else if waiting_offline {
-                        ("waiting", Some("offline"), next_probe.clone())
-                    } else if let Some(t) = run.not_before.filter(|_| run.stopped.is_none()) {
-                        ("waiting", Some("retry"), Some(at_instant(t)))
-                    } else if run.queued {
-                        ("queued", None, None)
-                    } else if run.stopped.is_some() {
-                        ("stopped", None, None)
-                    } else {
-                        ("idle", None, None)
+                    let scheduled = self.schedule.state(id);
+                    let offline = self.offline_until.is_some();
+                    let (state, reason, next_retry) = match scheduled {
+                        State::InFlight { .. } => ("uploading", None, None),
+                        State::Queued | State::Backoff { .. } if offline => {
+                            ("waiting", Some("offline"), next_probe.clone())
+                        }
+                        State::Backoff { until } => {
+                            ("waiting", Some("retry"), Some(at_instant(*until)))
+                        }
+                        State::Queued => ("queued", None, None),
+                        State::Stopped(_) => ("stopped", None, None),
+                        State::Idle => ("idle", None, None),
+                    };
+                    let stopped = match scheduled {
+                        State::Stopped(reason) => Some(reason.clone()),
+                        _ => None,
                     };
                     // What is behind, as of the last scan (the heartbeat
                     // never touches a run's disk, and neither need status).
@@ -1300,7 +1426,7 @@ impl DaemonState {
                         key,
                         Activity {
                             run_id: Some(run.job.id.clone()),
-                            error: run.stopped.clone(),
+                            error: stopped,
                             state: state.into(),
                             reason: reason.map(str::to_string),
                             next_retry,
@@ -1421,8 +1547,13 @@ fn attach_target(
     // upgrade neither re-uploads nor waits for the run's next upload.
     let legacy = crate::ledger::legacy_run_key(id, first, server, None, None);
     run.stored = None;
-    if let Ok(Some(entry)) = ledger.load_run(&key, &legacy, true) {
-        take_entry(run, entry);
+    match ledger.load_run(&key, &legacy, true) {
+        Ok(Some(entry)) => take_entry(run, entry),
+        Ok(None) => {}
+        // Its upload reads the entry again and says what is wrong with it.
+        Err(e) => {
+            warn!(run = %run.job.id, key = %key, error = %e, "{}: cannot read its ledger entry {key}: {e}", run.job.run_dir().display())
+        }
     }
     run.key = Some(key);
     run.client = Some(Arc::clone(&target.client));
@@ -1434,10 +1565,13 @@ fn attach_target(
 fn refresh_from_ledger(run: &mut Tracked, ledger: &Ledger) {
     run.stored = None;
     let Some(key) = &run.key else { return };
-    let Ok(Some(entry)) = ledger.load(key) else {
-        return;
-    };
-    take_entry(run, entry);
+    match ledger.load(key) {
+        Ok(Some(entry)) => take_entry(run, entry),
+        Ok(None) => {}
+        Err(e) => {
+            warn!(run = %run.job.id, key = %key, error = %e, "{}: cannot read its ledger entry {key}: {e}", run.job.run_dir().display())
+        }
+    }
 }
 
 /// Takes what the run's ledger entry says; the entry itself is kept for
@@ -1468,4 +1602,61 @@ fn take_entry(run: &mut Tracked, entry: RunLedger) {
         Phase::Synced | Phase::Finalized | Phase::Quarantined
     );
     run.stored = (!settled).then(|| Box::new(entry));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::job::failed_outcome;
+
+    fn config(state_dir: &Path) -> DaemonConfig {
+        DaemonConfig {
+            roots: Vec::new(),
+            state_dir: state_dir.to_path_buf(),
+            targets: Arc::new(
+                Clients::new(
+                    HashMap::from([("HOME".into(), state_dir.display().to_string())]),
+                    RetryPolicy::default(),
+                )
+                .unwrap(),
+            ),
+            naming: NamingRule::default(),
+            live_poll: Duration::from_secs(1),
+            idle_poll: Duration::from_secs(60),
+            trigger_poll: Duration::from_secs(1),
+            concurrency: 2,
+            grace: Duration::from_secs(30),
+            quiescence: Duration::from_secs(600),
+            osh_dir: None,
+            lease_ttl: Duration::from_secs(30),
+            wait_for_lease: false,
+            retry: RetryPolicy::default(),
+            slurm: false,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_queued_run_that_is_not_tracked_is_stopped_not_a_panic() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (config, ledger) = (config(tmp.path()), Ledger::open(tmp.path()).unwrap());
+        let mut state = DaemonState::default();
+        let ghost = "wandb#ghost".to_string();
+        state.schedule.enqueue(&ghost);
+        let id = state.next_ready(Instant::now(), config.live_poll).unwrap();
+        assert!(state.target_of(&id, &config, &ledger).is_none());
+        assert!(matches!(state.schedule.state(&ghost), State::Stopped(_)));
+        assert_eq!(state.schedule.in_flight(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_upload_that_ends_for_a_run_not_followed_changes_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (config, ledger) = (config(tmp.path()), Ledger::open(tmp.path()).unwrap());
+        let mut state = DaemonState::default();
+        let job = RunJob::new("ghost".into(), vec![tmp.path().join("run-ghost.wandb")]);
+        let outcome = failed_outcome(&job, "key".into(), "refused".into());
+        state.finished("wandb#ghost", outcome, None, &ledger, &config);
+        assert_eq!(state.schedule.in_flight(), 0);
+        assert_eq!(state.schedule.queued(), 0);
+    }
 }

@@ -8,3 +8,4 @@ pub mod ops;
 pub mod protojson;
 pub mod run_config;
 pub mod schema;
+pub mod upload;
