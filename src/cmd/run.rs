@@ -3,9 +3,8 @@
 //! nearest `.env` above it, the user's `.env`, the environment or netrc
 //! (`destination::clients`); a run with none is reported, not fatal.
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -38,7 +37,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     if let Some(nice) = nice {
         lower_priority(nice);
     }
-    let log = logger(&args.log_format)?;
+    let roots: Vec<&str> = daemon_config.roots.iter().map(|r| r.0.as_str()).collect();
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        pid = std::process::id(),
+        state_dir = %daemon_config.state_dir.display(),
+        roots = %roots.join(":"),
+        "syncd run: starting"
+    );
+    // The daemon loop's events still come as lines; they are logged at
+    // `info` until they become events of their own.
+    let log: Arc<dyn Fn(&str) + Send + Sync> =
+        Arc::new(|message: &str| tracing::info!(target: "syncd::engine::daemon", "{message}"));
     // One thread: the daemon mostly waits (on the network, on the next
     // poll), and its own CPU was mostly threads waking each other (a worker
     // per upload, the loop per result). On one thread uploads still overlap
@@ -51,13 +61,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         .context("cannot start the async runtime")?;
     let result = runtime.block_on(async move {
         let (tx, rx) = mpsc::channel(8);
-        spawn_signal_handlers(tx, args, log.clone())?;
+        spawn_signal_handlers(tx, args)?;
         anyhow::Ok(daemon::run(daemon_config, rx, log).await)
     })?;
     match result {
         Ok(()) => Ok(Outcome::Ok),
         Err(DaemonError::Lease(e)) => {
-            eprintln!("syncd: {e}");
+            tracing::error!("{e}");
             Ok(Outcome::Usage)
         }
         Err(e) => Err(e.into()),
@@ -161,7 +171,7 @@ fn build_config(args: &RunArgs) -> Result<(DaemonConfig, Option<i32>), String> {
 
 /// SIGTERM/SIGINT stop the daemon; SIGHUP reads the settings again (a
 /// broken config file is reported and the old settings kept).
-fn spawn_signal_handlers(tx: mpsc::Sender<Control>, args: RunArgs, log: Log) -> anyhow::Result<()> {
+fn spawn_signal_handlers(tx: mpsc::Sender<Control>, args: RunArgs) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -173,7 +183,7 @@ fn spawn_signal_handlers(tx: mpsc::Sender<Control>, args: RunArgs, log: Log) -> 
                 _ = hup.recv() => match build_config(&args) {
                     Ok((config, _)) => Control::Reload(Some(Box::new(config))),
                     Err(message) => {
-                        log(&format!("SIGHUP: keeping the current settings: {message}"));
+                        tracing::warn!("SIGHUP: keeping the current settings: {message}");
                         Control::Reload(None)
                     }
                 },
@@ -192,34 +202,9 @@ fn lower_priority(nice: i32) {
     let nice = nice.clamp(0, 19);
     // SAFETY: a plain syscall about our own process.
     if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } != 0 {
-        eprintln!(
-            "syncd: could not set nice {nice}: {}",
-            std::io::Error::last_os_error()
-        );
+        let error = std::io::Error::last_os_error();
+        tracing::warn!(nice, %error, "could not lower the CPU priority");
     }
-}
-
-type Log = Arc<dyn Fn(&str) + Send + Sync>;
-
-/// One line per event on stderr: readable text, or JSON objects for journald.
-fn logger(format: &str) -> anyhow::Result<Log> {
-    let json = match format {
-        "text" => false,
-        "json" => true,
-        other => anyhow::bail!("--log-format must be `text` or `json`, not `{other}`"),
-    };
-    let out = Mutex::new(std::io::stderr());
-    Ok(Arc::new(move |message: &str| {
-        let now = humantime::format_rfc3339_millis(std::time::SystemTime::now());
-        let line = if json {
-            serde_json::json!({"ts": now.to_string(), "msg": message}).to_string()
-        } else {
-            format!("{now} syncd: {message}")
-        };
-        if let Ok(mut out) = out.lock() {
-            let _ = writeln!(out, "{line}");
-        }
-    }))
 }
 
 #[cfg(test)]

@@ -195,13 +195,8 @@ pub async fn run(
 ) -> Result<(), DaemonError> {
     let lease = acquire_lease(&config, &log).await?;
     let notifier = Notifier::from_env();
-    let keeper = Keeper::start(
-        lease,
-        config.state_dir.clone(),
-        notifier.clone(),
-        Arc::clone(&log),
-    )
-    .map_err(DaemonError::Keeper)?;
+    let keeper = Keeper::start(lease, config.state_dir.clone(), notifier.clone())
+        .map_err(DaemonError::Keeper)?;
     let ledger = Ledger::open(&config.state_dir)?;
     let uid = crate::process::current_uid();
     let mut scanner = Scanner::new(config.roots.clone(), uid);
