@@ -208,6 +208,7 @@ async fn keep(
     let mut last_beat: Option<Instant> = None;
     let mut stop_asked: Option<Instant> = None;
     let mut notify_failing = false;
+    let mut beat_failing = false;
     let mut stall_said = false;
     loop {
         tokio::select! {
@@ -262,8 +263,19 @@ async fn keep(
                 beat.heartbeat_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
                 beat.loop_stalled_since = (stalled >= STALLED_AFTER)
                     .then(|| humantime::format_rfc3339_seconds(turned_at_wall).to_string());
-                if let Err(error) = heartbeat::write(&state_dir, &beat) {
-                    tracing::warn!(%error, "cannot write the heartbeat");
+                // Said once per failure streak, not every 2 s.
+                match heartbeat::write(&state_dir, &beat) {
+                    Err(error) if !beat_failing => {
+                        beat_failing = true;
+                        tracing::warn!(%error, "cannot write the heartbeat");
+                    }
+                    Err(error) => tracing::debug!(%error, "cannot write the heartbeat, still"),
+                    Ok(()) => {
+                        if beat_failing {
+                            tracing::info!("the heartbeat is written again");
+                        }
+                        beat_failing = false;
+                    }
                 }
             }
             if let Some(n) = &notifier {

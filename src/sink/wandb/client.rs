@@ -316,7 +316,10 @@ impl Client {
             })
             .await?;
         // Only `{"stopped": true}` means anything; an unreadable body is ignored.
-        Ok(serde_json::from_slice(&bytes).unwrap_or(Json::Null))
+        Ok(serde_json::from_slice(&bytes).unwrap_or_else(|error| {
+            tracing::debug!(server = %self.base_url, %error, "the FileStream answer is not JSON; ignored");
+            Json::Null
+        }))
     }
 
     /// PUTs a file to an upload URL from `CreateRunFiles`, with the headers it
