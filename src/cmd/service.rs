@@ -503,8 +503,9 @@ fn readiness_warnings(
             unit_env.push((key.into(), value));
         }
     }
-    if let Ok(text) = std::fs::read_to_string(&env_file) {
-        unit_env.extend(parse_environment_file(&text));
+    let env_text = std::fs::read_to_string(&env_file);
+    if let Ok(text) = &env_text {
+        unit_env.extend(parse_environment_file(text));
     }
     let unit_var = |key: &str| {
         unit_env
@@ -515,6 +516,14 @@ fn readiness_warnings(
             .filter(|v| !v.is_empty())
     };
     let mut warnings = Vec::new();
+    if let Err(e) = &env_text
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        warnings.push(format!(
+            "cannot read {} ({e}): what it sets for the daemon was not checked",
+            env_file.display()
+        ));
+    }
 
     let config_path = config::config_file(unit_var);
     let file = match FileConfig::load(&config_path, false) {
@@ -772,6 +781,20 @@ mod tests {
         assert_eq!(sh_quote("a b"), "'a b'");
         assert_eq!(sh_quote("it's"), r"'it'\''s'");
         assert_eq!(sh_quote(""), "''");
+    }
+
+    #[test]
+    fn an_environment_file_that_cannot_be_read_is_warned_about() {
+        let home = tempfile::tempdir().unwrap();
+        // A directory where the file should be: unreadable even as root.
+        std::fs::create_dir_all(home.path().join("syncd/environment")).unwrap();
+        let warnings = readiness_warnings(home.path(), &UserManager::default(), |_| None);
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.starts_with("cannot read ") && w.contains("syncd/environment")),
+            "{warnings:?}"
+        );
     }
 
     #[test]

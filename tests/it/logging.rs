@@ -180,3 +180,33 @@ fn quiet_and_verbose_flags_go_with_every_subcommand() {
         );
     }
 }
+
+/// A job manifest that does not parse used to be dropped without a word:
+/// the names `inspect` shows then lack the job, and now it says why.
+#[test]
+fn inspect_warns_about_a_job_manifest_it_cannot_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wandb_dir = crate::sync::committed_case("0.31.0", "exit_code_3", tmp.path());
+    let manifest = wandb_dir.parent().unwrap().join("syncd-job.json");
+    std::fs::write(&manifest, "{\"job_id\": ").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_syncd"))
+        .args(["inspect", "--json"])
+        .arg(&wandb_dir)
+        .env("XDG_CONFIG_HOME", tmp.path().join("config"))
+        .env_remove("SYNCD_LOG")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    let warning = said
+        .lines()
+        .find(|l| l.contains("the job manifest was not read"))
+        .unwrap_or_else(|| panic!("no warning:\n{said}"));
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(
+        warning.contains(&manifest.display().to_string()),
+        "{warning}"
+    );
+    // The report itself is still a JSON document on stdout.
+    serde_json::from_slice::<Value>(&out.stdout).expect("inspect's JSON");
+}
