@@ -1,7 +1,8 @@
 //! The daemon's log as journald gets it: `--log-format json` writes one
 //! object per line with levels and fields, a retry inside the HTTP client
-//! carries the run it belongs to, and a filter that does not parse stops
-//! the command with a message instead of logging nothing.
+//! carries the run it belongs to, a server's 429 pause is a warning, and a
+//! filter that does not parse stops the command with a message instead of
+//! logging nothing.
 
 use std::path::Path;
 use std::process::Command;
@@ -70,6 +71,15 @@ fn the_json_log_has_levels_fields_and_the_run_a_retry_belongs_to() {
         },
         1,
     );
+    // And the server asks for a pause once: every upload to it waits.
+    server.inject(
+        Endpoint::Operation("UpsertBucket".into()),
+        Fault::Status {
+            code: 429,
+            retry_after: Some(1),
+        },
+        1,
+    );
     let home = tmp.path().join("home");
     write_expired_lease(&home.join("state"));
     let daemon = start_daemon(
@@ -122,7 +132,9 @@ fn the_json_log_has_levels_fields_and_the_run_a_retry_belongs_to() {
         home.join("state/lease.json").to_str().unwrap()
     );
 
-    let retry = find(&lines, "retry", |l| l["message"] == "retrying");
+    let retry = find(&lines, "retry", |l| {
+        l["message"] == "retrying" && l["request"] == "file_stream"
+    });
     assert_eq!(retry["level"], "DEBUG");
     assert_eq!(retry["server"], server.base_url());
     assert_eq!(retry["request"], "file_stream");
@@ -135,6 +147,15 @@ fn the_json_log_has_levels_fields_and_the_run_a_retry_belongs_to() {
     // Under the span of the run whose upload sent it.
     assert_eq!(retry["span"]["name"], "upload", "{retry}");
     assert_eq!(retry["span"]["run"], "fxfinish", "{retry}");
+
+    let pause = find(&lines, "429 pause", |l| {
+        l["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("because of HTTP 429 Retry-After 1 s"))
+    });
+    assert_eq!(pause["level"], "WARN");
+    assert_eq!(pause["server"], server.base_url());
+    assert_eq!(pause["span"]["run"], "fxfinish", "{pause}");
 }
 
 #[test]

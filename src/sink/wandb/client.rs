@@ -456,8 +456,9 @@ impl Client {
                         .get(RETRY_AFTER)
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| parse_retry_after(v, SystemTime::now()));
-                    // A body cut off is judged as empty: a 2xx one then
-                    // fails its check and is retried where that is safe.
+                    // A body cut off counts as empty; what that means is
+                    // the caller's (an empty GraphQL answer is an error, an
+                    // empty FileStream answer is ignored).
                     let body = response.bytes().await.unwrap_or_else(|error| {
                         tracing::debug!(server = %self.base_url, request = what, status = code, %error, "the answer's body was cut off");
                         Bytes::new()
