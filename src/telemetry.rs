@@ -96,6 +96,7 @@ pub fn build_filter(choice: &FilterChoice) -> Result<EnvFilter, FilterError> {
     EnvFilter::builder()
         .parse(&choice.directives)
         .map_err(|source| FilterError {
+            // The flags' own directives always parse (a unit test checks).
             var: choice.from.unwrap_or("SYNCD_LOG"),
             value: choice.directives.clone(),
             source,
