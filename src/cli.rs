@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::naming::Template;
+use crate::telemetry::LogFormat;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -16,6 +17,28 @@ use crate::naming::Template;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// How much is logged and how; usable with every subcommand. Logs go to
+/// stderr; `$SYNCD_LOG` (else `$RUST_LOG`) overrides `-v`/`-q` with a
+/// filter such as `debug` or `syncd::sink=debug,info`.
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Log more: `-v` debug, `-vv` trace.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Log less: `-q` warnings and errors only, `-qq` errors only (each
+    /// takes back one `-v`).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub quiet: u8,
+
+    /// `text`, or `json` (one object per line, for journald).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
@@ -107,10 +130,6 @@ pub struct RunArgs {
     /// [default: unchanged, or `nice` in the config file]
     #[arg(long)]
     pub nice: Option<i32>,
-
-    /// `text` or `json` (one object per line, for journald).
-    #[arg(long, default_value = "text")]
-    pub log_format: String,
 
     /// How long one request to a server may take before it counts as
     /// unreachable (the daemon then goes offline and probes) [default: 30s].

@@ -16,7 +16,8 @@
 //! - [`destination`]: where each run goes (`.env` credentials, clients);
 //! - [`naming`]: a run's name and group there, from its Slurm job;
 //! - [`project`]: the directories around a run searched for its `.env` and job manifest;
-//! - [`cmd`]: the command-line subcommands built on them.
+//! - [`cmd`]: the command-line subcommands built on them;
+//! - [`telemetry`]: logging (`tracing`), set up once for every subcommand.
 
 #![forbid(unsafe_code)]
 
@@ -35,3 +36,4 @@ pub mod process;
 pub mod project;
 pub mod sink;
 pub mod source;
+pub mod telemetry;

@@ -17,6 +17,10 @@ fn main() -> ExitCode {
             };
         }
     };
+    if let Err(e) = syncd::telemetry::init(cli.log.log_format, cli.log.verbose, cli.log.quiet) {
+        eprintln!("syncd: error: {e}");
+        return ExitCode::from(2);
+    }
     match syncd::cmd::dispatch(cli) {
         Ok(code) => code.into(),
         Err(e) => {

@@ -212,6 +212,9 @@ fn naming_report(run: &Run, rule: &NamingRule, paths: &[PathBuf]) -> NamingRepor
         run_dir,
         &search_root(run_dir, found_under.map(PathBuf::as_path)),
     )
+    .inspect_err(|error| {
+        tracing::warn!(run_dir = %run_dir.display(), %error, "the job manifest was not read; names are shown without it");
+    })
     .ok()
     .flatten();
     // Config keys as the uploader sees them: later fragments continue the

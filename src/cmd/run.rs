@@ -3,8 +3,7 @@
 //! nearest `.env` above it, the user's `.env`, the environment or netrc
 //! (`destination::clients`); a run with none is reported, not fatal.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -37,11 +36,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     if let Some(nice) = nice {
         lower_priority(nice);
     }
-    let log = logger(&args.log_format)?;
-    // The daemon logs through `tracing`: its events go to the same lines.
-    if tracing::subscriber::set_global_default(LogBridge(log.clone())).is_err() {
-        log("a log subscriber was already set; the daemon's events go there");
-    }
+    let roots: Vec<&str> = daemon_config.roots.iter().map(|r| r.0.as_str()).collect();
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        pid = std::process::id(),
+        state_dir = %daemon_config.state_dir.display(),
+        roots = %roots.join(":"),
+        "syncd run: starting"
+    );
     // One thread: the daemon mostly waits (on the network, on the next
     // poll), and its own CPU was mostly threads waking each other (a worker
     // per upload, the loop per result). On one thread uploads still overlap
@@ -54,13 +56,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         .context("cannot start the async runtime")?;
     let result = runtime.block_on(async move {
         let (tx, rx) = mpsc::channel(8);
-        spawn_signal_handlers(tx, args, log.clone())?;
+        spawn_signal_handlers(tx, args)?;
         anyhow::Ok(daemon::run(daemon_config, rx).await)
     })?;
     match result {
         Ok(()) => Ok(Outcome::Ok),
         Err(DaemonError::Lease(e)) => {
-            eprintln!("syncd: {e}");
+            tracing::error!("{e}");
             Ok(Outcome::Usage)
         }
         Err(e) => Err(e.into()),
@@ -155,7 +157,7 @@ fn build_config(args: &RunArgs) -> Result<(DaemonConfig, Option<i32>), ConfigErr
 
 /// SIGTERM/SIGINT stop the daemon; SIGHUP reads the settings again (a
 /// broken config file is reported and the old settings kept).
-fn spawn_signal_handlers(tx: mpsc::Sender<Control>, args: RunArgs, log: Log) -> anyhow::Result<()> {
+fn spawn_signal_handlers(tx: mpsc::Sender<Control>, args: RunArgs) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -167,7 +169,7 @@ fn spawn_signal_handlers(tx: mpsc::Sender<Control>, args: RunArgs, log: Log) -> 
                 _ = hup.recv() => match build_config(&args) {
                     Ok((config, _)) => Control::Reload(Some(Box::new(config))),
                     Err(message) => {
-                        log(&format!("SIGHUP: keeping the current settings: {message}"));
+                        tracing::warn!("SIGHUP: keeping the current settings: {message}");
                         Control::Reload(None)
                     }
                 },
@@ -185,71 +187,9 @@ fn spawn_signal_handlers(tx: mpsc::Sender<Control>, args: RunArgs, log: Log) -> 
 fn lower_priority(nice: i32) {
     let nice = nice.clamp(0, 19);
     if let Err(error) = rustix::process::setpriority_process(None, nice) {
-        eprintln!(
-            "syncd: could not set nice {nice}: {}",
-            std::io::Error::from(error)
-        );
+        let error = std::io::Error::from(error);
+        tracing::warn!(nice, %error, "could not lower the CPU priority");
     }
-}
-
-type Log = Arc<dyn Fn(&str) + Send + Sync>;
-
-/// One line per event on stderr: readable text, or JSON objects for journald.
-fn logger(format: &str) -> anyhow::Result<Log> {
-    let json = match format {
-        "text" => false,
-        "json" => true,
-        other => anyhow::bail!("--log-format must be `text` or `json`, not `{other}`"),
-    };
-    let out = Mutex::new(std::io::stderr());
-    Ok(Arc::new(move |message: &str| {
-        let now = humantime::format_rfc3339_millis(std::time::SystemTime::now());
-        let line = if json {
-            serde_json::json!({"ts": now.to_string(), "msg": message}).to_string()
-        } else {
-            format!("{now} syncd: {message}")
-        };
-        if let Ok(mut out) = out.lock() {
-            let _ = writeln!(out, "{line}");
-        }
-    }))
-}
-
-/// syncd's own `tracing` events (info and worse; not its libraries'), one
-/// line each through the `log` closure: the message, as `syncd run` has
-/// always written it.
-struct LogBridge(Log);
-
-impl tracing::Subscriber for LogBridge {
-    fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
-        *metadata.level() <= tracing::Level::INFO && metadata.target().starts_with("syncd")
-    }
-
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-
-    fn event(&self, event: &tracing::Event<'_>) {
-        struct Message(String);
-        impl tracing::field::Visit for Message {
-            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-                if field.name() == "message" {
-                    self.0 = format!("{value:?}");
-                }
-            }
-        }
-        let mut message = Message(String::new());
-        event.record(&mut message);
-        (self.0)(&message.0);
-    }
-
-    fn enter(&self, _: &tracing::span::Id) {}
-
-    fn exit(&self, _: &tracing::span::Id) {}
 }
 
 #[cfg(test)]

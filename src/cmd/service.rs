@@ -10,7 +10,7 @@
 //! it, and refuses, without `--force`, once someone has.
 
 use std::ffi::OsStr;
-use std::io::Write as _;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -203,7 +203,7 @@ fn install(args: ServiceInstallArgs) -> anyhow::Result<Outcome> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print_report(&report);
+        write_human(&mut std::io::stdout().lock(), &report)?;
     }
     Ok(if action == Action::Refused {
         Outcome::SomeFailed
@@ -503,8 +503,9 @@ fn readiness_warnings(
             unit_env.push((key.into(), value));
         }
     }
-    if let Ok(text) = std::fs::read_to_string(&env_file) {
-        unit_env.extend(parse_environment_file(&text));
+    let env_text = std::fs::read_to_string(&env_file);
+    if let Ok(text) = &env_text {
+        unit_env.extend(parse_environment_file(text));
     }
     let unit_var = |key: &str| {
         unit_env
@@ -515,6 +516,14 @@ fn readiness_warnings(
             .filter(|v| !v.is_empty())
     };
     let mut warnings = Vec::new();
+    if let Err(e) = &env_text
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        warnings.push(format!(
+            "cannot read {} ({e}): what it sets for the daemon was not checked",
+            env_file.display()
+        ));
+    }
 
     let (config_path, user_env) = match config::config_file(unit_var)
         .and_then(|config| Ok((config, dotenv::user_env_file(unit_var)?)))
@@ -621,93 +630,94 @@ fn sh_quote(text: &str) -> String {
     }
 }
 
-fn print_report(report: &Report) {
-    let out = &mut std::io::stdout().lock();
-    let _ = writeln!(
+/// The report for a person; an error is stdout going away (a closed pipe).
+fn write_human(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
+    writeln!(
         out,
         "{} {}",
         report.unit_path.display(),
         report.action.past(report.dry_run)
-    );
+    )?;
     if let Some(backup) = &report.backup {
         let verb = if report.dry_run {
             "would be kept"
         } else {
             "kept"
         };
-        let _ = writeln!(out, "  the previous unit {verb} as {}", backup.display());
+        writeln!(out, "  the previous unit {verb} as {}", backup.display())?;
     }
-    let _ = writeln!(
+    writeln!(
         out,
         "  runs {} run --log-format json",
         report.binary.display()
-    );
+    )?;
     if report.action == Action::Refused {
-        let _ = writeln!(out);
-        let _ = writeln!(
+        writeln!(out)?;
+        writeln!(
             out,
             "It differs from the unit syncd writes (edited by hand, or not syncd's). See how:"
-        );
+        )?;
         for step in &report.next_steps {
-            let _ = writeln!(out, "  {step}");
+            writeln!(out, "  {step}")?;
         }
-        let _ = writeln!(
+        writeln!(
             out,
             "The last command replaces it (keeping it as {UNIT_NAME}.bak); local changes \
              belong in a drop-in (`systemctl --user edit syncd`)."
-        );
+        )?;
         eprintln!(
             "syncd service install: {} differs from the unit syncd writes; not replaced \
              without --force",
             report.unit_path.display()
         );
-        return;
+        return Ok(());
     }
-    let _ = writeln!(out);
+    writeln!(out)?;
     if report.user_manager {
-        let _ = writeln!(out, "Next steps:");
+        writeln!(out, "Next steps:")?;
     } else {
-        let _ = writeln!(
+        writeln!(
             out,
             "No systemd user manager answers here: {}.",
             report.user_manager_problem.as_deref().unwrap_or("unknown")
-        );
-        let _ = writeln!(
+        )?;
+        writeln!(
             out,
             "Where one runs (another login node, or ask your admins), the next steps are:"
-        );
+        )?;
     }
     for step in &report.next_steps {
-        let _ = writeln!(out, "  {step}");
+        writeln!(out, "  {step}")?;
     }
     if report.next_steps.iter().any(|s| s.starts_with("loginctl")) {
-        let _ = writeln!(
+        writeln!(
             out,
             "(enable-linger keeps your user manager, and syncd, running while you are \
              logged out; some sites do not allow it)"
-        );
+        )?;
     }
-    let _ = writeln!(
+    writeln!(
         out,
         "Then `systemctl --user status syncd` and `syncd status` show it working; logs: \
          `journalctl --user -u syncd`."
-    );
+    )?;
     if !report.fallbacks.is_empty() {
-        let _ = writeln!(out);
-        let _ = writeln!(out, "Until then, keep `syncd run` going one of these ways:");
+        writeln!(out)?;
+        writeln!(out, "Until then, keep `syncd run` going one of these ways:")?;
         for fallback in &report.fallbacks {
-            let _ = writeln!(out, "- {}: {}", fallback.name, fallback.summary);
+            writeln!(out, "- {}: {}", fallback.name, fallback.summary)?;
             for command in &fallback.commands {
-                let _ = writeln!(out, "    {command}");
+                writeln!(out, "    {command}")?;
             }
         }
     }
     if !report.warnings.is_empty() {
-        let _ = writeln!(out);
+        writeln!(out)?;
         for warning in &report.warnings {
-            let _ = writeln!(out, "warning: {warning}");
+            writeln!(out, "warning: {warning}")?;
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -778,6 +788,20 @@ mod tests {
         assert_eq!(sh_quote("a b"), "'a b'");
         assert_eq!(sh_quote("it's"), r"'it'\''s'");
         assert_eq!(sh_quote(""), "''");
+    }
+
+    #[test]
+    fn an_environment_file_that_cannot_be_read_is_warned_about() {
+        let home = tempfile::tempdir().unwrap();
+        // A directory where the file should be: unreadable even as root.
+        std::fs::create_dir_all(home.path().join("syncd/environment")).unwrap();
+        let warnings = readiness_warnings(home.path(), &UserManager::default(), |_| None);
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.starts_with("cannot read ") && w.contains("syncd/environment")),
+            "{warnings:?}"
+        );
     }
 
     #[test]

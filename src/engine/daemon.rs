@@ -255,16 +255,8 @@ impl Daemon {
     async fn start(config: DaemonConfig, replies: Replies) -> Result<Daemon, DaemonError> {
         let lease = acquire_lease(&config).await?;
         let notifier = Notifier::from_env();
-        // The keeper's own events, at the level of the worst of them.
-        let keeper_log: Arc<dyn Fn(&str) + Send + Sync> =
-            Arc::new(|message: &str| tracing::warn!(target: "syncd::engine::keeper", "{message}"));
-        let keeper = Keeper::start(
-            lease,
-            config.state_dir.clone(),
-            notifier.clone(),
-            keeper_log,
-        )
-        .map_err(DaemonError::Keeper)?;
+        let keeper = Keeper::start(lease, config.state_dir.clone(), notifier.clone())
+            .map_err(DaemonError::Keeper)?;
         let ledger = Ledger::open(&config.state_dir)?;
         let uid = crate::process::current_uid();
         let scanner = Scanner::new(config.roots.clone(), uid);
@@ -671,12 +663,8 @@ async fn acquire_lease(config: &DaemonConfig) -> Result<Lease, DaemonError> {
     let mut attempt = 0;
     loop {
         match Lease::acquire(&config.state_dir, config.lease_ttl) {
-            Ok(lease) => {
-                if let Some(takeover) = lease.takeover() {
-                    warn!(path = %config.state_dir.display(), "{takeover}");
-                }
-                return Ok(lease);
-            }
+            // A takeover is logged by the lease itself.
+            Ok(lease) => return Ok(lease),
             Err(e) if config.wait_for_lease => {
                 info!(path = %config.state_dir.display(), "{e}; waiting for it");
                 tokio::time::sleep(waits.backoff(attempt)).await;
@@ -1186,17 +1174,10 @@ impl DaemonState {
     }
 
     /// Why `sacct` failed while `squeue` answered (how ended jobs ended is
-    /// then unknown), or `None` when it answered: said once each way.
+    /// then unknown), or `None` when it answered, for `status` (the Slurm
+    /// module logs it, once each way).
     fn take_accounting(&mut self, accounting: Option<String>) {
         let watch = self.slurm_health.get_or_insert_with(SlurmWatch::default);
-        match (&accounting, &watch.accounting_failing) {
-            (Some(error), None) => warn!(
-                error = %error,
-                "sacct failed ({error}); how ended jobs ended is unknown until it answers"
-            ),
-            (None, Some(_)) => info!("sacct answers again"),
-            _ => {}
-        }
         watch.accounting_failing = accounting;
     }
 

@@ -46,8 +46,6 @@ const WATCHDOG_LOOP_LIMIT: Duration = Duration::from_secs(300);
 const STOP_REACT: Duration = Duration::from_secs(2);
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
-type Log = Arc<dyn Fn(&str) + Send + Sync>;
-
 /// What the loop last published.
 struct Published {
     heartbeat: Option<Heartbeat>,
@@ -76,7 +74,6 @@ impl Keeper {
         lease: Lease,
         state_dir: std::path::PathBuf,
         notifier: Option<Notifier>,
-        log: Log,
     ) -> std::io::Result<Keeper> {
         let shared = Arc::new(Shared {
             published: Mutex::new(Published {
@@ -97,7 +94,7 @@ impl Keeper {
         let thread = std::thread::Builder::new()
             .name("syncd-keeper".into())
             .spawn(move || {
-                runtime.block_on(keep(keeping, lease, state_dir, notifier, log));
+                runtime.block_on(keep(keeping, lease, state_dir, notifier));
             })?;
         // The kernel hands a process's signal to its main thread first,
         // and a thread waiting in the kernel on a hung mount cannot run a
@@ -143,8 +140,12 @@ impl Drop for Keeper {
     /// released rather than left to expire.
     fn drop(&mut self) {
         self.shared.finish.store(true, Ordering::SeqCst);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!(
+                "the keeper thread panicked; the lease may be left to expire instead of released"
+            );
         }
     }
 }
@@ -152,16 +153,20 @@ impl Drop for Keeper {
 /// What the keeper leaves behind when the daemon ends: its heartbeat
 /// removed and its lease released, unless the lease was lost, in which
 /// case both belong to the daemon that has it now.
-fn leave(lost: bool, lease: Lease, state_dir: &std::path::Path, log: &Log) {
+fn leave(lost: bool, lease: Lease, state_dir: &std::path::Path) {
     if lost {
         return;
     }
     let path = heartbeat::path(state_dir);
-    if heartbeat::read(state_dir).is_none_or(|beat| beat.pid == std::process::id()) {
-        let _ = std::fs::remove_file(path);
+    if heartbeat::read(state_dir).is_none_or(|beat| beat.pid == std::process::id())
+        && let Err(error) = std::fs::remove_file(&path)
+        && error.kind() != std::io::ErrorKind::NotFound
+    {
+        // `status` then says "not running" once the heartbeat is stale.
+        tracing::warn!(path = %path.display(), %error, "could not remove the heartbeat");
     }
-    if let Err(e) = lease.release() {
-        log(&format!("could not release the lease: {e}"));
+    if let Err(error) = lease.release() {
+        tracing::warn!(%error, "could not release the lease; it expires on its own");
     }
 }
 
@@ -187,20 +192,20 @@ async fn keep(
     mut lease: Lease,
     state_dir: std::path::PathBuf,
     notifier: Option<Notifier>,
-    log: Log,
 ) {
     let (mut term, mut int) = (
         signal(SignalKind::terminate()).ok(),
         signal(SignalKind::interrupt()).ok(),
     );
     if term.is_none() || int.is_none() {
-        log("keeper: cannot listen for signals; SIGTERM relies on the loop alone");
+        tracing::warn!("keeper: cannot listen for signals; SIGTERM relies on the loop alone");
     }
     let mut tick = tokio::time::interval(TICK);
     let mut last_renew = Instant::now();
     let mut last_beat: Option<Instant> = None;
     let mut stop_asked: Option<Instant> = None;
     let mut notify_failing = false;
+    let mut beat_failing = false;
     let mut stall_said = false;
     loop {
         tokio::select! {
@@ -217,8 +222,8 @@ async fn keep(
         {
             match lease.renew() {
                 Ok(()) => last_renew = now,
-                Err(e) => {
-                    log(&format!("lost the lease, stopping: {e}"));
+                Err(error) => {
+                    tracing::error!(%error, "lost the lease, stopping");
                     shared.lease_lost.store(true, Ordering::Relaxed);
                     // The loop stops at its next turn; if it is stuck, the
                     // process ends as after SIGTERM.
@@ -234,14 +239,14 @@ async fn keep(
         let stalled = now.duration_since(turned_at);
         if stalled >= STALLED_AFTER && !stall_said {
             stall_said = true;
-            log(&format!(
-                "the loop has not turned for {} s (a filesystem it reads may not answer); \
-                 the lease and heartbeat are kept meanwhile",
-                stalled.as_secs()
-            ));
+            tracing::warn!(
+                stalled_s = stalled.as_secs(),
+                "the loop has not turned (a filesystem it reads may not answer); \
+                 the lease and heartbeat are kept meanwhile"
+            );
         } else if stalled < STALLED_AFTER && stall_said {
             stall_said = false;
-            log("the loop turns again");
+            tracing::info!("the loop turns again");
         }
         // Without the lease, the heartbeat and the watchdog are the new
         // holder's to speak for.
@@ -255,8 +260,19 @@ async fn keep(
                 beat.heartbeat_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
                 beat.loop_stalled_since = (stalled >= STALLED_AFTER)
                     .then(|| humantime::format_rfc3339_seconds(turned_at_wall).to_string());
-                if let Err(e) = heartbeat::write(&state_dir, &beat) {
-                    log(&format!("cannot write the heartbeat: {e}"));
+                // Said once per failure streak, not every 2 s.
+                match heartbeat::write(&state_dir, &beat) {
+                    Err(error) if !beat_failing => {
+                        beat_failing = true;
+                        tracing::warn!(%error, "cannot write the heartbeat");
+                    }
+                    Err(error) => tracing::debug!(%error, "cannot write the heartbeat, still"),
+                    Ok(()) => {
+                        if beat_failing {
+                            tracing::info!("the heartbeat is written again");
+                        }
+                        beat_failing = false;
+                    }
                 }
             }
             if let Some(n) = &notifier {
@@ -272,12 +288,17 @@ async fn keep(
                 });
                 // Said once per failure streak, not every 2 s.
                 match sent {
-                    Err(e) if !notify_failing => {
+                    Err(error) if !notify_failing => {
                         notify_failing = true;
-                        log(&format!("cannot notify systemd: {e}"));
+                        tracing::warn!(%error, "cannot notify systemd");
                     }
-                    Err(_) => {}
-                    Ok(()) => notify_failing = false,
+                    Err(error) => tracing::debug!(%error, "cannot notify systemd, still"),
+                    Ok(()) => {
+                        if notify_failing {
+                            tracing::info!("systemd is notified again");
+                        }
+                        notify_failing = false;
+                    }
                 }
             }
         }
@@ -285,17 +306,17 @@ async fn keep(
             let reacted = turned_at > asked;
             let waited = now.duration_since(asked);
             if (!reacted && waited >= STOP_REACT) || waited >= STOP_REACT + STOP_GRACE {
-                log(&format!(
-                    "the loop did not stop within {} s (stuck on a filesystem?); exiting without it",
-                    waited.as_secs()
-                ));
-                leave(lost, lease, &state_dir, &log);
+                tracing::warn!(
+                    waited_s = waited.as_secs(),
+                    "the loop did not stop in time (stuck on a filesystem?); exiting without it"
+                );
+                leave(lost, lease, &state_dir);
                 std::process::exit(0);
             }
         }
     }
     let lost = shared.lease_lost.load(Ordering::Relaxed);
-    leave(lost, lease, &state_dir, &log);
+    leave(lost, lease, &state_dir);
 }
 
 /// The next delivery of `signal`; never, without a listener.

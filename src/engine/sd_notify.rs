@@ -104,7 +104,14 @@ impl Notifier {
         watchdog_pid: Option<&str>,
         pid: u32,
     ) -> Option<Notifier> {
-        let socket = NotifySocket::parse(notify_socket)?;
+        let Some(socket) = NotifySocket::parse(notify_socket) else {
+            tracing::warn!(
+                notify_socket = %notify_socket.to_string_lossy(),
+                "NOTIFY_SOCKET is neither an absolute path nor @name; systemd is not told \
+                 how the daemon is doing"
+            );
+            return None;
+        };
         Some(Notifier::new(
             socket,
             watchdog_timeout(watchdog_usec, watchdog_pid, pid),
@@ -173,14 +180,33 @@ impl Notifier {
 /// The watchdog timeout, if `WATCHDOG_USEC` sets one for process `pid`.
 /// `WATCHDOG_PID` exists because the variables are inherited: a child that
 /// is not the service's main process must not feed the watchdog.
+/// Values that do not parse turn the watchdog off, with a warning: systemd
+/// then restarts the daemon when `WatchdogSec=` passes unfed.
 fn watchdog_timeout(usec: Option<&str>, for_pid: Option<&str>, pid: u32) -> Option<Duration> {
-    if let Some(for_pid) = for_pid
-        && for_pid.trim().parse::<u32>().ok()? != pid
-    {
-        return None;
+    if let Some(for_pid) = for_pid {
+        match for_pid.trim().parse::<u32>() {
+            Ok(for_pid) if for_pid == pid => {}
+            Ok(_) => return None,
+            Err(_) => {
+                tracing::warn!(
+                    watchdog_pid = for_pid,
+                    "WATCHDOG_PID is not a process id; the watchdog is not fed"
+                );
+                return None;
+            }
+        }
     }
-    let usec: u64 = usec?.trim().parse().ok()?;
-    (usec > 0).then(|| Duration::from_micros(usec))
+    let usec = usec?;
+    match usec.trim().parse::<u64>() {
+        Ok(usec) => (usec > 0).then(|| Duration::from_micros(usec)),
+        Err(_) => {
+            tracing::warn!(
+                watchdog_usec = usec,
+                "WATCHDOG_USEC is not a number of microseconds; the watchdog is not fed"
+            );
+            None
+        }
+    }
 }
 
 #[cfg(test)]
@@ -286,6 +312,27 @@ mod tests {
                 None,
                 "{refused:?}"
             );
+        }
+    }
+
+    /// Variables systemd would never set this way mean a broken unit or
+    /// environment: said, not silently ignored.
+    #[test]
+    fn unusable_variables_are_warned_about() {
+        let (_guard, log) = crate::telemetry::capture::start();
+        assert!(Notifier::from_vars(OsStr::new("run/notify"), None, None, 77).is_none());
+        assert_eq!(watchdog_timeout(Some("soon"), None, 77), None);
+        assert_eq!(watchdog_timeout(Some("30000000"), Some("x"), 77), None);
+        // Another process's watchdog is not a problem.
+        assert_eq!(watchdog_timeout(Some("30000000"), Some("78"), 77), None);
+        let warnings = log.lines_with("WARN");
+        assert_eq!(warnings.len(), 3, "{}", log.text());
+        for (line, variable) in
+            warnings
+                .iter()
+                .zip(["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"])
+        {
+            assert!(line.contains(variable), "{line}");
         }
     }
 

@@ -244,6 +244,8 @@ pub struct Slurm {
     /// The last `sacct` failure that did not fail a query (see
     /// [`Slurm::accounting_error`]).
     accounting_error: Option<SlurmError>,
+    /// `squeue` failed while `sacct` answered for it (said once per streak).
+    squeue_failing: bool,
 }
 
 impl Slurm {
@@ -274,6 +276,7 @@ impl Slurm {
             cache: HashMap::new(),
             last_failure: None,
             accounting_error: None,
+            squeue_failing: false,
         }
     }
 
@@ -414,6 +417,10 @@ impl Slurm {
             None => Ok(Vec::new()),
         };
         let squeue_answered = self.squeue.is_some() && squeue.is_ok();
+        if squeue_answered && self.squeue_failing {
+            self.squeue_failing = false;
+            tracing::info!("squeue answers again");
+        }
         let squeue_rows = squeue.as_deref().unwrap_or_default();
 
         // sacct for the rest, and for ended jobs' exit codes.
@@ -451,19 +458,38 @@ impl Slurm {
         ];
         let sacct_rows = match run(program, &args, self.timeout).await {
             Ok(stdout) => {
-                self.accounting_error = None;
+                if self.accounting_error.take().is_some() {
+                    tracing::info!("sacct answers again; exit codes of ended jobs are known again");
+                }
                 parse_rows(&stdout, 4)
             }
             // squeue answered, so liveness is known: a job it does not list
             // has left the controller and is over; sacct would only have
-            // said how it ended.
+            // said how it ended. Said once until sacct answers again, since
+            // the question comes back every poll.
             Err(error) if squeue_answered => {
+                if self.accounting_error.is_none() {
+                    tracing::warn!(
+                        %error,
+                        jobs = for_sacct.len(),
+                        "sacct failed: jobs that ended are finalized without their exit code \
+                         until it answers (squeue still says which jobs are alive)"
+                    );
+                }
                 self.accounting_error = Some(error);
                 return Ok(());
             }
             // Neither could say; squeue's error is the root cause if it had one.
             Err(error) => return Err(squeue.err().unwrap_or(error)),
         };
+        // sacct stood in for a squeue that failed: liveness now rests on
+        // accounting, which lags the controller.
+        if let Err(error) = &squeue
+            && !self.squeue_failing
+        {
+            self.squeue_failing = true;
+            tracing::warn!(%error, "squeue failed; job states come from sacct until it answers");
+        }
         for job in for_sacct {
             let Some(row) = best_row(&sacct_rows, &job) else {
                 continue;
@@ -1035,6 +1061,48 @@ mod tests {
         assert!(!answer.contains_key("22"), "gone from the controller");
         let note = slurm.accounting_error().unwrap().to_string();
         assert!(note.contains("accounting storage is disabled"), "{note}");
+    }
+
+    /// Every poll asks again: the failure is said once, and so is the end
+    /// of it.
+    #[tokio::test]
+    async fn a_failing_sacct_is_logged_once_until_it_answers_again() {
+        let fake = FakeSlurm::new();
+        let squeue = fake.command("squeue", "21|21|TIMEOUT\n", "", 0);
+        let failing = |fake: &FakeSlurm| {
+            fake.command(
+                "sacct",
+                "",
+                "sacct: error: Slurm accounting storage is disabled",
+                1,
+            )
+        };
+        let mut slurm =
+            Slurm::with_commands(Some(squeue), Some(failing(&fake))).with_ttl(Duration::ZERO);
+        let (_guard, log) = crate::telemetry::capture::start();
+
+        for _ in 0..3 {
+            slurm.states(&ids(&["21"])).await.unwrap();
+        }
+        let warned = log.lines_with("sacct failed");
+        assert_eq!(warned.len(), 1, "{}", log.text());
+        assert!(warned[0].contains("WARN"), "{}", warned[0]);
+        assert!(
+            warned[0].contains("accounting storage is disabled"),
+            "{}",
+            warned[0]
+        );
+
+        fake.command("sacct", "21|21|TIMEOUT|0:0\n", "", 0);
+        slurm.states(&ids(&["21"])).await.unwrap();
+        slurm.states(&ids(&["21"])).await.unwrap();
+        assert_eq!(
+            log.lines_with("sacct answers again").len(),
+            1,
+            "{}",
+            log.text()
+        );
+        assert!(slurm.accounting_error().is_none());
     }
 
     #[tokio::test]

@@ -430,7 +430,7 @@ impl Pending {
             file.sync_all()
         })();
         if let Err(source) = written {
-            let _ = fs::remove_file(&path);
+            remove_leftover(&path);
             return Err(LeaseError::io("write", &path)(source));
         }
         Ok(Pending { path, claim })
@@ -451,7 +451,18 @@ impl Pending {
 impl Drop for Pending {
     fn drop(&mut self) {
         // After a rename the name no longer exists; that is fine.
-        let _ = fs::remove_file(&self.path);
+        remove_leftover(&self.path);
+    }
+}
+
+/// Removes a file of ours that is no longer needed (a claim written for a
+/// swap, a version lock, an abandoned temporary). One that stays only takes
+/// space until a later sweep removes it, so a failure is said at debug level.
+fn remove_leftover(path: &Path) {
+    if let Err(error) = fs::remove_file(path)
+        && error.kind() != io::ErrorKind::NotFound
+    {
+        tracing::debug!(path = %path.display(), %error, "could not remove a lease leftover");
     }
 }
 
@@ -513,7 +524,7 @@ struct VersionLock {
 impl Drop for VersionLock {
     fn drop(&mut self) {
         if fs::metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.inode) {
-            let _ = fs::remove_file(&self.path);
+            remove_leftover(&self.path);
         }
     }
 }
@@ -625,7 +636,7 @@ fn sweep_abandoned_temps(state_dir: &Path, ttl: Duration) {
             .and_then(|modified| modified.elapsed().ok())
             .is_some_and(|age| age > max_age);
         if old {
-            let _ = fs::remove_file(entry.path());
+            remove_leftover(&entry.path());
         }
     }
 }
@@ -722,12 +733,14 @@ impl Lease {
             let pending = Pending::write(state_dir, Claim::new(&me, now, now, ttl))?;
             let Some(seen) = seen else {
                 if link_exclusive(&pending.path, &path)? {
-                    return Ok(Lease::holding(state_dir, ttl, me, &pending, None));
+                    return Ok(Lease::holding(state_dir, ttl, me, &pending, None).logged());
                 }
                 continue; // another daemon created it first: look at theirs
             };
             match swap(&path, &seen, &pending, false)? {
-                Swapped::Done => return Ok(Lease::holding(state_dir, ttl, me, &pending, takeover)),
+                Swapped::Done => {
+                    return Ok(Lease::holding(state_dir, ttl, me, &pending, takeover).logged());
+                }
                 // Someone else is taking it over at this moment: it is theirs.
                 Swapped::Contended(other) => {
                     let remaining = other.remaining(SystemTime::now());
@@ -754,6 +767,27 @@ impl Lease {
             claim: pending.claim.clone(),
             takeover,
         }
+    }
+
+    /// Says that the lease was taken: a takeover as a warning, since it
+    /// means a daemon ended without releasing it or the file was damaged.
+    fn logged(self) -> Lease {
+        let path = self.path.display();
+        match &self.takeover {
+            None => {
+                tracing::debug!(path = %path, ttl_ms = self.ttl.as_millis() as u64, "took the lease")
+            }
+            Some(takeover @ Takeover::Expired { host, pid, .. }) => {
+                tracing::warn!(path = %path, holder_host = %host, holder_pid = pid, "{takeover}")
+            }
+            Some(takeover @ Takeover::HolderGone { pid }) => {
+                tracing::warn!(path = %path, holder_pid = pid, "{takeover}")
+            }
+            Some(takeover @ Takeover::Unreadable { .. }) => {
+                tracing::warn!(path = %path, "{takeover}")
+            }
+        }
+        self
     }
 
     /// Extends the lease by its TTL from now. [`LeaseError::Lost`] means
@@ -843,7 +877,8 @@ impl Lease {
         &self.path
     }
 
-    /// What this acquire replaced, if anything: log it as a warning.
+    /// What this acquire replaced, if anything (logged as a warning when
+    /// the lease was taken).
     pub fn takeover(&self) -> Option<&Takeover> {
         self.takeover.as_ref()
     }
@@ -984,12 +1019,21 @@ mod tests {
         ));
         std::thread::sleep(ttl + Duration::from_millis(50));
 
+        let (_guard, log) = crate::telemetry::capture::start();
         let new = Lease::acquire_as(tmp.path(), LONG, daemon("login-b")).unwrap();
         match new.takeover() {
             Some(Takeover::Expired { host, .. }) => assert_eq!(host, "login-a"),
             other => panic!("{other:?}"),
         }
         assert!(new.takeover().unwrap().to_string().contains("expired"));
+        // Said once, as a warning naming the holder it replaced.
+        let said = log.lines_with("took over the lease");
+        assert_eq!(said.len(), 1, "{}", log.text());
+        assert!(
+            said[0].contains("WARN") && said[0].contains("holder_host=login-a"),
+            "{}",
+            said[0]
+        );
 
         let err = old.renew().unwrap_err();
         match &err {

@@ -23,6 +23,8 @@ mod ledger_format;
 /// The daemon stays live while a server hangs or black-holes and while
 /// `squeue` sleeps; then everything converges.
 mod liveness;
+/// The daemon's JSON log: levels, fields, spans; log filters and flags.
+mod logging;
 /// The official `wandb sync` against the test server, for every fixture case.
 mod official_sync;
 /// `inspect --json` against an independent reader, for every real fixture run.

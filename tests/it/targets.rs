@@ -149,6 +149,59 @@ fn open_and_private_runs(
     exposed
 }
 
+/// The daemon's most verbose logs, text and JSON, with a retry in them:
+/// neither the key nor the `Authorization` value made from it appears.
+#[test]
+fn the_daemons_trace_logs_never_show_the_key() {
+    use base64::Engine as _;
+    for format in ["text", "json"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("scratch");
+        let server = WandbServer::start();
+        server.inject(
+            crate::wandb_server::Endpoint::FileStream,
+            crate::wandb_server::Fault::Status {
+                code: 503,
+                retry_after: None,
+            },
+            1,
+        );
+        committed_case("0.31.0", "finished", &root);
+        write_private(&root.join("finished/.env"), &env_text(&server, "team"));
+        let daemon = start_daemon(
+            &server,
+            tmp.path(),
+            &[&root.join("finished")],
+            &["--no-slurm", "--log-format", format],
+            &[
+                ("WANDB_API_KEY", ""),
+                ("WANDB_BASE_URL", ""),
+                ("SYNCD_LOG", "trace"),
+            ],
+        );
+        wait_until(Duration::from_secs(30), "the run", || {
+            server
+                .run("fxfinish")
+                .is_some_and(|r| r["complete"] == true)
+        });
+        let log = daemon.log_text();
+        assert!(daemon.stop().success());
+        assert!(
+            log.contains("retrying"),
+            "{format}: debug logs were on:\n{log}"
+        );
+        let basic =
+            base64::engine::general_purpose::STANDARD.encode(format!("api:{}", server.api_key()));
+        for secret in [server.api_key(), &basic] {
+            assert_key_nowhere(
+                secret,
+                &[(&format!("{format} log"), &log)],
+                &tmp.path().join("state"),
+            );
+        }
+    }
+}
+
 #[test]
 fn an_exposed_env_is_refused_with_the_fix_and_never_read() {
     let tmp = tempfile::tempdir().unwrap();

@@ -139,7 +139,8 @@ pub struct Client {
     /// No request leaves before this instant (set by 429 Retry-After), and
     /// why, for [`Client::pause`].
     paused_until: Arc<Mutex<Option<(Instant, Pause)>>>,
-    /// Told of every new pause (`syncd sync` prints it).
+    /// Told of every new pause (`syncd sync` prints it); without one, a
+    /// pause is logged.
     pause_notice: OnceLock<PauseNotice>,
     /// A std mutex: held for a copy, never across an await. Shared with
     /// the client's [`Client::with_attempts`] copies.
@@ -315,7 +316,10 @@ impl Client {
             })
             .await?;
         // Only `{"stopped": true}` means anything; an unreadable body is ignored.
-        Ok(serde_json::from_slice(&bytes).unwrap_or(Json::Null))
+        Ok(serde_json::from_slice(&bytes).unwrap_or_else(|error| {
+            tracing::debug!(server = %self.base_url, %error, "the FileStream answer is not JSON; ignored");
+            Json::Null
+        }))
     }
 
     /// PUTs a file to an upload URL from `CreateRunFiles`, with the headers it
@@ -374,8 +378,15 @@ impl Client {
         if paused.as_ref().is_none_or(|(p, _)| *p < until) {
             *paused = Some((until, pause.clone()));
             drop(paused);
-            if let Some(notice) = self.pause_notice.get() {
-                notice(&pause);
+            match self.pause_notice.get() {
+                Some(notice) => notice(&pause),
+                // Every upload to this server waits: worth a warning.
+                None => tracing::warn!(
+                    server = %self.base_url,
+                    asked_s = asked.as_secs(),
+                    honoured_s = honoured.as_secs(),
+                    "{pause}"
+                ),
             }
         }
         honoured
@@ -406,6 +417,8 @@ impl Client {
         };
         let at_most_once = delivery == Delivery::AtMostOnce;
         let mut last = String::new();
+        // The HTTP status of the last failed attempt; `None` when no answer came.
+        let mut status: Option<u16>;
         let mut offline = true;
         let mut attempts = self.policy.max_attempts;
         let mut attempt = 0;
@@ -417,6 +430,7 @@ impl Client {
                 Err(e) => {
                     offline = e.is_connect() || e.is_timeout() || e.is_request();
                     last = describe_transport_error(&e);
+                    status = None;
                     if offline {
                         self.record_unreachable(&last);
                     }
@@ -435,15 +449,22 @@ impl Client {
                     self.record_answer();
                     // Reachable after all: the full policy from here on.
                     attempts = self.policy.max_attempts;
-                    let status = response.status().as_u16();
+                    let code = response.status().as_u16();
+                    status = Some(code);
                     let retry_after = response
                         .headers()
                         .get(RETRY_AFTER)
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| parse_retry_after(v, SystemTime::now()));
-                    let body = response.bytes().await.unwrap_or_default();
+                    // A body cut off counts as empty; what that means is
+                    // the caller's (an empty GraphQL answer is an error, an
+                    // empty FileStream answer is ignored).
+                    let body = response.bytes().await.unwrap_or_else(|error| {
+                        tracing::debug!(server = %self.base_url, request = what, status = code, %error, "the answer's body was cut off");
+                        Bytes::new()
+                    });
                     offline = false;
-                    if (200..300).contains(&status) {
+                    if (200..300).contains(&code) {
                         match check(&body) {
                             BodyVerdict::Done => return Ok(body),
                             BodyVerdict::Refused(e) => return Err(e),
@@ -457,21 +478,21 @@ impl Client {
                         }
                     } else {
                         let message = server_message(&body);
-                        if !status_is_retryable(status) {
+                        if !status_is_retryable(code) {
                             return Err(SinkError::Rejected {
                                 what: what.into(),
-                                status,
+                                status: code,
                                 message,
                             });
                         }
-                        last = format!("HTTP {status}: {message}");
+                        last = format!("HTTP {code}: {message}");
                         // A 429 refused the request before acting on it; a
                         // 5xx may come after the server acted.
-                        if at_most_once && status != 429 {
+                        if at_most_once && code != 429 {
                             return Err(unconfirmed(last));
                         }
                         match retry_after {
-                            Some(after) if status == 429 => self.pause_all(after),
+                            Some(after) if code == 429 => self.pause_all(after),
                             Some(after) => self.policy.honoured_retry_after(after),
                             None => self.policy.backoff(attempt),
                         }
@@ -480,6 +501,21 @@ impl Client {
             };
             attempt += 1;
             if attempt < attempts {
+                // Under the run's span when a run's upload sends it. Debug:
+                // the caller says what a request that gives up means (the
+                // daemon goes offline or backs off, `sync` shows retries
+                // itself), and an outage would otherwise log every attempt
+                // of every upload.
+                tracing::debug!(
+                    server = %self.base_url,
+                    request = what,
+                    attempt,
+                    attempts,
+                    status,
+                    error = %last,
+                    wait_ms = wait.as_millis() as u64,
+                    "retrying"
+                );
                 notify_retry(&RetryNotice {
                     what: what.into(),
                     error: last.clone(),

@@ -108,7 +108,7 @@ pub async fn sync_run(
 /// from `known`, the entry as this run's last upload left it, instead of
 /// reading and parsing it again, and gives back the entry as stored now
 /// (`None` when nothing is stored: a dry run or no client).
-#[tracing::instrument(skip_all, fields(run = %job.id))]
+#[tracing::instrument(name = "upload", skip_all, fields(run = %job.id, path = %job.run_dir().display()))]
 pub async fn sync_known_run(
     client: Option<&Client>,
     ledger: &Ledger,
