@@ -38,7 +38,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::status_kb;
 use prost::Message;
-use syncd::discover::scan::{RootSpec, Scanner};
+use syncd::discover::{RootSpec, Scanner};
 use syncd::source::wandb::framing::LogWriter;
 use syncd::source::wandb::proto::{
     HistoryItem, HistoryRecord, HistoryStep, Record, RecordType, RunExitRecord, RunRecord,

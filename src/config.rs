@@ -14,11 +14,11 @@ use std::time::Duration;
 use crate::naming::{NamingRule, Template, TemplateError};
 
 /// The public W&B API, used when `WANDB_BASE_URL` is not set.
-pub const DEFAULT_WANDB_BASE_URL: &str = "https://api.wandb.ai";
+pub(crate) const DEFAULT_WANDB_BASE_URL: &str = "https://api.wandb.ai";
 
 /// The environment paths are read from: [`ProcessEnv`], or any lookup
 /// function `Fn(&str) -> Option<String>`.
-pub trait Env {
+pub(crate) trait Env {
     /// The variable's value; unset and empty are alike.
     fn var(&self, name: &str) -> Option<String>;
 
@@ -31,7 +31,7 @@ pub trait Env {
 /// The process's own environment, its base directories found by the
 /// `directories` crate.
 #[derive(Debug, Clone, Copy)]
-pub struct ProcessEnv;
+pub(crate) struct ProcessEnv;
 
 impl Env for ProcessEnv {
     fn var(&self, name: &str) -> Option<String> {
@@ -51,7 +51,7 @@ impl<F: Fn(&str) -> Option<String>> Env for F {
 
 /// The user's XDG base directories (syncd's own are `syncd/` in them).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BaseDirs {
+pub(crate) struct BaseDirs {
     /// `$XDG_CONFIG_HOME` when absolute, else `$HOME/.config`.
     pub config_home: PathBuf,
     /// `$XDG_STATE_HOME` when absolute, else `$HOME/.local/state`.
@@ -60,7 +60,7 @@ pub struct BaseDirs {
 
 /// Why there are no base directories.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DirsError {
+pub(crate) enum DirsError {
     #[error(
         "HOME is not set, so syncd cannot tell where the files it keeps under your home \
          directory are (its state directory, config file, `.env`): set HOME"
@@ -76,7 +76,7 @@ pub enum DirsError {
 
 impl BaseDirs {
     /// The process's, through the `directories` crate.
-    pub fn from_process() -> Result<BaseDirs, DirsError> {
+    pub(crate) fn from_process() -> Result<BaseDirs, DirsError> {
         // `directories` would fall back to the password database for an
         // unset HOME and take a relative one as it is; syncd refuses both,
         // whichever environment it reads.
@@ -92,7 +92,7 @@ impl BaseDirs {
 
     /// The same rules as [`BaseDirs::from_process`], over the variables
     /// `var` looks up.
-    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<BaseDirs, DirsError> {
+    pub(crate) fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<BaseDirs, DirsError> {
         let home = check_home(var("HOME").map(PathBuf::from))?;
         let xdg = |name: &str, default: &str| {
             var(name)
@@ -108,13 +108,13 @@ impl BaseDirs {
 }
 
 /// `$HOME`, which must be set and absolute.
-pub fn home_dir(env: impl Env) -> Result<PathBuf, DirsError> {
+pub(crate) fn home_dir(env: impl Env) -> Result<PathBuf, DirsError> {
     check_home(env.var("HOME").map(PathBuf::from))
 }
 
 /// A path from the config file with a leading `~/` (or a lone `~`) taken
 /// as `$HOME`; a `~` anywhere else is part of a name.
-pub fn expand_home(path: &str, env: impl Env) -> Result<PathBuf, DirsError> {
+pub(crate) fn expand_home(path: &str, env: impl Env) -> Result<PathBuf, DirsError> {
     if path == "~" {
         return home_dir(env);
     }
@@ -137,7 +137,7 @@ fn check_home(home: Option<PathBuf>) -> Result<PathBuf, DirsError> {
 
 /// `--state-dir`, else `$SYNCD_STATE_DIR`, else `<state home>/syncd`
 /// (`~/.local/state/syncd` by default).
-pub fn state_dir(flag: Option<PathBuf>, env: impl Env) -> Result<PathBuf, DirsError> {
+pub(crate) fn state_dir(flag: Option<PathBuf>, env: impl Env) -> Result<PathBuf, DirsError> {
     if let Some(dir) = flag {
         return Ok(dir);
     }
@@ -148,7 +148,7 @@ pub fn state_dir(flag: Option<PathBuf>, env: impl Env) -> Result<PathBuf, DirsEr
 }
 
 /// `--base-url`, else `$WANDB_BASE_URL`, else the public API; no trailing `/`.
-pub fn wandb_base_url(flag: Option<String>, env: impl Fn(&str) -> Option<String>) -> String {
+pub(crate) fn wandb_base_url(flag: Option<String>, env: impl Fn(&str) -> Option<String>) -> String {
     let url = flag.or_else(|| env("WANDB_BASE_URL").filter(|v| !v.is_empty()));
     url.unwrap_or_else(|| DEFAULT_WANDB_BASE_URL.into())
         .trim_end_matches('/')
@@ -156,12 +156,12 @@ pub fn wandb_base_url(flag: Option<String>, env: impl Fn(&str) -> Option<String>
 }
 
 /// The config home: `$XDG_CONFIG_HOME` when absolute, else `~/.config`.
-pub fn config_home(env: impl Env) -> Result<PathBuf, DirsError> {
+pub(crate) fn config_home(env: impl Env) -> Result<PathBuf, DirsError> {
     Ok(env.base_dirs()?.config_home)
 }
 
 /// `<config home>/syncd/config.toml`.
-pub fn config_file(env: impl Env) -> Result<PathBuf, DirsError> {
+pub(crate) fn config_file(env: impl Env) -> Result<PathBuf, DirsError> {
     Ok(config_home(env)?.join("syncd/config.toml"))
 }
 
@@ -169,7 +169,7 @@ pub fn config_file(env: impl Env) -> Result<PathBuf, DirsError> {
 /// and it overrides the built-in defaults.
 #[derive(Debug, Default, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct FileConfig {
+pub(crate) struct FileConfig {
     pub roots: Option<Vec<String>>,
     pub state_dir: Option<PathBuf>,
     pub base_url: Option<String>,
@@ -200,7 +200,7 @@ pub struct FileConfig {
 /// ```
 #[derive(Debug, Default, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct NamingSection {
+pub(crate) struct NamingSection {
     pub template: Option<Template>,
     pub override_user_names: Option<bool>,
     pub array_group: Option<String>,
@@ -208,7 +208,7 @@ pub struct NamingSection {
 
 /// Why the settings cannot be used: said to the user, who fixes them.
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub(crate) enum ConfigError {
     #[error("cannot read config file {}: {error}", .path.display())]
     Read {
         path: PathBuf,
@@ -234,7 +234,7 @@ pub enum ConfigError {
 impl FileConfig {
     /// The file at `path`; a missing file is an empty config unless it was
     /// named explicitly.
-    pub fn load(path: &std::path::Path, explicit: bool) -> Result<FileConfig, ConfigError> {
+    pub(crate) fn load(path: &std::path::Path, explicit: bool) -> Result<FileConfig, ConfigError> {
         // A named pipe here is refused, not waited on.
         let text = match crate::fs::open_regular(path).and_then(std::io::read_to_string) {
             Ok(text) => text,
@@ -261,7 +261,7 @@ impl FileConfig {
 
     /// The naming rule: `flag_template` (a `--name-template`) over the
     /// `[naming]` table over the defaults.
-    pub fn naming_rule(
+    pub(crate) fn naming_rule(
         &self,
         flag_template: Option<&Template>,
     ) -> Result<NamingRule, TemplateError> {
@@ -284,7 +284,7 @@ impl FileConfig {
 
 /// The naming rule of a command that has no `--config`: the default config
 /// file's `[naming]` under `--name-template`.
-pub fn naming_rule(
+pub(crate) fn naming_rule(
     flag_template: Option<&Template>,
     env: impl Env,
 ) -> Result<NamingRule, ConfigError> {

@@ -8,7 +8,7 @@ use std::error::Error;
 /// `error`'s message followed by each of its sources, `: `-separated. A
 /// source whose text the line already holds (a message that prints its own
 /// cause) is not repeated.
-pub fn one_line(error: &dyn Error) -> String {
+pub(crate) fn one_line(error: &dyn Error) -> String {
     let mut line = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

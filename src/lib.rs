@@ -20,20 +20,21 @@
 //! - [`telemetry`]: logging (`tracing`), set up once for every subcommand.
 
 #![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
 
 pub mod cli;
 pub mod cmd;
-pub mod config;
-pub mod destination;
+pub(crate) mod config;
+pub(crate) mod destination;
 pub mod discover;
 pub mod engine;
-pub mod errors;
-pub mod fs;
+pub(crate) mod errors;
+pub(crate) mod fs;
 pub mod ledger;
-pub mod naming;
-pub mod paths;
-pub mod process;
-pub mod project;
-pub mod sink;
+pub(crate) mod naming;
+pub(crate) mod paths;
+pub(crate) mod process;
+pub(crate) mod project;
+pub(crate) mod sink;
 pub mod source;
 pub mod telemetry;

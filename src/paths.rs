@@ -16,12 +16,12 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The path for a person: UTF-8 as is, every other byte as `\xNN`.
-pub fn display(path: &Path) -> String {
+pub(crate) fn display(path: &Path) -> String {
     escape(path.as_os_str())
 }
 
 /// [`display`] for any OS string (a file name, a path component).
-pub fn escape(s: &OsStr) -> String {
+pub(crate) fn escape(s: &OsStr) -> String {
     let mut out = String::new();
     for chunk in s.as_bytes().utf8_chunks() {
         out.push_str(chunk.valid());
@@ -82,27 +82,32 @@ fn from_repr<E: serde::de::Error>(repr: Repr<'_>) -> Result<PathBuf, E> {
 }
 
 /// `#[serde(with = "crate::paths::serde_path")]` on a `PathBuf`.
-pub mod serde_path {
+pub(crate) mod serde_path {
     use super::*;
 
-    pub fn serialize<S: Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
         to_repr(path).serialize(s)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
         from_repr(Repr::deserialize(d)?)
     }
 }
 
 /// `#[serde(with = "crate::paths::serde_opt_path")]` on an `Option<PathBuf>`.
-pub mod serde_opt_path {
+pub(crate) mod serde_opt_path {
     use super::*;
 
-    pub fn serialize<S: Serializer>(path: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(
+        path: &Option<PathBuf>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         path.as_deref().map(to_repr).serialize(s)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<PathBuf>, D::Error> {
         Option::<Repr>::deserialize(d)?.map(from_repr).transpose()
     }
 }

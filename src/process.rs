@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 /// `program` itself when it names a path (`/usr/bin/x`, `./x`), else the
 /// first executable of that name in the directories of `path` (`PATH`'s
 /// value).
-pub fn find_program(program: &Path, path: Option<&OsStr>) -> Option<PathBuf> {
+pub(crate) fn find_program(program: &Path, path: Option<&OsStr>) -> Option<PathBuf> {
     if program.components().count() > 1 {
         return is_executable(program).then(|| program.to_path_buf());
     }
@@ -30,7 +30,7 @@ fn is_executable(path: &Path) -> bool {
 /// (an error of kind `TimedOut`). Its pipes are read while it runs, so a
 /// chatty command cannot block on a full pipe; a grandchild left holding
 /// them is not waited for past the deadline.
-pub fn output_within(mut command: Command, timeout: Duration) -> io::Result<Output> {
+pub(crate) fn output_within(mut command: Command, timeout: Duration) -> io::Result<Output> {
     let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -81,7 +81,7 @@ pub fn output_within(mut command: Command, timeout: Duration) -> io::Result<Outp
 /// with no signal blocked, whatever the calling thread blocks (the daemon's
 /// loop blocks SIGTERM for its keeper thread, and a blocked mask survives
 /// exec: `squeue` would otherwise ignore a service manager's SIGTERM).
-pub async fn output_within_async(
+pub(crate) async fn output_within_async(
     command: std::process::Command,
     timeout: Duration,
 ) -> io::Result<Output> {
@@ -146,21 +146,21 @@ fn unblock_all_signals() -> io::Result<()> {
 }
 
 /// Blocks `signals` in the calling thread (and in threads it starts later).
-pub fn block_signals_in_this_thread(signals: &[nix::sys::signal::Signal]) -> io::Result<()> {
+pub(crate) fn block_signals_in_this_thread(signals: &[nix::sys::signal::Signal]) -> io::Result<()> {
     use nix::sys::signal::{SigSet, SigmaskHow, pthread_sigmask};
     let set: SigSet = signals.iter().copied().collect();
     pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None).map_err(io::Error::from)
 }
 
 /// The uid this process runs as.
-pub fn current_uid() -> u32 {
+pub(crate) fn current_uid() -> u32 {
     rustix::process::getuid().as_raw()
 }
 
 /// This machine's name (for the lease, the heartbeat and temporary file
 /// names), read once per process: it does not change while syncd runs, and
 /// the durable writes that use it happen many times a second.
-pub fn hostname() -> &'static str {
+pub(crate) fn hostname() -> &'static str {
     static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     HOST.get_or_init(|| {
         std::fs::read_to_string("/proc/sys/kernel/hostname")

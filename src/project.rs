@@ -19,7 +19,7 @@ const LEVELS_OUTSIDE_ROOT: usize = 2;
 /// searched: never the whole way up to `/`. Relative paths are taken from
 /// the working directory first (`wandb/run-1` has the project directory as
 /// an ancestor only once made absolute).
-pub fn search_dirs(run_dir: &Path, root: &Path) -> Vec<PathBuf> {
+pub(crate) fn search_dirs(run_dir: &Path, root: &Path) -> Vec<PathBuf> {
     let (run_dir, root) = (&absolute(run_dir), &absolute(root));
     if let Some(dirs) = dirs_under(run_dir, root) {
         return dirs;
@@ -44,7 +44,7 @@ pub fn search_dirs(run_dir: &Path, root: &Path) -> Vec<PathBuf> {
 /// the manifest and a project keeps its `.env`), else that directory
 /// itself, so the search always reaches it. Both are made absolute first
 /// (see [`search_dirs`]).
-pub fn search_root(run_dir: &Path, found_under: Option<&Path>) -> PathBuf {
+pub(crate) fn search_root(run_dir: &Path, found_under: Option<&Path>) -> PathBuf {
     let run_dir = &absolute(run_dir);
     let found_under = found_under.map(absolute);
     let found_under = found_under.as_deref();
@@ -61,7 +61,7 @@ pub fn search_root(run_dir: &Path, found_under: Option<&Path>) -> PathBuf {
 
 /// `path` from the working directory, spelled as given (symlinks kept:
 /// the user's spelling is what they recognise in messages).
-pub fn absolute(path: &Path) -> PathBuf {
+pub(crate) fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 

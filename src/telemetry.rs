@@ -48,7 +48,7 @@ pub struct FilterError {
 
 /// The filter in force and where it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FilterChoice {
+pub(crate) struct FilterChoice {
     /// `SYNCD_LOG`, `RUST_LOG`, or `None` for the flags.
     pub from: Option<&'static str>,
     /// EnvFilter directives.
@@ -57,7 +57,7 @@ pub struct FilterChoice {
 
 /// The level of syncd's own events for `-v` and `-q` counts; each `-q`
 /// takes back a `-v` (a `-v` in an alias and a `-q` typed after it).
-pub fn level(verbose: u8, quiet: u8) -> LevelFilter {
+pub(crate) fn level(verbose: u8, quiet: u8) -> LevelFilter {
     match i16::from(verbose) - i16::from(quiet) {
         2.. => LevelFilter::TRACE,
         1 => LevelFilter::DEBUG,
@@ -71,7 +71,10 @@ pub fn level(verbose: u8, quiet: u8) -> LevelFilter {
 /// unset), else `level` for syncd and warnings for other crates (whose
 /// debug output is their internals, not what syncd does). `env` looks a
 /// variable up, so tests need not change the process's environment.
-pub fn choose_filter(level: LevelFilter, env: impl Fn(&str) -> Option<String>) -> FilterChoice {
+pub(crate) fn choose_filter(
+    level: LevelFilter,
+    env: impl Fn(&str) -> Option<String>,
+) -> FilterChoice {
     for var in FILTER_VARS {
         if let Some(value) = env(var).filter(|v| !v.trim().is_empty()) {
             return FilterChoice {
@@ -92,7 +95,7 @@ pub fn choose_filter(level: LevelFilter, env: impl Fn(&str) -> Option<String>) -
 }
 
 /// The choice as an EnvFilter; an unparsable variable is an error naming it.
-pub fn build_filter(choice: &FilterChoice) -> Result<EnvFilter, FilterError> {
+pub(crate) fn build_filter(choice: &FilterChoice) -> Result<EnvFilter, FilterError> {
     EnvFilter::builder()
         .parse(&choice.directives)
         .map_err(|source| FilterError {

@@ -23,10 +23,10 @@ use crate::source::wandb::value::Value;
 use crate::source::wandb::views::{ArtifactInfo, FileKind, Policy};
 
 /// Version of the `--json` document; bumped on incompatible changes.
-pub const SCHEMA: u32 = 1;
+pub(crate) const SCHEMA: u32 = 1;
 
 #[derive(Debug, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     pub schema: u32,
     pub runs: Vec<RunReport>,
     /// Paths that could not be read, with the reason.
@@ -34,7 +34,7 @@ pub struct Report {
 }
 
 #[derive(Debug, Serialize)]
-pub struct RunReport {
+pub(crate) struct RunReport {
     pub run_id: String,
     pub name: Option<String>,
     pub entity: Option<String>,
@@ -76,7 +76,7 @@ pub struct RunReport {
 /// template's when it renders (and the user did not name the run), else the
 /// run's own.
 #[derive(Debug, Serialize)]
-pub struct NamingReport {
+pub(crate) struct NamingReport {
     pub display_name: Option<String>,
     pub group: Option<String>,
     /// The name comes from the template (not the run's own).
@@ -87,7 +87,7 @@ pub struct NamingReport {
 }
 
 #[derive(Debug, Serialize)]
-pub struct FragmentReport {
+pub(crate) struct FragmentReport {
     #[serde(with = "crate::paths::serde_path")]
     pub path: PathBuf,
     pub size: u64,
@@ -108,7 +108,7 @@ pub struct FragmentReport {
 }
 
 #[derive(Debug, Serialize)]
-pub struct FileReport {
+pub(crate) struct FileReport {
     /// Relative to the run's `files/` directory.
     pub path: String,
     pub policy: Policy,
@@ -121,7 +121,7 @@ pub struct FileReport {
     pub refused: Option<String>,
 }
 
-pub fn run(args: InspectArgs) -> anyhow::Result<Outcome> {
+pub(crate) fn run(args: InspectArgs) -> anyhow::Result<Outcome> {
     // Absolute, as `syncd sync` takes them: the search for a run's job
     // manifest starts from the run and goes up to the project directory.
     let paths: Vec<PathBuf> = if args.paths.is_empty() {
@@ -164,7 +164,7 @@ pub fn run(args: InspectArgs) -> anyhow::Result<Outcome> {
 
 /// Reads every run under `paths`. A newest fragment unmodified for
 /// `stale_after` is taken to have lost its writer.
-pub fn inspect(
+pub(crate) fn inspect(
     paths: &[PathBuf],
     options: ReadOptions,
     stale_after: Duration,

@@ -7,12 +7,12 @@
 //! the module that owns that question (paths in [`crate::project`], defaults
 //! in [`crate::config`]), not in a sibling.
 
-pub mod inspect;
-pub mod notify;
-pub mod run;
-pub mod service;
-pub mod status;
-pub mod sync;
+pub(crate) mod inspect;
+pub(crate) mod notify;
+pub(crate) mod run;
+pub(crate) mod service;
+pub(crate) mod status;
+pub(crate) mod sync;
 
 use std::path::{Path, PathBuf};
 

@@ -9,7 +9,7 @@ use crate::cli::NotifyArgs;
 use crate::config;
 use crate::discover::trigger;
 
-pub fn run(args: NotifyArgs) -> anyhow::Result<Outcome> {
+pub(crate) fn run(args: NotifyArgs) -> anyhow::Result<Outcome> {
     let env = crate::config::ProcessEnv;
     let target = args.path.clone().unwrap_or_else(super::default_wandb_dir);
     // Absolute, so the daemon on another node finds it; not canonicalized:

@@ -19,7 +19,7 @@ use crate::discover::trigger;
 use crate::engine::daemon::{self, Control, DaemonConfig, DaemonError};
 use crate::sink::retry::RetryPolicy;
 
-pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
+pub(crate) fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     let (daemon_config, nice) = match build_config(&args) {
         Ok(built) => built,
         Err(message) => {

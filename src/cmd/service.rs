@@ -28,10 +28,10 @@ use crate::fs::sha256_hex;
 use crate::process;
 
 /// The unit as committed; its `ExecStart=` runs [`TEMPLATE_BINARY`].
-pub const UNIT_TEMPLATE: &str = include_str!("../../systemd/syncd.service");
+pub(crate) const UNIT_TEMPLATE: &str = include_str!("../../systemd/syncd.service");
 /// The binary the committed unit runs; `install` puts the real path there.
-pub const TEMPLATE_BINARY: &str = "%h/.cargo/bin/syncd";
-pub const UNIT_NAME: &str = "syncd.service";
+pub(crate) const TEMPLATE_BINARY: &str = "%h/.cargo/bin/syncd";
+pub(crate) const UNIT_NAME: &str = "syncd.service";
 /// The line of a written unit that holds the checksum of what follows it.
 const CHECKSUM_PREFIX: &str = "# syncd-unit-sha256: ";
 /// How long `systemctl --user` may take to answer.
@@ -39,7 +39,7 @@ const SYSTEMCTL_TIMEOUT: Duration = Duration::from_secs(5);
 /// A user manager's `PATH` when it does not say (systemd's default).
 const DEFAULT_MANAGER_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-pub fn run(args: ServiceArgs) -> anyhow::Result<Outcome> {
+pub(crate) fn run(args: ServiceArgs) -> anyhow::Result<Outcome> {
     match args.action {
         ServiceAction::Install(args) => install(args),
         ServiceAction::Unit => {
@@ -61,7 +61,7 @@ pub fn run(args: ServiceArgs) -> anyhow::Result<Outcome> {
 /// What `install` did (or, with `--dry-run`, would do) to the unit file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Action {
+pub(crate) enum Action {
     /// There was none.
     Created,
     /// There was one exactly as syncd writes it now.
@@ -92,7 +92,7 @@ impl Action {
 
 /// Another way to keep the daemon running, for machines without a user manager.
 #[derive(Debug, Serialize)]
-pub struct Fallback {
+pub(crate) struct Fallback {
     pub name: &'static str,
     pub summary: String,
     pub commands: Vec<String>,
@@ -100,7 +100,7 @@ pub struct Fallback {
 
 /// `install --json`.
 #[derive(Debug, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     pub unit_path: PathBuf,
     /// Whether the file was written by this invocation.
     pub written: bool,
@@ -214,7 +214,7 @@ fn install(args: ServiceInstallArgs) -> anyhow::Result<Outcome> {
 
 /// The unit for `binary`: the committed unit with `ExecStart=` running
 /// `binary`, under a header whose checksum covers everything below it.
-pub fn render_unit(binary: &Path) -> Result<String, String> {
+pub(crate) fn render_unit(binary: &Path) -> Result<String, String> {
     let exec = exec_path(binary)?;
     let mut replaced = 0;
     let body: String = UNIT_TEMPLATE

@@ -16,10 +16,10 @@ use crate::engine::heartbeat::{self, Activity, Heartbeat, SlurmHealth};
 use crate::ledger::{Ledger, Phase, RunLedger};
 
 /// Version of the `--json` document.
-pub const SCHEMA: u32 = 1;
+pub(crate) const SCHEMA: u32 = 1;
 
 #[derive(Debug, Serialize)]
-pub struct StatusReport {
+pub(crate) struct StatusReport {
     pub schema: u32,
     #[serde(with = "crate::paths::serde_path")]
     pub state_dir: PathBuf,
@@ -30,7 +30,7 @@ pub struct StatusReport {
 }
 
 #[derive(Debug, Serialize)]
-pub struct DaemonStatus {
+pub(crate) struct DaemonStatus {
     pub running: bool,
     pub pid: Option<u32>,
     pub host: Option<String>,
@@ -60,7 +60,7 @@ pub struct DaemonStatus {
 }
 
 #[derive(Debug, Serialize)]
-pub struct RunStatus {
+pub(crate) struct RunStatus {
     pub key: String,
     pub run_id: String,
     /// The display name on the server: the naming template's (see
@@ -92,7 +92,7 @@ pub struct RunStatus {
     pub warnings: Vec<String>,
 }
 
-pub fn run(args: StatusArgs) -> anyhow::Result<Outcome> {
+pub(crate) fn run(args: StatusArgs) -> anyhow::Result<Outcome> {
     let env = crate::config::ProcessEnv;
     let state_dir = config::state_dir(args.state_dir.clone(), env)?;
     loop {
@@ -122,7 +122,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<Outcome> {
 }
 
 /// Builds the report from the state directory as it is at `now`.
-pub fn status(
+pub(crate) fn status(
     state_dir: &Path,
     now: SystemTime,
     state: Option<&str>,

@@ -24,10 +24,10 @@ use crate::sink::wandb::upload;
 use crate::source::wandb::run;
 
 /// Version of the `--json` document.
-pub const SCHEMA: u32 = 1;
+pub(crate) const SCHEMA: u32 = 1;
 
 #[derive(Debug, Serialize)]
-pub struct SyncReport {
+pub(crate) struct SyncReport {
     pub schema: u32,
     pub dry_run: bool,
     pub base_url: String,
@@ -35,7 +35,7 @@ pub struct SyncReport {
     pub errors: Vec<PathError>,
 }
 
-pub fn run(args: SyncArgs) -> anyhow::Result<Outcome> {
+pub(crate) fn run(args: SyncArgs) -> anyhow::Result<Outcome> {
     let env = crate::config::ProcessEnv;
     let Some(naming) = super::naming_rule(args.name_template.as_ref(), env) else {
         return Ok(Outcome::Usage);

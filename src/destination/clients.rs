@@ -32,7 +32,7 @@ const ENV_VARS: [&str; 7] = [
 /// entity and project to use when neither the command line nor the run
 /// names one.
 #[derive(Clone)]
-pub struct RunClient {
+pub(crate) struct RunClient {
     pub client: Arc<Client>,
     pub entity: Option<String>,
     pub project: Option<String>,
@@ -40,7 +40,7 @@ pub struct RunClient {
 
 /// Resolves each run's [`Destination`] and keeps one client per server and
 /// key; cheap to share between tasks.
-pub struct Clients {
+pub(crate) struct Clients {
     env: HashMap<String, String>,
     user_env_file: PathBuf,
     uid: u32,
@@ -51,7 +51,7 @@ pub struct Clients {
 impl Clients {
     /// From the process environment; `base_url` (a `--base-url` flag or the
     /// config file's `base_url`) stands in for `WANDB_BASE_URL`.
-    pub fn from_process(
+    pub(crate) fn from_process(
         base_url: Option<String>,
         retry: RetryPolicy,
     ) -> Result<Clients, DirsError> {
@@ -67,7 +67,10 @@ impl Clients {
 
     /// From the variables `env` (only [`ENV_VARS`] are read); an error
     /// when they give no home for the user's own `.env`.
-    pub fn new(env: HashMap<String, String>, retry: RetryPolicy) -> Result<Clients, DirsError> {
+    pub(crate) fn new(
+        env: HashMap<String, String>,
+        retry: RetryPolicy,
+    ) -> Result<Clients, DirsError> {
         let lookup = |name: &str| env.get(name).cloned();
         let user_env_file = resolve::user_env_file(lookup)?;
         Ok(Clients {
@@ -84,12 +87,16 @@ impl Clients {
     }
 
     /// The server a run with no `.env` of its own goes to.
-    pub fn default_base_url(&self) -> String {
+    pub(crate) fn default_base_url(&self) -> String {
         crate::config::wandb_base_url(None, |k| self.lookup(k))
     }
 
     /// The settings for the run in `run_dir`, found under `root`.
-    pub fn settings(&self, run_dir: &Path, root: &Path) -> Result<Destination, DestinationError> {
+    pub(crate) fn settings(
+        &self,
+        run_dir: &Path,
+        root: &Path,
+    ) -> Result<Destination, DestinationError> {
         resolve_destination(
             run_dir,
             root,
@@ -101,7 +108,11 @@ impl Clients {
 
     /// The client and defaults of the run in `run_dir`; the error says
     /// what to fix, with no key in it.
-    pub fn resolve(&self, run_dir: &Path, root: &Path) -> Result<RunClient, DestinationError> {
+    pub(crate) fn resolve(
+        &self,
+        run_dir: &Path,
+        root: &Path,
+    ) -> Result<RunClient, DestinationError> {
         let settings = self.settings(run_dir, root)?;
         let client = self.client(&settings)?;
         Ok(RunClient {
@@ -132,7 +143,7 @@ impl Clients {
     /// The files a run's destination and key can come from: the `.env`
     /// files searched for it, the user's, and netrc. Whether each exists
     /// is part of the answer's meaning (one created later counts).
-    pub fn settings_files(&self, run_dir: &Path, root: &Path) -> Vec<PathBuf> {
+    pub(crate) fn settings_files(&self, run_dir: &Path, root: &Path) -> Vec<PathBuf> {
         let netrc = netrc::path(|k| self.lookup(k));
         project::search_dirs(run_dir, root)
             .into_iter()
@@ -143,7 +154,7 @@ impl Clients {
     }
 
     /// Every distinct client made so far (for the offline probe).
-    pub fn clients(&self) -> Vec<Arc<Client>> {
+    pub(crate) fn clients(&self) -> Vec<Arc<Client>> {
         lock(&self.clients).values().cloned().collect()
     }
 }

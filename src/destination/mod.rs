@@ -21,10 +21,10 @@
 //! `.env` is [`crate::project`]'s; where the user's own files are is
 //! [`crate::config`]'s.
 
-pub mod clients;
-pub mod key;
-pub mod netrc;
-pub mod resolve;
+pub(crate) mod clients;
+pub(crate) mod key;
+pub(crate) mod netrc;
+pub(crate) mod resolve;
 
-pub use key::ApiKey;
-pub use resolve::{Destination, DestinationError, Origin, resolve_destination};
+pub(crate) use key::ApiKey;
+pub(crate) use resolve::{Destination, DestinationError, resolve_destination};

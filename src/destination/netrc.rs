@@ -13,7 +13,7 @@ const MAX_NETRC_BYTES: u64 = 1 << 20;
 
 /// The netrc file of the environment `env`: `$NETRC`, else `$HOME/.netrc`;
 /// `None` with neither set.
-pub fn path(env: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
+pub(crate) fn path(env: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
     env("NETRC")
         .map(PathBuf::from)
         .or_else(|| env("HOME").map(|h| PathBuf::from(h).join(".netrc")))
@@ -22,7 +22,7 @@ pub fn path(env: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
 /// The key `path` holds for `machine` (see [`host_of`]), else its
 /// `default` entry's; `None` when the file is missing, unreadable or not a
 /// regular file (never waited on), or has no such entry.
-pub fn key_for(path: &Path, machine: &str) -> Option<ApiKey> {
+pub(crate) fn key_for(path: &Path, machine: &str) -> Option<ApiKey> {
     let file = crate::fs::open_regular(path).ok()?;
     let text = std::io::read_to_string(std::io::Read::take(file, MAX_NETRC_BYTES)).ok()?;
     netrc_password(&text, machine).map(ApiKey::new)
@@ -31,7 +31,7 @@ pub fn key_for(path: &Path, machine: &str) -> Option<ApiKey> {
 /// `host[:port]` of a URL, the netrc machine name wandb uses (the port only
 /// when it is not the scheme's default); the text as given if it is not a
 /// URL.
-pub fn host_of(url: &str) -> String {
+pub(crate) fn host_of(url: &str) -> String {
     let Ok(url) = reqwest::Url::parse(url) else {
         return url.to_string();
     };

@@ -51,10 +51,10 @@ use super::netrc;
 use crate::config::DEFAULT_WANDB_BASE_URL;
 
 /// The file name looked for in each directory.
-pub const DOTENV_FILE: &str = ".env";
+pub(crate) const DOTENV_FILE: &str = ".env";
 
 /// The variables a `.env` can set for syncd; others in it are ignored.
-pub const VARS: [&str; 4] = [
+pub(crate) const VARS: [&str; 4] = [
     "WANDB_API_KEY",
     "WANDB_BASE_URL",
     "WANDB_ENTITY",
@@ -67,7 +67,7 @@ const MAX_DOTENV_BYTES: u64 = 1024 * 1024;
 /// Where a setting came from. Prints as a path or a phrase, never a value.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "kind", content = "path", rename_all = "lowercase")]
-pub enum Origin {
+pub(crate) enum Origin {
     /// A `.env` file: in the run's tree, or the user's own.
     DotEnv(#[serde(with = "crate::paths::serde_path")] PathBuf),
     /// The environment syncd was given.
@@ -90,7 +90,7 @@ impl fmt::Display for Origin {
 
 /// Where each of a [`Destination`]'s settings came from.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Origins {
+pub(crate) struct Origins {
     pub base_url: Origin,
     pub api_key: Origin,
     pub entity: Option<Origin>,
@@ -101,7 +101,7 @@ pub struct Origins {
 /// to use when the run names none of its own. `Debug` and `Display` show no
 /// key.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Destination {
+pub(crate) struct Destination {
     /// Without a trailing `/`.
     pub base_url: String,
     pub api_key: ApiKey,
@@ -132,7 +132,7 @@ impl fmt::Display for Destination {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum DestinationError {
+pub(crate) enum DestinationError {
     #[error(
         "refusing {path}: it is {access} (mode {mode:04o}) and may hold an API key; make it private with `chmod 600 {path}`"
     )]
@@ -177,7 +177,7 @@ pub enum DestinationError {
     also_note(suggest, user_file),
     skipped_note(skipped)
 )]
-pub struct MissingKey {
+pub(crate) struct MissingKey {
     pub host: String,
     pub server_origin: Origin,
     /// Where a key would be picked up first: the nearest `.env`, else the
@@ -239,7 +239,7 @@ fn project_dir(run_dir: &Path, root: &Path) -> PathBuf {
 /// (`$XDG_CONFIG_HOME/syncd/.env`, [`user_env_file`]); `env` looks up the
 /// environment (and `HOME`/`NETRC` for netrc); `uid` is whom the `.env`
 /// files must belong to ([`crate::process::current_uid`]).
-pub fn resolve_destination(
+pub(crate) fn resolve_destination(
     run_dir: &Path,
     root: &Path,
     user_env_file: &Path,
@@ -362,7 +362,9 @@ pub fn resolve_destination(
 
 /// The user's own `.env`: `$XDG_CONFIG_HOME/syncd/.env`, else
 /// `~/.config/syncd/.env` (next to [`crate::config::config_file`]).
-pub fn user_env_file(env: impl crate::config::Env) -> Result<PathBuf, crate::config::DirsError> {
+pub(crate) fn user_env_file(
+    env: impl crate::config::Env,
+) -> Result<PathBuf, crate::config::DirsError> {
     Ok(crate::config::config_file(env)?.with_file_name(DOTENV_FILE))
 }
 
@@ -374,7 +376,7 @@ fn normalize_url(url: &str) -> String {
 /// assignment of a name wins, as dotenvy's loader has it), or `None` if
 /// there is no file. Refuses a file that is not the user's or that group or
 /// others may read or write.
-pub fn load_dotenv(
+pub(crate) fn load_dotenv(
     path: &Path,
     uid: u32,
 ) -> Result<Option<HashMap<String, String>>, DestinationError> {

@@ -7,9 +7,12 @@
 //! Only bounded directory reads are made (a path and at most its children),
 //! never a recursive walk.
 
-pub mod scan;
-pub mod trigger;
-pub mod watch;
+pub(crate) mod scan;
+
+// What the daemon bench scans with.
+pub use scan::{RootSpec, Scanner};
+pub(crate) mod trigger;
+pub(crate) mod watch;
 
 use std::collections::HashSet;
 use std::fs;

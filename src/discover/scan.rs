@@ -17,7 +17,6 @@ use std::ffi::OsString;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
 /// A root as configured: a wandb directory, a directory holding `wandb/`,
 /// or a glob pattern of either.
@@ -37,13 +36,13 @@ impl RootSpec {
 
 /// Size and modification time: the cheap "did it change" check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stamp {
+pub(crate) struct Stamp {
     pub size: u64,
     pub mtime_ns: i128,
 }
 
 impl Stamp {
-    pub fn of(meta: &fs::Metadata) -> Stamp {
+    pub(crate) fn of(meta: &fs::Metadata) -> Stamp {
         Stamp {
             size: meta.len(),
             mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
@@ -342,14 +341,6 @@ fn list_run_dirs(dir: &Path, syscalls: &mut u64) -> std::io::Result<BTreeSet<OsS
         }
     }
     Ok(out)
-}
-
-/// Seconds since `stamp` was written, by the file's mtime.
-pub fn age_of(stamp: &Stamp, now: SystemTime) -> f64 {
-    let now_ns = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i128);
-    (now_ns - stamp.mtime_ns) as f64 / 1e9
 }
 
 #[cfg(test)]

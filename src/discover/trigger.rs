@@ -17,19 +17,19 @@ use std::io::{self, Write};
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
-pub const SPOOL_DIR: &str = "notify";
+pub(crate) const SPOOL_DIR: &str = "notify";
 const TRIGGER_EXT: &str = "trigger";
 const OSH_EXT: &str = "command";
 
 /// wandb-osh's default command directory.
-pub fn osh_default_dir(home: &Path) -> PathBuf {
+pub(crate) fn osh_default_dir(home: &Path) -> PathBuf {
     home.join(".wandb_osh_command_dir")
 }
 
 /// Writes a trigger naming `target` into `spool`. The file appears whole
 /// (written under a temporary name, then renamed) so the daemon never reads
 /// half of it.
-pub fn write_trigger(spool: &Path, target: &Path) -> io::Result<PathBuf> {
+pub(crate) fn write_trigger(spool: &Path, target: &Path) -> io::Result<PathBuf> {
     fs::create_dir_all(spool)?;
     let unique = format!(
         "{}-{}-{:08x}",
@@ -50,7 +50,7 @@ pub fn write_trigger(spool: &Path, target: &Path) -> io::Result<PathBuf> {
 
 /// A request found in a trigger file.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Trigger {
+pub(crate) struct Trigger {
     /// What the trigger names: a run directory, a wandb directory or a file.
     pub target: PathBuf,
     /// The trigger file it came from (already deleted).
@@ -59,7 +59,7 @@ pub struct Trigger {
 
 /// The directories triggers are read from.
 #[derive(Debug, Clone)]
-pub struct TriggerDirs {
+pub(crate) struct TriggerDirs {
     pub spool: PathBuf,
     pub osh: Option<PathBuf>,
 }
@@ -67,7 +67,7 @@ pub struct TriggerDirs {
 impl TriggerDirs {
     /// Reads and deletes every complete trigger. Unreadable or empty ones are
     /// deleted too and reported in `problems`.
-    pub fn take(&self, problems: &mut Vec<String>) -> Vec<Trigger> {
+    pub(crate) fn take(&self, problems: &mut Vec<String>) -> Vec<Trigger> {
         let mut found = Vec::new();
         take_from(&self.spool, TRIGGER_EXT, &mut found, problems);
         if let Some(osh) = &self.osh {

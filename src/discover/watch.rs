@@ -23,7 +23,7 @@ use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 
 /// What kind of filesystem a path is on.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FsKind {
+pub(crate) enum FsKind {
     /// Changes made on this machine are all it sees: inotify is reliable.
     Local,
     /// Shared with other machines (by name): inotify misses remote writes.
@@ -46,7 +46,7 @@ const NETWORK_FILESYSTEMS: &[(i64, &str)] = &[
     (0x0102_1997, "9p"),
 ];
 
-pub fn fs_kind(path: &Path) -> FsKind {
+pub(crate) fn fs_kind(path: &Path) -> FsKind {
     let Ok(stat) = rustix::fs::statfs(path) else {
         return FsKind::Unknown;
     };
@@ -61,7 +61,7 @@ pub fn fs_kind(path: &Path) -> FsKind {
 
 /// Something a watched directory saw.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Change {
+pub(crate) struct Change {
     pub path: PathBuf,
     /// The writer closed the file (it is not growing any more).
     pub writer_closed: bool,
@@ -69,7 +69,7 @@ pub struct Change {
 
 /// Watches local directories; what they saw comes out of
 /// [`Accelerator::changed`].
-pub struct Accelerator {
+pub(crate) struct Accelerator {
     inotify: Option<Inotify>,
     watched: HashMap<PathBuf, WatchDescriptor>,
     /// The path events of a watch are named under. Two paths of one
@@ -80,7 +80,7 @@ pub struct Accelerator {
 impl Accelerator {
     /// A watcher, or an inert one if the system refuses (inotify limits):
     /// polling covers everything anyway.
-    pub fn new() -> Accelerator {
+    pub(crate) fn new() -> Accelerator {
         Accelerator {
             inotify: Inotify::init().ok(),
             watched: HashMap::new(),
@@ -90,7 +90,7 @@ impl Accelerator {
 
     /// Watches `dir` (not recursively) if it is on a local filesystem.
     /// Returns whether it is watched.
-    pub fn watch(&mut self, dir: &Path) -> bool {
+    pub(crate) fn watch(&mut self, dir: &Path) -> bool {
         if self.watched.contains_key(dir) {
             return true;
         }
@@ -114,7 +114,7 @@ impl Accelerator {
 
     /// Stops watching every directory `keep` says no to (a run that has
     /// settled, say): watches are a per-user kernel resource.
-    pub fn retain(&mut self, keep: impl Fn(&Path) -> bool) {
+    pub(crate) fn retain(&mut self, keep: impl Fn(&Path) -> bool) {
         let Some(inotify) = self.inotify.as_mut() else {
             return;
         };
@@ -142,13 +142,13 @@ impl Accelerator {
     }
 
     /// The number of directories watched.
-    pub fn watching(&self) -> usize {
+    pub(crate) fn watching(&self) -> usize {
         self.watched.len()
     }
 
     /// What happened since the last call, one entry per path (a close wins
     /// over a creation of the same file).
-    pub fn changed(&mut self) -> Vec<Change> {
+    pub(crate) fn changed(&mut self) -> Vec<Change> {
         let mut changes: Vec<Change> = Vec::new();
         let Some(inotify) = self.inotify.as_mut() else {
             return changes;

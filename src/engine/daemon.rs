@@ -68,7 +68,7 @@ const SLURM_SLOW: Duration = Duration::from_secs(5);
 
 /// Everything `syncd run` is told.
 #[derive(Clone)]
-pub struct DaemonConfig {
+pub(crate) struct DaemonConfig {
     pub roots: Vec<RootSpec>,
     pub state_dir: PathBuf,
     /// Each run's server, key, entity and project (its `.env`, the user's,
@@ -162,7 +162,7 @@ impl Tracked {
 
 /// Why the daemon stopped.
 #[derive(Debug, thiserror::Error)]
-pub enum DaemonError {
+pub(crate) enum DaemonError {
     #[error(transparent)]
     Lease(#[from] crate::ledger::lease::LeaseError),
     #[error(transparent)]
@@ -173,7 +173,7 @@ pub enum DaemonError {
 
 /// What the signal handlers ask for.
 #[derive(Debug)]
-pub enum Control {
+pub(crate) enum Control {
     Stop,
     /// Reload: new settings (or `None` to keep them), and retry stopped runs.
     Reload(Option<Box<DaemonConfig>>),
@@ -183,7 +183,7 @@ pub enum Control {
 const TICK: Duration = Duration::from_millis(250);
 
 /// Runs until `control` says stop.
-pub async fn run(
+pub(crate) async fn run(
     config: DaemonConfig,
     mut control: mpsc::Receiver<Control>,
 ) -> Result<(), DaemonError> {

@@ -9,13 +9,13 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 /// File name inside the state directory.
-pub const FILE: &str = "daemon.json";
+pub(crate) const FILE: &str = "daemon.json";
 
 /// The activity key of a run the ledger does not know yet.
-pub const UNSYNCED_PREFIX: &str = "unsynced:";
+pub(crate) const UNSYNCED_PREFIX: &str = "unsynced:";
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Heartbeat {
+pub(crate) struct Heartbeat {
     pub pid: u32,
     pub host: String,
     /// RFC 3339.
@@ -67,7 +67,7 @@ pub struct Heartbeat {
 
 /// Whether the daemon's Slurm queries get answers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SlurmHealth {
+pub(crate) struct SlurmHealth {
     /// The last query was answered, and none has been waiting long.
     pub answering: bool,
     /// RFC 3339: since when it has not answered (the failed or still
@@ -77,7 +77,7 @@ pub struct SlurmHealth {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Activity {
+pub(crate) struct Activity {
     /// `uploading`, `queued`, `waiting` (see `reason`), `stopped`, `idle`.
     pub state: String,
     /// Why a run waits: `offline` (for the network; `next_retry` is the
@@ -112,17 +112,17 @@ pub struct Activity {
     pub bytes_acked: Option<u64>,
 }
 
-pub fn path(state_dir: &Path) -> PathBuf {
+pub(crate) fn path(state_dir: &Path) -> PathBuf {
     state_dir.join(FILE)
 }
 
-pub fn write(state_dir: &Path, heartbeat: &Heartbeat) -> std::io::Result<()> {
+pub(crate) fn write(state_dir: &Path, heartbeat: &Heartbeat) -> std::io::Result<()> {
     let bytes = serde_json::to_vec_pretty(heartbeat).expect("heartbeat serializes");
     crate::fs::durable::replace(&path(state_dir), &bytes)
 }
 
 /// The heartbeat, if the file exists and parses.
-pub fn read(state_dir: &Path) -> Option<Heartbeat> {
+pub(crate) fn read(state_dir: &Path) -> Option<Heartbeat> {
     let bytes = std::fs::read(path(state_dir)).ok()?;
     serde_json::from_slice(&bytes).ok()
 }

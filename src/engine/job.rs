@@ -14,7 +14,7 @@ use crate::project::search_root;
 
 /// How runs are synced (the same for every run of one `syncd sync`).
 #[derive(Debug, Clone)]
-pub struct SyncOptions {
+pub(crate) struct SyncOptions {
     pub entity: Option<String>,
     pub project: Option<String>,
     /// Complete runs that have no exit record and whose writer is gone.
@@ -35,7 +35,7 @@ pub struct SyncOptions {
 
 /// Why a run without exit record is finalized.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verdict {
+pub(crate) struct Verdict {
     /// Human sentence for the ledger and `status`.
     pub reason: String,
     /// Slurm's final job state (`TIMEOUT`, `CANCELLED`, …), recorded in the
@@ -60,7 +60,7 @@ impl Default for SyncOptions {
 
 /// A run to sync: its id and its fragments, oldest first.
 #[derive(Debug, Clone)]
-pub struct RunJob {
+pub(crate) struct RunJob {
     pub id: String,
     pub fragments: Vec<PathBuf>,
     /// The watched root or command-line path the run was found under: it
@@ -78,7 +78,7 @@ pub struct RunJob {
 }
 
 impl RunJob {
-    pub fn new(id: String, fragments: Vec<PathBuf>) -> RunJob {
+    pub(crate) fn new(id: String, fragments: Vec<PathBuf>) -> RunJob {
         RunJob {
             id,
             fragments,
@@ -90,7 +90,7 @@ impl RunJob {
     }
 
     /// The directory of the oldest fragment.
-    pub fn run_dir(&self) -> &Path {
+    pub(crate) fn run_dir(&self) -> &Path {
         self.fragments
             .first()
             .and_then(|f| f.parent())
@@ -98,26 +98,26 @@ impl RunJob {
     }
 
     /// Where the search for the run's `.env` and manifest stops.
-    pub fn search_root(&self) -> PathBuf {
+    pub(crate) fn search_root(&self) -> PathBuf {
         search_root(self.run_dir(), self.found_under.as_deref())
     }
 
     /// Reads the job manifest into [`RunJob::manifest`].
-    pub fn read_manifest(&mut self) {
+    pub(crate) fn read_manifest(&mut self) {
         self.manifest = read_manifest(self.run_dir(), &self.search_root()).map(Box::new);
     }
 }
 
 /// Progress of one run, for display.
 #[derive(Debug, Clone, Copy)]
-pub struct Progress {
+pub(crate) struct Progress {
     pub bytes_read: u64,
     pub bytes_total: u64,
 }
 
 /// What happened to one run.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct RunOutcome {
+pub(crate) struct RunOutcome {
     pub run_id: String,
     pub key: String,
     pub phase: Phase,
@@ -145,7 +145,7 @@ pub struct RunOutcome {
 /// metrics and console, files (with the summary, config and metadata a
 /// completed run gets), and their bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct WouldSend {
+pub(crate) struct WouldSend {
     pub lines: u64,
     pub files: u64,
     pub bytes: u64,
@@ -153,7 +153,7 @@ pub struct WouldSend {
 
 /// How a failed run should be treated by whoever retries it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
+pub(crate) enum Failure {
     /// The server could not be reached: every run is affected.
     Offline,
     /// The key was refused: no run will do better until it changes.
@@ -170,7 +170,7 @@ pub enum Failure {
 }
 
 /// The outcome of a run that could not be tried: its target is refused.
-pub fn not_attempted(job: &RunJob, error: String) -> RunOutcome {
+pub(crate) fn not_attempted(job: &RunJob, error: String) -> RunOutcome {
     RunOutcome {
         failure: Some(Failure::Config),
         ..failed_outcome(job, String::new(), error)
@@ -179,7 +179,7 @@ pub fn not_attempted(job: &RunJob, error: String) -> RunOutcome {
 
 /// The outcome of a run that failed before anything was tried (its ledger
 /// entry could not be read, say): retried later.
-pub fn failed_outcome(job: &RunJob, key: String, error: String) -> RunOutcome {
+pub(crate) fn failed_outcome(job: &RunJob, key: String, error: String) -> RunOutcome {
     RunOutcome {
         run_id: job.id.clone(),
         key,

@@ -31,7 +31,7 @@ const TICK: Duration = Duration::from_millis(500);
 /// How often the heartbeat file is written (status trusts it for 15 s).
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 /// A loop that has not turned for this long is reported as stalled.
-pub const STALLED_AFTER: Duration = Duration::from_secs(10);
+pub(crate) const STALLED_AFTER: Duration = Duration::from_secs(10);
 /// The watchdog is fed while the loop turned within this long. A mount
 /// that hangs for minutes is the outside world, not a broken daemon; one
 /// stalled past this stops being vouched for, and systemd restarts the
@@ -63,14 +63,14 @@ struct Shared {
 }
 
 /// The loop's handle on its keeper thread.
-pub struct Keeper {
+pub(crate) struct Keeper {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Keeper {
     /// Starts the keeper thread with the lease the daemon holds.
-    pub fn start(
+    pub(crate) fn start(
         lease: Lease,
         state_dir: std::path::PathBuf,
         notifier: Option<Notifier>,
@@ -110,7 +110,7 @@ impl Keeper {
     }
 
     /// The loop turned: called once per iteration.
-    pub fn turned(&self) {
+    pub(crate) fn turned(&self) {
         let mut published = lock(&self.shared.published);
         published.turned_at = Instant::now();
         published.turned_at_wall = SystemTime::now();
@@ -118,19 +118,19 @@ impl Keeper {
 
     /// The newest heartbeat and systemd status line, written by the keeper
     /// on its own schedule.
-    pub fn publish(&self, beat: Heartbeat, summary: String) {
+    pub(crate) fn publish(&self, beat: Heartbeat, summary: String) {
         let mut published = lock(&self.shared.published);
         published.heartbeat = Some(beat);
         published.summary = summary;
     }
 
     /// The lease was lost (the keeper said why): the loop stops.
-    pub fn lease_lost(&self) -> bool {
+    pub(crate) fn lease_lost(&self) -> bool {
         self.shared.lease_lost.load(Ordering::Relaxed)
     }
 
     /// Removes the heartbeat, releases the lease and ends the thread.
-    pub fn finish(self) {
+    pub(crate) fn finish(self) {
         drop(self);
     }
 }

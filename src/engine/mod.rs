@@ -3,10 +3,13 @@
 //! (`job`; the steps themselves are the sink's), and the keeper thread that
 //! keeps its lease, heartbeat and watchdog on time.
 
-pub mod daemon;
-pub mod heartbeat;
-pub mod job;
-pub mod keeper;
-pub mod schedule;
-pub mod sd_notify;
-pub mod slurm;
+pub(crate) mod daemon;
+pub(crate) mod heartbeat;
+pub(crate) mod job;
+pub(crate) mod keeper;
+pub(crate) mod schedule;
+pub(crate) mod sd_notify;
+pub(crate) mod slurm;
+
+// What the Slurm tests judge job states with.
+pub use slurm::JobState;

@@ -25,7 +25,7 @@ use crate::sink::retry::RetryPolicy;
 
 /// After an upload failed for a reason that may pass: `5 s·2ⁿ` (n failures
 /// in a row, from 1) with up to 25 % jitter, at most 10 minutes.
-pub const RUN_RETRY: RetryPolicy = RetryPolicy {
+pub(crate) const RUN_RETRY: RetryPolicy = RetryPolicy {
     min_wait: Duration::from_secs(5),
     max_wait: Duration::from_secs(600),
     max_attempts: u32::MAX,
@@ -34,7 +34,7 @@ pub const RUN_RETRY: RetryPolicy = RetryPolicy {
 
 /// While offline: the wait before each probe of the servers, from 2 s
 /// (the first probe) doubling to a minute, with jitter.
-pub const PROBE_RETRY: RetryPolicy = RetryPolicy {
+pub(crate) const PROBE_RETRY: RetryPolicy = RetryPolicy {
     min_wait: Duration::from_secs(2),
     max_wait: Duration::from_secs(60),
     max_attempts: u32::MAX,
@@ -44,7 +44,7 @@ pub const PROBE_RETRY: RetryPolicy = RetryPolicy {
 /// Waiting for another daemon's lease (`--wait-for-lease`): asked again
 /// after about a quarter of its time to live, then every half, with jitter
 /// so that two waiting daemons do not ask in step.
-pub fn lease_wait(ttl: Duration) -> RetryPolicy {
+pub(crate) fn lease_wait(ttl: Duration) -> RetryPolicy {
     RetryPolicy {
         min_wait: ttl / 4,
         max_wait: ttl / 2,
@@ -55,7 +55,7 @@ pub fn lease_wait(ttl: Duration) -> RetryPolicy {
 
 /// Where a run is in its uploads.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum State {
+pub(crate) enum State {
     /// Nothing to upload.
     Idle,
     /// Waiting its turn in the queue.
@@ -72,14 +72,14 @@ pub enum State {
 
 impl State {
     /// Something about the run is not uploaded yet (or could not be).
-    pub fn pending(&self) -> bool {
+    pub(crate) fn pending(&self) -> bool {
         !matches!(self, State::Idle | State::InFlight { dirty: false })
     }
 }
 
 /// How an upload ended, as far as scheduling cares.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Done {
+pub(crate) enum Done {
     Uploaded,
     /// The server could not be reached: the run goes again when the daemon
     /// is back online (it asks for no run meanwhile).
@@ -93,7 +93,7 @@ pub enum Done {
 /// An upload ended for a run the scheduler did not have uploading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("an upload ended for a run that was not uploading")]
-pub struct NotUploading;
+pub(crate) struct NotUploading;
 
 /// A run's place in the scheduler.
 #[derive(Debug)]
@@ -120,7 +120,7 @@ static IDLE: State = State::Idle;
 
 /// The runs' states and the queues, for runs named by `K`.
 #[derive(Debug)]
-pub struct Scheduler<K> {
+pub(crate) struct Scheduler<K> {
     /// Only runs the scheduler had to do with: a run it never saw, or one
     /// forgotten once quiet, is `Idle`.
     slots: HashMap<K, Slot>,
@@ -147,24 +147,24 @@ impl<K> Default for Scheduler<K> {
 }
 
 impl<K: Clone + Eq + Hash + std::fmt::Debug> Scheduler<K> {
-    pub fn state(&self, id: &K) -> &State {
+    pub(crate) fn state(&self, id: &K) -> &State {
         self.slots.get(id).map_or(&IDLE, |slot| &slot.state)
     }
 
     /// Uploads under way.
-    pub fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         self.in_flight
     }
 
     /// Runs waiting their turn (not those backing off).
-    pub fn queued(&self) -> usize {
+    pub(crate) fn queued(&self) -> usize {
         self.notified.len() + self.ready.len()
     }
 
     /// The run has something new to upload: queued at the back unless it
     /// already is (or backs off: it goes when that ends); one uploading
     /// goes again after this upload; a stopped one is tried again.
-    pub fn enqueue(&mut self, id: &K) {
+    pub(crate) fn enqueue(&mut self, id: &K) {
         let slot = self.slots.entry(id.clone()).or_default();
         match slot.state {
             State::Idle | State::Stopped(_) => {
@@ -180,7 +180,7 @@ impl<K: Clone + Eq + Hash + std::fmt::Debug> Scheduler<K> {
     /// asked for, without waiting for its backoff or live interval. A
     /// stopped run stays stopped (what would change it, its files, is
     /// enqueued by the caller as usual).
-    pub fn notify(&mut self, id: &K) {
+    pub(crate) fn notify(&mut self, id: &K) {
         let slot = self.slots.entry(id.clone()).or_default();
         slot.last_upload_began = None;
         match slot.state {
@@ -200,7 +200,7 @@ impl<K: Clone + Eq + Hash + std::fmt::Debug> Scheduler<K> {
     /// came join at the back. `still_written` tells a run whose writer may
     /// still append (no exit record, no verdict): such a run waits out
     /// `live_interval` since its last upload began.
-    pub fn next_ready(
+    pub(crate) fn next_ready(
         &mut self,
         now: Instant,
         live_interval: Duration,
@@ -253,7 +253,7 @@ impl<K: Clone + Eq + Hash + std::fmt::Debug> Scheduler<K> {
     /// An upload is over. Returns the backoff of a failed run; `Err` when
     /// the run was not uploading (a bug somewhere: nothing is changed, and
     /// the caller says so).
-    pub fn finished(
+    pub(crate) fn finished(
         &mut self,
         id: &K,
         done: Done,
@@ -294,7 +294,7 @@ impl<K: Clone + Eq + Hash + std::fmt::Debug> Scheduler<K> {
     /// Stops the run (from whatever state) until something about it
     /// changes: a run taken for upload and then refused before it began
     /// (its settings), say.
-    pub fn stop(&mut self, id: &K, reason: String) {
+    pub(crate) fn stop(&mut self, id: &K, reason: String) {
         let slot = self.slots.entry(id.clone()).or_default();
         if matches!(slot.state, State::InFlight { .. }) {
             self.in_flight = self.in_flight.saturating_sub(1);
@@ -307,7 +307,7 @@ impl<K: Clone + Eq + Hash + std::fmt::Debug> Scheduler<K> {
 
     /// SIGHUP: stopped and backing-off runs go again, at the back of the
     /// queue. Returns how many.
-    pub fn retry_stopped(&mut self) -> usize {
+    pub(crate) fn retry_stopped(&mut self) -> usize {
         let mut woken = 0;
         for (id, slot) in &mut self.slots {
             if matches!(slot.state, State::Stopped(_) | State::Backoff { .. }) {
@@ -324,7 +324,7 @@ impl<K: Clone + Eq + Hash + std::fmt::Debug> Scheduler<K> {
     /// with it): the daemon calls it for runs that are settled, so that
     /// the scheduler's memory follows the active runs. `false` (and kept)
     /// when the run is not idle.
-    pub fn forget(&mut self, id: &K) -> bool {
+    pub(crate) fn forget(&mut self, id: &K) -> bool {
         match self.slots.get(id) {
             Some(slot) if slot.state == State::Idle => {
                 self.slots.remove(id);

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 /// Where systemd listens, as `$NOTIFY_SOCKET` gives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NotifySocket {
+pub(crate) enum NotifySocket {
     /// A socket file.
     Path(PathBuf),
     /// A name in Linux's abstract socket namespace (`@name` in the variable),
@@ -35,7 +35,7 @@ pub enum NotifySocket {
 impl NotifySocket {
     /// Parses `$NOTIFY_SOCKET`: an absolute path, or `@name` for the abstract
     /// namespace. Anything else is refused, as libsystemd refuses it.
-    pub fn parse(value: &OsStr) -> Option<NotifySocket> {
+    pub(crate) fn parse(value: &OsStr) -> Option<NotifySocket> {
         let bytes = value.as_bytes();
         match bytes.first()? {
             b'@' if bytes.len() > 1 => Some(NotifySocket::Abstract(bytes[1..].to_vec())),
@@ -67,14 +67,14 @@ impl fmt::Display for NotifySocket {
      information and the watchdog may restart the daemon (check the unit's NotifyAccess= \
      setting)"
 )]
-pub struct NotifyError {
+pub(crate) struct NotifyError {
     socket: NotifySocket,
     source: io::Error,
 }
 
 /// Sends notifications to the service manager that started this process.
 #[derive(Debug, Clone)]
-pub struct Notifier {
+pub(crate) struct Notifier {
     socket: NotifySocket,
     /// `WatchdogSec=` of the unit, when the watchdog is meant for this process.
     watchdog_timeout: Option<Duration>,
@@ -84,7 +84,7 @@ impl Notifier {
     /// The notifier systemd asked for through the environment, if any:
     /// `NOTIFY_SOCKET`, and `WATCHDOG_USEC` (honoured only when `WATCHDOG_PID`
     /// is unset or names this process).
-    pub fn from_env() -> Option<Notifier> {
+    pub(crate) fn from_env() -> Option<Notifier> {
         let socket = std::env::var_os("NOTIFY_SOCKET")?;
         let watchdog_usec = std::env::var("WATCHDOG_USEC").ok();
         let watchdog_pid = std::env::var("WATCHDOG_PID").ok();
@@ -98,7 +98,7 @@ impl Notifier {
 
     /// [`Notifier::from_env`] on given values of the three variables, for
     /// the process `pid`.
-    pub fn from_vars(
+    pub(crate) fn from_vars(
         notify_socket: &OsStr,
         watchdog_usec: Option<&str>,
         watchdog_pid: Option<&str>,
@@ -120,7 +120,7 @@ impl Notifier {
 
     /// A notifier for `socket`; `watchdog_timeout` is the unit's
     /// `WatchdogSec=`, or `None` when the watchdog is off.
-    pub fn new(socket: NotifySocket, watchdog_timeout: Option<Duration>) -> Notifier {
+    pub(crate) fn new(socket: NotifySocket, watchdog_timeout: Option<Duration>) -> Notifier {
         Notifier {
             socket,
             watchdog_timeout,
@@ -128,14 +128,14 @@ impl Notifier {
     }
 
     /// Startup is complete.
-    pub fn ready(&self) -> Result<(), NotifyError> {
+    pub(crate) fn ready(&self) -> Result<(), NotifyError> {
         self.send("READY=1")
     }
 
     /// One line for `systemctl status`. Line breaks become spaces: a new
     /// line would start another assignment, so text from a run's name could
     /// otherwise send commands such as `READY=1`.
-    pub fn status(&self, text: &str) -> Result<(), NotifyError> {
+    pub(crate) fn status(&self, text: &str) -> Result<(), NotifyError> {
         let line: String = text
             .chars()
             .map(|c| if c == '\n' || c == '\r' { ' ' } else { c })
@@ -144,7 +144,7 @@ impl Notifier {
     }
 
     /// Still alive. Does nothing when the watchdog is off for this process.
-    pub fn watchdog(&self) -> Result<(), NotifyError> {
+    pub(crate) fn watchdog(&self) -> Result<(), NotifyError> {
         if self.watchdog_timeout.is_none() {
             return Ok(());
         }
@@ -152,14 +152,14 @@ impl Notifier {
     }
 
     /// Shutdown has begun.
-    pub fn stopping(&self) -> Result<(), NotifyError> {
+    pub(crate) fn stopping(&self) -> Result<(), NotifyError> {
         self.send("STOPPING=1")
     }
 
     /// How often to call [`Notifier::watchdog`]: half the timeout, as
     /// `sd_watchdog_enabled(3)` recommends, so one late tick is not fatal.
     /// `None` when the watchdog is off.
-    pub fn watchdog_interval(&self) -> Option<Duration> {
+    pub(crate) fn watchdog_interval(&self) -> Option<Duration> {
         self.watchdog_timeout.map(|timeout| timeout / 2)
     }
 

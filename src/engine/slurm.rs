@@ -75,13 +75,13 @@ use crate::process::{find_program, output_within_async};
 /// Ids per `squeue`/`sacct` invocation. Keeps the argument list a few KiB;
 /// with more than one id `squeue` loads the whole queue anyway, so chunks
 /// only need to be big, not precise.
-pub const MAX_IDS_PER_COMMAND: usize = 1000;
+pub(crate) const MAX_IDS_PER_COMMAND: usize = 1000;
 
 /// How long an answer (or a failure) is reused before Slurm is asked again.
-pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_TTL: Duration = Duration::from_secs(30);
 
 /// How long one `squeue`/`sacct` may take before it is killed.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A job's state in Slurm's own words (squeue(1), "JOB STATE CODES").
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -187,7 +187,7 @@ impl fmt::Display for JobState {
 
 /// What Slurm says about one job.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JobInfo {
+pub(crate) struct JobInfo {
     pub state: JobState,
     /// The batch script's exit code, from `sacct`; only for ended jobs.
     pub exit_code: Option<i32>,
@@ -196,7 +196,7 @@ pub struct JobInfo {
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum SlurmError {
+pub(crate) enum SlurmError {
     #[error(
         "neither squeue nor sacct is configured, so job states cannot be asked; \
          install Slurm's client commands on this node or turn Slurm liveness off"
@@ -231,7 +231,7 @@ pub enum SlurmError {
 /// The Slurm client commands to ask, plus the cache that keeps the daemon
 /// from asking too often.
 #[derive(Debug)]
-pub struct Slurm {
+pub(crate) struct Slurm {
     squeue: Option<PathBuf>,
     sacct: Option<PathBuf>,
     ttl: Duration,
@@ -251,7 +251,7 @@ pub struct Slurm {
 impl Slurm {
     /// Finds `squeue` and `sacct` on `PATH`; `None` when neither is there
     /// (not a Slurm cluster, or the client commands aren't installed).
-    pub fn detect() -> Option<Slurm> {
+    pub(crate) fn detect() -> Option<Slurm> {
         Self::detect_in(std::env::var_os("PATH").as_deref())
     }
 
@@ -266,7 +266,7 @@ impl Slurm {
 
     /// Uses these commands (either may be missing) with the default TTL and
     /// timeout.
-    pub fn with_commands(squeue: Option<PathBuf>, sacct: Option<PathBuf>) -> Slurm {
+    pub(crate) fn with_commands(squeue: Option<PathBuf>, sacct: Option<PathBuf>) -> Slurm {
         Slurm {
             squeue,
             sacct,
@@ -280,12 +280,14 @@ impl Slurm {
         }
     }
 
-    pub fn with_ttl(mut self, ttl: Duration) -> Slurm {
+    #[cfg(test)]
+    pub(crate) fn with_ttl(mut self, ttl: Duration) -> Slurm {
         self.ttl = ttl;
         self
     }
 
-    pub fn with_timeout(mut self, timeout: Duration) -> Slurm {
+    #[cfg(test)]
+    pub(crate) fn with_timeout(mut self, timeout: Duration) -> Slurm {
         self.timeout = timeout;
         self
     }
@@ -311,7 +313,7 @@ impl Slurm {
     /// When Slurm could not tell whether a job is alive: `squeue` failed,
     /// timed out or is missing, and `sacct` could not answer either. The
     /// same error is returned without asking again until the TTL has passed.
-    pub async fn states(
+    pub(crate) async fn states(
         &mut self,
         job_ids: &[String],
     ) -> Result<HashMap<String, JobInfo>, SlurmError> {
@@ -366,7 +368,7 @@ impl Slurm {
     /// Why the last answer lacks how some ended jobs ended: `sacct` failed
     /// (accounting off, slurmdbd down) while `squeue` had already answered
     /// whether they are alive. Cleared by the next `sacct` that succeeds.
-    pub fn accounting_error(&self) -> Option<&SlurmError> {
+    pub(crate) fn accounting_error(&self) -> Option<&SlurmError> {
         self.accounting_error.as_ref()
     }
 

@@ -27,7 +27,7 @@ fn temp_beside(path: &Path) -> io::Result<(&Path, std::path::PathBuf)> {
 }
 
 /// Replaces `path` with `bytes` atomically and durably.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let (dir, tmp) = temp_beside(path)?;
     let result = (|| {
         let mut file = OpenOptions::new()
@@ -51,7 +51,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// that are rewritten every few seconds and worthless after a crash (the
 /// daemon's heartbeat), where an fsync each time would load a shared
 /// filesystem for nothing.
-pub fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let (_, tmp) = temp_beside(path)?;
     fs::write(&tmp, bytes)?;
     fs::rename(&tmp, path).inspect_err(|_| {
@@ -77,7 +77,7 @@ fn hostname_tag() -> String {
 }
 
 /// Reads `path`, `None` if it does not exist.
-pub fn read_optional(path: &Path) -> io::Result<Option<Vec<u8>>> {
+pub(crate) fn read_optional(path: &Path) -> io::Result<Option<Vec<u8>>> {
     match fs::read(path) {
         Ok(bytes) => Ok(Some(bytes)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -97,7 +97,7 @@ const IN_PLACE_MAGIC: &str = "syncd-in-place";
 /// loss) leaves a body whose length or CRC does not match, which
 /// [`read_in_place`] reports: callers must have an older consistent copy to
 /// fall back on. Old bytes past the new body are left and ignored.
-pub fn write_in_place(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_in_place(path: &Path, bytes: &[u8]) -> io::Result<()> {
     use std::os::unix::fs::FileExt;
     let header = format!(
         "{IN_PLACE_MAGIC} {} {:08x}\n",
@@ -119,7 +119,7 @@ pub fn write_in_place(path: &Path, bytes: &[u8]) -> io::Result<()> {
 
 /// The body [`write_in_place`] last wrote completely: `Ok(None)` when there
 /// is no file, `Ok(Some(Err(reason)))` when the last write was cut short.
-pub fn read_in_place(path: &Path) -> io::Result<Option<Result<Vec<u8>, String>>> {
+pub(crate) fn read_in_place(path: &Path) -> io::Result<Option<Result<Vec<u8>, String>>> {
     let Some(bytes) = read_optional(path)? else {
         return Ok(None);
     };

@@ -21,22 +21,22 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{Mode, OFlags};
 use sha2::{Digest, Sha256};
 
-pub mod durable;
+pub(crate) mod durable;
 
 /// Lowercase hex digits of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The SHA-256 of `bytes` in lowercase hex: checksums of uploaded files,
 /// of the service unit, of lease versions.
-pub fn sha256_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }
 
 /// Why a file was not opened although it exists.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refused {
+pub(crate) enum Refused {
     /// A named pipe, socket, device or directory.
     #[error("is not a regular file (a {0})")]
     NotRegular(&'static str),
@@ -46,19 +46,14 @@ pub enum Refused {
 }
 
 /// The refusal an error of this module carries, if it is one.
-pub fn refusal(e: &io::Error) -> Option<&Refused> {
+pub(crate) fn refusal(e: &io::Error) -> Option<&Refused> {
     e.get_ref()?.downcast_ref::<Refused>()
 }
 
 /// Opens `path` for reading, following symlinks, if it is a regular file;
 /// never blocks on a named pipe or device.
-pub fn open_regular(path: &Path) -> io::Result<File> {
+pub(crate) fn open_regular(path: &Path) -> io::Result<File> {
     open(path, OFlags::empty())
-}
-
-/// [`open_regular`], refusing a symlink in the last component (ELOOP).
-pub fn open_regular_nofollow(path: &Path) -> io::Result<File> {
-    open(path, OFlags::NOFOLLOW)
 }
 
 /// Opens `path` if it is a regular file that really lies within `root`
@@ -66,7 +61,7 @@ pub fn open_regular_nofollow(path: &Path) -> io::Result<File> {
 /// descriptor leads is checked, so a directory symlink such as
 /// `files/sub -> /etc` or `files -> /etc` cannot lead out, and nothing can
 /// be swapped between the check and the read.
-pub fn open_beneath(root: &Path, path: &Path) -> io::Result<File> {
+pub(crate) fn open_beneath(root: &Path, path: &Path) -> io::Result<File> {
     let file = open_regular(path)?;
     let root = root.canonicalize()?;
     // The kernel's name for what was opened; with /proc missing nothing can
@@ -158,8 +153,6 @@ mod tests {
         let link = tmp.path().join("link");
         std::os::unix::fs::symlink(&file, &link).unwrap();
         assert!(open_regular(&link).is_ok());
-        let err = open_regular_nofollow(&link).unwrap_err();
-        assert_eq!(err.raw_os_error(), Some(libc::ELOOP));
     }
 
     #[test]

@@ -79,10 +79,7 @@ use crate::fs::durable::read_optional;
 use crate::fs::sha256_hex;
 
 /// File name inside the state directory.
-pub const FILE: &str = "lease.json";
-
-/// How long a lease lasts without renewal, unless configured otherwise.
-pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
+pub(crate) const FILE: &str = "lease.json";
 
 const FORMAT: u32 = 1;
 
@@ -103,7 +100,7 @@ const ABANDONED_TEMP_AGE: Duration = Duration::from_secs(3600);
 // Errors and reports
 
 #[derive(Debug, thiserror::Error)]
-pub enum LeaseError {
+pub(crate) enum LeaseError {
     #[error(
         "another syncd is uploading from this state directory: pid {pid} on {host} holds the \
          lease {} (valid for {} more unless renewed). Stop that daemon (`kill {pid}` on \
@@ -158,7 +155,7 @@ impl LeaseError {
 
 /// Why a holder no longer holds its lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LossCause {
+pub(crate) enum LossCause {
     /// `lease.json` is gone.
     Removed,
     /// Another process holds it: ours expired (this daemon stalled, or its
@@ -196,7 +193,7 @@ impl fmt::Display for LossCause {
 /// What an acquire replaced: worth a warning in the log, because it means
 /// a daemon ended without releasing its lease, or the file was damaged.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Takeover {
+pub(crate) enum Takeover {
     /// The previous holder stopped renewing.
     Expired {
         host: String,
@@ -245,7 +242,7 @@ fn truncate_to_millis(d: Duration) -> Duration {
 /// The content of `lease.json`, and of a lock file (the claim of whoever is
 /// changing the lease, which expires like a lease if that process dies).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Claim {
+pub(crate) struct Claim {
     pub format: u32,
     pub host: String,
     pub pid: u32,
@@ -344,11 +341,11 @@ mod rfc3339_millis {
 
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(&humantime::format_rfc3339_millis(*time))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
         let text = String::deserialize(d)?;
         humantime::parse_rfc3339(&text).map_err(serde::de::Error::custom)
     }
@@ -648,7 +645,7 @@ fn sweep_abandoned_temps(state_dir: &Path, ttl: Duration) {
 /// [`Lease::renew_interval`] and stop uploading when renewing fails. Dropping
 /// it without [`Lease::release`] leaves it to expire after its TTL.
 #[derive(Debug)]
-pub struct Lease {
+pub(crate) struct Lease {
     path: PathBuf,
     dir: PathBuf,
     ttl: Duration,
@@ -662,25 +659,17 @@ impl Lease {
     /// when there is none, when it has expired, when its holder's process on
     /// this host is gone, or when this process already holds it. Otherwise
     /// [`LeaseError::Held`] says who holds it.
-    pub fn acquire(state_dir: &Path, ttl: Duration) -> Result<Lease, LeaseError> {
+    pub(crate) fn acquire(state_dir: &Path, ttl: Duration) -> Result<Lease, LeaseError> {
         Lease::acquire_as(state_dir, ttl, Identity::this_process())
     }
 
+    #[cfg(test)]
     /// [`Lease::acquire`], retried every `poll` (sooner when the holder's
-    /// lease runs out first) until it succeeds: for `--wait`.
-    pub fn acquire_waiting(
-        state_dir: &Path,
-        ttl: Duration,
-        poll: Duration,
-    ) -> Result<Lease, LeaseError> {
-        Lease::acquire_waiting_while(state_dir, ttl, poll, |_| true)
-    }
-
-    /// [`Lease::acquire_waiting`], showing each refusal to `keep_waiting`
+    /// lease runs out first) until it succeeds, showing each refusal to `keep_waiting`
     /// (to log it, or to stop on shutdown by returning false, which returns
     /// that refusal). Errors other than a held or contended lease end the
     /// wait at once.
-    pub fn acquire_waiting_while(
+    pub(crate) fn acquire_waiting_while(
         state_dir: &Path,
         ttl: Duration,
         poll: Duration,
@@ -792,7 +781,7 @@ impl Lease {
 
     /// Extends the lease by its TTL from now. [`LeaseError::Lost`] means
     /// another process has it or is taking it: stop uploading.
-    pub fn renew(&mut self) -> Result<(), LeaseError> {
+    pub(crate) fn renew(&mut self) -> Result<(), LeaseError> {
         for _ in 0..MAX_ROUNDS {
             let seen = read(&self.path)?.ok_or_else(|| self.lost(LossCause::Removed))?;
             let current = Claim::parse(&seen)
@@ -830,7 +819,7 @@ impl Lease {
 
     /// Gives the lease up, removing `lease.json` only while it is still ours
     /// (a lease someone else took over is left to them).
-    pub fn release(self) -> Result<(), LeaseError> {
+    pub(crate) fn release(self) -> Result<(), LeaseError> {
         for _ in 0..MAX_ROUNDS {
             let Some(seen) = read(&self.path)? else {
                 return Ok(());
@@ -860,26 +849,20 @@ impl Lease {
 
     /// How often to call [`Lease::renew`]: a third of the TTL, so that one
     /// slow or failed renewal still leaves time for another before expiry.
-    pub fn renew_interval(&self) -> Duration {
+    pub(crate) fn renew_interval(&self) -> Duration {
         self.ttl / 3
     }
 
-    pub fn ttl(&self) -> Duration {
-        self.ttl
-    }
-
+    #[cfg(test)]
     /// When the lease runs out unless renewed (by this host's clock).
-    pub fn expires_at(&self) -> SystemTime {
+    pub(crate) fn expires_at(&self) -> SystemTime {
         self.claim.expires_at
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
+    #[cfg(test)]
     /// What this acquire replaced, if anything (logged as a warning when
     /// the lease was taken).
-    pub fn takeover(&self) -> Option<&Takeover> {
+    pub(crate) fn takeover(&self) -> Option<&Takeover> {
         self.takeover.as_ref()
     }
 }
@@ -893,9 +876,10 @@ fn held_error(path: &Path, holder: &Claim, remaining: Duration) -> LeaseError {
     }
 }
 
+#[cfg(test)]
 /// The current holder's claim, for `syncd status` (which then judges
 /// `expires_at` itself); `None` when there is no readable lease.
-pub fn holder(state_dir: &Path) -> Option<Claim> {
+pub(crate) fn holder(state_dir: &Path) -> Option<Claim> {
     let bytes = read_optional(&state_dir.join(FILE)).ok()??;
     Claim::parse(&bytes).ok()
 }

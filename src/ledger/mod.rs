@@ -30,7 +30,7 @@
 //!   instead, see [`Ledger::load`].)
 
 mod format;
-pub mod lease;
+pub(crate) mod lease;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -31,7 +31,7 @@ use super::facts::clean;
 /// EOF
 /// mv "$WANDB_DIR/syncd-job.json.tmp" "$WANDB_DIR/syncd-job.json"
 /// ```
-pub const MANIFEST_FILE: &str = "syncd-job.json";
+pub(crate) const MANIFEST_FILE: &str = "syncd-job.json";
 
 /// A manifest larger than this is not one.
 const MAX_MANIFEST_BYTES: u64 = 64 * 1024;
@@ -80,7 +80,7 @@ impl JobManifest {
 
 /// Shown with `to_string`: the io cause is in the text, not a `source()`.
 #[derive(Debug, thiserror::Error)]
-pub enum ManifestError {
+pub(crate) enum ManifestError {
     #[error("cannot read job manifest {}: {error}", .path.display())]
     Read {
         path: PathBuf,
@@ -93,7 +93,7 @@ pub enum ManifestError {
 /// The nearest job manifest for a run, searching [`crate::project::search_dirs`]
 /// (the run directory, then up to `root`); the nearest file decides, an
 /// invalid one is an error rather than a reason to look further up.
-pub fn find_manifest(
+pub(crate) fn find_manifest(
     run_dir: &Path,
     root: &Path,
 ) -> Result<Option<(PathBuf, JobManifest)>, ManifestError> {
@@ -133,7 +133,7 @@ pub fn find_manifest(
 
 /// [`find_manifest`] for callers that only want the facts: no manifest, or
 /// an unreadable one, is `None`.
-pub fn read_manifest(run_dir: &Path, root: &Path) -> Option<JobManifest> {
+pub(crate) fn read_manifest(run_dir: &Path, root: &Path) -> Option<JobManifest> {
     find_manifest(run_dir, root).ok().flatten().map(|(_, m)| m)
 }
 

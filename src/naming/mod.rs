@@ -21,20 +21,20 @@
 //! templates write (ignored when its job id is not the run's), then the
 //! run's config and identity. See each [`NameFacts`] field.
 
-pub mod facts;
-pub mod manifest;
-pub mod template;
+pub(crate) mod facts;
+pub(crate) mod manifest;
+pub(crate) mod template;
 
-pub use facts::NameFacts;
-pub use manifest::{JobManifest, MANIFEST_FILE, ManifestError, find_manifest, read_manifest};
-pub use template::{DEFAULT_GROUP_TEMPLATE, DEFAULT_TEMPLATE, Field, Template, TemplateError};
+pub(crate) use facts::NameFacts;
+pub(crate) use manifest::{JobManifest, find_manifest, read_manifest};
+pub(crate) use template::{DEFAULT_GROUP_TEMPLATE, Field, Template, TemplateError};
 
 use crate::source::wandb::value::Map;
 use crate::source::wandb::views::RunIdentity;
 
 /// How runs are named: the lead's config.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NamingRule {
+pub(crate) struct NamingRule {
     /// The display name template, [`DEFAULT_TEMPLATE`] by default.
     pub template: Template,
     /// Rename runs the user named explicitly too (`wandb.init(name=…)`,
@@ -61,7 +61,10 @@ impl Default for NamingRule {
 impl NamingRule {
     /// A rule with `template` and the default array grouping.
     #[cfg(test)]
-    pub fn new(template: &str, override_user_names: bool) -> Result<NamingRule, TemplateError> {
+    pub(crate) fn new(
+        template: &str,
+        override_user_names: bool,
+    ) -> Result<NamingRule, TemplateError> {
         Ok(NamingRule {
             template: Template::parse(template)?,
             override_user_names,
@@ -70,7 +73,7 @@ impl NamingRule {
     }
 
     /// What to send for a run with these facts.
-    pub fn apply(&self, identity: &RunIdentity, facts: &NameFacts) -> Naming {
+    pub(crate) fn apply(&self, identity: &RunIdentity, facts: &NameFacts) -> Naming {
         let display_name = if user_named(identity) && !self.override_user_names {
             None
         } else {
@@ -116,7 +119,7 @@ pub struct Naming {
 
 /// The name and group `rule` gives a run: [`NameFacts::from_run`] then
 /// [`NamingRule::apply`].
-pub fn name_run(
+pub(crate) fn name_run(
     rule: &NamingRule,
     identity: &RunIdentity,
     config: &Map,
@@ -128,6 +131,7 @@ pub fn name_run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::naming::template::DEFAULT_TEMPLATE;
     use crate::source::wandb::value::Value;
     use std::collections::BTreeMap;
 

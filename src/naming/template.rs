@@ -45,9 +45,9 @@ use std::fmt;
 use super::facts::NameFacts;
 
 /// The default naming template.
-pub const DEFAULT_TEMPLATE: &str = "v{version}-{experiment}_{job}";
+pub(crate) const DEFAULT_TEMPLATE: &str = "v{version}-{experiment}_{job}";
 /// The default group of array jobs: the experiment and the array job id.
-pub const DEFAULT_GROUP_TEMPLATE: &str = "{experiment}_{array_job_id}";
+pub(crate) const DEFAULT_GROUP_TEMPLATE: &str = "{experiment}_{array_job_id}";
 
 /// A placeholder of a naming template.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

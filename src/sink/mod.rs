@@ -10,5 +10,5 @@
 //! [`crate::source`]) and never writes the ledger's format (it reports what
 //! the server acknowledged and the engine checkpoints it).
 
-pub mod retry;
-pub mod wandb;
+pub(crate) mod retry;
+pub(crate) mod wandb;

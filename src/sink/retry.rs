@@ -7,7 +7,7 @@
 use std::time::{Duration, SystemTime};
 
 #[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy {
+pub(crate) struct RetryPolicy {
     /// First wait; doubles each attempt.
     pub min_wait: Duration,
     /// The longest wait between two attempts, a server's `Retry-After`
@@ -33,7 +33,7 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// Wait before attempt `attempt + 1` (attempt 0 is the first try):
     /// `min · 2^attempt · (1 + 0.25·random)`, capped at `max_wait`.
-    pub fn backoff(&self, attempt: u32) -> Duration {
+    pub(crate) fn backoff(&self, attempt: u32) -> Duration {
         let base = self.min_wait.as_secs_f64() * 2f64.powi(attempt.min(30) as i32);
         let jittered = base * (1.0 + 0.25 * fastrand::f64());
         Duration::from_secs_f64(jittered.min(self.max_wait.as_secs_f64()))
@@ -46,7 +46,7 @@ impl RetryPolicy {
     /// the longest backoff and asking again costs the server one request per
     /// minute; if it still refuses, the attempts run out and the run fails
     /// as transient (the daemon then schedules it again on its own backoff).
-    pub fn honoured_retry_after(&self, asked: Duration) -> Duration {
+    pub(crate) fn honoured_retry_after(&self, asked: Duration) -> Duration {
         asked.min(self.max_wait)
     }
 }
@@ -55,11 +55,11 @@ impl RetryPolicy {
 /// (refused, unknown host, no route) while the server has never answered
 /// this process: likely a wrong URL or no network, which waiting on the
 /// full policy (minutes) would only hide.
-pub const FIRST_CONTACT_ATTEMPTS: u32 = 3;
+pub(crate) const FIRST_CONTACT_ATTEMPTS: u32 = 3;
 
 /// A failed attempt that is about to be retried.
 #[derive(Debug, Clone)]
-pub struct RetryNotice {
+pub(crate) struct RetryNotice {
     /// The request (`UpsertBucket`, `file_stream`, `upload of output.log`).
     pub what: String,
     /// Why the attempt failed.
@@ -72,7 +72,7 @@ pub struct RetryNotice {
 }
 
 /// Told about every retry, for a progress display.
-pub type RetryObserver = std::sync::Arc<dyn Fn(&RetryNotice) + Send + Sync>;
+pub(crate) type RetryObserver = std::sync::Arc<dyn Fn(&RetryNotice) + Send + Sync>;
 
 tokio::task_local! {
     /// The observer of the task sending a run's requests: clients are
@@ -82,7 +82,7 @@ tokio::task_local! {
 }
 
 /// Runs `future` with `observer` told about every retry its requests make.
-pub async fn observe_retries<F: std::future::Future>(
+pub(crate) async fn observe_retries<F: std::future::Future>(
     observer: RetryObserver,
     future: F,
 ) -> F::Output {
@@ -90,12 +90,12 @@ pub async fn observe_retries<F: std::future::Future>(
 }
 
 /// Tells the current task's observer, if it has one.
-pub fn notify_retry(notice: &RetryNotice) {
+pub(crate) fn notify_retry(notice: &RetryNotice) {
     let _ = OBSERVER.try_with(|observer| observer(notice));
 }
 
 /// Whether an HTTP status may succeed when asked again.
-pub fn status_is_retryable(status: u16) -> bool {
+pub(crate) fn status_is_retryable(status: u16) -> bool {
     match status {
         400 | 401 | 403 | 404 | 409 | 410 | 413 | 422 | 501 => false,
         408 | 425 | 429 => true,
@@ -114,7 +114,7 @@ pub fn status_is_retryable(status: u16) -> bool {
 /// message; an error that names neither kind is retried, since retrying a
 /// permanent error costs a few requests while treating a passing one as
 /// permanent stops the run until someone intervenes.
-pub fn graphql_error_is_transient(message: &str, code: Option<&str>) -> bool {
+pub(crate) fn graphql_error_is_transient(message: &str, code: Option<&str>) -> bool {
     if let Some(code) = code {
         let code = code.to_ascii_uppercase().replace('-', "_");
         match code.as_str() {
@@ -177,7 +177,7 @@ pub fn graphql_error_is_transient(message: &str, code: Option<&str>) -> bool {
 }
 
 /// `Retry-After` as a delay: delta-seconds or an HTTP date.
-pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
     if let Ok(secs) = value.parse::<u64>() {
         return Some(Duration::from_secs(secs));

@@ -299,7 +299,7 @@ fn cluster_name(conf: &Path) -> String {
 /// Slurm's final job states: the job will not run again (what the daemon
 /// itself takes as the job being over).
 fn is_final(state: &str) -> bool {
-    !syncd::engine::slurm::JobState::parse(state).is_alive()
+    !syncd::engine::JobState::parse(state).is_alive()
 }
 
 /// The state of every job and array task, keyed by `%i`: the command syncd

@@ -16,11 +16,11 @@ mod v1;
 use super::RunLedger;
 
 /// The version [`encode`] writes.
-pub const VERSION: u32 = v1::VERSION;
+pub(super) const VERSION: u32 = v1::VERSION;
 
 /// Why an entry's bytes give no [`RunLedger`].
 #[derive(Debug)]
-pub enum Refused {
+pub(super) enum Refused {
     /// Not an entry of any version this syncd knows: the reason.
     Damaged(String),
     /// An entry of a later version (a newer syncd wrote it).
@@ -29,7 +29,7 @@ pub enum Refused {
 
 /// An entry as the newest version's JSON, indented (durable copies, which
 /// people read) or on one line (live checkpoints, rewritten often).
-pub fn encode(entry: &RunLedger, indented: bool) -> Vec<u8> {
+pub(super) fn encode(entry: &RunLedger, indented: bool) -> Vec<u8> {
     let entry = v1::Entry::from(entry);
     if indented {
         serde_json::to_vec_pretty(&entry).expect("a ledger entry serializes")
@@ -39,7 +39,7 @@ pub fn encode(entry: &RunLedger, indented: bool) -> Vec<u8> {
 }
 
 /// The entry these bytes hold, in whichever version they were written.
-pub fn decode(bytes: &[u8]) -> Result<RunLedger, Refused> {
+pub(super) fn decode(bytes: &[u8]) -> Result<RunLedger, Refused> {
     // The newest version first: parsing twice would cost every start-up
     // over a large ledger.
     match serde_json::from_slice::<v1::Entry>(bytes) {

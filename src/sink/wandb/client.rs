@@ -21,7 +21,7 @@ use crate::sink::retry::{
 
 /// Why a request did not succeed.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum SinkError {
+pub(crate) enum SinkError {
     /// The server answered with a status that retrying cannot change.
     #[error("{what}: the server refused with HTTP {status}: {message}")]
     Rejected {
@@ -52,7 +52,7 @@ pub enum SinkError {
 
 impl SinkError {
     /// The API key was refused: nothing will work until it is fixed.
-    pub fn is_auth(&self) -> bool {
+    pub(crate) fn is_auth(&self) -> bool {
         matches!(
             self,
             SinkError::Rejected {
@@ -63,7 +63,7 @@ impl SinkError {
     }
 
     /// The server could not be reached at all (as opposed to answering with errors).
-    pub fn is_offline(&self) -> bool {
+    pub(crate) fn is_offline(&self) -> bool {
         matches!(self, SinkError::Exhausted { offline: true, .. })
     }
 }
@@ -73,7 +73,7 @@ impl SinkError {
 /// from the first attempt of a run of failures (a refused connection, or a
 /// request that got no answer within its timeout).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Contact {
+pub(crate) struct Contact {
     /// The last time the server answered at all (any HTTP status).
     pub last_answer: Option<SystemTime>,
     /// Set by the first attempt that could not reach the server after its
@@ -85,7 +85,7 @@ pub struct Contact {
 
 /// How often a request may reach the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Delivery {
+pub(crate) enum Delivery {
     /// Retried until it succeeds: its effect is idempotent.
     AtLeastOnce,
     /// Retried only when it certainly did not arrive (no connection, or a
@@ -95,7 +95,7 @@ pub enum Delivery {
 
 /// Requests to a server are held back by a `429 Retry-After`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pause {
+pub(crate) struct Pause {
     /// Wall-clock end of the wait.
     pub until: SystemTime,
     /// What the server asked for.
@@ -131,7 +131,7 @@ type PauseNotice = Box<dyn Fn(&Pause) + Send + Sync>;
 
 /// Where to send and with which key. The key is only ever put in the
 /// `Authorization` header (marked sensitive); it is not kept elsewhere.
-pub struct Client {
+pub(crate) struct Client {
     http: reqwest::Client,
     base_url: String,
     auth: HeaderValue,
@@ -148,7 +148,11 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(base_url: &str, api_key: &str, policy: RetryPolicy) -> Result<Client, SinkError> {
+    pub(crate) fn new(
+        base_url: &str,
+        api_key: &str,
+        policy: RetryPolicy,
+    ) -> Result<Client, SinkError> {
         let token = base64::engine::general_purpose::STANDARD.encode(format!("api:{api_key}"));
         let mut auth =
             HeaderValue::from_str(&format!("Basic {token}")).map_err(|_| SinkError::Protocol {
@@ -176,7 +180,7 @@ impl Client {
     }
 
     /// The `429 Retry-After` wait requests to this server are in, if any.
-    pub fn pause(&self) -> Option<Pause> {
+    pub(crate) fn pause(&self) -> Option<Pause> {
         let paused = self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
         paused
             .as_ref()
@@ -186,17 +190,17 @@ impl Client {
 
     /// Calls `notice` whenever a `429 Retry-After` starts a new wait (the
     /// first call wins; clients are shared by runs).
-    pub fn on_pause(&self, notice: impl Fn(&Pause) + Send + Sync + 'static) {
+    pub(crate) fn on_pause(&self, notice: impl Fn(&Pause) + Send + Sync + 'static) {
         let _ = self.pause_notice.set(Box::new(notice));
     }
 
-    pub fn base_url(&self) -> &str {
+    pub(crate) fn base_url(&self) -> &str {
         &self.base_url
     }
 
     /// The same client (connections, 429 pause, contact record) making at
     /// most `attempts` attempts per request: a probe asks once.
-    pub fn with_attempts(&self, attempts: u32) -> Client {
+    pub(crate) fn with_attempts(&self, attempts: u32) -> Client {
         Client {
             http: self.http.clone(),
             base_url: self.base_url.clone(),
@@ -213,7 +217,7 @@ impl Client {
     }
 
     /// What this client last heard from its server.
-    pub fn contact(&self) -> Contact {
+    pub(crate) fn contact(&self) -> Contact {
         self.contact_guard().clone()
     }
 
@@ -239,7 +243,7 @@ impl Client {
     }
 
     /// Runs one GraphQL operation and returns its `data`.
-    pub async fn graphql(
+    pub(crate) async fn graphql(
         &self,
         operation: &str,
         query: &str,
@@ -250,7 +254,7 @@ impl Client {
     }
 
     /// [`Client::graphql`] for an operation with `delivery`.
-    pub async fn graphql_delivered(
+    pub(crate) async fn graphql_delivered(
         &self,
         operation: &str,
         query: &str,
@@ -291,7 +295,7 @@ impl Client {
     }
 
     /// Posts one FileStream request body for a run.
-    pub async fn file_stream(
+    pub(crate) async fn file_stream(
         &self,
         entity: &str,
         project: &str,
@@ -325,7 +329,7 @@ impl Client {
     /// PUTs a file to an upload URL from `CreateRunFiles`, with the headers it
     /// returned and without our credentials (the URL is often a storage
     /// bucket's, not the W&B server's).
-    pub async fn put(
+    pub(crate) async fn put(
         &self,
         what: &str,
         url: &str,

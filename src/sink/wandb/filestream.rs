@@ -7,25 +7,25 @@ use serde_json::{Map as JsonMap, Value as Json, json};
 
 use crate::source::wandb::proto;
 
-pub const HISTORY: &str = "wandb-history.jsonl";
-pub const EVENTS: &str = "wandb-events.jsonl";
-pub const SUMMARY: &str = "wandb-summary.json";
-pub const OUTPUT: &str = "output.log";
+pub(crate) const HISTORY: &str = "wandb-history.jsonl";
+pub(crate) const EVENTS: &str = "wandb-events.jsonl";
+pub(crate) const SUMMARY: &str = "wandb-summary.json";
+pub(crate) const OUTPUT: &str = "output.log";
 
 /// The largest request body syncd sends (the server's limit is 10 MiB).
-pub const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
 /// A request is cut before its lines, as they are written in the body (JSON
 /// string escapes included), exceed this; the rest of the body (names,
 /// offsets, flags) fits in the difference.
-pub const MAX_REQUEST_BYTES: usize = MAX_BODY_BYTES - 64 * 1024;
+pub(crate) const MAX_REQUEST_BYTES: usize = MAX_BODY_BYTES - 64 * 1024;
 /// Longer lines (as written in the body) are refused by the server; wandb
 /// drops them with a warning, and so does syncd.
-pub const MAX_LINE_BYTES: usize = MAX_BODY_BYTES - 100 * 1024;
+pub(crate) const MAX_LINE_BYTES: usize = MAX_BODY_BYTES - 100 * 1024;
 
 /// Bytes `s` takes as a JSON string in a request body, quotes included
 /// (`"` and `\` double, control characters take up to six bytes): a
 /// history line is JSON itself, so its quotes are escaped once more.
-pub fn json_string_len(s: &str) -> usize {
+pub(crate) fn json_string_len(s: &str) -> usize {
     2 + s
         .bytes()
         .map(|b| match b {
@@ -38,14 +38,14 @@ pub fn json_string_len(s: &str) -> usize {
 
 /// Consecutive lines of one file starting at `offset`.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Lines {
+pub(crate) struct Lines {
     pub offset: u64,
     pub lines: Vec<String>,
 }
 
 impl Lines {
     /// The lines' size in a request body.
-    pub fn bytes(&self) -> usize {
+    pub(crate) fn bytes(&self) -> usize {
         self.lines.iter().map(|l| json_string_len(l) + 1).sum()
     }
 }
@@ -53,7 +53,7 @@ impl Lines {
 /// One FileStream request. Every part is optional; an empty request is a
 /// heartbeat.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Request {
+pub(crate) struct Request {
     pub history: Option<Lines>,
     pub events: Option<Lines>,
     /// The whole summary, sent as the single line of `wandb-summary.json`.
@@ -67,7 +67,7 @@ pub struct Request {
 }
 
 impl Request {
-    pub fn bytes(&self) -> usize {
+    pub(crate) fn bytes(&self) -> usize {
         [&self.history, &self.events, &self.output]
             .iter()
             .filter_map(|l| l.as_ref())
@@ -81,11 +81,11 @@ impl Request {
                 .sum::<usize>()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         *self == Request::default()
     }
 
-    pub fn to_json(&self) -> Vec<u8> {
+    pub(crate) fn to_json(&self) -> Vec<u8> {
         let mut files = JsonMap::new();
         let mut put = |name: &str, lines: &Lines| {
             files.insert(
@@ -131,7 +131,7 @@ impl Request {
 
 /// Console lines as the server stores them: `<UTC time> <text>`, with
 /// `ERROR ` in front of stderr lines.
-pub fn console_line(text: &str, stderr: bool, now: std::time::SystemTime) -> String {
+pub(crate) fn console_line(text: &str, stderr: bool, now: std::time::SystemTime) -> String {
     let time = humantime::format_rfc3339_micros(now).to_string();
     // wandb writes the time without the zone designator.
     let time = time.trim_end_matches('Z');
@@ -142,29 +142,13 @@ pub fn console_line(text: &str, stderr: bool, now: std::time::SystemTime) -> Str
     }
 }
 
-/// Splits console lines into runs of consecutive indexes; each goes in its
-/// own request.
-pub fn consecutive_runs(lines: Vec<(u64, String)>) -> Vec<Lines> {
-    let mut runs: Vec<Lines> = Vec::new();
-    for (index, text) in lines {
-        match runs.last_mut() {
-            Some(run) if run.offset + run.lines.len() as u64 == index => run.lines.push(text),
-            _ => runs.push(Lines {
-                offset: index,
-                lines: vec![text],
-            }),
-        }
-    }
-    runs
-}
-
 /// What a record may carry that no request can: a single value (history,
 /// system metrics, summary or config) over the server's line limit. Such a
 /// value is left out of the record, the rest of it is kept; each one left
 /// out is described. Why here: the record is decoded but nothing is built
 /// from it yet, so the value is never copied into a row, the summary or a
 /// checkpoint.
-pub fn leave_out_oversized_values(record: &mut proto::Record) -> Vec<String> {
+pub(crate) fn leave_out_oversized_values(record: &mut proto::Record) -> Vec<String> {
     let too_big = |json: &str| json_string_len(json) > MAX_LINE_BYTES;
     let describe = |what: &str, key: &str, nested: &[String], bytes: usize| {
         let name = if nested.is_empty() {
@@ -274,24 +258,6 @@ mod tests {
                 "{s:?}"
             );
         }
-    }
-
-    #[test]
-    fn console_ranges_split_where_indexes_jump() {
-        let runs = consecutive_runs(vec![(3, "a".into()), (4, "b".into()), (9, "c".into())]);
-        assert_eq!(
-            runs,
-            [
-                Lines {
-                    offset: 3,
-                    lines: vec!["a".into(), "b".into()]
-                },
-                Lines {
-                    offset: 9,
-                    lines: vec!["c".into()]
-                }
-            ]
-        );
     }
 
     #[test]

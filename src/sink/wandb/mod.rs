@@ -2,10 +2,10 @@
 //! `CreateRunFiles`, alerts), FileStream for history, system metrics,
 //! summary and console lines, and file uploads.
 
-pub mod client;
-pub mod filestream;
-pub mod ops;
-pub mod protojson;
-pub mod run_config;
-pub mod schema;
-pub mod upload;
+pub(crate) mod client;
+pub(crate) mod filestream;
+pub(crate) mod ops;
+pub(crate) mod protojson;
+pub(crate) mod run_config;
+pub(crate) mod schema;
+pub(crate) mod upload;

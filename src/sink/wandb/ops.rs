@@ -18,11 +18,6 @@ description config sweepName project { id name entity { id name } } historyLineC
 const SERVER_FEATURES: &str =
     "query ServerFeaturesQuery { serverInfo { features { name isEnabled } } }";
 
-const RUN_RESUME_STATUS: &str = "query RunResumeStatus($project: String, $entity: String, $name: String!) { \
-model(name: $project, entityName: $entity) { id name entity { id name } bucket(name: $name, missingOk: true) { \
-id name summaryMetrics displayName logLineCount historyLineCount eventsLineCount historyTail eventsTail config tags \
-notes wandbConfig(keys: [\"t\"]) } } }";
-
 const CREATE_RUN_FILES: &str = "mutation CreateRunFiles($entity: String!, $project: String!, $run: String!, \
 $files: [String!]!) { createRunFiles(input: {entityName: $entity, projectName: $project, runName: $run, \
 files: $files}) { runID uploadHeaders files { name uploadUrl } } }";
@@ -35,7 +30,7 @@ title: $title, text: $text, severity: $severity, waitDuration: $waitDuration}) {
 /// What `UpsertBucket` creates or changes. `None` fields are sent as null
 /// (left unchanged by the server).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct UpsertRun {
+pub(crate) struct UpsertRun {
     pub storage_id: Option<String>,
     pub name: String,
     pub entity: Option<String>,
@@ -63,7 +58,10 @@ pub struct ServerRun {
     pub history_line_count: u64,
 }
 
-pub async fn upsert_bucket(client: &Client, run: &UpsertRun) -> Result<ServerRun, SinkError> {
+pub(crate) async fn upsert_bucket(
+    client: &Client,
+    run: &UpsertRun,
+) -> Result<ServerRun, SinkError> {
     let variables = json!({
         "id": run.storage_id, "name": run.name, "project": run.project, "entity": run.entity,
         "groupName": run.group, "description": null, "displayName": run.display_name, "notes": run.notes,
@@ -94,7 +92,7 @@ pub async fn upsert_bucket(client: &Client, run: &UpsertRun) -> Result<ServerRun
 }
 
 /// Names of the server features that are enabled.
-pub async fn server_features(client: &Client) -> Result<Vec<String>, SinkError> {
+pub(crate) async fn server_features(client: &Client) -> Result<Vec<String>, SinkError> {
     let data = client
         .graphql("ServerFeaturesQuery", SERVER_FEATURES, Json::Null)
         .await?;
@@ -110,72 +108,15 @@ pub async fn server_features(client: &Client) -> Result<Vec<String>, SinkError> 
         .unwrap_or_default())
 }
 
-/// What the server holds of a run, for reconciling before appending.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ResumeStatus {
-    pub storage_id: String,
-    pub history_line_count: u64,
-    pub events_line_count: u64,
-    pub log_line_count: u64,
-    /// The last `_step` the server has (from its history tail or summary).
-    pub last_step: Option<i64>,
-    pub config: Option<String>,
-    pub summary: Option<String>,
-}
-
-/// `None` if the run does not exist (or has never been started).
-pub async fn run_resume_status(
-    client: &Client,
-    entity: Option<&str>,
-    project: Option<&str>,
-    name: &str,
-) -> Result<Option<ResumeStatus>, SinkError> {
-    let variables = json!({"entity": entity, "project": project, "name": name});
-    let data = client
-        .graphql("RunResumeStatus", RUN_RESUME_STATUS, variables)
-        .await?;
-    let bucket = &data["model"]["bucket"];
-    if bucket.is_null() {
-        return Ok(None);
-    }
-    let wandb_config = bucket["wandbConfig"]
-        .as_str()
-        .and_then(|s| serde_json::from_str::<Json>(s).ok());
-    if wandb_config.as_ref().and_then(|c| c.get("t")).is_none() {
-        return Ok(None);
-    }
-    let count = |key: &str| bucket[key].as_u64().unwrap_or(0);
-    let last_step = bucket["historyTail"]
-        .as_str()
-        .and_then(|tail| serde_json::from_str::<Vec<String>>(tail).ok())
-        .and_then(|lines| lines.last().cloned())
-        .and_then(|line| step_of(&line))
-        .or_else(|| bucket["summaryMetrics"].as_str().and_then(step_of));
-    Ok(Some(ResumeStatus {
-        storage_id: bucket["id"].as_str().unwrap_or_default().to_string(),
-        history_line_count: count("historyLineCount"),
-        events_line_count: count("eventsLineCount"),
-        log_line_count: count("logLineCount"),
-        last_step,
-        config: bucket["config"].as_str().map(str::to_string),
-        summary: bucket["summaryMetrics"].as_str().map(str::to_string),
-    }))
-}
-
-fn step_of(json_line: &str) -> Option<i64> {
-    let value = crate::source::wandb::value::Value::parse(json_line).ok()?;
-    value.pointer(&["_step"])?.as_i64()
-}
-
 /// Upload targets for `files` (paths relative to the run's files dir).
 #[derive(Debug, Clone, PartialEq)]
-pub struct UploadTargets {
+pub(crate) struct UploadTargets {
     pub headers: Vec<String>,
     /// `(file, url)`; a file the server does not want has no URL.
     pub files: Vec<(String, Option<String>)>,
 }
 
-pub async fn create_run_files(
+pub(crate) async fn create_run_files(
     client: &Client,
     run: &ServerRun,
     files: &[String],
@@ -209,7 +150,7 @@ pub async fn create_run_files(
 }
 
 /// Sends one alert, at most once (see [`Delivery::AtMostOnce`]).
-pub async fn notify_alert(
+pub(crate) async fn notify_alert(
     client: &Client,
     run: &ServerRun,
     title: &str,

@@ -23,8 +23,11 @@ use base64::Engine as _;
 use serde_json::{Map as JsonMap, Value as Json};
 
 /// A message type: its fields in declaration order.
+// The schema tables are generated from wandb's .proto files and describe
+// them whole; the decoder does not need every part of every description.
+#[allow(dead_code)]
 #[derive(Debug)]
-pub struct Message {
+pub(crate) struct Message {
     /// Full protobuf name (`wandb_internal.EnvironmentRecord`).
     pub name: &'static str,
     /// A synthetic `map<k, v>` entry (key is field 1, value field 2).
@@ -34,7 +37,7 @@ pub struct Message {
 }
 
 #[derive(Debug)]
-pub struct Field {
+pub(crate) struct Field {
     pub number: u32,
     pub name: &'static str,
     /// The protojson key.
@@ -46,8 +49,11 @@ pub struct Field {
     pub presence: bool,
 }
 
+// Every protobuf scalar kind: which ones the generated schema uses changes
+// with wandb's .proto files.
+#[allow(dead_code)]
 #[derive(Debug, Clone, Copy)]
-pub enum Kind {
+pub(crate) enum Kind {
     String,
     Bytes,
     Bool,
@@ -69,21 +75,23 @@ pub enum Kind {
     Map(&'static Message),
 }
 
+#[allow(dead_code)] // see `Message`
 #[derive(Debug)]
-pub struct Enum {
+pub(crate) struct Enum {
     pub name: &'static str,
     pub values: &'static [(i32, &'static str)],
 }
 
 /// Well-known types whose JSON form is a string, not an object.
+#[allow(dead_code)] // see `Kind`
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WellKnown {
+pub(crate) enum WellKnown {
     Timestamp,
     Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DecodeError {
+pub(crate) enum DecodeError {
     #[error("truncated protobuf at byte {0}")]
     Truncated(usize),
     #[error("varint longer than 10 bytes at byte {0}")]
@@ -108,14 +116,14 @@ pub enum DecodeError {
 const MAX_DEPTH: usize = 64;
 
 /// Decodes `bytes` as `msg` and renders it as Go's protojson would.
-pub fn to_protojson(msg: &'static Message, bytes: &[u8]) -> Result<Json, DecodeError> {
+pub(crate) fn to_protojson(msg: &'static Message, bytes: &[u8]) -> Result<Json, DecodeError> {
     let fields = Fields::decode(msg, &[bytes], 0)?;
     fields.protojson(0)
 }
 
 /// Decodes `bytes` as `msg` and renders it as wandb-core's
 /// `ProtoEncodeToDict` (`_wandb.t`, `_wandb.m` entries).
-pub fn to_field_dict(msg: &'static Message, bytes: &[u8]) -> Result<Json, DecodeError> {
+pub(crate) fn to_field_dict(msg: &'static Message, bytes: &[u8]) -> Result<Json, DecodeError> {
     let fields = Fields::decode(msg, &[bytes], 0)?;
     fields.field_dict()
 }
@@ -490,7 +498,7 @@ impl<'a> Fields<'a> {
 /// `ProtoEncodeToDict`'s lists (`MetricOptions` hidden+defined is `[3, 2]`),
 /// so syncd reproduces the reference binary's; other platforms' binaries
 /// have other seeds and the server treats the lists as sets.
-pub const GO_RANGE_SEED: u64 = 1_061_189_224_923_752_333;
+pub(crate) const GO_RANGE_SEED: u64 = 1_061_189_224_923_752_333;
 
 /// The order Go's `protoreflect.Message.Range` visits `msg`'s fields in (as
 /// indices into `msg.fields`): declaration order, one adjacent pair swapped.
@@ -710,16 +718,16 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 
 /// A minimal protobuf writer.
 #[derive(Debug, Default, Clone)]
-pub struct Encoder {
+pub(crate) struct Encoder {
     buf: Vec<u8>,
 }
 
 impl Encoder {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
-    pub fn into_bytes(self) -> Vec<u8> {
+    pub(crate) fn into_bytes(self) -> Vec<u8> {
         self.buf
     }
 
@@ -737,37 +745,39 @@ impl Encoder {
 
     /// A varint field (int32/int64/uint*/bool/enum; negative int32 as Go
     /// writes it, sign-extended to 10 bytes).
-    pub fn varint(&mut self, field: u32, v: u64) -> &mut Self {
+    pub(crate) fn varint(&mut self, field: u32, v: u64) -> &mut Self {
         self.tag(field, 0);
         self.raw_varint(v);
         self
     }
 
-    pub fn fixed64(&mut self, field: u32, v: u64) -> &mut Self {
+    #[cfg(test)]
+    pub(crate) fn fixed64(&mut self, field: u32, v: u64) -> &mut Self {
         self.tag(field, 1);
         self.buf.extend_from_slice(&v.to_le_bytes());
         self
     }
 
-    pub fn fixed32(&mut self, field: u32, v: u32) -> &mut Self {
+    #[cfg(test)]
+    pub(crate) fn fixed32(&mut self, field: u32, v: u32) -> &mut Self {
         self.tag(field, 5);
         self.buf.extend_from_slice(&v.to_le_bytes());
         self
     }
 
     /// A length-delimited field: string, bytes, sub-message, packed values.
-    pub fn bytes(&mut self, field: u32, b: &[u8]) -> &mut Self {
+    pub(crate) fn bytes(&mut self, field: u32, b: &[u8]) -> &mut Self {
         self.tag(field, 2);
         self.raw_varint(b.len() as u64);
         self.buf.extend_from_slice(b);
         self
     }
 
-    pub fn string(&mut self, field: u32, s: &str) -> &mut Self {
+    pub(crate) fn string(&mut self, field: u32, s: &str) -> &mut Self {
         self.bytes(field, s.as_bytes())
     }
 
-    pub fn message(&mut self, field: u32, m: &Encoder) -> &mut Self {
+    pub(crate) fn message(&mut self, field: u32, m: &Encoder) -> &mut Self {
         self.bytes(field, &m.buf)
     }
 }

@@ -45,10 +45,10 @@ use crate::source::wandb::views::RunState;
 
 /// The wandb-core version whose output syncd reproduces; it reports itself
 /// as `_wandb.t["12"]` (`core_version`).
-pub const CORE_VERSION: &str = "0.31.0";
+pub(crate) const CORE_VERSION: &str = "0.31.0";
 
 /// The `_wandb` config value: `cli_version`, `python_version`, `t`, `m`, `e`.
-pub fn wandb_internals(state: &RunState) -> Json {
+pub(crate) fn wandb_internals(state: &RunState) -> Json {
     // The sync marks the run's telemetry as synced (`Feature.sync2`, 76).
     let mut sync2 = Encoder::new();
     sync2.varint(76, 1);
@@ -86,7 +86,7 @@ pub fn wandb_internals(state: &RunState) -> Json {
 
 /// The `UpsertBucket` `config` variable: `{"<key>": {"value": <v>}, …}`,
 /// extended JSON (`NaN`, `Infinity` stay bare tokens).
-pub fn upsert_config(state: &RunState) -> String {
+pub(crate) fn upsert_config(state: &RunState) -> String {
     let tree = full_config(state, &wandb_internals(state));
     let mut out = String::from("{");
     for (i, (key, value)) in tree.iter().enumerate() {
@@ -104,7 +104,7 @@ pub fn upsert_config(state: &RunState) -> String {
 
 /// `config.yaml`: the same tree as YAML, keys sorted as Go's yaml.v3 sorts
 /// them, numbers written as wandb-core's Go values print.
-pub fn config_yaml(state: &RunState) -> String {
+pub(crate) fn config_yaml(state: &RunState) -> String {
     let mut root: Vec<(String, Yaml)> = Vec::new();
     let internals = wandb_internals(state);
     for (key, value) in full_config(state, &internals) {
@@ -134,7 +134,7 @@ pub fn config_yaml(state: &RunState) -> String {
 
 /// `wandb-metadata.json`: the merged `environment` records as indented
 /// protojson, or `None` when the run has none (or they do not decode).
-pub fn metadata_json(state: &RunState) -> Option<String> {
+pub(crate) fn metadata_json(state: &RunState) -> Option<String> {
     if state.environments.is_empty() {
         return None;
     }
@@ -146,7 +146,7 @@ pub fn metadata_json(state: &RunState) -> Option<String> {
 /// `wandb-summary.json`, and the FileStream summary line: the summary tree
 /// with `_step` set to the last history step (and no `_step` without
 /// history), as wandb-core's history step tracker does.
-pub fn summary_json(state: &RunState) -> String {
+pub(crate) fn summary_json(state: &RunState) -> String {
     let mut summary = state.summary.clone();
     // wandb-core's summary leaves out a key set to null (a metric without
     // data); nulls inside an object value stay.

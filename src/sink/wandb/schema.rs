@@ -16,7 +16,7 @@ use super::protojson::{Enum, Field, Kind, Message, WellKnown};
 
 /// `wandb_internal.TelemetryRecord`
 #[rustfmt::skip]
-pub static TELEMETRY_RECORD: Message = Message {
+pub(crate) static TELEMETRY_RECORD: Message = Message {
     name: "wandb_internal.TelemetryRecord",
     map_entry: false,
     well_known: None,
@@ -38,7 +38,7 @@ pub static TELEMETRY_RECORD: Message = Message {
 
 /// `wandb_internal.Imports`
 #[rustfmt::skip]
-pub static IMPORTS: Message = Message {
+pub(crate) static IMPORTS: Message = Message {
     name: "wandb_internal.Imports",
     map_entry: false,
     well_known: None,
@@ -146,7 +146,7 @@ pub static IMPORTS: Message = Message {
 
 /// `wandb_internal.Feature`
 #[rustfmt::skip]
-pub static FEATURE: Message = Message {
+pub(crate) static FEATURE: Message = Message {
     name: "wandb_internal.Feature",
     map_entry: false,
     well_known: None,
@@ -231,7 +231,7 @@ pub static FEATURE: Message = Message {
 
 /// `wandb_internal.Env`
 #[rustfmt::skip]
-pub static ENV: Message = Message {
+pub(crate) static ENV: Message = Message {
     name: "wandb_internal.Env",
     map_entry: false,
     well_known: None,
@@ -251,7 +251,7 @@ pub static ENV: Message = Message {
 
 /// `wandb_internal.Labels`
 #[rustfmt::skip]
-pub static LABELS: Message = Message {
+pub(crate) static LABELS: Message = Message {
     name: "wandb_internal.Labels",
     map_entry: false,
     well_known: None,
@@ -264,7 +264,7 @@ pub static LABELS: Message = Message {
 
 /// `wandb_internal.Deprecated`
 #[rustfmt::skip]
-pub static DEPRECATED: Message = Message {
+pub(crate) static DEPRECATED: Message = Message {
     name: "wandb_internal.Deprecated",
     map_entry: false,
     well_known: None,
@@ -289,7 +289,7 @@ pub static DEPRECATED: Message = Message {
 
 /// `wandb_internal._RecordInfo`
 #[rustfmt::skip]
-pub static RECORD_INFO: Message = Message {
+pub(crate) static RECORD_INFO: Message = Message {
     name: "wandb_internal._RecordInfo",
     map_entry: false,
     well_known: None,
@@ -301,7 +301,7 @@ pub static RECORD_INFO: Message = Message {
 
 /// `wandb_internal.MetricRecord`
 #[rustfmt::skip]
-pub static METRIC_RECORD: Message = Message {
+pub(crate) static METRIC_RECORD: Message = Message {
     name: "wandb_internal.MetricRecord",
     map_entry: false,
     well_known: None,
@@ -321,7 +321,7 @@ pub static METRIC_RECORD: Message = Message {
 
 /// `wandb_internal.MetricOptions`
 #[rustfmt::skip]
-pub static METRIC_OPTIONS: Message = Message {
+pub(crate) static METRIC_OPTIONS: Message = Message {
     name: "wandb_internal.MetricOptions",
     map_entry: false,
     well_known: None,
@@ -334,7 +334,7 @@ pub static METRIC_OPTIONS: Message = Message {
 
 /// `wandb_internal.MetricSummary`
 #[rustfmt::skip]
-pub static METRIC_SUMMARY: Message = Message {
+pub(crate) static METRIC_SUMMARY: Message = Message {
     name: "wandb_internal.MetricSummary",
     map_entry: false,
     well_known: None,
@@ -352,7 +352,7 @@ pub static METRIC_SUMMARY: Message = Message {
 
 /// `wandb_internal.MetricControl`
 #[rustfmt::skip]
-pub static METRIC_CONTROL: Message = Message {
+pub(crate) static METRIC_CONTROL: Message = Message {
     name: "wandb_internal.MetricControl",
     map_entry: false,
     well_known: None,
@@ -363,7 +363,7 @@ pub static METRIC_CONTROL: Message = Message {
 
 /// `wandb_internal.EnvironmentRecord`
 #[rustfmt::skip]
-pub static ENVIRONMENT_RECORD: Message = Message {
+pub(crate) static ENVIRONMENT_RECORD: Message = Message {
     name: "wandb_internal.EnvironmentRecord",
     map_entry: false,
     well_known: None,
@@ -405,7 +405,7 @@ pub static ENVIRONMENT_RECORD: Message = Message {
 
 /// `google.protobuf.Timestamp`
 #[rustfmt::skip]
-pub static TIMESTAMP: Message = Message {
+pub(crate) static TIMESTAMP: Message = Message {
     name: "google.protobuf.Timestamp",
     map_entry: false,
     well_known: Some(WellKnown::Timestamp),
@@ -417,7 +417,7 @@ pub static TIMESTAMP: Message = Message {
 
 /// `wandb_internal.GitRepoRecord`
 #[rustfmt::skip]
-pub static GIT_REPO_RECORD: Message = Message {
+pub(crate) static GIT_REPO_RECORD: Message = Message {
     name: "wandb_internal.GitRepoRecord",
     map_entry: false,
     well_known: None,
@@ -429,7 +429,7 @@ pub static GIT_REPO_RECORD: Message = Message {
 
 /// `wandb_internal.EnvironmentRecord.DiskEntry`
 #[rustfmt::skip]
-pub static ENVIRONMENT_RECORD_DISK_ENTRY: Message = Message {
+pub(crate) static ENVIRONMENT_RECORD_DISK_ENTRY: Message = Message {
     name: "wandb_internal.EnvironmentRecord.DiskEntry",
     map_entry: true,
     well_known: None,
@@ -441,7 +441,7 @@ pub static ENVIRONMENT_RECORD_DISK_ENTRY: Message = Message {
 
 /// `wandb_internal.DiskInfo`
 #[rustfmt::skip]
-pub static DISK_INFO: Message = Message {
+pub(crate) static DISK_INFO: Message = Message {
     name: "wandb_internal.DiskInfo",
     map_entry: false,
     well_known: None,
@@ -453,7 +453,7 @@ pub static DISK_INFO: Message = Message {
 
 /// `wandb_internal.MemoryInfo`
 #[rustfmt::skip]
-pub static MEMORY_INFO: Message = Message {
+pub(crate) static MEMORY_INFO: Message = Message {
     name: "wandb_internal.MemoryInfo",
     map_entry: false,
     well_known: None,
@@ -464,7 +464,7 @@ pub static MEMORY_INFO: Message = Message {
 
 /// `wandb_internal.CpuInfo`
 #[rustfmt::skip]
-pub static CPU_INFO: Message = Message {
+pub(crate) static CPU_INFO: Message = Message {
     name: "wandb_internal.CpuInfo",
     map_entry: false,
     well_known: None,
@@ -477,7 +477,7 @@ pub static CPU_INFO: Message = Message {
 
 /// `wandb_internal.AppleInfo`
 #[rustfmt::skip]
-pub static APPLE_INFO: Message = Message {
+pub(crate) static APPLE_INFO: Message = Message {
     name: "wandb_internal.AppleInfo",
     map_entry: false,
     well_known: None,
@@ -495,7 +495,7 @@ pub static APPLE_INFO: Message = Message {
 
 /// `wandb_internal.GpuNvidiaInfo`
 #[rustfmt::skip]
-pub static GPU_NVIDIA_INFO: Message = Message {
+pub(crate) static GPU_NVIDIA_INFO: Message = Message {
     name: "wandb_internal.GpuNvidiaInfo",
     map_entry: false,
     well_known: None,
@@ -512,7 +512,7 @@ pub static GPU_NVIDIA_INFO: Message = Message {
 
 /// `wandb_internal.GpuAmdInfo`
 #[rustfmt::skip]
-pub static GPU_AMD_INFO: Message = Message {
+pub(crate) static GPU_AMD_INFO: Message = Message {
     name: "wandb_internal.GpuAmdInfo",
     map_entry: false,
     well_known: None,
@@ -535,7 +535,7 @@ pub static GPU_AMD_INFO: Message = Message {
 
 /// `wandb_internal.EnvironmentRecord.SlurmEntry`
 #[rustfmt::skip]
-pub static ENVIRONMENT_RECORD_SLURM_ENTRY: Message = Message {
+pub(crate) static ENVIRONMENT_RECORD_SLURM_ENTRY: Message = Message {
     name: "wandb_internal.EnvironmentRecord.SlurmEntry",
     map_entry: true,
     well_known: None,
@@ -547,7 +547,7 @@ pub static ENVIRONMENT_RECORD_SLURM_ENTRY: Message = Message {
 
 /// `wandb_internal.TrainiumInfo`
 #[rustfmt::skip]
-pub static TRAINIUM_INFO: Message = Message {
+pub(crate) static TRAINIUM_INFO: Message = Message {
     name: "wandb_internal.TrainiumInfo",
     map_entry: false,
     well_known: None,
@@ -561,7 +561,7 @@ pub static TRAINIUM_INFO: Message = Message {
 
 /// `wandb_internal.TPUInfo`
 #[rustfmt::skip]
-pub static TPU_INFO: Message = Message {
+pub(crate) static TPU_INFO: Message = Message {
     name: "wandb_internal.TPUInfo",
     map_entry: false,
     well_known: None,
@@ -575,7 +575,7 @@ pub static TPU_INFO: Message = Message {
 
 /// `wandb_internal.CoreWeaveInfo`
 #[rustfmt::skip]
-pub static CORE_WEAVE_INFO: Message = Message {
+pub(crate) static CORE_WEAVE_INFO: Message = Message {
     name: "wandb_internal.CoreWeaveInfo",
     map_entry: false,
     well_known: None,
@@ -588,7 +588,7 @@ pub static CORE_WEAVE_INFO: Message = Message {
 
 /// `wandb_internal.MetricRecord.MetricGoal`
 #[rustfmt::skip]
-pub static METRIC_RECORD_METRIC_GOAL: Enum = Enum {
+pub(crate) static METRIC_RECORD_METRIC_GOAL: Enum = Enum {
     name: "wandb_internal.MetricRecord.MetricGoal",
     values: &[
         (0, "GOAL_UNSET"),

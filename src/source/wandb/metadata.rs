@@ -14,7 +14,7 @@ const MAX_BYTES: u64 = 1 << 20;
 /// Fills the gaps of `identity` from `<run_dir>/files/wandb-metadata.json`,
 /// if there is one. Unreadable or malformed metadata is ignored: it only
 /// adds detail.
-pub fn fill_gaps(identity: &mut RunIdentity, run_dir: &Path) {
+pub(crate) fn fill_gaps(identity: &mut RunIdentity, run_dir: &Path) {
     let path = run_dir.join("files").join("wandb-metadata.json");
     // What it adds goes to the server: only the run's own file (no symlink
     // leading out of the run, in any component), and never a named pipe,

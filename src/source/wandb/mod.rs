@@ -14,9 +14,9 @@
 
 pub mod fragment;
 pub mod framing;
-pub mod metadata;
+pub(crate) mod metadata;
 pub mod proto;
 pub mod record;
-pub mod run;
-pub mod value;
-pub mod views;
+pub(crate) mod run;
+pub(crate) mod value;
+pub(crate) mod views;

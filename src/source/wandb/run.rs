@@ -14,7 +14,7 @@ use super::views::RunIdentity;
 /// The id a fragment belongs to: from its run record, else from its
 /// directory name (`offline-run-20261123_085953-<id>`) or file name
 /// (`run-<id>.wandb`), so even an empty or header-only file groups correctly.
-pub fn fragment_run_id(fragment: &Fragment) -> Option<String> {
+pub(crate) fn fragment_run_id(fragment: &Fragment) -> Option<String> {
     if let Some(id) = &fragment.state.identity.run_id {
         return Some(id.clone());
     }
@@ -27,7 +27,7 @@ pub fn fragment_run_id(fragment: &Fragment) -> Option<String> {
 
 /// `(timespec, run id)` from an `offline-run-YYYYMMDD_HHMMSS-<id>` (or
 /// `run-…`) directory name.
-pub fn dir_name_parts(dir: &Path) -> Option<(String, String)> {
+pub(crate) fn dir_name_parts(dir: &Path) -> Option<(String, String)> {
     let name = dir.file_name()?.to_str()?;
     let rest = name
         .strip_prefix("offline-run-")
@@ -43,7 +43,7 @@ pub fn dir_name_parts(dir: &Path) -> Option<(String, String)> {
 }
 
 #[derive(Debug)]
-pub struct Run {
+pub(crate) struct Run {
     pub id: String,
     /// Oldest first.
     pub fragments: Vec<Fragment>,
@@ -52,7 +52,7 @@ pub struct Run {
 impl Run {
     /// Identity of the run: the newest fragment's view (names and tags can be
     /// changed by a resumed run), with the first fragment's start time.
-    pub fn identity(&self) -> RunIdentity {
+    pub(crate) fn identity(&self) -> RunIdentity {
         let mut identity = RunIdentity::default();
         for fragment in &self.fragments {
             let id = &fragment.state.identity;
@@ -69,7 +69,7 @@ impl Run {
 
     /// Class of the run: corrupt if any fragment is, else that of the newest
     /// fragment (earlier ones are followed by it, so their writers are gone).
-    pub fn class(&self, newest_writer: Writer) -> FileClass {
+    pub(crate) fn class(&self, newest_writer: Writer) -> FileClass {
         if self
             .fragments
             .iter()
@@ -82,7 +82,7 @@ impl Run {
             .map_or(FileClass::Empty, |f| f.classify(newest_writer))
     }
 
-    pub fn history_rows(&self) -> u64 {
+    pub(crate) fn history_rows(&self) -> u64 {
         self.fragments.iter().map(|f| f.state.history_rows).sum()
     }
 }
@@ -114,7 +114,7 @@ fn merge(base: RunIdentity, newer: &RunIdentity) -> RunIdentity {
 
 /// Groups fragments by run id; each group is ordered by start time (from the
 /// run record, else the directory's timestamp, else the path).
-pub fn group(fragments: Vec<Fragment>) -> Vec<Run> {
+pub(crate) fn group(fragments: Vec<Fragment>) -> Vec<Run> {
     group_by_run(
         fragments,
         |f| fragment_run_id(f).unwrap_or_else(|| f.path.display().to_string()),
@@ -127,7 +127,7 @@ pub fn group(fragments: Vec<Fragment>) -> Vec<Run> {
 
 /// What identifies a fragment, read from its first records only.
 #[derive(Debug, Clone, PartialEq)]
-pub struct FragmentHead {
+pub(crate) struct FragmentHead {
     pub path: PathBuf,
     pub run_id: String,
     pub start_time: Option<f64>,
@@ -141,7 +141,7 @@ pub struct FragmentHead {
 const HEAD_RECORDS: usize = 64;
 
 /// Reads a fragment's run id and start time without reading the whole file.
-pub fn head(path: &Path) -> Result<FragmentHead, ReadError> {
+pub(crate) fn head(path: &Path) -> Result<FragmentHead, ReadError> {
     let mut reader = LogReader::open(crate::fs::open_regular(path)?, 0)?;
     let mut head = FragmentHead {
         path: path.to_path_buf(),
@@ -184,7 +184,7 @@ pub fn head(path: &Path) -> Result<FragmentHead, ReadError> {
 }
 
 /// Groups fragment heads into runs (see [`group`]).
-pub fn group_heads(heads: Vec<FragmentHead>) -> Vec<(String, Vec<FragmentHead>)> {
+pub(crate) fn group_heads(heads: Vec<FragmentHead>) -> Vec<(String, Vec<FragmentHead>)> {
     group_by_run(
         heads,
         |h| h.run_id.clone(),
@@ -216,7 +216,7 @@ fn group_by_run<T>(
     runs
 }
 
-pub type OrderKey = (String, f64, String);
+pub(crate) type OrderKey = (String, f64, String);
 
 /// The order of a run's fragments: by the time in their directory name
 /// (`offline-run-YYYYMMDD_HHMMSS-id`, which every fragment has, even an
@@ -224,7 +224,7 @@ pub type OrderKey = (String, f64, String);
 /// exact start time of their run record, then by path. Ordering by start
 /// time alone would put a header-only fragment of a requeued job after a
 /// later, finished one.
-pub fn order_key(path: &Path, start_time: Option<f64>) -> OrderKey {
+pub(crate) fn order_key(path: &Path, start_time: Option<f64>) -> OrderKey {
     let dir_time = path.parent().and_then(dir_name_parts).map(|(time, _)| time);
     (
         dir_time.unwrap_or_default(),

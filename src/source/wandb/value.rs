@@ -7,7 +7,7 @@
 use indexmap::IndexMap;
 use std::fmt::{self, Write as _};
 
-pub type Map = IndexMap<String, Value>;
+pub(crate) type Map = IndexMap<String, Value>;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {

@@ -26,7 +26,7 @@ impl<I: Iterator<Item = (u64, String)>> Outbox<I> {
     /// the summary, history, events and console, as much of each as fits
     /// (anything that does not fit goes alone in a request of its own);
     /// `None` once everything went.
-    pub fn next_request(&mut self) -> Option<Request> {
+    pub(super) fn next_request(&mut self) -> Option<Request> {
         let mut request = Request {
             uploaded: std::mem::take(&mut self.uploaded),
             preempting: std::mem::take(&mut self.preempting),

@@ -91,7 +91,7 @@ struct RunSync<'a> {
 
 /// Syncs one run. Never panics on bad input; every failure ends up in the
 /// outcome (and in the ledger).
-pub async fn sync_run(
+pub(crate) async fn sync_run(
     client: Option<&Client>,
     ledger: &Ledger,
     options: &SyncOptions,
@@ -109,7 +109,7 @@ pub async fn sync_run(
 /// reading and parsing it again, and gives back the entry as stored now
 /// (`None` when nothing is stored: a dry run or no client).
 #[tracing::instrument(name = "upload", skip_all, fields(run = %job.id, path = %job.run_dir().display()))]
-pub async fn sync_known_run(
+pub(crate) async fn sync_known_run(
     client: Option<&Client>,
     ledger: &Ledger,
     options: &SyncOptions,

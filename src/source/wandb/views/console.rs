@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 
 /// How many recent lines of a stream a cursor movement can still reach.
-pub const WINDOW: usize = 32;
+pub(crate) const WINDOW: usize = 32;
 
 /// A line reaching this many characters continues on the next line, as on
 /// a terminal that wraps. Why: a run can print megabytes without a newline
@@ -20,7 +20,7 @@ pub const WINDOW: usize = 32;
 /// be over the server's line limit (10 MiB) anyway. Wrapped, the window
 /// stays under `2 · WINDOW · MAX_LINE_CHARS` characters and every line fits
 /// in a request.
-pub const MAX_LINE_CHARS: usize = 256 * 1024;
+pub(crate) const MAX_LINE_CHARS: usize = 256 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Stream {

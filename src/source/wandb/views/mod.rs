@@ -7,9 +7,9 @@
 //! Views hold what a run *is* now, not how far it has been sent: that is the
 //! ledger's ([`crate::ledger`]), and what goes on the wire is the sink's.
 
-pub mod console;
-pub mod rows;
-pub mod tree;
+pub(crate) mod console;
+pub(crate) mod rows;
+pub(crate) mod tree;
 
 use std::collections::BTreeMap;
 

@@ -6,7 +6,7 @@ use crate::source::wandb::proto::{HistoryItem, HistoryRecord, StatsRecord, Times
 use crate::source::wandb::value::{Map, ParseError, Value};
 
 /// A history item's value: 0.31's typed value when present, else `value_json`.
-pub fn history_value(item: &HistoryItem) -> Result<Value, ParseError> {
+pub(crate) fn history_value(item: &HistoryItem) -> Result<Value, ParseError> {
     Ok(match &item.typed {
         None => Value::parse(&item.value_json)?,
         Some(TypedValue::None(_)) => Value::Null,
@@ -20,7 +20,10 @@ pub fn history_value(item: &HistoryItem) -> Result<Value, ParseError> {
 
 /// The row of one history record, and its `_step`. Items whose value does
 /// not parse are kept as strings and reported in `errors`.
-pub fn history_row(record: &HistoryRecord, errors: &mut Vec<ParseError>) -> (Map, Option<i64>) {
+pub(crate) fn history_row(
+    record: &HistoryRecord,
+    errors: &mut Vec<ParseError>,
+) -> (Map, Option<i64>) {
     let mut row = Map::new();
     for item in &record.item {
         let value = history_value(item).unwrap_or_else(|e| {
@@ -46,7 +49,7 @@ pub fn history_row(record: &HistoryRecord, errors: &mut Vec<ParseError>) -> (Map
 /// The `wandb-events.jsonl` row of one `stats` record: system metrics under
 /// `system.<key>`, plus `_wandb`, `_timestamp` and `_runtime` (seconds since
 /// the run started), as wandb's sender builds it.
-pub fn events_row(
+pub(crate) fn events_row(
     record: &StatsRecord,
     start_time: Option<Timestamp>,
     errors: &mut Vec<ParseError>,

@@ -6,7 +6,7 @@ use crate::source::wandb::proto::KeyedJson;
 use crate::source::wandb::value::{Map, ParseError, Value};
 
 /// The path an item addresses: its `nested_key` if set, else `[key]`.
-pub fn item_path(key: &str, nested_key: &[String]) -> Vec<String> {
+pub(crate) fn item_path(key: &str, nested_key: &[String]) -> Vec<String> {
     if nested_key.is_empty() {
         vec![key.to_string()]
     } else {
@@ -15,7 +15,7 @@ pub fn item_path(key: &str, nested_key: &[String]) -> Vec<String> {
 }
 
 /// Sets `path` in `map`, creating (or replacing non-object) intermediate levels.
-pub fn set_path(map: &mut Map, path: &[String], value: Value) {
+pub(crate) fn set_path(map: &mut Map, path: &[String], value: Value) {
     let Some((last, parents)) = path.split_last() else {
         return;
     };
@@ -37,7 +37,7 @@ pub fn set_path(map: &mut Map, path: &[String], value: Value) {
 
 /// Sets every leaf of `leaves` below `path`, keeping what is already there
 /// and not overwritten.
-pub fn merge_path(map: &mut Map, path: &[String], leaves: Map) {
+pub(crate) fn merge_path(map: &mut Map, path: &[String], leaves: Map) {
     if leaves.is_empty() {
         // An empty object is a value of its own.
         set_path(map, path, Value::Object(leaves));
@@ -54,7 +54,7 @@ pub fn merge_path(map: &mut Map, path: &[String], leaves: Map) {
 }
 
 /// Removes `path` from `map`; a missing path is not an error.
-pub fn remove_path(map: &mut Map, path: &[String]) {
+pub(crate) fn remove_path(map: &mut Map, path: &[String]) {
     let Some((last, parents)) = path.split_last() else {
         return;
     };
@@ -70,7 +70,7 @@ pub fn remove_path(map: &mut Map, path: &[String]) {
 
 /// How an update meets an object already at its path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Objects {
+pub(crate) enum Objects {
     /// The new value replaces the old one (summary).
     Replace,
     /// Object values merge leaf by leaf into the existing subtree, as wandb
@@ -81,7 +81,7 @@ pub enum Objects {
 /// Applies one `ConfigRecord`/`SummaryRecord` to `tree`. A value that does
 /// not parse is kept as its raw text in a string, so nothing is dropped
 /// silently; the error is returned for the caller to report.
-pub fn apply(
+pub(crate) fn apply(
     tree: &mut Map,
     update: &[KeyedJson],
     remove: &[KeyedJson],
