@@ -6,6 +6,15 @@
 //!
 //! Only bounded directory reads are made (a path and at most its children),
 //! never a recursive walk.
+//!
+//! - [`scan`]: the daemon's polling of its roots, the source of truth;
+//! - [`watch`]: inotify on local filesystems, to notice sooner (never
+//!   trusted alone; network filesystems are polled only);
+//! - [`trigger`]: `syncd notify` spool files and wandb-osh command files.
+//!
+//! Discovery says which files exist and changed; it never opens a run file
+//! for its records (that is [`crate::source`]) and never decides what to
+//! upload.
 
 pub(crate) mod scan;
 
