@@ -35,7 +35,7 @@ use crate::source::wandb::views::RunIdentity;
 /// How runs are named: the lead's config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct NamingRule {
-    /// The display name template, [`DEFAULT_TEMPLATE`] by default.
+    /// The display name template, [`DEFAULT_TEMPLATE`](template::DEFAULT_TEMPLATE) by default.
     pub template: Template,
     /// Rename runs the user named explicitly too (`wandb.init(name=…)`,
     /// `WANDB_NAME`). Off by default: a name the user chose is kept.
