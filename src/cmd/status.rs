@@ -638,14 +638,11 @@ mod tests {
         // fragments or server side, under its own key.
         let mut failed = RunLedger::new("sync-key".into(), "abc".into(), "http://s".into());
         failed.phase = Phase::Failed;
-        failed.fragments.push(crate::ledger::FragmentProgress {
-            path: run_dir.join("run-abc.wandb"),
-            cursor: 0,
-            records: 0,
-            step_offset: 0,
-            exit: None,
-            run_seen: false,
-        });
+        failed
+            .fragments
+            .push(crate::ledger::FragmentProgress::unread(
+                run_dir.join("run-abc.wandb"),
+            ));
         ledger.save(&failed).unwrap();
         let now = SystemTime::now();
         let at = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();

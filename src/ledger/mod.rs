@@ -80,6 +80,20 @@ pub struct FragmentProgress {
     pub run_seen: bool,
 }
 
+impl FragmentProgress {
+    /// A fragment nothing of which has been read yet.
+    pub fn unread(path: PathBuf) -> FragmentProgress {
+        FragmentProgress {
+            path,
+            cursor: 0,
+            records: 0,
+            step_offset: 0,
+            exit: None,
+            run_seen: false,
+        }
+    }
+}
+
 /// A file uploaded to the run, by its path relative to `files/`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileAck {

@@ -405,14 +405,10 @@ impl<'a> RunSync<'a> {
                         self.entry.key
                     )));
                 }
-                None => self.entry.fragments.push(FragmentProgress {
-                    path: path.clone(),
-                    cursor: 0,
-                    records: 0,
-                    step_offset: 0,
-                    exit: None,
-                    run_seen: false,
-                }),
+                None => self
+                    .entry
+                    .fragments
+                    .push(FragmentProgress::unread(path.clone())),
             }
         }
         if moved && !self.options.dry_run && self.client.is_some() {

@@ -24,14 +24,7 @@ fn job_in(dirs: &[PathBuf]) -> RunJob {
 fn upload<'a>(ledger: &'a Ledger, options: &'a SyncOptions, job: &'a RunJob) -> RunSync<'a> {
     let mut entry = RunLedger::new("key".into(), job.id.clone(), String::new());
     for path in &job.fragments {
-        entry.fragments.push(FragmentProgress {
-            path: path.clone(),
-            cursor: 0,
-            records: 0,
-            step_offset: 0,
-            exit: None,
-            run_seen: false,
-        });
+        entry.fragments.push(FragmentProgress::unread(path.clone()));
     }
     RunSync::new(None, ledger, options, job, entry)
 }
