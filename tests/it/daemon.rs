@@ -53,6 +53,19 @@ impl Daemon {
         unsafe_kill(self.child.as_ref().unwrap().id(), "HUP");
     }
 
+    /// SIGTERM; the exit status if the process ends within `limit` (else
+    /// it is still running and can be waited for again).
+    pub fn term_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        unsafe_kill(self.pid(), "TERM");
+        self.exit_within(limit)
+    }
+
+    pub fn exit_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let status = wait_timeout(self.child.as_mut().expect("running"), limit)?;
+        self.child = None;
+        Some(status)
+    }
+
     pub fn stop(mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().unwrap();
         unsafe_kill(child.id(), "TERM");
