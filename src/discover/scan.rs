@@ -109,6 +109,20 @@ impl Scanner {
         self.files.len()
     }
 
+    /// Drops what is known of a file (its run settled: the daemon stats it
+    /// itself on the slow schedule, and holds no copy of its path here);
+    /// its stamp as last seen, if known. Should its run directory be looked
+    /// at again, the file is reported as new.
+    pub fn forget_file(&mut self, path: &Path) -> Option<Stamp> {
+        let stamp = self.files.remove(path);
+        // A table sized for every run of the first scan is given back once
+        // most of them settled.
+        if self.files.capacity() > 64 && self.files.len() < self.files.capacity() / 4 {
+            self.files.shrink_to_fit();
+        }
+        stamp
+    }
+
     /// Replaces the configured roots (on reload); what was seen is kept.
     pub fn set_roots(&mut self, roots: Vec<RootSpec>) {
         self.roots = roots;

@@ -30,6 +30,7 @@ use crate::discover::watch::{Accelerator, Change, FsKind, fs_kind};
 use crate::engine::heartbeat::{Activity, Heartbeat, SlurmHealth, UNSYNCED_PREFIX};
 use crate::engine::keeper::Keeper;
 use crate::engine::sd_notify::Notifier;
+use crate::engine::settled::{FileStamp, SettledRuns};
 use crate::engine::slurm::{JobInfo, Slurm, SlurmError};
 use crate::engine::worker::{self, Failure, RunJob, RunOutcome, SyncOptions, Verdict};
 use crate::ledger::lease::Lease;
@@ -56,6 +57,10 @@ type ProbeReply = Result<(), String>;
 
 /// How many discovery problems status lists (the newest).
 const MAX_PROBLEMS: usize = 50;
+
+/// How many files of the first scan are tracked at once before the settled
+/// ones are put away.
+const STARTUP_BATCH: usize = 1000;
 
 /// A Slurm query unanswered this long is reported as Slurm not answering
 /// (its commands' own deadline is longer).
@@ -224,9 +229,20 @@ pub async fn run(
     // filesystem).
     keeper.publish(state.heartbeat(&config, &started_at), state.summary_line());
 
-    // The first full scan; the ledger says what is already done.
-    let report = scanner.scan_roots(true);
+    // The first full scan; the ledger says what is already done. Taken in
+    // batches, each batch's settled runs put away before the next, so that
+    // a root of 100,000 finished runs never has them all tracked at once.
+    let mut report = scanner.scan_roots(true);
+    let mut found = std::mem::take(&mut report.new_files);
     state.absorb(report, &config, &ledger, &log);
+    while !found.is_empty() {
+        let batch = ScanReport {
+            new_files: found.split_off(found.len().saturating_sub(STARTUP_BATCH)),
+            ..ScanReport::default()
+        };
+        state.absorb(batch, &config, &ledger, &log);
+        state.settle_quiet(&mut scanner);
+    }
     let mut accelerator = Accelerator::new();
     for dir in scanner.wandb_dirs().cloned().collect::<Vec<_>>() {
         match fs_kind(&dir) {
@@ -247,9 +263,12 @@ pub async fn run(
         log(&format!("cannot tell systemd we are ready: {e}"));
     }
     log(&format!(
-        "syncd run: watching {} root(s), {} run(s) known, default server {} (a run's .env may name another)",
+        "syncd run: watching {} root(s), {} run(s) known ({} settled: kept as paths and a stamp, \
+         looked at every {}), default server {} (a run's .env may name another)",
         config.roots.len(),
-        state.runs.len(),
+        state.runs.len() + state.settled.len(),
+        state.settled.len(),
+        humantime::format_duration(config.idle_poll),
         config.targets.default_base_url()
     ));
 
@@ -366,9 +385,13 @@ pub async fn run(
             let full = now.duration_since(last_idle) >= config.idle_poll;
             let mut report = scanner.scan_roots(full);
             state.forget_quiet();
+            state.settle_quiet(&mut scanner);
             scanner.check_files(state.files_to_check(full), &mut report);
             if full {
                 last_idle = now;
+                // Settled runs whose newest file changed are woken.
+                let woken = state.settled.check(&mut report.syscalls);
+                report.changed_files.extend(woken);
             }
             state.absorb(report, &config, &ledger, &log);
             // Watched: the listed directories (where new runs and files
@@ -575,6 +598,9 @@ struct DaemonState {
     /// what the passes of each poll and heartbeat go over, so that their
     /// cost follows the active runs, not every run ever seen.
     active: HashSet<String>,
+    /// Settled runs, out of `runs` (and the scanner): a few dozen bytes
+    /// each and a stat on the slow schedule, woken when their file changes.
+    settled: SettledRuns,
 }
 
 /// How the daemon's Slurm queries fare.
@@ -666,6 +692,16 @@ impl DaemonState {
         let head = wandb_run::head(path).ok()?;
         let wandb_dir = path.parent()?.parent()?.to_path_buf();
         let id = format!("{}#{}", wandb_dir.display(), head.run_id);
+        // A settled run's file changed or it got a new fragment: it is
+        // tracked again with all its fragments (its ledger entry is read
+        // again as they are added; the cursor decides what is sent).
+        if !self.runs.contains_key(&id)
+            && let Some(fragments) = self.settled.wake(&wandb_dir, &head.run_id)
+        {
+            for fragment in fragments.iter().filter(|f| f.as_path() != path) {
+                self.add_file(fragment, config, ledger);
+            }
+        }
         self.file_to_run.insert(path.to_path_buf(), id.clone());
         let found_under = config
             .roots
@@ -825,6 +861,58 @@ impl DaemonState {
         let runs = &self.runs;
         self.active
             .retain(|id| runs.get(id).is_some_and(|run| !run.quiet()));
+    }
+
+    /// Quiet runs outside `active` (settled, nothing pending) leave memory
+    /// for [`SettledRuns`]; the scanner forgets their files too. Their
+    /// ledger entry stays on disk, read again if the run is woken.
+    fn settle_quiet(&mut self, scanner: &mut Scanner) {
+        let quiet: Vec<String> = (self.runs.iter())
+            .filter(|(id, run)| run.quiet() && !self.active.contains(*id))
+            .map(|(id, _)| id.clone())
+            .collect();
+        if quiet.is_empty() {
+            return;
+        }
+        for id in quiet {
+            let Some(run) = self.runs.remove(&id) else {
+                continue;
+            };
+            let mut newest = None;
+            for fragment in &run.job.fragments {
+                self.file_to_run.remove(fragment);
+                newest = scanner.forget_file(fragment);
+            }
+            let Some(last) = run.job.fragments.last() else {
+                continue;
+            };
+            let newest = match newest {
+                Some(stamp) => FileStamp::from_scan(stamp),
+                None => match std::fs::metadata(last) {
+                    Ok(meta) => FileStamp::of(&meta),
+                    // Looked at again (and woken) on the next slow poll.
+                    Err(_) => FileStamp {
+                        size: u64::MAX,
+                        mtime_ns: 0,
+                    },
+                },
+            };
+            // As `add_file` names the run: its wandb directory and run id.
+            let wandb_dir = last
+                .parent()
+                .and_then(Path::parent)
+                .unwrap_or(Path::new(""));
+            (self.settled).settle(wandb_dir, &run.job.id, &run.job.fragments, newest);
+        }
+        // Tables sized for the first scan's runs are given back.
+        if self.runs.capacity() > 64 && self.runs.len() < self.runs.capacity() / 4 {
+            self.runs.shrink_to_fit();
+        }
+        if self.file_to_run.capacity() > 64
+            && self.file_to_run.len() < self.file_to_run.capacity() / 4
+        {
+            self.file_to_run.shrink_to_fit();
+        }
     }
 
     /// The `.wandb` files a poll stats: every run's newest on a full poll,

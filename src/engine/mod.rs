@@ -6,5 +6,6 @@ pub mod daemon;
 pub mod heartbeat;
 pub mod keeper;
 pub mod sd_notify;
+pub mod settled;
 pub mod slurm;
 pub mod worker;
