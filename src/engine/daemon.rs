@@ -58,8 +58,8 @@ type ProbeReply = Result<(), String>;
 /// How many discovery problems status lists (the newest).
 const MAX_PROBLEMS: usize = 50;
 
-/// How many files of the first scan are tracked at once before the settled
-/// ones are put away.
+/// How many run directories of the first scan are looked at (and their
+/// runs tracked) before the settled ones are put away.
 const STARTUP_BATCH: usize = 1000;
 
 /// A Slurm query unanswered this long is reported as Slurm not answering
@@ -231,17 +231,19 @@ pub async fn run(
 
     // The first full scan; the ledger says what is already done. Taken in
     // batches, each batch's settled runs put away before the next, so that
-    // a root of 100,000 finished runs never has them all tracked at once.
-    let mut report = scanner.scan_roots(true);
-    let mut found = std::mem::take(&mut report.new_files);
-    state.absorb(report, &config, &ledger, &log);
-    while !found.is_empty() {
-        let batch = ScanReport {
-            new_files: found.split_off(found.len().saturating_sub(STARTUP_BATCH)),
-            ..ScanReport::default()
-        };
-        state.absorb(batch, &config, &ledger, &log);
+    // a root of 100,000 finished runs never has them all tracked (or even
+    // their paths listed) at once.
+    let mut full = true;
+    loop {
+        let report = scanner.scan_roots_limited(std::mem::take(&mut full), STARTUP_BATCH);
+        state.absorb(report, &config, &ledger, &log);
         state.settle_quiet(&mut scanner);
+        if !scanner.has_unvisited() {
+            break;
+        }
+        // A long first scan is progress, not a stalled loop.
+        keeper.turned();
+        keeper.publish(state.heartbeat(&config, &started_at), state.summary_line());
     }
     let mut accelerator = Accelerator::new();
     for dir in scanner.wandb_dirs().cloned().collect::<Vec<_>>() {
@@ -1507,9 +1509,18 @@ fn attach_target(
     // An entry a syncd before fragment identities stored under the path's
     // key is moved to the new key now (this daemon holds the lease), so an
     // upgrade neither re-uploads nor waits for the run's next upload.
-    let legacy = crate::ledger::legacy_run_key(id, first, server, None, None);
+    // The legacy key is worked out only when there is no entry under the
+    // key (it costs a realpath: at start-up over 100,000 settled runs, a
+    // good part of the time).
     run.stored = None;
-    if let Ok(Some(entry)) = ledger.load_run(&key, &legacy, true) {
+    let entry = match ledger.load(&key) {
+        Ok(None) => {
+            let legacy = crate::ledger::legacy_run_key(id, first, server, None, None);
+            ledger.load_run(&key, &legacy, true)
+        }
+        found => found,
+    };
+    if let Ok(Some(entry)) = entry {
         take_entry(run, entry);
     }
     run.key = Some(key);
