@@ -156,6 +156,10 @@ struct Tracked {
     /// daemon holds the lease: nobody else writes it). Dropped once the
     /// run is settled, to keep memory to the active runs.
     stored: Option<Box<RunLedger>>,
+    /// Its job manifest was read since its fragments last changed: read
+    /// when an upload begins, not when the run is found (most runs found
+    /// at start-up are settled and never uploaded again).
+    manifest_read: bool,
 }
 
 impl Tracked {
@@ -482,6 +486,10 @@ pub async fn run(
                 run.dirty = false;
                 run.last_upload_began = Some(now);
                 state.in_flight += 1;
+                if !run.manifest_read {
+                    run.job.read_manifest();
+                    run.manifest_read = true;
+                }
                 let job = run.job.clone();
                 let known = run.stored.take().map(|entry| *entry);
                 let options = SyncOptions {
@@ -740,6 +748,7 @@ impl DaemonState {
                 acked: Vec::new(),
                 sizes: Vec::new(),
                 stored: None,
+                manifest_read: false,
             })
         });
         let key = wandb_run::order_key(path, head.start_time);
@@ -757,7 +766,7 @@ impl DaemonState {
         // A new fragment (a requeued job) reopens a finalized run.
         run.verdict = None;
         run.gone_since = None;
-        run.job.read_manifest();
+        run.manifest_read = false;
         // A refusal is reported when the run's turn comes (`target_of`).
         let _ = attach_target(run, &config.targets, ledger);
         Some(id)
@@ -845,6 +854,7 @@ impl DaemonState {
             // Another target is another ledger entry (the key names it).
             run.stored = None;
             run.job.read_manifest();
+            run.manifest_read = true;
             let _ = attach_target(run, &config.targets, ledger);
         }
         // Its new target's ledger may say anything: each is looked at once.
