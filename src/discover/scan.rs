@@ -8,7 +8,11 @@
 //!   again (wandb writes one per directory; a resumed or requeued run gets a
 //!   new directory);
 //! - a run's `.wandb` files are stat'ed every fast poll while the run is
-//!   active, and only on the slow schedule once it is settled (synced);
+//!   active, and only on the slow schedule once it is settled (synced): the
+//!   daemon then keeps it apart (`engine::settled`) and the scanner forgets
+//!   the file ([`Scanner::forget_file`]);
+//! - the first scan of a big root can be taken in batches
+//!   ([`Scanner::scan_roots_limited`]);
 //! - nothing is ever walked recursively: a root and its run directories, one
 //!   level each.
 

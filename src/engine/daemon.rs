@@ -395,9 +395,10 @@ pub async fn run(
             scanner.check_files(state.files_to_check(full), &mut report);
             if full {
                 last_idle = now;
-                // Settled runs whose newest file changed are woken.
-                let woken = state.settled.check(&mut report.syscalls);
-                report.changed_files.extend(woken);
+                // Settled runs whose newest file changed are woken (in
+                // `add_file`, by their id).
+                let changed = state.settled.check(&mut report.syscalls);
+                report.changed_files.extend(changed);
             }
             state.absorb(report, &config, &ledger, &log);
             // Watched: the listed directories (where new runs and files
@@ -1520,8 +1521,7 @@ fn attach_target(
     // key is moved to the new key now (this daemon holds the lease), so an
     // upgrade neither re-uploads nor waits for the run's next upload.
     // The legacy key is worked out only when there is no entry under the
-    // key (it costs a realpath: at start-up over 100,000 settled runs, a
-    // good part of the time).
+    // key: it costs a realpath, and at start-up nearly every run has one.
     run.stored = None;
     let entry = match ledger.load(&key) {
         Ok(None) => {

@@ -179,29 +179,31 @@ impl SettledRuns {
     }
 
     /// The slow schedule's look at every settled run: one stat of its
-    /// newest fragment. Runs whose stamp changed are woken; their
-    /// fragments' paths are returned (oldest first per run). A file that
-    /// cannot be stat'ed (gone, or a mount not answering) leaves its run
-    /// settled. `syscalls` counts the stats.
+    /// newest fragment. The fragments' paths (oldest first per run) of the
+    /// runs whose stamp changed are returned, to be looked at: the run
+    /// leaves when it is woken by its id ([`SettledRuns::wake`]), so that
+    /// one whose file cannot be read as a run now stays here (with the new
+    /// stamp, not read again until it changes again). A file that cannot
+    /// be stat'ed (gone, or a mount not answering) leaves its run as it
+    /// is. `syscalls` counts the stats.
     pub fn check(&mut self, syscalls: &mut u64) -> Vec<PathBuf> {
-        let mut woken = Vec::new();
-        let dirs = &self.dirs;
-        self.runs.retain(|packed, stamp| {
+        let mut changed = Vec::new();
+        for (packed, stamp) in self.runs.iter_mut() {
             let Some(newest) = packed.fragments().last() else {
-                return false;
+                continue;
             };
+            let dir = &self.dirs[packed.dir as usize];
             *syscalls += 1;
-            let Ok(meta) = std::fs::metadata(dirs[packed.dir as usize].join(newest)) else {
-                return true;
+            let Ok(meta) = std::fs::metadata(dir.join(newest)) else {
+                continue;
             };
-            if FileStamp::of(&meta) == *stamp {
-                return true;
+            let now = FileStamp::of(&meta);
+            if now != *stamp {
+                *stamp = now;
+                changed.extend(packed.fragments().map(|f| dir.join(f)));
             }
-            let dir = &dirs[packed.dir as usize];
-            woken.extend(packed.fragments().map(|f| dir.join(f)));
-            false
-        });
-        woken
+        }
+        changed
     }
 
     fn paths(&self, packed: &Packed) -> Vec<PathBuf> {
@@ -289,10 +291,11 @@ mod tests {
         std::fs::write(&files[1], b"xy").unwrap();
         std::fs::remove_file(&files[3]).unwrap();
         assert_eq!(settled.check(&mut syscalls), [files[1].clone()]);
-        assert_eq!(settled.len(), 4);
-        assert!(!settled.contains(&wandb, "r1"));
-        assert!(settled.contains(&wandb, "r3"));
+        // Said once: it leaves when woken (its file read as a run).
         assert!(settled.check(&mut syscalls).is_empty());
+        assert!(settled.contains(&wandb, "r1") && settled.contains(&wandb, "r3"));
+        assert_eq!(settled.wake(&wandb, "r1"), Some(vec![files[1].clone()]));
+        assert_eq!(settled.len(), 4);
     }
 
     #[test]
