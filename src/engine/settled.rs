@@ -148,9 +148,9 @@ impl SettledRuns {
             dir,
             bytes: bytes.into_boxed_slice(),
         };
-        // Replaces an older entry of the same run (it cannot be settled
-        // twice, but the newer fragments win if it were).
-        self.runs.shift_remove(&packed);
+        // Replaces an older entry of the same run (a run is woken before it
+        // is tracked again, but the newer fragments win if it were not).
+        self.runs.swap_remove(&packed);
         self.runs.insert(packed, newest);
     }
 
