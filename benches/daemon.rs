@@ -123,7 +123,7 @@ fn main() {
         .stderr(File::create(&log).unwrap());
     let spawned = Instant::now();
     let daemon = Proc(cmd.spawn().unwrap());
-    let beat = state.join("heartbeat.json");
+    let beat = syncd::engine::heartbeat::path(&state);
     let mut first_beat = None;
     loop {
         if first_beat.is_none() && beat.exists() {
