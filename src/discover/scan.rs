@@ -8,12 +8,16 @@
 //!   again (wandb writes one per directory; a resumed or requeued run gets a
 //!   new directory);
 //! - a run's `.wandb` files are stat'ed every fast poll while the run is
-//!   active, and only on the slow schedule once it is settled (synced);
+//!   active, and only on the slow schedule once it is settled (synced): the
+//!   daemon then keeps it apart (`engine::settled`) and the scanner forgets
+//!   the file ([`Scanner::forget_file`]);
+//! - the first scan of a big root can be taken in batches
+//!   ([`Scanner::scan_roots_limited`]);
 //! - nothing is ever walked recursively: a root and its run directories, one
 //!   level each.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -70,8 +74,19 @@ pub struct ScanReport {
 #[derive(Debug)]
 struct WandbDir {
     mtime_ns: Option<i128>,
-    /// The names of its run directories (names, not paths: thousands of them).
-    run_dirs: BTreeSet<OsString>,
+    /// Its run directories, by a 64-bit hash of their names: only "seen
+    /// before?" is asked, and 100,000 names would cost 8 MB kept as names
+    /// (two of 100,000 names sharing a hash: about 1 in 3 billion).
+    run_dirs: HashSet<u64>,
+}
+
+/// The hash a run directory's name is known by ([`WandbDir::run_dirs`]):
+/// SipHash with fixed keys, the same for the life of the process.
+fn name_hash(name: &OsStr) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// Remembers what it has seen so a scan only looks at what may have changed.
@@ -86,6 +101,10 @@ pub struct Scanner {
     /// Run directories whose `.wandb` file did not exist yet when listed
     /// (wandb creates the directory first): looked at again every scan.
     empty_run_dirs: BTreeSet<PathBuf>,
+    /// Run directories listed but not looked at yet, by wandb directory
+    /// (names): a scan with a limit leaves the rest for the next one, so
+    /// that the first scan of 100,000 runs is taken in batches.
+    unvisited: Vec<(PathBuf, Vec<OsString>)>,
     reported_foreign: HashSet<PathBuf>,
     reported_problems: HashSet<String>,
 }
@@ -99,6 +118,7 @@ impl Scanner {
             wandb_dirs: BTreeMap::new(),
             files: HashMap::new(),
             empty_run_dirs: BTreeSet::new(),
+            unvisited: Vec::new(),
             reported_foreign: HashSet::new(),
             reported_problems: HashSet::new(),
         }
@@ -106,6 +126,20 @@ impl Scanner {
 
     pub fn known_files(&self) -> usize {
         self.files.len()
+    }
+
+    /// Drops what is known of a file (its run settled: the daemon stats it
+    /// itself on the slow schedule, and holds no copy of its path here);
+    /// its stamp as last seen, if known. Should its run directory be looked
+    /// at again, the file is reported as new.
+    pub(crate) fn forget_file(&mut self, path: &Path) -> Option<Stamp> {
+        let stamp = self.files.remove(path);
+        // A table sized for every run of the first scan is given back once
+        // most of them settled.
+        if self.files.capacity() > 64 && self.files.len() < self.files.capacity() / 4 {
+            self.files.shrink_to_fit();
+        }
+        stamp
     }
 
     /// Replaces the configured roots (on reload); what was seen is kept.
@@ -127,18 +161,60 @@ impl Scanner {
     /// Finds wandb directories (expanding globs) and lists those whose mtime
     /// changed, or all of them when `full`. New `.wandb` files are reported.
     pub fn scan_roots(&mut self, full: bool) -> ScanReport {
+        self.scan_roots_limited(full, usize::MAX)
+    }
+
+    /// [`Scanner::scan_roots`], looking at no more than `limit` new run
+    /// directories: the rest are left for the next scans
+    /// ([`Scanner::has_unvisited`]), which look at them before listing
+    /// anything again.
+    pub(crate) fn scan_roots_limited(&mut self, full: bool, limit: usize) -> ScanReport {
         let mut report = ScanReport::default();
-        for run_dir in std::mem::take(&mut self.empty_run_dirs) {
+        if self.unvisited.is_empty() {
+            self.list_roots(full, &mut report);
+        }
+        let mut looked = 0;
+        while looked < limit
+            && let Some((dir, names)) = self.unvisited.last_mut()
+        {
+            let Some(name) = names.pop() else {
+                self.unvisited.pop();
+                continue;
+            };
+            let run_dir = dir.join(name);
             self.look_at_run_dir(&run_dir, &mut report);
+            looked += 1;
+        }
+        if self
+            .unvisited
+            .last()
+            .is_some_and(|(_, names)| names.is_empty())
+        {
+            self.unvisited.pop();
+        }
+        report
+    }
+
+    /// Run directories listed are waiting to be looked at.
+    pub(crate) fn has_unvisited(&self) -> bool {
+        !self.unvisited.is_empty()
+    }
+
+    /// Looks again at run directories that had no file, lists the wandb
+    /// directories that changed (all when `full`) and leaves their new run
+    /// directories in `unvisited`.
+    fn list_roots(&mut self, full: bool, report: &mut ScanReport) {
+        for run_dir in std::mem::take(&mut self.empty_run_dirs) {
+            self.look_at_run_dir(&run_dir, report);
         }
         let mut dirs = Vec::new();
         for root in self.roots.clone() {
             match expand_root(&root.0, &mut report.syscalls) {
                 Ok(found) if found.is_empty() => {
-                    self.problem(&mut report, format!("{}: no such directory yet", root.0))
+                    self.problem(report, format!("{}: no such directory yet", root.0))
                 }
                 Ok(found) => dirs.extend(found),
-                Err(e) => self.problem(&mut report, format!("{}: {e}", root.0)),
+                Err(e) => self.problem(report, format!("{}: {e}", root.0)),
             }
         }
         for dir in dirs {
@@ -148,34 +224,39 @@ impl Scanner {
             if !full && known.is_some() && known == mtime {
                 continue;
             }
-            let run_dirs = match list_run_dirs(&dir, &mut report.syscalls) {
-                Ok(run_dirs) => run_dirs,
+            let names = match list_run_dirs(&dir, &mut report.syscalls) {
+                Ok(names) => names,
                 Err(e) => {
-                    self.problem(&mut report, format!("{}: {e}", crate::paths::display(&dir)));
+                    self.problem(report, format!("{}: {e}", crate::paths::display(&dir)));
                     continue;
                 }
             };
-            let previous = self.wandb_dirs.insert(
-                dir.clone(),
-                WandbDir {
-                    mtime_ns: mtime,
-                    run_dirs: BTreeSet::new(),
-                },
-            );
+            let previous = self.wandb_dirs.remove(&dir);
             let previous_runs = previous.map(|p| p.run_dirs).unwrap_or_default();
-            for name in &run_dirs {
+            let mut run_dirs = HashSet::with_capacity(names.len());
+            let mut new = Vec::new();
+            for name in names {
+                let hash = name_hash(&name);
+                run_dirs.insert(hash);
                 // Seen before: its file was found then, or it is in
                 // `empty_run_dirs` and was looked at above.
-                if previous_runs.contains(name) {
-                    continue;
+                if !previous_runs.contains(&hash) {
+                    new.push(name);
                 }
-                self.look_at_run_dir(&dir.join(name), &mut report);
             }
-            if let Some(entry) = self.wandb_dirs.get_mut(&dir) {
-                entry.run_dirs = run_dirs;
+            if !new.is_empty() {
+                // Looked at in name order (`pop` takes the last).
+                new.sort_unstable_by(|a, b| b.cmp(a));
+                self.unvisited.push((dir.clone(), new));
             }
+            self.wandb_dirs.insert(
+                dir,
+                WandbDir {
+                    mtime_ns: mtime,
+                    run_dirs,
+                },
+            );
         }
-        report
     }
 
     /// Adds the `.wandb` files of one run directory (new ones are reported).
@@ -325,9 +406,9 @@ fn expand_root(root: &str, syscalls: &mut u64) -> Result<Vec<PathBuf>, String> {
 
 /// Run directories (`offline-run-*`, and `run-*` for online runs' logs are
 /// not ours) directly inside a wandb directory.
-fn list_run_dirs(dir: &Path, syscalls: &mut u64) -> std::io::Result<BTreeSet<OsString>> {
+fn list_run_dirs(dir: &Path, syscalls: &mut u64) -> std::io::Result<Vec<OsString>> {
     *syscalls += 1;
-    let mut out = BTreeSet::new();
+    let mut out = Vec::new();
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name();
@@ -337,7 +418,7 @@ fn list_run_dirs(dir: &Path, syscalls: &mut u64) -> std::io::Result<BTreeSet<OsS
         // `file_type` comes with the directory entry on most filesystems: no
         // extra stat per entry.
         if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            out.insert(name);
+            out.push(name);
         }
     }
     Ok(out)
@@ -424,6 +505,30 @@ mod tests {
         assert!(report.new_files.is_empty());
         // The root's stat and listing, no run directory's.
         assert!(report.syscalls <= 6, "{}", report.syscalls);
+    }
+
+    #[test]
+    fn a_limited_scan_leaves_the_rest_of_a_listing_for_the_next_ones() {
+        let tmp = tempfile::tempdir().unwrap();
+        let wandb = tmp.path().join("wandb");
+        let files: Vec<PathBuf> = (0..25)
+            .map(|i| make_run(&wandb, &format!("offline-run-20260101_000000-r{i:02}")))
+            .collect();
+        let mut scanner = Scanner::new(vec![RootSpec(wandb.display().to_string())], uid());
+        let mut found = Vec::new();
+        let mut scans = 0;
+        loop {
+            found.extend(scanner.scan_roots_limited(scans == 0, 10).new_files);
+            scans += 1;
+            if !scanner.has_unvisited() {
+                break;
+            }
+        }
+        assert_eq!(scans, 3);
+        assert_eq!(found, files, "each once, in name order");
+        assert!(scanner.scan_roots(true).new_files.is_empty());
+        let late = make_run(&wandb, "offline-run-20260101_000000-r99");
+        assert_eq!(scanner.scan_roots_limited(true, 10).new_files, [late]);
     }
 
     #[test]

@@ -35,6 +35,7 @@ use crate::engine::job::{Failure, RunJob, RunOutcome, SyncOptions, Verdict};
 use crate::engine::keeper::Keeper;
 use crate::engine::schedule::{self, Done, Scheduler, State};
 use crate::engine::sd_notify::Notifier;
+use crate::engine::settled::{FileStamp, SettledRuns};
 use crate::engine::slurm::{JobInfo, Slurm, SlurmError};
 use crate::ledger::lease::Lease;
 use crate::ledger::{Ledger, Phase, RunLedger};
@@ -61,6 +62,10 @@ type ProbeReply = Result<(), String>;
 
 /// How many discovery problems status lists (the newest).
 const MAX_PROBLEMS: usize = 50;
+
+/// How many run directories of the first scan are looked at (and their
+/// runs tracked) before the settled ones are put away.
+const STARTUP_BATCH: usize = 1000;
 
 /// A Slurm query unanswered this long is reported as Slurm not answering
 /// (its commands' own deadline is longer).
@@ -145,6 +150,10 @@ struct Tracked {
     /// daemon holds the lease: nobody else writes it). Dropped once the
     /// run is settled, to keep memory to the active runs.
     stored: Option<Box<RunLedger>>,
+    /// Its job manifest was read since its fragments last changed: read
+    /// when an upload begins, not when the run is found (most runs found
+    /// at start-up are settled and never uploaded again).
+    manifest_read: bool,
 }
 
 impl Tracked {
@@ -301,9 +310,23 @@ impl Daemon {
         // Running, before the first scan (which may take a while on a slow
         // filesystem).
         daemon.publish_heartbeat();
-        // The first full scan; the ledger says what is already done.
-        let report = daemon.scanner.scan_roots(true);
-        daemon.state.absorb(report, &daemon.config, &daemon.ledger);
+        // The first full scan; the ledger says what is already done. Taken in
+        // batches, each batch's settled runs put away before the next, so that
+        // a root of 100,000 finished runs never has them all tracked (or even
+        // their paths listed) at once.
+        let mut full = true;
+        loop {
+            let report =
+                (daemon.scanner).scan_roots_limited(std::mem::take(&mut full), STARTUP_BATCH);
+            daemon.state.absorb(report, &daemon.config, &daemon.ledger);
+            daemon.state.settle_quiet(&mut daemon.scanner);
+            if !daemon.scanner.has_unvisited() {
+                break;
+            }
+            // A long first scan is progress, not a stalled loop.
+            daemon.keeper.turned();
+            daemon.publish_heartbeat();
+        }
         for dir in daemon.scanner.wandb_dirs().cloned().collect::<Vec<_>>() {
             match fs_kind(&dir) {
                 FsKind::Network(name) => info!(
@@ -325,13 +348,19 @@ impl Daemon {
         {
             warn!(error = %e, "cannot tell systemd we are ready: {e}");
         }
+        let (known, settled) = (
+            daemon.state.runs.len() + daemon.state.settled.len(),
+            daemon.state.settled.len(),
+        );
         info!(
             roots = daemon.config.roots.len(),
-            runs = daemon.state.runs.len(),
+            runs = known,
+            settled,
             server = %daemon.config.targets.default_base_url(),
-            "syncd run: watching {} root(s), {} run(s) known, default server {} (a run's .env may name another)",
+            "syncd run: watching {} root(s), {known} run(s) known ({settled} settled: kept as paths \
+             and a stamp, looked at every {}), default server {} (a run's .env may name another)",
             daemon.config.roots.len(),
-            daemon.state.runs.len(),
+            humantime::format_duration(daemon.config.idle_poll),
             daemon.config.targets.default_base_url()
         );
         Ok(daemon)
@@ -472,10 +501,15 @@ impl Daemon {
         let full = now.duration_since(self.last_idle) >= self.config.idle_poll;
         let mut report = self.scanner.scan_roots(full);
         self.state.forget_quiet();
+        self.state.settle_quiet(&mut self.scanner);
         self.scanner
             .check_files(self.state.files_to_check(full), &mut report);
         if full {
             self.last_idle = now;
+            // Settled runs whose newest file changed are woken (in
+            // `add_file`, by their id).
+            let changed = self.state.settled.check(&mut report.syscalls);
+            report.changed_files.extend(changed);
         }
         self.state.absorb(report, &self.config, &self.ledger);
         self.update_watches();
@@ -597,6 +631,10 @@ impl Daemon {
                 self.state.schedule.stop(&id, "not tracked".into());
                 continue;
             };
+            if !run.manifest_read {
+                run.job.read_manifest();
+                run.manifest_read = true;
+            }
             let job = run.job.clone();
             let known = run.stored.take().map(|entry| *entry);
             let options = SyncOptions {
@@ -718,6 +756,9 @@ struct DaemonState {
     /// what the passes of each poll and heartbeat go over, so that their
     /// cost follows the active runs, not every run ever seen.
     active: HashSet<String>,
+    /// Settled runs, out of `runs` (and the scanner): a few dozen bytes
+    /// each and a stat on the slow schedule, woken when their file changes.
+    settled: SettledRuns,
 }
 
 /// How the daemon's Slurm queries fare.
@@ -804,6 +845,16 @@ impl DaemonState {
         let head = wandb_run::head(path).ok()?;
         let wandb_dir = path.parent()?.parent()?.to_path_buf();
         let id = format!("{}#{}", wandb_dir.display(), head.run_id);
+        // A settled run's file changed or it got a new fragment: it is
+        // tracked again with all its fragments (its ledger entry is read
+        // again as they are added; the cursor decides what is sent).
+        if !self.runs.contains_key(&id)
+            && let Some(fragments) = self.settled.wake(&wandb_dir, &head.run_id)
+        {
+            for fragment in fragments.iter().filter(|f| f.as_path() != path) {
+                self.add_file(fragment, config, ledger);
+            }
+        }
         self.file_to_run.insert(path.to_path_buf(), id.clone());
         let found_under = config
             .roots
@@ -833,6 +884,7 @@ impl DaemonState {
                 acked: Vec::new(),
                 sizes: Vec::new(),
                 stored: None,
+                manifest_read: false,
             })
         });
         let key = wandb_run::order_key(path, head.start_time);
@@ -850,7 +902,7 @@ impl DaemonState {
         // A new fragment (a requeued job) reopens a finalized run.
         run.verdict = None;
         run.gone_since = None;
-        run.job.read_manifest();
+        run.manifest_read = false;
         // A refusal is reported when the run's turn comes (`target_of`).
         let _ = attach_target(run, &config.targets, ledger);
         Some(id)
@@ -936,6 +988,7 @@ impl DaemonState {
             // Another target is another ledger entry (the key names it).
             run.stored = None;
             run.job.read_manifest();
+            run.manifest_read = true;
             // A refusal is reported when the run's turn comes (`target_of`).
             let _ = attach_target(run, &config.targets, ledger);
         }
@@ -958,6 +1011,62 @@ impl DaemonState {
             let quiet = runs.get(id).is_none_or(|run| run.quiet(schedule.state(id)));
             !(quiet && schedule.forget(id))
         });
+    }
+
+    /// Quiet runs outside `active` (settled, nothing pending, forgotten by
+    /// the scheduler) leave memory for [`SettledRuns`]; the scanner forgets
+    /// their files too. Their ledger entry stays on disk, read again if the
+    /// run is woken.
+    fn settle_quiet(&mut self, scanner: &mut Scanner) {
+        let quiet: Vec<String> = (self.runs.iter())
+            .filter(|(id, run)| !self.active.contains(*id) && run.quiet(self.schedule.state(id)))
+            .map(|(id, _)| id.clone())
+            .collect();
+        if quiet.is_empty() {
+            return;
+        }
+        for id in quiet {
+            if !self.schedule.forget(&id) {
+                continue;
+            }
+            let Some(run) = self.runs.remove(&id) else {
+                continue;
+            };
+            let mut newest = None;
+            for fragment in &run.job.fragments {
+                self.file_to_run.remove(fragment);
+                newest = scanner.forget_file(fragment);
+            }
+            let Some(last) = run.job.fragments.last() else {
+                continue;
+            };
+            let newest = match newest {
+                Some(stamp) => FileStamp::from_scan(stamp),
+                None => match std::fs::metadata(last) {
+                    Ok(meta) => FileStamp::of(&meta),
+                    // Looked at again (and woken) on the next slow poll.
+                    Err(_) => FileStamp {
+                        size: u64::MAX,
+                        mtime_ns: 0,
+                    },
+                },
+            };
+            // As `add_file` names the run: its wandb directory and run id.
+            let wandb_dir = last
+                .parent()
+                .and_then(Path::parent)
+                .unwrap_or(Path::new(""));
+            (self.settled).settle(wandb_dir, &run.job.id, &run.job.fragments, newest);
+        }
+        // Tables sized for the first scan's runs are given back.
+        if self.runs.capacity() > 64 && self.runs.len() < self.runs.capacity() / 4 {
+            self.runs.shrink_to_fit();
+        }
+        if self.file_to_run.capacity() > 64
+            && self.file_to_run.len() < self.file_to_run.capacity() / 4
+        {
+            self.file_to_run.shrink_to_fit();
+        }
     }
 
     /// The `.wandb` files a poll stats: every run's newest on a full poll,
@@ -1526,9 +1635,17 @@ fn attach_target(
     // An entry a syncd before fragment identities stored under the path's
     // key is moved to the new key now (this daemon holds the lease), so an
     // upgrade neither re-uploads nor waits for the run's next upload.
-    let legacy = crate::ledger::legacy_run_key(id, first, server, None, None);
+    // The legacy key is worked out only when there is no entry under the
+    // key: it costs a realpath, and at start-up nearly every run has one.
     run.stored = None;
-    match ledger.load_run(&key, &legacy, true) {
+    let entry = match ledger.load(&key) {
+        Ok(None) => {
+            let legacy = crate::ledger::legacy_run_key(id, first, server, None, None);
+            ledger.load_run(&key, &legacy, true)
+        }
+        found => found,
+    };
+    match entry {
         Ok(Some(entry)) => take_entry(run, entry),
         Ok(None) => {}
         // Its upload reads the entry again and says what is wrong with it.

@@ -8,7 +8,7 @@
 //!   heartbeat; its steps are methods of one `Daemon`;
 //! - [`schedule`]: one state per run (idle, queued, in flight, backing off,
 //!   stopped) and the order runs go in; tested under a paused clock;
-//! - `settled`: runs with nothing left to do, kept as a stat stamp only;
+//! - [`settled`]: runs with nothing left to do, kept as paths and a stat stamp;
 //! - [`slurm`]: whether a run's job is still alive (`squeue`/`sacct`, batched
 //!   and cached, digits-only ids);
 //! - [`keeper`], [`heartbeat`], [`sd_notify`]: staying visibly alive.
@@ -24,6 +24,7 @@ pub(crate) mod job;
 pub(crate) mod keeper;
 pub(crate) mod schedule;
 pub(crate) mod sd_notify;
+pub(crate) mod settled;
 pub(crate) mod slurm;
 
 // What the Slurm tests judge job states with.

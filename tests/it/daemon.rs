@@ -942,3 +942,96 @@ fn sighup_reloads_the_config_file() {
     );
     daemon.stop();
 }
+
+/// A settled run is kept as its paths and a stamp, not tracked: the daemon
+/// says how many it put away, status still lists them (from the ledger),
+/// and such a run is woken when its file grows (the new lines go once) or a
+/// new fragment of it appears (it continues as the same run, nothing sent
+/// twice).
+#[test]
+fn settled_runs_are_put_away_and_woken_by_a_grown_file_or_a_new_fragment() {
+    use crate::sync::WrittenRun;
+    use syncd::source::wandb::proto::{RecordType, RunExitRecord};
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("scratch");
+    let wandb = root.join("wandb");
+    let mut grown = WrittenRun::create(&wandb, "fxgrown");
+    for step in 0..3 {
+        grown.history(step);
+    }
+    grown.append(RecordType::Exit(RunExitRecord {
+        exit_code: 0,
+        runtime: 3,
+        not_complete: false,
+    }));
+    let resumed = committed_root().join("0.31.0/resumed/wandb");
+    let mut fragments: Vec<PathBuf> = std::fs::read_dir(&resumed)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    fragments.sort();
+    assert_eq!(fragments.len(), 2, "{fragments:?}");
+    let copy_fragment = |dir: &Path| copy_tree_rooted(dir, &wandb.join(dir.file_name().unwrap()));
+    copy_fragment(&fragments[0]);
+
+    // Synced before the daemon starts: at start-up both runs are settled.
+    let server = WandbServer::start();
+    let home = tmp.path().join("home");
+    let out = syncd_sync(&server, &home, &[root.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let lines = |id: &str| server.run(id).unwrap()["history_lines_received"].clone();
+    assert_eq!(lines("fxgrown"), 3);
+    let daemon = start_daemon(&server, &home, &[&root], &["--no-slurm"], &[]);
+    wait_until(Duration::from_secs(20), "the daemon's first scan", || {
+        daemon.log_text().contains("syncd run: watching")
+    });
+    assert!(
+        daemon.log_text().contains("2 run(s) known (2 settled"),
+        "{}",
+        daemon.log_text()
+    );
+    let status = status_json(&home);
+    let state_of = |status: &Value, id: &str| {
+        let runs = status["runs"].as_array().unwrap();
+        let run = runs.iter().find(|r| r["run_id"] == id);
+        run.map(|r| r["state"].clone()).unwrap_or_default()
+    };
+    assert_eq!(state_of(&status, "fxgrown"), "synced", "{status:#}");
+    assert_eq!(state_of(&status, "fxresume"), "synced", "{status:#}");
+
+    // The finished run's file grows: found on the slow poll (2 s here).
+    for step in 3..6 {
+        grown.history(step);
+    }
+    wait_until(Duration::from_secs(20), "the grown run's new lines", || {
+        steps(&server.run("fxgrown").unwrap()) == 6
+    });
+    // A new fragment of the other run: it joins the run put away.
+    copy_fragment(&fragments[1]);
+    let reference = WandbServer::start();
+    let both = tmp.path().join("reference");
+    copy_tree_rooted(&resumed, &both.join("wandb"));
+    let out = syncd_sync(
+        &reference,
+        &tmp.path().join("ref-home"),
+        &[both.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let expected = reference.run("fxresume").unwrap();
+    wait_until(Duration::from_secs(20), "the new fragment's lines", || {
+        steps(&server.run("fxresume").unwrap()) == steps(&expected)
+    });
+    // Two more slow polls: nothing is sent again.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(lines("fxgrown"), 6, "each line sent once");
+    let run = server.run("fxresume").unwrap();
+    assert_eq!(comparable(&run), comparable(&expected));
+    assert_eq!(
+        run["history_lines_received"], expected["history_lines_received"],
+        "each line sent once"
+    );
+    let status = status_json(&home);
+    assert_eq!(state_of(&status, "fxgrown"), "synced", "{status:#}");
+    assert_eq!(state_of(&status, "fxresume"), "synced", "{status:#}");
+    assert!(daemon.stop().success());
+}

@@ -698,14 +698,14 @@ fn a_damaged_ledger_entry_stops_its_run_until_it_is_moved_away() {
 }
 
 /// A run written record by record with syncd's own writer.
-struct WrittenRun {
+pub struct WrittenRun {
     writer: syncd::source::wandb::framing::LogWriter<std::fs::File>,
-    dir: PathBuf,
+    pub dir: PathBuf,
     num: i64,
 }
 
 impl WrittenRun {
-    fn create(wandb: &Path, id: &str) -> WrittenRun {
+    pub fn create(wandb: &Path, id: &str) -> WrittenRun {
         use syncd::source::wandb::proto::{RecordType, RunRecord, Timestamp};
         let dir = wandb.join(format!("offline-run-20261123_120000-{id}"));
         std::fs::create_dir_all(dir.join("files")).unwrap();
@@ -728,7 +728,7 @@ impl WrittenRun {
         run
     }
 
-    fn append(&mut self, record_type: syncd::source::wandb::proto::RecordType) {
+    pub fn append(&mut self, record_type: syncd::source::wandb::proto::RecordType) {
         use prost::Message;
         self.num += 1;
         let record = syncd::source::wandb::proto::Record {
@@ -739,7 +739,7 @@ impl WrittenRun {
         self.writer.append(&record.encode_to_vec()).unwrap();
     }
 
-    fn history(&mut self, step: i64) {
+    pub fn history(&mut self, step: i64) {
         use syncd::source::wandb::proto::{HistoryItem, HistoryRecord, HistoryStep, RecordType};
         let item = |key: &str, value: i64| HistoryItem {
             key: String::new(),
