@@ -11,8 +11,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::{Value, json};
 
 use crate::daemon::{start_daemon, wait_until};
-use crate::official_sync::copy_tree_rooted;
-use crate::support::committed_root;
+use crate::support::scratch_with_committed;
 use crate::wandb_server::{Endpoint, Fault, WandbServer};
 
 /// A lease left by a daemon on another node that stopped renewing it an
@@ -56,11 +55,7 @@ fn find<'a>(lines: &'a [Value], what: &str, test: impl Fn(&Value) -> bool) -> &'
 #[test]
 fn the_json_log_has_levels_fields_and_the_run_a_retry_belongs_to() {
     let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("scratch");
-    copy_tree_rooted(
-        &committed_root().join("0.31.0/finished/wandb"),
-        &root.join("wandb"),
-    );
+    let root = scratch_with_committed(tmp.path(), "0.31.0", "finished");
     let server = WandbServer::start();
     // One FileStream request fails and is retried by the client.
     server.inject(

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::daemon::{start_daemon, wait_until};
 use crate::official_sync::copy_tree_rooted;
-use crate::support::{committed_root, generated_roots};
+use crate::support::{generated_roots, scratch_with_committed};
 use crate::sync::{committed_case, syncd_command, syncd_sync, text};
 use crate::wandb_server::{Endpoint, Fault, WandbServer};
 
@@ -64,11 +64,7 @@ fn a_graphql_refusal_stops_the_run_with_its_message_without_retrying() {
 #[test]
 fn the_daemon_uploads_through_a_graphql_error_that_passes_without_sighup() {
     let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("scratch");
-    copy_tree_rooted(
-        &committed_root().join("0.31.0/finished/wandb"),
-        &root.join("wandb"),
-    );
+    let root = scratch_with_committed(tmp.path(), "0.31.0", "finished");
     let server = WandbServer::start();
     server.inject(
         Endpoint::Operation("UpsertBucket".into()),
@@ -95,11 +91,7 @@ fn the_daemon_uploads_through_a_graphql_error_that_passes_without_sighup() {
 #[test]
 fn the_daemon_stops_a_run_the_server_refuses_for_good() {
     let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("scratch");
-    copy_tree_rooted(
-        &committed_root().join("0.31.0/finished/wandb"),
-        &root.join("wandb"),
-    );
+    let root = scratch_with_committed(tmp.path(), "0.31.0", "finished");
     let server = WandbServer::start();
     server.inject(
         Endpoint::Operation("UpsertBucket".into()),

@@ -6,6 +6,18 @@ pub fn committed_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/wandb/committed")
 }
 
+/// `<tmp>/scratch`, a project directory whose `wandb/` holds a copy of the
+/// committed fixture `version/case` (as a job on a shared filesystem leaves
+/// it): the root a test's daemon watches.
+pub fn scratch_with_committed(tmp: &Path, version: &str, case: &str) -> PathBuf {
+    let root = tmp.join("scratch");
+    crate::official_sync::copy_tree_rooted(
+        &committed_root().join(version).join(case).join("wandb"),
+        &root.join("wandb"),
+    );
+    root
+}
+
 /// A committed fixture's `.wandb` file: `version` is the wandb version that
 /// wrote it, `case` the generator's case name.
 pub fn committed_log(version: &str, case: &str) -> PathBuf {
