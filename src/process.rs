@@ -91,10 +91,19 @@ pub(crate) async fn output_within_async(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let child = spawn_with_no_signal_blocked(command).await?;
-    match tokio::time::timeout(timeout, child.wait_with_output()).await {
+    // One deadline over starting the command and waiting for it: an exec
+    // held up by a hung mount is late like a command that does not answer.
+    let run = async {
+        spawn_with_no_signal_blocked(command)
+            .await?
+            .wait_with_output()
+            .await
+    };
+    match tokio::time::timeout(timeout, run).await {
         Ok(output) => output,
-        // Dropping the timed-out future dropped the child: it is killed.
+        // Dropping the timed-out future dropped the child (or the channel
+        // that would have brought it, so it is dropped on arrival): it is
+        // killed.
         Err(_) => Err(io::Error::new(
             io::ErrorKind::TimedOut,
             format!("no answer within {}", humantime::format_duration(timeout)),

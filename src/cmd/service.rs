@@ -503,7 +503,8 @@ fn readiness_warnings(
             unit_env.push((key.into(), value));
         }
     }
-    let env_text = std::fs::read_to_string(&env_file);
+    // A file the user controls: a named pipe there must not hang install.
+    let env_text = crate::fs::open_regular(&env_file).and_then(std::io::read_to_string);
     if let Ok(text) = &env_text {
         unit_env.extend(parse_environment_file(text));
     }

@@ -182,7 +182,7 @@ pub(crate) fn status(
         for entry in ledger.all() {
             match entry {
                 Ok(entry) => entries.push(entry),
-                Err(e) => errors.push(e.to_string()),
+                Err(e) => errors.push(crate::errors::one_line(&e)),
             }
         }
         let paths = entries

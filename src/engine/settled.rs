@@ -181,8 +181,9 @@ impl SettledRuns {
     }
 
     /// The slow schedule's look at every settled run: one stat of its
-    /// newest fragment. The fragments' paths (oldest first per run) of the
-    /// runs whose stamp changed are returned, to be looked at: the run
+    /// newest fragment. The newest fragment of each run whose stamp changed
+    /// is returned, to be looked at (waking the run brings its other
+    /// fragments along): the run
     /// leaves when it is woken by its id ([`SettledRuns::wake`]), so that
     /// one whose file cannot be read as a run now stays here (with the new
     /// stamp, not read again until it changes again). A file that cannot
@@ -202,7 +203,7 @@ impl SettledRuns {
             let now = FileStamp::of(&meta);
             if now != *stamp {
                 *stamp = now;
-                changed.extend(packed.fragments().map(|f| dir.join(f)));
+                changed.push(dir.join(newest));
             }
         }
         changed

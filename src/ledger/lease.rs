@@ -663,36 +663,6 @@ impl Lease {
         Lease::acquire_as(state_dir, ttl, Identity::this_process())
     }
 
-    #[cfg(test)]
-    /// [`Lease::acquire`], retried every `poll` (sooner when the holder's
-    /// lease runs out first) until it succeeds, showing each refusal to `keep_waiting`
-    /// (to log it, or to stop on shutdown by returning false, which returns
-    /// that refusal). Errors other than a held or contended lease end the
-    /// wait at once.
-    pub(crate) fn acquire_waiting_while(
-        state_dir: &Path,
-        ttl: Duration,
-        poll: Duration,
-        mut keep_waiting: impl FnMut(&LeaseError) -> bool,
-    ) -> Result<Lease, LeaseError> {
-        loop {
-            let refusal = match Lease::acquire(state_dir, ttl) {
-                Err(e @ (LeaseError::Held { .. } | LeaseError::Contended { .. })) => e,
-                done => return done,
-            };
-            if !keep_waiting(&refusal) {
-                return Err(refusal);
-            }
-            let mut pause = poll;
-            if let LeaseError::Held { expires_in, .. } = &refusal {
-                pause = pause.min(*expires_in + Duration::from_millis(10));
-            }
-            // Jitter, so that daemons waiting together do not collide forever.
-            pause += pause.mul_f64(fastrand::f64() * 0.1);
-            std::thread::sleep(pause);
-        }
-    }
-
     fn acquire_as(state_dir: &Path, ttl: Duration, me: Identity) -> Result<Lease, LeaseError> {
         if ttl.is_zero() {
             return Err(LeaseError::InvalidTtl);
@@ -1296,31 +1266,6 @@ mod tests {
         println!("LEASE-RESULT {verdict}");
         // Stay alive, and so keep the lease, until the parent has every answer.
         let _ = io::Read::read_to_end(&mut io::stdin(), &mut Vec::new());
-    }
-
-    #[test]
-    fn acquire_waiting_takes_over_when_the_holder_stops_renewing() {
-        let tmp = tempfile::tempdir().unwrap();
-        let ttl = Duration::from_millis(300);
-        let _gone = Lease::acquire_as(tmp.path(), ttl, daemon("login-a")).unwrap();
-        let mut refusals = 0;
-        let lease = Lease::acquire_waiting_while(tmp.path(), LONG, LONG, |e| {
-            assert!(matches!(e, LeaseError::Held { .. }), "{e}");
-            refusals += 1;
-            true
-        })
-        .unwrap();
-        assert!(refusals >= 1);
-        assert!(matches!(lease.takeover(), Some(Takeover::Expired { .. })));
-
-        // Giving up returns the refusal.
-        lease.release().unwrap();
-        let _other = Lease::acquire_as(tmp.path(), LONG, daemon("login-c")).unwrap();
-        let err = Lease::acquire_waiting_while(tmp.path(), LONG, LONG, |_| false).unwrap_err();
-        match err {
-            LeaseError::Held { host, .. } => assert_eq!(host, "login-c"),
-            other => panic!("{other}"),
-        }
     }
 
     #[test]

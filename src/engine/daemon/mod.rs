@@ -48,7 +48,7 @@ use crate::engine::schedule::{self, Done, Scheduler, State};
 use crate::engine::sd_notify::Notifier;
 use crate::engine::settled::{FileStamp, SettledRuns};
 use crate::engine::slurm::{JobInfo, Slurm, SlurmError};
-use crate::ledger::lease::Lease;
+use crate::ledger::lease::{Lease, LeaseError};
 use crate::ledger::{Ledger, Phase, RunLedger};
 use crate::naming::NamingRule;
 use crate::sink::retry::RetryPolicy;
@@ -184,7 +184,7 @@ impl Tracked {
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum DaemonError {
     #[error(transparent)]
-    Lease(#[from] crate::ledger::lease::LeaseError),
+    Lease(#[from] LeaseError),
     #[error(transparent)]
     Ledger(#[from] crate::ledger::LedgerError),
     #[error("cannot start the keeper thread: {0}")]
@@ -714,7 +714,11 @@ async fn acquire_lease(config: &DaemonConfig) -> Result<Lease, DaemonError> {
         match Lease::acquire(&config.state_dir, config.lease_ttl) {
             // A takeover is logged by the lease itself.
             Ok(lease) => return Ok(lease),
-            Err(e) if config.wait_for_lease => {
+            // Another daemon has it: wait. Anything else (the state
+            // directory cannot be written, a bad TTL) will not pass by waiting.
+            Err(e @ (LeaseError::Held { .. } | LeaseError::Contended { .. }))
+                if config.wait_for_lease =>
+            {
                 info!(path = %config.state_dir.display(), "{e}; waiting for it");
                 tokio::time::sleep(waits.backoff(attempt)).await;
                 attempt += 1;
@@ -987,8 +991,8 @@ impl DaemonState {
             run.client = None;
             // Another target is another ledger entry (the key names it).
             run.stored = None;
-            run.job.read_manifest();
-            run.manifest_read = true;
+            // Read again when its next upload begins.
+            run.manifest_read = false;
             // A refusal is reported when the run's turn comes (`target_of`).
             let _ = attach_target(run, &config.targets, ledger);
         }
@@ -1272,7 +1276,8 @@ fn attach_target(
         Ok(None) => {}
         // Its upload reads the entry again and says what is wrong with it.
         Err(e) => {
-            warn!(run = %run.job.id, key = %key, error = %e, "{}: cannot read its ledger entry {key}: {e}", run.job.run_dir().display())
+            let error = crate::errors::one_line(&e);
+            warn!(run = %run.job.id, key = %key, %error, "{}: cannot read its ledger entry {key}: {error}", run.job.run_dir().display())
         }
     }
     run.key = Some(key);
@@ -1289,7 +1294,8 @@ fn refresh_from_ledger(run: &mut Tracked, ledger: &Ledger) {
         Ok(Some(entry)) => take_entry(run, entry),
         Ok(None) => {}
         Err(e) => {
-            warn!(run = %run.job.id, key = %key, error = %e, "{}: cannot read its ledger entry {key}: {e}", run.job.run_dir().display())
+            let error = crate::errors::one_line(&e);
+            warn!(run = %run.job.id, key = %key, %error, "{}: cannot read its ledger entry {key}: {error}", run.job.run_dir().display())
         }
     }
 }

@@ -125,7 +125,7 @@ impl RunSync<'_> {
 
     pub(super) fn mark_live(&mut self) -> Result<(), StepError> {
         self.entry.phase = Phase::Live;
-        if !self.options.dry_run && self.client.is_some() {
+        if self.sending_client().is_some() {
             self.save_checkpoint()?;
         }
         Ok(())

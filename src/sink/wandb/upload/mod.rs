@@ -188,10 +188,7 @@ pub(crate) async fn sync_known_run(
             message: e.to_string(),
         });
         stored.warnings = run.entry.warnings.clone();
-        if !options.dry_run
-            && client.is_some()
-            && let Err(save) = ledger.save(&stored)
-        {
+        if stores && let Err(save) = ledger.save(&stored) {
             // The error is also in the outcome; the ledger keeps the last
             // checkpoint, which is what the next upload starts from.
             tracing::warn!(key = %stored.key, error = %save, "cannot record the failure in the ledger");
@@ -411,7 +408,7 @@ impl<'a> RunSync<'a> {
                     .push(FragmentProgress::unread(path.clone())),
             }
         }
-        if moved && !self.options.dry_run && self.client.is_some() {
+        if moved && self.sending_client().is_some() {
             self.ledger.save(&self.checkpoint)?;
         }
         Ok(())

@@ -291,15 +291,31 @@ const LEGACY_PARAMS_DIGEST: &str =
 
 #[test]
 fn a_ledger_entry_with_the_old_digest_does_not_send_the_params_again() {
-    assert!(params_match(Some(LEGACY_PARAMS_DIGEST), &params()));
-    assert!(params_match(Some(PARAMS_DIGEST), &params()));
-    assert!(!params_match(None, &params()));
+    assert!(params_match(
+        Some(LEGACY_PARAMS_DIGEST),
+        &params_digest(&params()),
+        &params()
+    ));
+    assert!(params_match(
+        Some(PARAMS_DIGEST),
+        &params_digest(&params()),
+        &params()
+    ));
+    assert!(!params_match(None, &params_digest(&params()), &params()));
     let renamed = UpsertRun {
         display_name: Some("lr=0.2".into()),
         ..params()
     };
-    assert!(!params_match(Some(LEGACY_PARAMS_DIGEST), &renamed));
-    assert!(!params_match(Some(PARAMS_DIGEST), &renamed));
+    assert!(!params_match(
+        Some(LEGACY_PARAMS_DIGEST),
+        &params_digest(&renamed),
+        &renamed
+    ));
+    assert!(!params_match(
+        Some(PARAMS_DIGEST),
+        &params_digest(&renamed),
+        &renamed
+    ));
 }
 
 /// A fragment file whose last change was `age` ago.

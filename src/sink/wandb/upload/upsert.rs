@@ -39,7 +39,9 @@ impl RunSync<'_> {
             ));
         }
         self.entry.acked.config_sha256 = upsert.config.as_deref().map(|c| sha256_hex(c.as_bytes()));
-        self.entry.acked.params_sha256 = Some(params_digest(&self.upsert_params(false)));
+        // The digest leaves the config out: the upsert just sent has the
+        // same parameters as `upsert_params(false)`.
+        self.entry.acked.params_sha256 = Some(params_digest(&upsert));
         self.entry.naming = Some(sent_naming(&upsert));
         self.entry.server = Some(server.clone());
         // Remember the server identity before any line is sent, on the last
@@ -133,7 +135,11 @@ impl RunSync<'_> {
         let params = self.upsert_params(false);
         let params_sha = params_digest(&params);
         let config_changed = self.entry.acked.config_sha256.as_deref() != Some(config_sha.as_str());
-        let params_changed = !params_match(self.entry.acked.params_sha256.as_deref(), &params);
+        let params_changed = !params_match(
+            self.entry.acked.params_sha256.as_deref(),
+            &params_sha,
+            &params,
+        );
         if !config_changed && !params_changed {
             // An entry written before the digest's encoding was defined
             // takes the new digest at its next checkpoint.
@@ -210,8 +216,8 @@ fn legacy_params_digest(p: &UpsertRun) -> String {
 
 /// Whether `stored`, the digest acknowledged in the ledger, is that of
 /// `params`, in either encoding.
-pub(super) fn params_match(stored: Option<&str>, params: &UpsertRun) -> bool {
-    stored.is_some_and(|stored| {
-        stored == params_digest(params) || stored == legacy_params_digest(params)
-    })
+/// Whether `stored` is the digest of `params` (`digest` is
+/// [`params_digest`] of them), in the current encoding or the legacy one.
+pub(super) fn params_match(stored: Option<&str>, digest: &str, params: &UpsertRun) -> bool {
+    stored.is_some_and(|stored| stored == digest || stored == legacy_params_digest(params))
 }
