@@ -81,7 +81,7 @@ pub(crate) fn run(args: SyncArgs) -> anyhow::Result<Outcome> {
                 .iter()
                 .find(|p| job.fragments[0].starts_with(p))
                 .map(|p| Arc::from(p.as_path()));
-            job.read_manifest();
+            job.read_job_files();
             job
         })
         .collect();

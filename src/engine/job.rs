@@ -5,12 +5,14 @@
 //! themselves (read, send, checkpoint) belong to the sink
 //! (`sink::wandb::upload`).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::ledger::Phase;
 use crate::naming::{JobManifest, NamingRule, read_manifest};
 use crate::project::search_root;
+use crate::source::wandb::metadata;
 
 /// How runs are synced (the same for every run of one `syncd sync`).
 #[derive(Debug, Clone)]
@@ -71,6 +73,10 @@ pub(crate) struct RunJob {
     /// the upload (once per run, not once per upload).
     /// Boxed: most runs have none, and the daemon holds thousands of jobs.
     pub manifest: Option<Box<JobManifest>>,
+    /// The Slurm variables of the run's `wandb-metadata.json`, read with
+    /// the manifest: writers before wandb 0.21 record them only there, and
+    /// the run is named from them as `syncd inspect` shows it.
+    pub metadata_slurm: Option<Box<BTreeMap<String, String>>>,
     /// The entity and project of the run's `.env`, for a run that names
     /// none and is given none on the command line.
     pub entity: Option<String>,
@@ -84,6 +90,7 @@ impl RunJob {
             fragments,
             found_under: None,
             manifest: None,
+            metadata_slurm: None,
             entity: None,
             project: None,
         }
@@ -102,9 +109,13 @@ impl RunJob {
         search_root(self.run_dir(), self.found_under.as_deref())
     }
 
-    /// Reads the job manifest into [`RunJob::manifest`].
-    pub(crate) fn read_manifest(&mut self) {
+    /// Reads what the run's job left beside its records: the job manifest
+    /// into [`RunJob::manifest`], the metadata's Slurm variables into
+    /// [`RunJob::metadata_slurm`].
+    pub(crate) fn read_job_files(&mut self) {
         self.manifest = read_manifest(self.run_dir(), &self.search_root()).map(Box::new);
+        let slurm = metadata::slurm_variables(self.run_dir());
+        self.metadata_slurm = (!slurm.is_empty()).then(|| Box::new(slurm));
     }
 }
 

@@ -643,7 +643,7 @@ impl Daemon {
                 continue;
             };
             if !run.manifest_read {
-                run.job.read_manifest();
+                run.job.read_job_files();
                 run.manifest_read = true;
             }
             let job = run.job.clone();

@@ -371,6 +371,12 @@ pub fn run_snapshot((entity, project, name): &RunKey, run: &Run) -> Value {
     for param in PARAMS {
         out[*param] = run.params.get(*param).cloned().unwrap_or(Value::Null);
     }
+    // A W&B run's tags are a list, empty until some are set; an upsert
+    // with `tags: null` leaves them as they are (and the resume query
+    // answers the same list).
+    if out["tags"].is_null() {
+        out["tags"] = json!([]);
+    }
     out
 }
 
