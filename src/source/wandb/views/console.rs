@@ -1,7 +1,9 @@
 //! Console text from `output_raw` fragments, rebuilt the way a terminal shows
 //! it: `\r` returns to the start of the line so a progress bar rewrites itself,
 //! `\n` starts a new line, backspace and the common cursor escapes (up, down,
-//! erase line) move or clear, other escape sequences are dropped.
+//! erase line) move or clear, colours and styles (SGR, `ESC [ … m`) stay in
+//! the text for W&B's log viewer to render, other escape sequences are
+//! dropped.
 //!
 //! Escape sequences are recognised by `vte`, the state machine of DEC's
 //! terminals that terminal emulators use, so an OSC string (`ESC ] 0;title
@@ -221,6 +223,27 @@ impl vte::Perform for Terminal<'_> {
         if ignore || !intermediates.is_empty() {
             return;
         }
+        if c == 'm' {
+            // Colours and styles stay in the text, as the official client
+            // keeps them: W&B's log viewer renders them.
+            let mut sequence = String::from("\u{1b}[");
+            for (i, param) in params.iter().enumerate() {
+                if i > 0 {
+                    sequence.push(';');
+                }
+                for (j, sub) in param.iter().enumerate() {
+                    if j > 0 {
+                        sequence.push(':');
+                    }
+                    sequence.push_str(&sub.to_string());
+                }
+            }
+            sequence.push('m');
+            for c in sequence.chars() {
+                self.console.put(self.stream, c);
+            }
+            return;
+        }
         let first = params.iter().next().and_then(|p| p.first()).copied();
         self.console.csi(self.stream, first.unwrap_or(0), c);
     }
@@ -366,7 +389,7 @@ impl Console {
                     self.changed.extend(index);
                 }
             }
-            _ => {} // colours and everything else do not change the text
+            _ => {} // the rest does not change the text
         }
     }
 
@@ -545,7 +568,7 @@ mod tests {
             Stream::Stdout,
             "\u{1b}]0;epoch 3/10\u{7}a\u{1b}]2;title\u{1b}\\b\u{1b}P1$r0m\u{1b}\\c\u{1b}[?25ld\u{1b}[1;31me\u{1b}[0m\n",
         )]);
-        assert_eq!(out, ["abcde"]);
+        assert_eq!(out, ["abcd\u{1b}[1;31me\u{1b}[0m"]);
     }
 
     #[test]
@@ -583,7 +606,7 @@ mod tests {
         let mut parts = Console::new().parts();
         parts.stdout.pending_escape = "\u{1b}[".into();
         let mut console = Console::from_parts(parts).expect("valid parts");
-        console.write(Stream::Stdout, "31mred\n");
+        console.write(Stream::Stdout, "2Kred\n");
         assert_eq!(
             console.recent().map(|l| l.text).collect::<Vec<_>>(),
             ["red"]
