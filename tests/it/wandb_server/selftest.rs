@@ -169,14 +169,14 @@ fn graphql_operations_follow_the_blueprint() {
 
     let other = gql(
         &server,
-        "CreateArtifact",
-        "mutation CreateArtifact { x }",
+        "LinkArtifact",
+        "mutation LinkArtifact { x }",
         json!({}),
     )
     .unwrap();
     assert_eq!(
         other.body,
-        json!({"data": null, "errors": [{"message": "not implemented: CreateArtifact"}]})
+        json!({"data": null, "errors": [{"message": "not implemented: LinkArtifact"}]})
     );
 
     let run = server.run("r1").unwrap();
@@ -193,7 +193,7 @@ fn graphql_operations_follow_the_blueprint() {
             "CreateRunFiles",
             "RunResumeStatus",
             "RunResumeStatus",
-            "CreateArtifact"
+            "LinkArtifact"
         ]
     );
     assert_eq!(
@@ -510,7 +510,14 @@ fn sync_cases(
         .flat_map(|c| crate::official_sync::copy_case(c, &scratch.join("cases")))
         .collect();
     let args: Vec<&std::path::Path> = copies.iter().map(std::path::PathBuf::as_path).collect();
-    crate::official_sync::wandb_sync(cli, server, server.api_key(), scratch, &args)
+    // The legacy CLI (wandb < 0.28) has no `-n`.
+    let legacy = cli.to_string_lossy().contains("venv-wandb-0.17.");
+    let flags: &[&str] = if legacy {
+        &["--include-synced"]
+    } else {
+        &["--include-synced", "-n", "16"]
+    };
+    crate::official_sync::wandb_sync_with(cli, server, server.api_key(), scratch, flags, &args)
 }
 
 /// What every artifact upload by an official client leaves on the server.
@@ -648,4 +655,198 @@ fn official_client_uploads_an_artifact() {
             "{ctx}"
         );
     }
+}
+
+/// The artifact versions run `run_id` created, oldest first.
+fn created_by(server: &WandbServer, run_id: &str) -> Vec<Value> {
+    server
+        .artifacts()
+        .into_iter()
+        .filter(|a| a["created_by"] == run_id)
+        .collect()
+}
+
+/// Per case: what the official client must leave on the server.
+fn check_artifact_case(
+    server: &WandbServer,
+    case: &crate::official_sync::Case,
+    copy: &std::path::Path,
+    ctx: &str,
+) {
+    let versions = created_by(server, &case.run_id);
+    let committed: Vec<&Value> = versions
+        .iter()
+        .filter(|a| a["state"] == "COMMITTED")
+        .collect();
+    assert_eq!(committed.len(), versions.len(), "{ctx}: {versions:#?}");
+    // Every file entry's bytes are on the server, equal to the source file.
+    for a in &versions {
+        for (path, entry) in a["entries"].as_object().unwrap() {
+            let src = ["artifact_src", "artifact_src_v0", "artifact_src_v1"]
+                .iter()
+                .map(|d| copy.join(d).join(path))
+                .find(|p| p.is_file());
+            match entry.get("ref").and_then(Value::as_str) {
+                Some(reference) => {
+                    assert!(
+                        a["files"].get(path).is_none(),
+                        "{ctx}: reference {reference} uploaded"
+                    );
+                }
+                None => {
+                    let stored = server.artifact_file(a["id"].as_str().unwrap(), path);
+                    let src = src.unwrap_or_else(|| panic!("{ctx}: no source for {path}"));
+                    assert_eq!(stored, Some(std::fs::read(src).unwrap()), "{ctx}: {path}");
+                }
+            }
+        }
+    }
+    let expect = &case.expect;
+    match case.name.as_str() {
+        "artifact_tree" => {
+            assert_eq!(versions.len(), 1, "{ctx}");
+            let a = &versions[0];
+            assert_eq!(a["aliases"], expect["aliases"], "{ctx}");
+            let paths: Vec<&String> = a["entries"].as_object().unwrap().keys().collect();
+            assert_eq!(json!(paths), expect["files"], "{ctx}");
+            assert_eq!(a["metadata"]["nested"]["layers"], json!([64, 32]), "{ctx}");
+            assert_eq!(a["type"], "model", "{ctx}");
+        }
+        "artifact_refs" => {
+            assert_eq!(versions.len(), 1, "{ctx}");
+            let entries = versions[0]["entries"].as_object().unwrap();
+            let refs: Vec<&str> = entries.values().filter_map(|e| e["ref"].as_str()).collect();
+            assert_eq!(refs.len(), 3, "{ctx}: {entries:#?}");
+            assert!(
+                refs.iter().any(|r| r.starts_with("s3://"))
+                    && refs.iter().any(|r| r.starts_with("gs://"))
+                    && refs.iter().any(|r| r.starts_with("file://")),
+                "{ctx}: {refs:?}"
+            );
+            let uploaded: Vec<&String> = versions[0]["files"].as_object().unwrap().keys().collect();
+            assert_eq!(uploaded, ["local.txt"], "{ctx}");
+        }
+        "artifact_versions" => {
+            assert_eq!(
+                versions.len(),
+                2,
+                "{ctx}: no third version for the same digest"
+            );
+            let (v0, v1) = (&versions[0], &versions[1]);
+            assert_eq!(
+                (v0["version"].clone(), v1["version"].clone()),
+                (json!("v0"), json!("v1")),
+                "{ctx}"
+            );
+            assert_eq!(v0["aliases"], json!([]), "{ctx}");
+            assert_eq!(v1["aliases"], json!(["again", "latest"]), "{ctx}");
+            assert_eq!(
+                (v0["creates"].clone(), v1["creates"].clone()),
+                (json!(1), json!(2)),
+                "{ctx}"
+            );
+            assert_eq!(v1["commits"], 1, "{ctx}");
+            // The shared file is stored once, with v0; v1 names v0 as its birth artifact.
+            let shared = &v1["files"]["shared.txt"];
+            assert_eq!(shared["upload_requested"], false, "{ctx}: {shared}");
+            assert_eq!(shared["birthArtifactID"], v0["id"], "{ctx}");
+            assert_eq!(
+                v1["entries"]["shared.txt"]["birthArtifact"], "fixture-versions:v0",
+                "{ctx}"
+            );
+            assert_eq!(v0["files"]["shared.txt"]["puts"], 1, "{ctx}");
+        }
+        _ => {
+            assert_eq!(versions.len(), 1, "{ctx}");
+            assert_eq!(versions[0]["aliases"], json!(["latest"]), "{ctx}");
+        }
+    }
+    // No file PUT twice.
+    let snapshot = server.snapshot();
+    let mut puts: Vec<&str> = snapshot["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["method"] == "PUT" && r["path"].as_str().unwrap().starts_with("/artifacts/"))
+        .map(|r| r["path"].as_str().unwrap())
+        .collect();
+    let all = puts.len();
+    puts.sort();
+    puts.dedup();
+    assert_eq!(puts.len(), all, "{ctx}: a PUT repeated");
+}
+
+/// The oracle client (0.31.0) on every artifact case of every set, and the
+/// legacy saver of 0.17.9 (its own `wandb sync`) on the 0.17.9 set: each
+/// version is created, its files and manifest uploaded and committed.
+#[test]
+fn official_clients_upload_every_artifact_case() {
+    let Some(oracle) = crate::official_sync::wandb_cli() else {
+        return;
+    };
+    let names = [
+        "artifact",
+        "artifact_tree",
+        "artifact_refs",
+        "artifact_versions",
+        "artifact_staging_gone",
+    ];
+    let cases = artifact_cases(&names);
+    let mut clients = vec![("0.31.0".to_string(), oracle)];
+    if let Some(legacy) = venv_cli("0.17.9") {
+        clients.push(("0.17.9".into(), legacy));
+    }
+    let mut checked = 0;
+    for (client, cli) in &clients {
+        for (version, case) in &cases {
+            if client == "0.17.9" && version != "0.17.9" {
+                continue;
+            }
+            let ctx = format!("wandb {version} case {}, client {client}", case.name);
+            let server = WandbServer::start();
+            let scratch = tempfile::tempdir().unwrap();
+            let sync = sync_cases(cli, &server, &[case], scratch.path());
+            assert!(
+                sync.status.is_some_and(|s| s.success()),
+                "{ctx}\n{}",
+                sync.describe()
+            );
+            let counters = server.snapshot()["counters"].clone();
+            for counter in ["artifact_md5_mismatches", "not_implemented", "bad_requests"] {
+                assert_eq!(
+                    counters[counter],
+                    0,
+                    "{ctx}: {counter}\n{}\n{:#}",
+                    sync.describe(),
+                    server.snapshot()["operations"]
+                );
+            }
+            check_artifact_case(
+                &server,
+                case,
+                &scratch.path().join("cases").join(&case.name),
+                &ctx,
+            );
+            // The order wandb-core and the legacy saver share, per version.
+            let ops: Vec<String> = server
+                .operation_names()
+                .into_iter()
+                .filter(|o| o.contains("Artifact") && !o.starts_with("Probe"))
+                .collect();
+            assert_eq!(
+                ops.first().map(String::as_str),
+                Some("CreateArtifact"),
+                "{ctx}: {ops:?}"
+            );
+            let commits = ops.iter().filter(|o| *o == "CommitArtifact").count();
+            assert_eq!(
+                commits,
+                created_by(&server, &case.run_id).len(),
+                "{ctx}: one commit per version: {ops:?}"
+            );
+            eprintln!("{ctx}: {ops:?}");
+            checked += 1;
+        }
+    }
+    assert!(checked > 0 || std::env::var_os("SYNCD_REQUIRE_FIXTURES").is_none());
 }
