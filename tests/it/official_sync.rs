@@ -455,6 +455,7 @@ fn sync_and_check_set(cli: &Path, set: &Path) -> Vec<String> {
         "unauthorized",
         "bad_requests",
         "gaps",
+        "artifact_md5_mismatches",
     ] {
         if counters[counter] != 0 {
             problems.push(format!(
@@ -662,6 +663,23 @@ fn check_case(
         String::from_utf8_lossy(&config_yaml).contains("_wandb:"),
         "config.yaml lacks _wandb".into(),
     );
+
+    // Artifact cases: every version the run logged is committed, with the
+    // name and type the generator gave it.
+    if let Some((name, kind)) = expect["artifact"].as_str().and_then(|a| a.split_once(':')) {
+        let versions: Vec<Value> = server
+            .artifacts()
+            .into_iter()
+            .filter(|a| a["created_by"] == case.run_id.as_str())
+            .collect();
+        check(
+            !versions.is_empty()
+                && versions
+                    .iter()
+                    .all(|a| a["name"] == name && a["type"] == kind && a["state"] == "COMMITTED"),
+            format!("artifacts {versions:#?}"),
+        );
+    }
 
     // Case-specific facts from the generator's manifest.
     match case.name.as_str() {
