@@ -131,6 +131,8 @@ pub(crate) struct RunOutcome {
     pub files_uploaded: Vec<String>,
     pub exit_code: Option<i32>,
     pub artifacts_not_uploaded: usize,
+    /// Each artifact the run logged and where its upload stands.
+    pub artifacts: Vec<crate::sink::wandb::artifact::ArtifactStatus>,
     pub warnings: Vec<String>,
     pub error: Option<String>,
     /// A dry run's account of what a real sync would send now.
@@ -192,6 +194,7 @@ pub(crate) fn failed_outcome(job: &RunJob, key: String, error: String) -> RunOut
         files_uploaded: Vec::new(),
         exit_code: None,
         artifacts_not_uploaded: 0,
+        artifacts: Vec::new(),
         warnings: Vec::new(),
         error: Some(error),
         would_send: None,

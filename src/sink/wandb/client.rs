@@ -280,7 +280,8 @@ impl Client {
                 },
                 |body| graphql_verdict(operation, body),
             )
-            .await?;
+            .await?
+            .0;
         let answer: Json = serde_json::from_slice(&bytes).map_err(|e| SinkError::Protocol {
             what: operation.into(),
             message: format!("not JSON ({e})"),
@@ -357,6 +358,30 @@ impl Client {
         Ok(())
     }
 
+    /// PUTs a body made anew for each attempt by `body` (a file streamed
+    /// from disk, say), with `headers` and without our credentials; gives
+    /// the answer's `ETag` (a multipart upload's part names itself by it).
+    pub(crate) async fn put_streamed(
+        &self,
+        what: &str,
+        url: &str,
+        headers: HeaderMap,
+        body: impl Fn() -> reqwest::Body,
+    ) -> Result<Option<String>, SinkError> {
+        let (_, answer) = self
+            .send_checked(
+                what,
+                Delivery::AtLeastOnce,
+                || self.http.put(url).headers(headers.clone()).body(body()),
+                |_| BodyVerdict::Done,
+            )
+            .await?;
+        Ok(answer
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string))
+    }
+
     async fn wait_for_pause(&self) {
         let until = self
             .paused_until
@@ -404,17 +429,19 @@ impl Client {
     ) -> Result<Bytes, SinkError> {
         self.send_checked(what, Delivery::AtLeastOnce, build, |_| BodyVerdict::Done)
             .await
+            .map(|(body, _)| body)
     }
 
     /// [`Client::send`] with the 2xx body judged by `check` (a GraphQL
-    /// error in a 200 may pass) and retries as `delivery` allows.
+    /// error in a 200 may pass) and retries as `delivery` allows; gives the
+    /// 2xx answer's body and headers.
     async fn send_checked(
         &self,
         what: &str,
         delivery: Delivery,
         build: impl Fn() -> reqwest::RequestBuilder,
         check: impl Fn(&[u8]) -> BodyVerdict,
-    ) -> Result<Bytes, SinkError> {
+    ) -> Result<(Bytes, HeaderMap), SinkError> {
         let unconfirmed = |last: String| SinkError::Unconfirmed {
             what: what.into(),
             last,
@@ -460,6 +487,7 @@ impl Client {
                         .get(RETRY_AFTER)
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| parse_retry_after(v, SystemTime::now()));
+                    let headers = response.headers().clone();
                     // A body cut off counts as empty; what that means is
                     // the caller's (an empty GraphQL answer is an error, an
                     // empty FileStream answer is ignored).
@@ -470,7 +498,7 @@ impl Client {
                     offline = false;
                     if (200..300).contains(&code) {
                         match check(&body) {
-                            BodyVerdict::Done => return Ok(body),
+                            BodyVerdict::Done => return Ok((body, headers)),
                             BodyVerdict::Refused(e) => return Err(e),
                             BodyVerdict::Retry(message) if at_most_once => {
                                 return Err(unconfirmed(message));

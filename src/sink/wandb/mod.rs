@@ -2,6 +2,7 @@
 //! `CreateRunFiles`, alerts), FileStream for history, system metrics,
 //! summary and console lines, and file uploads.
 
+pub(crate) mod artifact;
 pub(crate) mod client;
 pub(crate) mod filestream;
 pub(crate) mod ops;
