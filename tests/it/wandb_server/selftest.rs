@@ -470,3 +470,182 @@ fn dropping_the_handle_stops_the_server() {
     drop(server);
     assert!(TcpStream::connect(addr).is_err());
 }
+
+// ---------------------------------------------------------------------------
+// Artifacts with the official clients.
+// ---------------------------------------------------------------------------
+
+/// The `wandb` executable of the venv next to the oracle's named `wandb-<version>`.
+fn venv_cli(version: &str) -> Option<std::path::PathBuf> {
+    let oracle = crate::official_sync::wandb_cli()?;
+    let venvs = oracle.parent()?.parent()?.parent()?;
+    let cli = venvs.join(format!("venv-wandb-{version}/bin/wandb"));
+    cli.is_file().then_some(cli)
+}
+
+/// The fixture cases named `names` of every set (copied into `into`),
+/// with the set's wandb version.
+fn artifact_cases(names: &[&str]) -> Vec<(String, crate::official_sync::Case)> {
+    let mut out = Vec::new();
+    for set in crate::support::generated_roots() {
+        let (version, cases) = crate::official_sync::cases_of(&set);
+        for case in cases {
+            if names.contains(&case.name.as_str()) {
+                out.push((version.clone(), case));
+            }
+        }
+    }
+    out
+}
+
+/// Syncs copies of `cases` with `cli` in one invocation; returns the sync.
+fn sync_cases(
+    cli: &std::path::Path,
+    server: &WandbServer,
+    cases: &[&crate::official_sync::Case],
+    scratch: &std::path::Path,
+) -> crate::official_sync::SyncRun {
+    let copies: Vec<std::path::PathBuf> = cases
+        .iter()
+        .flat_map(|c| crate::official_sync::copy_case(c, &scratch.join("cases")))
+        .collect();
+    let args: Vec<&std::path::Path> = copies.iter().map(std::path::PathBuf::as_path).collect();
+    crate::official_sync::wandb_sync(cli, server, server.api_key(), scratch, &args)
+}
+
+/// What every artifact upload by an official client leaves on the server.
+fn check_uploaded_artifact(server: &WandbServer, run_id: &str, ctx: &str) -> Value {
+    let snapshot = server.snapshot();
+    let mine: Vec<&Value> = snapshot["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["created_by"] == run_id)
+        .collect();
+    assert_eq!(
+        mine.len(),
+        1,
+        "{ctx}: artifacts {:#}",
+        snapshot["artifacts"]
+    );
+    let a = mine[0];
+    assert_eq!(a["state"], "COMMITTED", "{ctx}: {a:#}");
+    assert_eq!(a["version"], "v0", "{ctx}");
+    assert_eq!(a["aliases"], json!(["latest"]), "{ctx}");
+    assert_eq!(
+        (a["creates"].clone(), a["commits"].clone()),
+        (json!(1), json!(1)),
+        "{ctx}"
+    );
+    assert_eq!(a["manifest_puts"], 1, "{ctx}");
+    assert_eq!(
+        a["manifest"]["storagePolicyConfig"]["storageLayout"], "V2",
+        "{ctx}"
+    );
+    let entries = a["entries"].as_object().unwrap();
+    assert!(!entries.is_empty(), "{ctx}: an empty manifest");
+    for (path, entry) in entries {
+        if entry.get("ref").is_some_and(|r| !r.is_null()) {
+            continue;
+        }
+        let file = &a["files"][path];
+        assert_eq!(file["md5"], entry["digest"], "{ctx}: {path}");
+        assert_eq!(file["puts"], 1, "{ctx}: {path} stored once");
+        assert_eq!(file["size"], entry["size"], "{ctx}: {path}");
+        assert_eq!(entry["birthArtifactID"], a["id"], "{ctx}: {path}");
+    }
+    let counters = &snapshot["counters"];
+    for counter in [
+        "artifact_md5_mismatches",
+        "artifact_puts_without_md5",
+        "not_implemented",
+        "missing_upload_headers",
+        "storage_auth_violations",
+    ] {
+        assert_eq!(counters[counter], 0, "{ctx}: counter {counter}");
+    }
+    a.clone()
+}
+
+/// The oracle client (0.31.0) uploads the `artifact` case of every fixture
+/// set in the order wandb-core uses, and the server keeps what it sent.
+#[test]
+fn official_client_uploads_an_artifact() {
+    let Some(cli) = crate::official_sync::wandb_cli() else {
+        return;
+    };
+    let cases = artifact_cases(&["artifact"]);
+    assert!(!cases.is_empty() || std::env::var_os("SYNCD_REQUIRE_FIXTURES").is_none());
+    for (version, case) in &cases {
+        let ctx = format!("wandb {version} fixture, 0.31.0 client");
+        let options = Options {
+            upload_headers: vec!["X-Syncd-Upload:artifact".into()],
+            ..Options::default()
+        };
+        let server = WandbServer::with_options(options);
+        let scratch = tempfile::tempdir().unwrap();
+        let sync = sync_cases(&cli, &server, &[case], scratch.path());
+        assert!(
+            sync.status.is_some_and(|s| s.success()),
+            "{}",
+            sync.describe()
+        );
+        let a = check_uploaded_artifact(&server, &case.run_id, &ctx);
+        assert_eq!(a["name"], "fixture-dataset", "{ctx}");
+        assert_eq!(a["type"], "dataset", "{ctx}");
+        assert_eq!(a["description"], "tiny csv", "{ctx}");
+        assert_eq!(a["metadata"], json!({"rows": 2}), "{ctx}");
+        assert_eq!(a["project"], "syncd-fixtures", "{ctx}");
+        assert_eq!(
+            a["entity"], "default-entity",
+            "{ctx}: empty entity = the default one"
+        );
+        let id = a["id"].as_str().unwrap();
+        assert_eq!(
+            server.artifact_file(id, "data.csv").unwrap(),
+            b"a,b\n1,2\n3,4\n",
+            "{ctx}"
+        );
+        let ops: Vec<String> = server
+            .operation_names()
+            .into_iter()
+            .filter(|o| o.contains("Artifact"))
+            .collect();
+        assert_eq!(
+            ops,
+            [
+                "CreateArtifact",
+                "CreateArtifactManifest",
+                "CreateArtifactFiles",
+                "CreateArtifactManifest",
+                "CommitArtifact"
+            ],
+            "{ctx}\n{}",
+            sync.describe()
+        );
+        let operations = server.snapshot()["operations"].clone();
+        let manifests: Vec<&Value> = operations
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|o| o["name"] == "CreateArtifactManifest")
+            .collect();
+        assert_eq!(manifests[0]["variables"]["includeUpload"], false, "{ctx}");
+        assert_eq!(manifests[1]["variables"]["includeUpload"], true, "{ctx}");
+        let puts: Vec<String> = server.snapshot()["requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["path"].as_str().unwrap().starts_with("/artifacts/"))
+            .map(|r| format!("{} {}", r["path"].as_str().unwrap(), r["status"]))
+            .collect();
+        assert_eq!(
+            puts,
+            [
+                format!("/artifacts/{id}/files/data.csv 200"),
+                format!("/artifacts/{id}/manifest 200")
+            ],
+            "{ctx}"
+        );
+    }
+}
