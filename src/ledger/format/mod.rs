@@ -228,6 +228,31 @@ mod tests {
         assert_eq!(resumed.fragments.len(), 2);
         assert_eq!(resumed.fragments[1].step_offset, 5);
 
+        use crate::ledger::ArtifactState;
+        let committed = load("v2-artifact-committed.json");
+        assert_eq!(committed.phase, Phase::Synced);
+        let artifact = &committed.artifacts[0];
+        assert_eq!(
+            (artifact.name.as_str(), artifact.kind.as_str(), artifact.files),
+            ("art-dataset", "dataset", 2)
+        );
+        assert_eq!(artifact.state, ArtifactState::Committed);
+        assert_eq!(artifact.server_id.as_deref(), Some("artifact-1"));
+        assert!(artifact.acked.is_empty() && artifact.manifest_digest.is_some());
+        let uploading = load("v2-artifact-uploading.json");
+        let artifact = &uploading.artifacts[0];
+        assert_eq!(artifact.state, ArtifactState::Uploading);
+        assert_eq!(artifact.acked["a.txt"], "artifact-1");
+        assert_eq!((artifact.fragment, artifact.offset), (0, 1336));
+        let refused = load("v2-artifact-not-uploadable.json");
+        assert!(
+            matches!(&refused.artifacts[0].state, ArtifactState::NotUploadable(why) if why.contains("missing")),
+            "{:?}",
+            refused.artifacts[0].state
+        );
+        // Format 1 had no artifact uploads.
+        assert!(finished.artifacts.is_empty());
+
         let slurm = load("v1-slurm.json");
         assert_eq!(slurm.state.identity.slurm_job_id(), Some("4242"));
         assert_eq!(
