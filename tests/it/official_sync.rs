@@ -79,6 +79,9 @@ pub struct Case {
     pub run_id: String,
     /// The case directory (parent of its wandb dir), copied whole.
     pub dir: PathBuf,
+    /// Where the generator wrote the case (artifact records name their
+    /// staging files by absolute paths under it).
+    pub recorded_dir: PathBuf,
     /// Run dirs relative to `dir`.
     pub run_dirs: Vec<PathBuf>,
     pub expect: Value,
@@ -119,6 +122,7 @@ pub fn cases_of(set: &Path) -> (String, Vec<Case>) {
             name: name.clone(),
             run_id: info["run_id"].as_str().expect("run_id").to_string(),
             dir,
+            recorded_dir: recorded_case.clone(),
             run_dirs,
             expect: info["expect"].clone(),
         });
@@ -127,10 +131,121 @@ pub fn cases_of(set: &Path) -> (String, Vec<Case>) {
 }
 
 /// A case copied so the client can write its markers; returns the run dirs.
+///
+/// Artifact records name their staging copies by absolute `local_path`
+/// under the case (`_home/wandb-data/artifacts/staging/…`). In the copy
+/// they are rewritten to the copy's own staging files, so a copy is
+/// self-contained: a test may delete or change a staging file, and a client
+/// that cleans staging up after uploading touches only the copy.
 pub fn copy_case(case: &Case, into: &Path) -> Vec<PathBuf> {
     let dst = into.join(&case.name);
     copy_tree_rooted(&case.dir, &dst);
-    case.run_dirs.iter().map(|d| dst.join(d)).collect()
+    let dirs: Vec<PathBuf> = case.run_dirs.iter().map(|d| dst.join(d)).collect();
+    for file in dirs.iter().flat_map(|d| wandb_files_under(d)) {
+        relocate_staging(&file, &[&case.recorded_dir, &case.dir], &dst);
+    }
+    dirs
+}
+
+/// Rewrites, in the `.wandb` file `file`, every artifact manifest entry's
+/// `local_path` that starts with one of `from` to start with `to` instead.
+/// A file without such entries is left untouched (byte for byte).
+pub fn relocate_staging(file: &Path, from: &[&Path], to: &Path) {
+    use syncd::source::wandb::framing::{LogReader, LogWriter};
+    // Record.artifact (8) → ArtifactRecord.manifest (12) →
+    // ArtifactManifest.contents (4) → ArtifactManifestEntry.local_path (6).
+    const LOCAL_PATH: [u64; 4] = [8, 12, 4, 6];
+    let mut edit = |old: &[u8]| -> Option<Vec<u8>> {
+        let old = Path::new(std::str::from_utf8(old).ok()?);
+        let rest = from.iter().find_map(|f| old.strip_prefix(f).ok())?;
+        Some(to.join(rest).into_os_string().into_encoded_bytes())
+    };
+    let mut reader = LogReader::open(std::fs::File::open(file).unwrap(), 0).unwrap();
+    let mut writer = LogWriter::new(Vec::new()).unwrap();
+    let mut changed = false;
+    while let Some(record) = reader.next_record().unwrap() {
+        match rewrite_field(record.payload, &LOCAL_PATH, &mut edit) {
+            Some(new) => {
+                changed = true;
+                writer.append(&new).unwrap();
+            }
+            None => writer.append(record.payload).unwrap(),
+        }
+    }
+    if changed {
+        assert!(
+            reader.tail().is_none_or(|t| t.is_clean()),
+            "{}: relocating staging paths would drop an incomplete tail",
+            file.display()
+        );
+        std::fs::write(file, writer.into_inner()).unwrap();
+    }
+}
+
+/// Protobuf wire format: the message `msg` with the length-delimited
+/// fields along `path` (field numbers, outermost first; every occurrence of
+/// a repeated field) replaced by `edit` of their bytes; `None` if nothing
+/// changed or the message cannot be walked.
+fn rewrite_field(
+    msg: &[u8],
+    path: &[u64],
+    edit: &mut dyn FnMut(&[u8]) -> Option<Vec<u8>>,
+) -> Option<Vec<u8>> {
+    fn varint(b: &[u8], at: &mut usize) -> Option<u64> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = *b.get(*at)?;
+            *at += 1;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Some(value);
+            }
+        }
+        None
+    }
+    fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+    let mut out = Vec::with_capacity(msg.len() + 64);
+    let mut changed = false;
+    let mut at = 0;
+    while at < msg.len() {
+        let field_start = at;
+        let key = varint(msg, &mut at)?;
+        match key & 7 {
+            0 => {
+                varint(msg, &mut at)?;
+            }
+            1 => at += 8,
+            5 => at += 4,
+            2 => {
+                let len = varint(msg, &mut at)? as usize;
+                let body = msg.get(at..at + len)?;
+                at += len;
+                if key >> 3 == path[0] {
+                    let new = if path.len() == 1 {
+                        edit(body)
+                    } else {
+                        rewrite_field(body, &path[1..], edit)
+                    };
+                    if let Some(new) = new {
+                        put_varint(&mut out, key);
+                        put_varint(&mut out, new.len() as u64);
+                        out.extend_from_slice(&new);
+                        changed = true;
+                        continue;
+                    }
+                }
+            }
+            _ => return None,
+        }
+        out.extend_from_slice(msg.get(field_start..at)?);
+    }
+    changed.then_some(out)
 }
 
 /// Copies a tree, keeping symlinks; links pointing into `from` are re-pointed
@@ -186,17 +301,32 @@ pub fn wandb_sync(
     scratch: &Path,
     args: &[&Path],
 ) -> SyncRun {
+    wandb_sync_with(
+        cli,
+        server,
+        api_key,
+        scratch,
+        &["--include-synced", "-n", "16"],
+        args,
+    )
+}
+
+/// [`wandb_sync`] with other flags (the legacy client of wandb < 0.28 has
+/// no `-n`).
+pub fn wandb_sync_with(
+    cli: &Path,
+    server: &WandbServer,
+    api_key: &str,
+    scratch: &Path,
+    flags: &[&str],
+    args: &[&Path],
+) -> SyncRun {
     let home = scratch.join("home");
     std::fs::create_dir_all(&home).unwrap();
     let stdout_path = scratch.join("sync.stdout");
     let stderr_path = scratch.join("sync.stderr");
     let mut cmd = Command::new(cli);
-    cmd.arg("sync")
-        .arg("--include-synced")
-        .arg("-n")
-        .arg("16")
-        .args(args)
-        .current_dir(&home);
+    cmd.arg("sync").args(flags).args(args).current_dir(&home);
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("WANDB_") {
             cmd.env_remove(&name);

@@ -3,7 +3,8 @@
 //! after `wandb sync`, except the deliberate differences listed in the
 //! README: the run's own `program` instead of the sync tool's path, a run
 //! without exit record left open instead of failed, console timestamps (the
-//! upload time in both) left out of the comparison.
+//! upload time in both) left out of the comparison. Artifacts are part of
+//! the state ([`artifacts_observable`]).
 
 use std::path::{Path, PathBuf};
 
@@ -65,7 +66,79 @@ fn observable(server: &WandbServer, run: &Value) -> Value {
         "displayName": run["displayName"], "notes": run["notes"], "tags": run["tags"],
         "groupName": run["groupName"], "jobType": run["jobType"], "host": run["host"],
         "commit": run["commit"], "repo": run["repo"],
+        "artifacts": artifacts_observable(server, name),
     })
+}
+
+/// The artifact versions run `run_name` created or used on `server`, in a
+/// form two servers can be compared by: type, name, version, digest,
+/// aliases, state, description, metadata, the manifest's entries (path →
+/// digest, size, ref, extra, and the birth artifact as `name:version`), the
+/// sha256 of the bytes the server holds for each file entry, and whether
+/// the run created or used it. Left out: server ids, the manifest's own
+/// digest and each entry's `local_path` / `skip_cache` (the uploading
+/// machine's staging file; wandb-core writes it into the manifest it uploads).
+pub fn artifacts_observable(server: &WandbServer, run_name: &str) -> Value {
+    let mut versions: Vec<Value> = server
+        .artifacts()
+        .into_iter()
+        .filter(|a| {
+            a["created_by"] == run_name
+                || a["used_by"]
+                    .as_array()
+                    .is_some_and(|u| u.iter().any(|r| r == run_name))
+        })
+        .map(|a| {
+            let id = a["id"].as_str().unwrap_or_default();
+            let entries: serde_json::Map<String, Value> = a["entries"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(path, e)| {
+                    let bytes = e["ref"]
+                        .is_null()
+                        .then(|| server.artifact_file(id, &path))
+                        .flatten();
+                    let sha = bytes.as_deref().map(crate::wandb_server::sha256_hex);
+                    let entry = json!({
+                        "digest": e["digest"], "size": e["size"], "ref": e["ref"],
+                        "extra": e["extra"], "birthArtifact": e["birthArtifact"],
+                        "sha256": sha,
+                    });
+                    (path, entry)
+                })
+                .collect();
+            json!({
+                "entity": a["entity"], "project": a["project"],
+                "type": a["type"], "name": a["name"], "version": a["version"],
+                "digest": a["digest"], "aliases": a["aliases"], "state": a["state"],
+                "description": a["description"], "metadata": a["metadata"],
+                "created": a["created_by"] == run_name,
+                "used": a["used_by"].as_array().is_some_and(|u| u.iter().any(|r| r == run_name)),
+                "entries": entries,
+            })
+        })
+        .collect();
+    versions.sort_by_key(|v| format!("{}:{}", v["name"], v["version"]));
+    Value::Array(versions)
+}
+
+/// Differences between the artifacts of run `run_name` on the official
+/// client's server and on syncd's (empty when they agree).
+pub fn artifact_differences(
+    official: &WandbServer,
+    ours: &WandbServer,
+    run_name: &str,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    differences(
+        &artifacts_observable(official, run_name),
+        &artifacts_observable(ours, run_name),
+        ".artifacts",
+        &mut out,
+    );
+    out
 }
 
 /// Paths where two JSON values differ (for readable failures). Numbers
@@ -304,6 +377,81 @@ fn syncd_leaves_the_same_state_as_the_official_client_on_every_fixture() {
         return;
     }
     assert!(checked > 0);
+    assert!(
+        problems.is_empty(),
+        "{} differences:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+}
+
+/// Artifacts alone, on the artifact cases of every set: what `syncd sync`
+/// leaves equals what the official client leaves (versions, aliases,
+/// states, manifests, bytes), and the official client did upload some.
+#[test]
+fn syncd_uploads_the_same_artifacts_as_the_official_client() {
+    let Some(cli) = wandb_cli() else { return };
+    let mut checked = 0;
+    let mut problems = Vec::new();
+    for set in &generated_roots() {
+        let (version, cases) = cases_of(set);
+        let cases: Vec<&Case> = cases
+            .iter()
+            .filter(|c| c.name.starts_with("artifact"))
+            .collect();
+        if cases.is_empty() {
+            continue;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let official = WandbServer::start();
+        let ours = WandbServer::start();
+        let theirs: Vec<PathBuf> = cases
+            .iter()
+            .flat_map(|c| copy_case(c, &tmp.path().join("official")))
+            .collect();
+        let args: Vec<&Path> = theirs.iter().map(PathBuf::as_path).collect();
+        let sync = wandb_sync(
+            &cli,
+            &official,
+            official.api_key(),
+            &tmp.path().join("scratch"),
+            &args,
+        );
+        assert!(sync.status.is_some(), "{}", sync.describe());
+        let mine: Vec<PathBuf> = cases
+            .iter()
+            .flat_map(|c| copy_case(c, &tmp.path().join("ours")))
+            .collect();
+        let mut args: Vec<&str> = vec!["-j", "4"];
+        args.extend(mine.iter().map(|p| p.to_str().unwrap()));
+        let out = syncd_sync(&ours, &tmp.path().join("syncd-home"), &args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for case in &cases {
+            let ctx = format!("wandb {version} case {}", case.name);
+            let expected = artifacts_observable(&official, &case.run_id);
+            assert!(
+                expected.as_array().is_some_and(|a| !a.is_empty()),
+                "{ctx}: the official client uploaded no artifact\n{}",
+                sync.describe()
+            );
+            problems.extend(
+                artifact_differences(&official, &ours, &case.run_id)
+                    .into_iter()
+                    .map(|d| format!("{ctx}: {d}")),
+            );
+            checked += 1;
+        }
+    }
+    if generated_roots().is_empty() {
+        return;
+    }
+    assert!(checked > 0, "no artifact fixture cases");
     assert!(
         problems.is_empty(),
         "{} differences:\n{}",

@@ -24,6 +24,7 @@ mod graphql;
 mod selftest;
 mod state;
 
+pub use artifacts::sha256_hex;
 pub use state::parse_lenient;
 
 use std::io::Read;

@@ -169,14 +169,14 @@ fn graphql_operations_follow_the_blueprint() {
 
     let other = gql(
         &server,
-        "CreateArtifact",
-        "mutation CreateArtifact { x }",
+        "LinkArtifact",
+        "mutation LinkArtifact { x }",
         json!({}),
     )
     .unwrap();
     assert_eq!(
         other.body,
-        json!({"data": null, "errors": [{"message": "not implemented: CreateArtifact"}]})
+        json!({"data": null, "errors": [{"message": "not implemented: LinkArtifact"}]})
     );
 
     let run = server.run("r1").unwrap();
@@ -193,7 +193,7 @@ fn graphql_operations_follow_the_blueprint() {
             "CreateRunFiles",
             "RunResumeStatus",
             "RunResumeStatus",
-            "CreateArtifact"
+            "LinkArtifact"
         ]
     );
     assert_eq!(
@@ -510,7 +510,14 @@ fn sync_cases(
         .flat_map(|c| crate::official_sync::copy_case(c, &scratch.join("cases")))
         .collect();
     let args: Vec<&std::path::Path> = copies.iter().map(std::path::PathBuf::as_path).collect();
-    crate::official_sync::wandb_sync(cli, server, server.api_key(), scratch, &args)
+    // The legacy CLI (wandb < 0.28) has no `-n`.
+    let legacy = cli.to_string_lossy().contains("venv-wandb-0.17.");
+    let flags: &[&str] = if legacy {
+        &["--include-synced"]
+    } else {
+        &["--include-synced", "-n", "16"]
+    };
+    crate::official_sync::wandb_sync_with(cli, server, server.api_key(), scratch, flags, &args)
 }
 
 /// What every artifact upload by an official client leaves on the server.
@@ -648,4 +655,565 @@ fn official_client_uploads_an_artifact() {
             "{ctx}"
         );
     }
+}
+
+/// The artifact versions run `run_id` created, oldest first.
+fn created_by(server: &WandbServer, run_id: &str) -> Vec<Value> {
+    server
+        .artifacts()
+        .into_iter()
+        .filter(|a| a["created_by"] == run_id)
+        .collect()
+}
+
+/// Per case: what the official client must leave on the server.
+fn check_artifact_case(
+    server: &WandbServer,
+    case: &crate::official_sync::Case,
+    copy: &std::path::Path,
+    ctx: &str,
+) {
+    let versions = created_by(server, &case.run_id);
+    let committed: Vec<&Value> = versions
+        .iter()
+        .filter(|a| a["state"] == "COMMITTED")
+        .collect();
+    assert_eq!(committed.len(), versions.len(), "{ctx}: {versions:#?}");
+    // Every file entry's bytes are on the server, equal to the source file.
+    for a in &versions {
+        for (path, entry) in a["entries"].as_object().unwrap() {
+            let src = ["artifact_src", "artifact_src_v0", "artifact_src_v1"]
+                .iter()
+                .map(|d| copy.join(d).join(path))
+                .find(|p| p.is_file());
+            match entry.get("ref").and_then(Value::as_str) {
+                Some(reference) => {
+                    assert!(
+                        a["files"].get(path).is_none(),
+                        "{ctx}: reference {reference} uploaded"
+                    );
+                }
+                None => {
+                    let stored = server.artifact_file(a["id"].as_str().unwrap(), path);
+                    let src = src.unwrap_or_else(|| panic!("{ctx}: no source for {path}"));
+                    assert_eq!(stored, Some(std::fs::read(src).unwrap()), "{ctx}: {path}");
+                }
+            }
+        }
+    }
+    let expect = &case.expect;
+    match case.name.as_str() {
+        "artifact_tree" => {
+            assert_eq!(versions.len(), 1, "{ctx}");
+            let a = &versions[0];
+            assert_eq!(a["aliases"], expect["aliases"], "{ctx}");
+            let paths: Vec<&String> = a["entries"].as_object().unwrap().keys().collect();
+            assert_eq!(json!(paths), expect["files"], "{ctx}");
+            assert_eq!(a["metadata"]["nested"]["layers"], json!([64, 32]), "{ctx}");
+            assert_eq!(a["type"], "model", "{ctx}");
+        }
+        "artifact_refs" => {
+            assert_eq!(versions.len(), 1, "{ctx}");
+            let entries = versions[0]["entries"].as_object().unwrap();
+            let refs: Vec<&str> = entries.values().filter_map(|e| e["ref"].as_str()).collect();
+            assert_eq!(refs.len(), 3, "{ctx}: {entries:#?}");
+            assert!(
+                refs.iter().any(|r| r.starts_with("s3://"))
+                    && refs.iter().any(|r| r.starts_with("gs://"))
+                    && refs.iter().any(|r| r.starts_with("file://")),
+                "{ctx}: {refs:?}"
+            );
+            let uploaded: Vec<&String> = versions[0]["files"].as_object().unwrap().keys().collect();
+            assert_eq!(uploaded, ["local.txt"], "{ctx}");
+        }
+        "artifact_versions" => {
+            assert_eq!(
+                versions.len(),
+                2,
+                "{ctx}: no third version for the same digest"
+            );
+            let (v0, v1) = (&versions[0], &versions[1]);
+            assert_eq!(
+                (v0["version"].clone(), v1["version"].clone()),
+                (json!("v0"), json!("v1")),
+                "{ctx}"
+            );
+            assert_eq!(v0["aliases"], json!([]), "{ctx}");
+            assert_eq!(v1["aliases"], json!(["again", "latest"]), "{ctx}");
+            assert_eq!(
+                (v0["creates"].clone(), v1["creates"].clone()),
+                (json!(1), json!(2)),
+                "{ctx}"
+            );
+            assert_eq!(v1["commits"], 1, "{ctx}");
+            // The shared file is stored once, with v0; v1 names v0 as its birth artifact.
+            let shared = &v1["files"]["shared.txt"];
+            assert_eq!(shared["upload_requested"], false, "{ctx}: {shared}");
+            assert_eq!(shared["birthArtifactID"], v0["id"], "{ctx}");
+            assert_eq!(
+                v1["entries"]["shared.txt"]["birthArtifact"], "fixture-versions:v0",
+                "{ctx}"
+            );
+            assert_eq!(v0["files"]["shared.txt"]["puts"], 1, "{ctx}");
+        }
+        _ => {
+            assert_eq!(versions.len(), 1, "{ctx}");
+            assert_eq!(versions[0]["aliases"], json!(["latest"]), "{ctx}");
+        }
+    }
+    // No file PUT twice.
+    let snapshot = server.snapshot();
+    let mut puts: Vec<&str> = snapshot["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["method"] == "PUT" && r["path"].as_str().unwrap().starts_with("/artifacts/"))
+        .map(|r| r["path"].as_str().unwrap())
+        .collect();
+    let all = puts.len();
+    puts.sort();
+    puts.dedup();
+    assert_eq!(puts.len(), all, "{ctx}: a PUT repeated");
+}
+
+/// The oracle client (0.31.0) on every artifact case of every set, and the
+/// legacy saver of 0.17.9 (its own `wandb sync`) on the 0.17.9 set: each
+/// version is created, its files and manifest uploaded and committed.
+#[test]
+fn official_clients_upload_every_artifact_case() {
+    let Some(oracle) = crate::official_sync::wandb_cli() else {
+        return;
+    };
+    let names = [
+        "artifact",
+        "artifact_tree",
+        "artifact_refs",
+        "artifact_versions",
+        "artifact_staging_gone",
+    ];
+    let cases = artifact_cases(&names);
+    let mut clients = vec![("0.31.0".to_string(), oracle)];
+    if let Some(legacy) = venv_cli("0.17.9") {
+        clients.push(("0.17.9".into(), legacy));
+    }
+    let mut checked = 0;
+    for (client, cli) in &clients {
+        for (version, case) in &cases {
+            if client == "0.17.9" && version != "0.17.9" {
+                continue;
+            }
+            let ctx = format!("wandb {version} case {}, client {client}", case.name);
+            let server = WandbServer::start();
+            let scratch = tempfile::tempdir().unwrap();
+            let sync = sync_cases(cli, &server, &[case], scratch.path());
+            assert!(
+                sync.status.is_some_and(|s| s.success()),
+                "{ctx}\n{}",
+                sync.describe()
+            );
+            let counters = server.snapshot()["counters"].clone();
+            for counter in ["artifact_md5_mismatches", "not_implemented", "bad_requests"] {
+                assert_eq!(
+                    counters[counter],
+                    0,
+                    "{ctx}: {counter}\n{}\n{:#}",
+                    sync.describe(),
+                    server.snapshot()["operations"]
+                );
+            }
+            check_artifact_case(
+                &server,
+                case,
+                &scratch.path().join("cases").join(&case.name),
+                &ctx,
+            );
+            // The order wandb-core and the legacy saver share, per version.
+            let ops: Vec<String> = server
+                .operation_names()
+                .into_iter()
+                .filter(|o| o.contains("Artifact") && !o.starts_with("Probe"))
+                .collect();
+            assert_eq!(
+                ops.first().map(String::as_str),
+                Some("CreateArtifact"),
+                "{ctx}: {ops:?}"
+            );
+            let commits = ops.iter().filter(|o| *o == "CommitArtifact").count();
+            assert_eq!(
+                commits,
+                created_by(&server, &case.run_id).len(),
+                "{ctx}: one commit per version: {ops:?}"
+            );
+            eprintln!("{ctx}: {ops:?}");
+            checked += 1;
+        }
+    }
+    assert!(checked > 0 || std::env::var_os("SYNCD_REQUIRE_FIXTURES").is_none());
+}
+
+// ---------------------------------------------------------------------------
+// The artifact protocol, request by request.
+// ---------------------------------------------------------------------------
+
+fn md5_hex(bytes: &[u8]) -> String {
+    use md5::Digest;
+    md5::Md5::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn data(reply: Option<Reply>, field: &str) -> Value {
+    let reply = reply.expect("an answer");
+    assert_eq!(reply.status, 200);
+    assert!(reply.body["errors"].is_null(), "{field}: {}", reply.body);
+    reply.body["data"][field].clone()
+}
+
+fn path_of(server: &WandbServer, url: &Value) -> String {
+    url.as_str()
+        .unwrap()
+        .strip_prefix(&server.base_url())
+        .unwrap()
+        .to_string()
+}
+
+fn create_version(server: &WandbServer, digest: &str, aliases: &[&str]) -> Value {
+    let aliases: Vec<Value> = aliases
+        .iter()
+        .map(|a| json!({"artifactCollectionName": "ds", "alias": a}))
+        .collect();
+    let input = json!({"entityName": "", "projectName": "p", "artifactTypeName": "dataset",
+        "artifactCollectionName": "ds", "runName": "r1", "digest": digest, "aliases": aliases,
+        "description": "d", "metadata": "{\"k\":1}", "clientID": format!("client-{digest}")});
+    let q = "mutation CreateArtifact($input: CreateArtifactInput!) { x }";
+    data(
+        gql(server, "CreateArtifact", q, json!({"input": input})),
+        "createArtifact",
+    )["artifact"]
+        .clone()
+}
+
+fn manifest_request(server: &WandbServer, id: &Value, digest: &str, upload: bool) -> Value {
+    let vars = json!({"artifactID": id, "baseArtifactID": null, "name": "wandb_manifest.json",
+        "digest": digest, "entityName": "default-entity", "projectName": "p", "runName": "r1",
+        "manifestType": "FULL", "includeUpload": upload});
+    data(
+        gql(
+            server,
+            "CreateArtifactManifest",
+            "mutation CreateArtifactManifest { x }",
+            vars,
+        ),
+        "createArtifactManifest",
+    )["artifactManifest"]
+        .clone()
+}
+
+fn file_specs(server: &WandbServer, specs: Value) -> Vec<Value> {
+    let vars = json!({"input": {"storageLayout": "V2", "artifactFiles": specs}});
+    data(
+        gql(
+            server,
+            "CreateArtifactFiles",
+            "mutation CreateArtifactFiles { x }",
+            vars,
+        ),
+        "createArtifactFiles",
+    )["files"]["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["node"].clone())
+        .collect()
+}
+
+fn put(server: &WandbServer, url: &Value, md5: Option<&str>, body: &[u8]) -> Reply {
+    let headers: Vec<(&str, &str)> = md5.map(|m| ("Content-MD5", m)).into_iter().collect();
+    send(server, "PUT", &path_of(server, url), &headers, body).expect("an answer")
+}
+
+/// Uploads `manifest` for version `id` and commits it.
+fn finish_version(server: &WandbServer, id: &Value, manifest: &Value) -> Option<Reply> {
+    let bytes = manifest.to_string().into_bytes();
+    let digest = super::artifacts::md5_b64(&bytes);
+    let file = &manifest_request(server, id, &digest, true)["file"];
+    assert!(
+        file["uploadHeaders"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(format!("Content-MD5:{digest}")))
+    );
+    assert_eq!(
+        put(server, &file["uploadUrl"], Some(&digest), &bytes).status,
+        200
+    );
+    gql(
+        server,
+        "CommitArtifact",
+        "mutation CommitArtifact { x }",
+        json!({"artifactID": id}),
+    )
+}
+
+#[test]
+fn artifact_versions_dedup_check_md5_and_complete_multipart() {
+    let server = WandbServer::start();
+    let md5 = super::artifacts::md5_b64;
+    let (one, part1, part2) = (b"one".to_vec(), vec![7u8; 1000], vec![9u8; 10]);
+    let big: Vec<u8> = [part1.clone(), part2.clone()].concat();
+
+    let v0 = create_version(&server, "digest-0", &["latest", "best"]);
+    assert_eq!(v0["state"], "PENDING");
+    assert!(v0["artifactSequence"]["latestArtifact"].is_null());
+    // The same digest while pending: the same version (a client resuming).
+    assert_eq!(
+        create_version(&server, "digest-0", &["latest"])["id"],
+        v0["id"]
+    );
+    let id = &v0["id"];
+    let manifest = manifest_request(&server, id, "", false);
+    assert!(manifest["file"].get("uploadUrl").is_none());
+    let nodes = file_specs(
+        &server,
+        json!([
+            {"artifactID": id, "name": "dir/one.txt", "md5": md5(&one), "artifactManifestID": manifest["id"]},
+            {"artifactID": id, "name": "big.bin", "md5": md5(&big), "artifactManifestID": manifest["id"],
+             "uploadPartsInput": [{"partNumber": 1, "hexMD5": md5_hex(&part1)}, {"partNumber": 2, "hexMD5": md5_hex(&part2)}]},
+        ]),
+    );
+    assert_eq!(nodes[0]["artifact"]["id"], *id);
+    assert!(nodes[0]["uploadMultipartUrls"].is_null());
+    let headers = nodes[0]["uploadHeaders"].as_array().unwrap();
+    assert_eq!(headers, &[json!(format!("Content-MD5:{}", md5(&one)))]);
+
+    // Content-MD5 must be the body's, and the body the declared file.
+    assert_eq!(
+        put(&server, &nodes[0]["uploadUrl"], Some(&md5(b"two")), &one).status,
+        400
+    );
+    assert_eq!(
+        put(&server, &nodes[0]["uploadUrl"], Some(&md5(b"two")), b"two").status,
+        400
+    );
+    // Committing before every file and the manifest are there is refused.
+    let early = gql(
+        &server,
+        "CommitArtifact",
+        "mutation CommitArtifact { x }",
+        json!({"artifactID": id}),
+    );
+    assert!(
+        early.unwrap().body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no uploaded manifest")
+    );
+    let stored = put(&server, &nodes[0]["uploadUrl"], Some(&md5(&one)), &one);
+    assert_eq!(stored.status, 200);
+    assert!(
+        stored
+            .headers
+            .contains(&format!("etag: \"{}\"", md5_hex(&one)))
+    );
+
+    // Multipart: parts checked against their hexMD5, answered with ETags.
+    let parts = nodes[1]["uploadMultipartUrls"]["uploadUrlParts"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        put(&server, &parts[1]["uploadUrl"], None, &part1).status,
+        400
+    );
+    let mut etags = Vec::new();
+    for (part, bytes) in parts.iter().zip([&part1, &part2]) {
+        let reply = put(&server, &part["uploadUrl"], Some(&md5(bytes)), bytes);
+        assert_eq!(reply.status, 200);
+        let etag = reply
+            .headers
+            .lines()
+            .find_map(|l| l.strip_prefix("etag: "))
+            .unwrap()
+            .to_string();
+        etags.push(json!({"partNumber": part["partNumber"], "hexMD5": etag}));
+    }
+    let complete = |parts: Value| {
+        gql(&server, "CompleteMultipartUploadArtifact", "mutation CompleteMultipartUploadArtifact { x }",
+            json!({"completeMultipartAction": "Complete", "completedParts": parts, "artifactID": id,
+                   "storagePath": nodes[1]["storagePath"], "uploadID": nodes[1]["uploadMultipartUrls"]["uploadID"]}))
+        .unwrap()
+        .body
+    };
+    let wrong = json!([etags[0], {"partNumber": 2, "hexMD5": "\"0\""}]);
+    assert!(complete(wrong)["errors"].is_array());
+    assert_eq!(
+        complete(json!(etags))["data"]["completeMultipartUploadArtifact"]["digest"],
+        md5(&big)
+    );
+
+    let entries = json!({"version": 1, "storagePolicy": "wandb-storage-policy-v1",
+        "storagePolicyConfig": {"storageLayout": "V2"}, "contents": {
+            "dir/one.txt": {"digest": md5(&one), "size": 3, "birthArtifactID": id},
+            "big.bin": {"digest": md5(&big), "size": big.len(), "birthArtifactID": id},
+            "remote.csv": {"digest": "s3://b/remote.csv", "ref": "s3://b/remote.csv"}}});
+    assert!(finish_version(&server, id, &entries).unwrap().body["errors"].is_null());
+
+    // A second version: the file the collection stores gets no upload URL.
+    let v1 = create_version(&server, "digest-1", &["latest", "best"]);
+    assert_eq!(v1["artifactSequence"]["latestArtifact"]["id"], *id);
+    let nodes = file_specs(
+        &server,
+        json!([{"artifactID": v1["id"], "name": "copy.txt", "md5": md5(&one)}]),
+    );
+    assert!(nodes[0]["uploadUrl"].is_null());
+    assert_eq!(nodes[0]["artifact"]["id"], *id);
+    let entries = json!({"version": 1, "storagePolicyConfig": {"storageLayout": "V2"},
+        "contents": {"copy.txt": {"digest": md5(&one), "size": 3, "birthArtifactID": id}}});
+    assert!(finish_version(&server, &v1["id"], &entries).unwrap().body["errors"].is_null());
+    // Committed: the same digest again returns it, committed.
+    assert_eq!(
+        create_version(&server, "digest-1", &[])["state"],
+        "COMMITTED"
+    );
+    let used = json!({"input": {"artifactID": id, "entityName": "default-entity", "projectName": "p", "runName": "r2"}});
+    data(
+        gql(&server, "UseArtifact", "mutation UseArtifact { x }", used),
+        "useArtifact",
+    );
+    let mapped = gql(
+        &server,
+        "ClientIDMapping",
+        "query ClientIDMapping { x }",
+        json!({"clientID": "client-digest-1"}),
+    );
+    assert_eq!(data(mapped, "clientIDMapping")["serverID"], v1["id"]);
+
+    let artifacts = server.artifacts();
+    let (a0, a1) = (&artifacts[0], &artifacts[1]);
+    assert_eq!(
+        (a0["version"].clone(), a1["version"].clone()),
+        (json!("v0"), json!("v1"))
+    );
+    assert_eq!(a0["aliases"], json!([]), "best and latest moved to v1");
+    assert_eq!(a1["aliases"], json!(["best", "latest"]));
+    assert_eq!(
+        (a0["creates"].clone(), a1["creates"].clone()),
+        (json!(2), json!(2))
+    );
+    assert_eq!(a0["entity"], "default-entity");
+    assert_eq!(a0["metadata"], json!({"k": 1}));
+    assert_eq!(a0["used_by"], json!(["r2"]));
+    assert_eq!(a0["files"]["big.bin"]["multipart"]["completed"], true);
+    assert_eq!(a0["files"]["dir/one.txt"]["puts"], 1);
+    assert_eq!(a0["entries"]["remote.csv"]["ref"], "s3://b/remote.csv");
+    assert_eq!(a1["entries"]["copy.txt"]["birthArtifact"], "ds:v0");
+    assert_eq!(
+        a1["files"]["copy.txt"]["sha256"],
+        super::artifacts::sha256_hex(&one)
+    );
+    assert_eq!(
+        server
+            .artifact_file(a1["id"].as_str().unwrap(), "copy.txt")
+            .unwrap(),
+        one
+    );
+    assert_eq!(
+        server
+            .artifact_file(a0["id"].as_str().unwrap(), "big.bin")
+            .unwrap(),
+        big
+    );
+    let counters = server.snapshot()["counters"].clone();
+    assert_eq!(counters["artifact_md5_mismatches"], 3);
+    assert_eq!(counters["artifact_puts"], 8);
+    assert_eq!(counters["storage_puts"], 0);
+}
+
+#[test]
+fn artifact_uploads_can_fail_or_hang() {
+    let server = WandbServer::start();
+    let v = create_version(&server, "digest-h", &["latest"]);
+    let bytes = b"payload".to_vec();
+    let md5 = super::artifacts::md5_b64(&bytes);
+    let nodes = file_specs(
+        &server,
+        json!([{"artifactID": v["id"], "name": "a.txt", "md5": md5}]),
+    );
+    server.inject(
+        Endpoint::ArtifactStorage,
+        Fault::Status {
+            code: 503,
+            retry_after: None,
+        },
+        1,
+    );
+    server.inject(Endpoint::ArtifactFile("a.txt".into()), Fault::Hang, 1);
+    server.inject(
+        Endpoint::Operation("CommitArtifact".into()),
+        Fault::GraphqlError("boom".into()),
+        1,
+    );
+    assert_eq!(
+        put(&server, &nodes[0]["uploadUrl"], Some(&md5), &bytes).status,
+        503
+    );
+
+    // The hung PUT gets no answer and stores nothing.
+    let mut stream = TcpStream::connect(server.addr()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let path = path_of(&server, &nodes[0]["uploadUrl"]);
+    let head = format!(
+        "PUT {path} HTTP/1.1\r\nHost: x\r\nContent-MD5: {md5}\r\nContent-Length: {}\r\n\r\n",
+        bytes.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(&bytes).unwrap();
+    let mut buf = [0u8; 64];
+    assert!(
+        stream.read(&mut buf).is_err(),
+        "a hung request was answered"
+    );
+    assert_eq!(server.artifacts()[0]["files"]["a.txt"]["puts"], 0);
+
+    assert_eq!(
+        put(&server, &nodes[0]["uploadUrl"], Some(&md5), &bytes).status,
+        200
+    );
+    let manifest = json!({"version": 1, "contents": {"a.txt": {"digest": md5, "size": 7}}});
+    let failed = finish_version(&server, &v["id"], &manifest).unwrap();
+    assert_eq!(failed.body["errors"][0]["message"], "boom");
+    assert_eq!(server.artifacts()[0]["state"], "PENDING");
+    let again = gql(
+        &server,
+        "CommitArtifact",
+        "mutation CommitArtifact { x }",
+        json!({"artifactID": v["id"]}),
+    );
+    assert!(again.unwrap().body["errors"].is_null());
+    let a = &server.artifacts()[0];
+    assert_eq!(
+        (
+            a["state"].clone(),
+            a["version"].clone(),
+            a["commits"].clone()
+        ),
+        (json!("COMMITTED"), json!("v0"), json!(1))
+    );
+    let faults: Vec<Value> = server.snapshot()["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["fault"].as_str().map(|f| json!(f)))
+        .collect();
+    assert_eq!(
+        faults,
+        [
+            json!("status 503"),
+            json!("hang"),
+            json!("graphql error: boom")
+        ]
+    );
 }
