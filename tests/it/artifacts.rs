@@ -144,17 +144,27 @@ fn comparable(a: &Value) -> Value {
 }
 
 fn sync_ok(server: &WandbServer, home: &Path, wandb_dir: &Path, args: &[&str]) -> Value {
-    let out = syncd_command(server, home, server.api_key(), &[&["--json"], args].concat())
-        .arg(wandb_dir)
-        .output()
-        .unwrap();
+    let out = syncd_command(
+        server,
+        home,
+        server.api_key(),
+        &[&["--json"], args].concat(),
+    )
+    .arg(wandb_dir)
+    .output()
+    .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn status_json(home: &Path) -> Value {
     let out = Command::new(env!("CARGO_BIN_EXE_syncd"))
-        .args(["status", "--json", "--state-dir", home.join("state").to_str().unwrap()])
+        .args([
+            "status",
+            "--json",
+            "--state-dir",
+            home.join("state").to_str().unwrap(),
+        ])
         .env("HOME", home)
         .output()
         .unwrap();
@@ -175,7 +185,10 @@ fn an_artifact_uploads_as_the_official_client_uploads_it_and_once() {
 
     // The official client deletes the staging copies it uploaded.
     let official = WandbServer::start();
-    let run_dir = wandb_files_under(&wandb_dir)[0].parent().unwrap().to_path_buf();
+    let run_dir = wandb_files_under(&wandb_dir)[0]
+        .parent()
+        .unwrap()
+        .to_path_buf();
     let copy = tmp.path().join("official");
     crate::official_sync::copy_tree_rooted(&run_dir, &copy.join(run_dir.file_name().unwrap()));
     let cli = crate::official_sync::wandb_cli().expect("the official wandb CLI");
@@ -186,13 +199,21 @@ fn an_artifact_uploads_as_the_official_client_uploads_it_and_once() {
         &tmp.path().join("scratch"),
         &[&copy.join(run_dir.file_name().unwrap())],
     );
-    assert!(synced.status.is_some_and(|s| s.success()), "{}{}", synced.stdout, synced.stderr);
+    assert!(
+        synced.status.is_some_and(|s| s.success()),
+        "{}{}",
+        synced.stdout,
+        synced.stderr
+    );
     restore(&kept);
 
     let server = WandbServer::start();
     let report = sync_ok(&server, tmp.path(), &wandb_dir, &[]);
     assert_eq!(report["runs"][0]["phase"], "synced", "{report:#}");
-    assert_eq!(report["runs"][0]["artifacts"][0]["state"], "committed", "{report:#}");
+    assert_eq!(
+        report["runs"][0]["artifacts"][0]["state"], "committed",
+        "{report:#}"
+    );
 
     let theirs = official.artifacts();
     let ours = server.artifacts();
@@ -203,10 +224,20 @@ fn an_artifact_uploads_as_the_official_client_uploads_it_and_once() {
     let mut aliases = ours[0]["aliases"].as_array().unwrap().clone();
     aliases.sort_by_key(|a| a.to_string());
     assert_eq!(aliases, ["best", "latest"]);
-    assert!(ours[0]["entries"]["ref.txt"]["ref"].as_str().unwrap().starts_with("file://"));
-    assert!(ours[0]["files"].get("ref.txt").is_none(), "a reference is never uploaded");
+    assert!(
+        ours[0]["entries"]["ref.txt"]["ref"]
+            .as_str()
+            .unwrap()
+            .starts_with("file://")
+    );
+    assert!(
+        ours[0]["files"].get("ref.txt").is_none(),
+        "a reference is never uploaded"
+    );
     assert_eq!(
-        server.artifact_file(ours[0]["id"].as_str().unwrap(), "data/b.bin").unwrap(),
+        server
+            .artifact_file(ours[0]["id"].as_str().unwrap(), "data/b.bin")
+            .unwrap(),
         kept.iter().find(|(_, b)| b.len() > 1000).unwrap().1
     );
     for (path, file) in ours[0]["files"].as_object().unwrap() {
@@ -223,7 +254,10 @@ fn an_artifact_uploads_as_the_official_client_uploads_it_and_once() {
     assert_eq!(server.artifacts()[0]["creates"], 1);
     // And `status` shows it committed.
     let status = status_json(tmp.path());
-    assert_eq!(status["runs"][0]["artifacts"][0]["state"], "committed", "{status:#}");
+    assert_eq!(
+        status["runs"][0]["artifacts"][0]["state"], "committed",
+        "{status:#}"
+    );
     assert_eq!(status["runs"][0]["artifacts"][0]["name"], "art-dataset");
 }
 
@@ -235,17 +269,33 @@ fn resumes_after(endpoint: Endpoint, fault: Fault, skip: usize) {
     let (wandb_dir, _staging) = write_run(tmp.path(), "");
     let server = WandbServer::start();
     server.inject_after(endpoint.clone(), fault, skip, 1000);
-    let out = syncd_command(&server, tmp.path(), server.api_key(), &["--json", "--attempts", "1"])
-        .arg(&wandb_dir)
-        .output()
-        .unwrap();
-    assert_ne!(out.status.code(), Some(0), "{endpoint:?}: the fault stops it: {}", text(&out));
+    let out = syncd_command(
+        &server,
+        tmp.path(),
+        server.api_key(),
+        &["--json", "--attempts", "1"],
+    )
+    .arg(&wandb_dir)
+    .output()
+    .unwrap();
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "{endpoint:?}: the fault stops it: {}",
+        text(&out)
+    );
     let status = status_json(tmp.path());
     let shown = &status["runs"][0]["artifacts"][0];
-    assert!(shown["state"] == "uploading" || shown["state"] == "queued", "{status:#}");
+    assert!(
+        shown["state"] == "uploading" || shown["state"] == "queued",
+        "{status:#}"
+    );
     server.clear_faults();
     let report = sync_ok(&server, tmp.path(), &wandb_dir, &[]);
-    assert_eq!(report["runs"][0]["artifacts"][0]["state"], "committed", "{endpoint:?}: {report:#}");
+    assert_eq!(
+        report["runs"][0]["artifacts"][0]["state"], "committed",
+        "{endpoint:?}: {report:#}"
+    );
     check_once(&server, &format!("{endpoint:?}"));
 }
 
@@ -264,7 +314,10 @@ fn check_once(server: &WandbServer, ctx: &str) {
 fn a_sync_stopped_after_create_artifact_continues_the_same_version() {
     resumes_after(
         Endpoint::Operation("CreateArtifactManifest".into()),
-        Fault::Status { code: 500, retry_after: None },
+        Fault::Status {
+            code: 500,
+            retry_after: None,
+        },
         0,
     );
 }
@@ -274,7 +327,10 @@ fn a_sync_stopped_between_file_puts_continues_without_sending_a_file_twice() {
     // a.txt goes first (names in order), data/b.bin fails.
     resumes_after(
         Endpoint::ArtifactFile("data/b.bin".into()),
-        Fault::Status { code: 500, retry_after: None },
+        Fault::Status {
+            code: 500,
+            retry_after: None,
+        },
         0,
     );
 }
@@ -292,7 +348,10 @@ fn a_commit_whose_answer_was_lost_is_found_committed_and_not_repeated() {
 fn a_sync_stopped_before_commit_artifact_commits_the_same_version() {
     resumes_after(
         Endpoint::Operation("CommitArtifact".into()),
-        Fault::Status { code: 500, retry_after: None },
+        Fault::Status {
+            code: 500,
+            retry_after: None,
+        },
         0,
     );
 }
@@ -326,8 +385,14 @@ fn kill_9_during_a_put_or_before_the_commit_resumes_exactly_once() {
             if reached {
                 break;
             }
-            assert!(started.elapsed() < Duration::from_secs(60), "{endpoint:?} never reached");
-            assert!(child.try_wait().unwrap().is_none(), "syncd ended before the hang");
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "{endpoint:?} never reached"
+            );
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "syncd ended before the hang"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -336,7 +401,10 @@ fn kill_9_during_a_put_or_before_the_commit_resumes_exactly_once() {
         child.wait().unwrap();
         server.clear_faults();
         let report = sync_ok(&server, tmp.path(), &wandb_dir, &[]);
-        assert_eq!(report["runs"][0]["artifacts"][0]["state"], "committed", "{report:#}");
+        assert_eq!(
+            report["runs"][0]["artifacts"][0]["state"], "committed",
+            "{report:#}"
+        );
         check_once(&server, &format!("kill -9 at {endpoint:?}"));
     }
 }
@@ -349,7 +417,10 @@ fn staging_files_breaking_the_rule_are_refused_and_the_run_still_syncs() {
     let tmp = tempfile::tempdir().unwrap();
     let (wandb_dir, staging) = write_run(tmp.path(), "");
     let kept = staged(&staging);
-    let big = staging_file_of(&staging, &kept.iter().find(|(_, b)| b.len() > 1000).unwrap().1);
+    let big = staging_file_of(
+        &staging,
+        &kept.iter().find(|(_, b)| b.len() > 1000).unwrap().1,
+    );
     let outside = tmp.path().join("outside.bin");
     std::fs::write(&outside, b"secret").unwrap();
     let fifo = |path: &Path| {
@@ -385,24 +456,43 @@ fn staging_files_breaking_the_rule_are_refused_and_the_run_still_syncs() {
         let server = WandbServer::start();
         let started = Instant::now();
         let report = sync_ok(&server, &home, &wandb_dir, &[]);
-        assert!(started.elapsed() < Duration::from_secs(30), "{name}: never blocks");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{name}: never blocks"
+        );
         let run = &report["runs"][0];
         assert_eq!(run["phase"], "synced", "{name}: {report:#}");
-        assert_eq!(run["artifacts"][0]["state"], "not uploadable", "{name}: {report:#}");
+        assert_eq!(
+            run["artifacts"][0]["state"], "not uploadable",
+            "{name}: {report:#}"
+        );
         let why = run["artifacts"][0]["reason"].as_str().unwrap();
-        assert!(why.contains(reason) && why.contains("data/b.bin"), "{name}: {why}");
+        assert!(
+            why.contains(reason) && why.contains("data/b.bin"),
+            "{name}: {why}"
+        );
         assert!(server.artifacts().is_empty(), "{name}: nothing created");
         assert_eq!(server.run("artrun01").unwrap()["complete"], true, "{name}");
 
         let status = status_json(&home);
         assert_eq!(status["runs"][0]["state"], "synced", "{name}");
-        assert_eq!(status["runs"][0]["artifacts"][0]["state"], "not uploadable", "{name}");
+        assert_eq!(
+            status["runs"][0]["artifacts"][0]["state"], "not uploadable",
+            "{name}"
+        );
         assert!(
-            status["runs"][0]["artifacts"][0]["reason"].as_str().unwrap().contains(reason),
+            status["runs"][0]["artifacts"][0]["reason"]
+                .as_str()
+                .unwrap()
+                .contains(reason),
             "{name}: {status:#}"
         );
         let table = Command::new(env!("CARGO_BIN_EXE_syncd"))
-            .args(["status", "--state-dir", home.join("state").to_str().unwrap()])
+            .args([
+                "status",
+                "--state-dir",
+                home.join("state").to_str().unwrap(),
+            ])
             .env("HOME", &home)
             .output()
             .unwrap();
@@ -455,7 +545,9 @@ fn a_file_over_the_multipart_threshold_goes_up_in_parts() {
     assert_eq!(big["multipart"]["parts"], 3, "{big:#}");
     assert_eq!(big["multipart"]["completed"], true, "{big:#}");
     assert_eq!(
-        server.artifact_file(artifacts[0]["id"].as_str().unwrap(), "data/b.bin").unwrap(),
+        server
+            .artifact_file(artifacts[0]["id"].as_str().unwrap(), "data/b.bin")
+            .unwrap(),
         kept.iter().find(|(_, b)| b.len() > 1000).unwrap().1
     );
     assert!(artifacts[0]["files"]["a.txt"]["multipart"].is_null());
@@ -478,10 +570,10 @@ fn the_daemon_uploads_an_artifact_a_live_run_logs_later() {
         // record reaches the disk while the run goes on.
         "for i in range(400): run.log({'pad': 'x' * 1000, 'i': i})\ntime.sleep(10)",
     )
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
     crate::daemon::wait_until(Duration::from_secs(90), "the artifact committed", || {
         server
             .artifacts()
@@ -496,11 +588,16 @@ fn the_daemon_uploads_an_artifact_a_live_run_logs_later() {
     assert_ne!(server.run("artrun01").unwrap()["complete"], true);
     assert!(wandb.wait().unwrap().success());
     crate::daemon::wait_until(Duration::from_secs(60), "the run complete", || {
-        server.run("artrun01").is_some_and(|r| r["complete"] == true)
+        server
+            .run("artrun01")
+            .is_some_and(|r| r["complete"] == true)
     });
     check_once(&server, "daemon");
     let status = crate::daemon::status_json(&home);
-    assert_eq!(status["runs"][0]["artifacts"][0]["state"], "committed", "{status:#}");
+    assert_eq!(
+        status["runs"][0]["artifacts"][0]["state"], "committed",
+        "{status:#}"
+    );
     assert!(daemon.term_within(Duration::from_secs(10)).is_some());
 }
 
@@ -560,5 +657,68 @@ fn write_v2_goldens() {
             .replace(&server.base_url(), "http://127.0.0.1:8080");
         assert!(text.contains("\"format\": 2"), "{text}");
         std::fs::write(&golden, text).unwrap();
+    }
+}
+
+/// The fixture case whose staging copy is gone (a cleaned cache), for every
+/// generated writer version: the run is synced, the artifact is reported
+/// not uploadable with why (`sync --json`, `status --json`), nothing of it
+/// is created, and a second sync sends nothing.
+#[test]
+fn a_fixture_run_whose_staging_copy_is_gone_syncs_and_reports_the_artifact() {
+    let mut checked = 0;
+    for set in crate::support::generated_roots() {
+        let (version, cases) = crate::official_sync::cases_of(&set);
+        let Some(case) = cases.iter().find(|c| c.name == "artifact_staging_gone") else {
+            continue;
+        };
+        let ctx = format!("wandb {version}");
+        let tmp = tempfile::tempdir().unwrap();
+        let run_dirs = crate::official_sync::copy_case(case, &tmp.path().join("cases"));
+        let staging = tmp
+            .path()
+            .join("cases")
+            .join(&case.name)
+            .join("_home/wandb-data/artifacts/staging");
+        let gone: Vec<PathBuf> = std::fs::read_dir(&staging)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        assert!(!gone.is_empty(), "{ctx}: the copy has its staging files");
+        for path in &gone {
+            std::fs::remove_file(path).unwrap();
+        }
+        let server = WandbServer::start();
+        let home = tmp.path().join("home");
+        let report = sync_ok(&server, &home, &run_dirs[0], &[]);
+        let run = &report["runs"][0];
+        assert_eq!(run["phase"], "synced", "{ctx}: {report:#}");
+        assert_eq!(run["artifacts"][0]["name"], "fixture-gone", "{ctx}");
+        assert_eq!(run["artifacts"][0]["state"], "not uploadable", "{ctx}");
+        assert!(
+            run["artifacts"][0]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("missing"),
+            "{ctx}: {report:#}"
+        );
+        assert!(server.artifacts().is_empty(), "{ctx}: nothing created");
+        assert_eq!(server.run(&case.run_id).unwrap()["complete"], true, "{ctx}");
+        let status = status_json(&home);
+        assert_eq!(
+            status["runs"][0]["artifacts"][0]["state"], "not uploadable",
+            "{ctx}: {status:#}"
+        );
+        let before = server.snapshot()["counters"]["requests"].clone();
+        sync_ok(&server, &home, &run_dirs[0], &[]);
+        assert_eq!(server.snapshot()["counters"]["requests"], before, "{ctx}");
+        checked += 1;
+    }
+    if std::env::var_os("SYNCD_REQUIRE_FIXTURES").is_some() {
+        assert!(
+            checked > 0,
+            "no generated set has the artifact_staging_gone case"
+        );
     }
 }

@@ -3,12 +3,12 @@
 /// Fixture locations, running the `syncd` binary, the Python oracle.
 mod support;
 
-/// Bad input in one run (odd names, pipes, symlinks out, unreadable or
-/// corrupt files) is handled or reported, and the others are uploaded.
-mod bad_input;
 /// Artifacts: uploaded as the official client does, exactly once through
 /// faults and kill -9; staging files that break the rule are refused.
 mod artifacts;
+/// Bad input in one run (odd names, pipes, symlinks out, unreadable or
+/// corrupt files) is handled or reported, and the others are uploaded.
+mod bad_input;
 /// `syncd inspect` exit codes, messages and output forms.
 mod cli;
 /// Damaged files: bit flips, zeroed blocks, truncation at every offset, noise.

@@ -233,7 +233,11 @@ mod tests {
         assert_eq!(committed.phase, Phase::Synced);
         let artifact = &committed.artifacts[0];
         assert_eq!(
-            (artifact.name.as_str(), artifact.kind.as_str(), artifact.files),
+            (
+                artifact.name.as_str(),
+                artifact.kind.as_str(),
+                artifact.files
+            ),
             ("art-dataset", "dataset", 2)
         );
         assert_eq!(artifact.state, ArtifactState::Committed);
