@@ -271,6 +271,7 @@ impl Client {
             .send_checked(
                 operation,
                 delivery,
+                self.policy.timeout,
                 || {
                     self.http
                         .post(&url)
@@ -358,20 +359,26 @@ impl Client {
         Ok(())
     }
 
-    /// PUTs a body made anew for each attempt by `body` (a file streamed
-    /// from disk, say), with `headers` and without our credentials; gives
-    /// the answer's `ETag` (a multipart upload's part names itself by it).
+    /// PUTs `len` bytes made anew for each attempt by `body` (a file
+    /// streamed from disk, say), with `headers` and without our
+    /// credentials; gives the answer's `ETag` (a multipart upload's part
+    /// names itself by it). An attempt may take the usual timeout plus a
+    /// second per MiB: a file of gigabytes is not cut off by a timeout made
+    /// for requests of kilobytes.
     pub(crate) async fn put_streamed(
         &self,
         what: &str,
         url: &str,
         headers: HeaderMap,
+        len: u64,
         body: impl Fn() -> reqwest::Body,
     ) -> Result<Option<String>, SinkError> {
+        let timeout = self.policy.timeout + Duration::from_secs(len >> 20);
         let (_, answer) = self
             .send_checked(
                 what,
                 Delivery::AtLeastOnce,
+                timeout,
                 || self.http.put(url).headers(headers.clone()).body(body()),
                 |_| BodyVerdict::Done,
             )
@@ -427,18 +434,25 @@ impl Client {
         what: &str,
         build: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<Bytes, SinkError> {
-        self.send_checked(what, Delivery::AtLeastOnce, build, |_| BodyVerdict::Done)
-            .await
-            .map(|(body, _)| body)
+        self.send_checked(
+            what,
+            Delivery::AtLeastOnce,
+            self.policy.timeout,
+            build,
+            |_| BodyVerdict::Done,
+        )
+        .await
+        .map(|(body, _)| body)
     }
 
     /// [`Client::send`] with the 2xx body judged by `check` (a GraphQL
-    /// error in a 200 may pass) and retries as `delivery` allows; gives the
-    /// 2xx answer's body and headers.
+    /// error in a 200 may pass), retries as `delivery` allows and each
+    /// attempt given `timeout`; gives the 2xx answer's body and headers.
     async fn send_checked(
         &self,
         what: &str,
         delivery: Delivery,
+        timeout: Duration,
         build: impl Fn() -> reqwest::RequestBuilder,
         check: impl Fn(&[u8]) -> BodyVerdict,
     ) -> Result<(Bytes, HeaderMap), SinkError> {
@@ -457,7 +471,7 @@ impl Client {
             if attempt > 0 {
                 self.wait_for_pause().await;
             }
-            let wait = match build().timeout(self.policy.timeout).send().await {
+            let wait = match build().timeout(timeout).send().await {
                 Err(e) => {
                     offline = e.is_connect() || e.is_timeout() || e.is_request();
                     last = describe_transport_error(&e);

@@ -330,6 +330,7 @@ async fn steps(
             "artifact manifest",
             url,
             headers(&slot.upload_headers),
+            body.len() as u64,
             || reqwest::Body::from(body.clone()),
         )
         .await?;
@@ -401,6 +402,7 @@ async fn put_file(
             &format!("artifact file {}", entry.path),
             url,
             headers(upload_headers),
+            size,
             || reqwest::Body::wrap(staging::FileBody::new(file.clone(), 0, size)),
         )
         .await?;
@@ -468,6 +470,7 @@ async fn put_parts(
                 &format!("artifact file {} part {number}", entry.path),
                 url,
                 map,
+                len,
                 || reqwest::Body::wrap(staging::FileBody::new(file.clone(), start, len)),
             )
             .await?;
@@ -485,7 +488,7 @@ async fn put_parts(
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub(crate) struct ArtifactStatus {
     pub name: String,
-    #[serde(rename = "type")]
+    /// Its type (`dataset`, `model`, …), named as in `inspect`.
     pub kind: String,
     /// `queued`, `uploading`, `committed` or `not uploadable`.
     pub state: &'static str,
