@@ -198,8 +198,9 @@ impl WandbServer {
         self.lock().stopped = stopped;
     }
 
-    /// The same JSON as `GET /_state`:
-    /// `{"runs":[...], "operations":[...], "requests":[...], "counters":{...}}`.
+    /// The same JSON as `GET /_state`: `{"runs":[...], "artifacts":[...],
+    /// "operations":[...], "requests":[...], "counters":{...}}` (artifacts as
+    /// in [`artifacts`](Self::artifacts)).
     ///
     /// Each run has `entity`, `project`, `name`, `id`, `upserts`, `config`
     /// (parsed), the `UpsertBucket` parameters under their GraphQL names
