@@ -722,3 +722,59 @@ fn a_fixture_run_whose_staging_copy_is_gone_syncs_and_reports_the_artifact() {
         );
     }
 }
+
+/// A file of 160 MB is hashed and sent a chunk at a time: the peak memory
+/// of `syncd sync` stays far below the file's size, whole and in parts.
+#[test]
+fn a_large_artifact_file_is_sent_in_bounded_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (wandb_dir, _staging) = write_run(
+        tmp.path(),
+        "big = wandb.Artifact('big-model', type='model')\n\
+         open('big.bin', 'wb').write(bytes(range(256)) * (160 * 4096))\n\
+         big.add_file('big.bin')\n\
+         run.log_artifact(big)",
+    );
+    for parts in [false, true] {
+        let server = WandbServer::start();
+        let home = tmp.path().join(format!("home-{parts}"));
+        let mut cmd = syncd_command(&server, &home, server.api_key(), &[]);
+        if parts {
+            cmd.env("SYNCD_ARTIFACT_MULTIPART_BYTES", "50000000")
+                .env("SYNCD_ARTIFACT_PART_BYTES", "40000000");
+        }
+        let mut child = cmd
+            .arg(&wandb_dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // The high-water mark only grows: the last one read is the peak.
+        let mut peak_kb = 0u64;
+        let status = loop {
+            if let Ok(text) = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+                && let Some(kb) = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+            {
+                peak_kb = peak_kb.max(kb);
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert!(status.success(), "parts {parts}");
+        eprintln!("parts {parts}: peak RSS {peak_kb} kB");
+        let artifacts = server.artifacts();
+        let big = artifacts.iter().find(|a| a["name"] == "big-model").unwrap();
+        assert_eq!(big["state"], "COMMITTED", "parts {parts}");
+        assert_eq!(big["files"]["big.bin"]["size"], 160 * 1024 * 1024);
+        assert_eq!(big["files"]["big.bin"]["multipart"].is_null(), !parts);
+        assert!(
+            peak_kb > 0 && peak_kb < 80 * 1024,
+            "parts {parts}: peak RSS {peak_kb} kB for a 160 MiB file"
+        );
+    }
+}
