@@ -282,6 +282,13 @@ async fn steps(
             .filter(|e| !progress.acked.contains_key(&e.path) && seen.insert(e.path.as_str()))
             .collect()
     };
+    // Files acknowledged for a version the server no longer has were not
+    // checked above.
+    for entry in &todo {
+        if !checked.contains_key(entry.path.as_str()) {
+            checked.insert(&entry.path, check(entry, owner)?);
+        }
+    }
     for batch in todo.chunks(FILES_PER_REQUEST) {
         let specs: Vec<ops::FileSpec> = batch
             .iter()
