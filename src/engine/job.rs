@@ -75,8 +75,9 @@ pub(crate) struct RunJob {
     pub manifest: Option<Box<JobManifest>>,
     /// The Slurm variables of the run's `wandb-metadata.json`, read with
     /// the manifest: writers before wandb 0.21 record them only there, and
-    /// the run is named from them as `syncd inspect` shows it.
-    pub metadata_slurm: Option<Box<BTreeMap<String, String>>>,
+    /// the run is named from them as `syncd inspect` shows it. Empty for
+    /// most runs, which costs no allocation.
+    pub metadata_slurm: BTreeMap<String, String>,
     /// The entity and project of the run's `.env`, for a run that names
     /// none and is given none on the command line.
     pub entity: Option<String>,
@@ -90,7 +91,7 @@ impl RunJob {
             fragments,
             found_under: None,
             manifest: None,
-            metadata_slurm: None,
+            metadata_slurm: BTreeMap::new(),
             entity: None,
             project: None,
         }
@@ -114,8 +115,7 @@ impl RunJob {
     /// [`RunJob::metadata_slurm`].
     pub(crate) fn read_job_files(&mut self) {
         self.manifest = read_manifest(self.run_dir(), &self.search_root()).map(Box::new);
-        let slurm = metadata::slurm_variables(self.run_dir());
-        self.metadata_slurm = (!slurm.is_empty()).then(|| Box::new(slurm));
+        self.metadata_slurm = metadata::slurm_variables(self.run_dir());
     }
 }
 
@@ -142,6 +142,8 @@ pub(crate) struct RunOutcome {
     pub files_uploaded: Vec<String>,
     pub exit_code: Option<i32>,
     pub artifacts_not_uploaded: usize,
+    /// Each artifact the run logged and where its upload stands.
+    pub artifacts: Vec<crate::sink::wandb::artifact::ArtifactStatus>,
     pub warnings: Vec<String>,
     pub error: Option<String>,
     /// A dry run's account of what a real sync would send now.
@@ -203,6 +205,7 @@ pub(crate) fn failed_outcome(job: &RunJob, key: String, error: String) -> RunOut
         files_uploaded: Vec::new(),
         exit_code: None,
         artifacts_not_uploaded: 0,
+        artifacts: Vec::new(),
         warnings: Vec::new(),
         error: Some(error),
         would_send: None,

@@ -30,6 +30,7 @@ use crate::engine::job::{
 };
 use crate::fs::sha256_hex;
 use crate::ledger::{ErrorNote, FragmentProgress, Ledger, LedgerError, Phase, RunLedger};
+use crate::sink::wandb::artifact;
 use crate::sink::wandb::client::{Client, SinkError};
 use crate::sink::wandb::filestream::{self, Lines, Request};
 use crate::sink::wandb::ops;
@@ -55,12 +56,22 @@ enum StepError {
     Corrupt(String),
 }
 
+impl From<artifact::Stop> for StepError {
+    fn from(stop: artifact::Stop) -> StepError {
+        match stop {
+            artifact::Stop::Sink(e) => StepError::Sink(e),
+            artifact::Stop::Ledger(e) => StepError::Ledger(e),
+        }
+    }
+}
+
 /// Everything produced by records since the last checkpoint.
 #[derive(Default)]
 struct Pending {
     history: Vec<String>,
     events: Vec<String>,
     alerts: Vec<proto::AlertRecord>,
+    artifacts: Vec<artifact::Logged>,
     preempting: bool,
     bytes: usize,
     records: u64,
@@ -217,7 +228,14 @@ pub(crate) async fn sync_known_run(
         history_lines_sent: run.history_sent,
         files_uploaded: run.files_uploaded.clone(),
         exit_code: entry.acked.complete,
-        artifacts_not_uploaded: entry.state.artifacts.len(),
+        artifacts_not_uploaded: entry.state.artifacts.len().saturating_sub(
+            entry
+                .artifacts
+                .iter()
+                .filter(|a| a.state == crate::ledger::ArtifactState::Committed)
+                .count(),
+        ),
+        artifacts: artifact::statuses(entry),
         warnings: entry.warnings.clone(),
         error: result.err().map(|e| crate::errors::one_line(&e)),
         would_send: options.dry_run.then_some(run.would_send),
@@ -344,6 +362,13 @@ impl<'a> RunSync<'a> {
                     ));
                 }
                 self.write_big_console_output(&mut record).await?;
+                if let Some(RecordType::Artifact(logged)) = &record.record_type {
+                    self.pending.artifacts.push(artifact::Logged {
+                        fragment: index,
+                        offset: record_start,
+                        record: logged.clone(),
+                    });
+                }
                 self.apply(index, record);
                 self.pending.records += 1;
                 self.records_read += 1;
@@ -576,6 +601,9 @@ impl<'a> RunSync<'a> {
         }
         let server = self.ensure_server_run(client).await?;
         self.upsert_if_changed(client, &server).await?;
+        // As the official client: an artifact is saved when its record is
+        // sent, before the run's files.
+        self.upload_artifacts(client, &pending.artifacts).await?;
         let uploaded = self.upload_files(client, &server, finishing).await?;
 
         // FileStream: history and events at their fixed offsets, console
@@ -687,6 +715,57 @@ impl<'a> RunSync<'a> {
             self.entry.phase = Phase::Live;
         }
         self.save_checkpoint()?;
+        Ok(())
+    }
+
+    /// Uploads the artifacts whose records this batch read, each from the
+    /// progress the ledger has for it (see [`artifact`]). Their progress is
+    /// saved onto the last checkpoint, so it holds whatever the cursors are.
+    async fn upload_artifacts(
+        &mut self,
+        client: &Client,
+        logged: &[artifact::Logged],
+    ) -> Result<(), StepError> {
+        if logged.is_empty() {
+            return Ok(());
+        }
+        // The staging files must belong to whoever owns the run.
+        let run_dir = self.job.run_dir();
+        let owner =
+            std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(run_dir).map_err(|e| {
+                StepError::Read {
+                    path: run_dir.to_path_buf(),
+                    source: e.into(),
+                }
+            })?);
+        for one in logged {
+            let same = |a: &crate::ledger::ArtifactProgress| {
+                a.fragment == one.fragment && a.offset == one.offset
+            };
+            let at = match self.entry.artifacts.iter().position(same) {
+                Some(at) => at,
+                None => {
+                    self.entry.artifacts.push(one.queued());
+                    self.entry.artifacts.len() - 1
+                }
+            };
+            let mut progress = self.entry.artifacts[at].clone();
+            let (ledger, checkpoint) = (self.ledger, &mut self.checkpoint);
+            let mut save = |p: &crate::ledger::ArtifactProgress, durable: bool| {
+                match checkpoint.artifacts.iter_mut().find(|a| same(a)) {
+                    Some(stored) => *stored = p.clone(),
+                    None => checkpoint.artifacts.push(p.clone()),
+                }
+                if durable {
+                    ledger.save(checkpoint)
+                } else {
+                    ledger.save_unsynced(checkpoint)
+                }
+            };
+            let result = artifact::upload(client, one, owner, &mut progress, &mut save).await;
+            self.entry.artifacts[at] = progress;
+            result?;
+        }
         Ok(())
     }
 

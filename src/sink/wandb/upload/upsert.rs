@@ -66,16 +66,16 @@ impl RunSync<'_> {
     /// (`source::wandb::metadata`), so both show one name.
     pub(super) fn naming(&self) -> Naming {
         let state = &self.entry.state;
+        let slurm = &self.job.metadata_slurm;
         let filled;
-        let identity = match &self.job.metadata_slurm {
-            Some(slurm) if state.identity.slurm.is_empty() => {
-                filled = RunIdentity {
-                    slurm: (**slurm).clone(),
-                    ..state.identity.clone()
-                };
-                &filled
-            }
-            _ => &state.identity,
+        let identity = if state.identity.slurm.is_empty() && !slurm.is_empty() {
+            filled = RunIdentity {
+                slurm: slurm.clone(),
+                ..state.identity.clone()
+            };
+            &filled
+        } else {
+            &state.identity
         };
         name_run(
             &self.options.naming,
