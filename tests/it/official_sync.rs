@@ -240,7 +240,7 @@ pub fn wandb_sync(
 }
 
 /// `"0.31.0"` → `(0, 31, 0)`.
-fn version(v: &str) -> (u32, u32, u32) {
+pub fn version(v: &str) -> (u32, u32, u32) {
     let mut parts = v.split('.').map(|p| p.parse().unwrap_or(0));
     (
         parts.next().unwrap_or(0),

@@ -16,7 +16,7 @@ use crate::sink::wandb::ops::{self, ServerRun};
 use crate::sink::wandb::run_config;
 use crate::source::wandb::views::{FileKind, Policy};
 
-use super::{RunSync, StepError};
+use super::{RunSync, StepError, output_log};
 
 impl RunSync<'_> {
     /// Uploads files that are new or changed; returns their names for the
@@ -95,7 +95,12 @@ impl RunSync<'_> {
             .map(|(p, e)| (p.clone(), e.policy, e.kind))
             .collect();
         for (path, policy, kind) in listed {
-            if kind == FileKind::Artifact || (policy == Policy::End && !finishing) {
+            // The writer's own output.log is never sent: it is rebuilt from
+            // the console records when the run finishes (see output_log.rs).
+            if kind == FileKind::Artifact
+                || (policy == Policy::End && !finishing)
+                || path == filestream::OUTPUT
+            {
                 continue;
             }
             let Some(found) = self.find_run_file(&path) else {
@@ -117,7 +122,7 @@ impl RunSync<'_> {
             }
         }
         if finishing {
-            if let Some(bytes) = self.read_run_file(filestream::OUTPUT) {
+            if let Some(bytes) = self.rebuilt_output_log() {
                 contents.insert(filestream::OUTPUT.into(), bytes);
             }
             contents.insert(
@@ -144,7 +149,35 @@ impl RunSync<'_> {
         (contents, mtimes)
     }
 
+    /// `output.log` made from the console records of every fragment (see
+    /// [`output_log`]), or `None` when the run printed nothing or the spool
+    /// cannot be written (then reported: the console lines are on the
+    /// server all the same).
+    fn rebuilt_output_log(&mut self) -> Option<Vec<u8>> {
+        let spool = output_log::spool_path(self.ledger.dir(), &self.entry.key);
+        let rebuilt = output_log::rebuild(&self.job.fragments, &spool).and_then(|spooled| {
+            spooled
+                .map(|path| {
+                    let bytes = std::fs::read(&path);
+                    let _ = std::fs::remove_file(&path);
+                    bytes
+                })
+                .transpose()
+        });
+        match rebuilt {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                let _ = std::fs::remove_file(&spool);
+                self.entry.warn(format!(
+                    "output.log cannot be made from the console records ({e}); not uploaded"
+                ));
+                None
+            }
+        }
+    }
+
     /// A run file's bytes from the newest fragment that has it.
+    #[cfg(test)]
     pub(super) fn read_run_file(&mut self, rel: &str) -> Option<Vec<u8>> {
         let found = self.find_run_file(rel)?;
         self.read_found(rel, &found)

@@ -1,0 +1,188 @@
+//! `output.log`, made from the run's console records when the run finishes,
+//! as the official `wandb sync` makes it: one line of text per console line,
+//! after `\r`, cursor movements and erasures (the same terminal the
+//! FileStream console lines come from), without timestamps.
+//!
+//! Why from the records and never the writer's `files/output.log`: wandb
+//! before 0.18 and the 0.2x writers leave none offline, and a killed writer
+//! leaves a stale one (a few bytes it never flushed); the console records
+//! are the truth.
+//!
+//! Memory stays bounded by the console's window, not by the run's output:
+//! the run's fragments are read again, and each line is written to a spool
+//! file in the state directory as soon as no cursor can reach it any more.
+//! The spool is removed once uploaded (or when a later finish rebuilds it).
+
+use std::collections::BTreeMap;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+
+use crate::source::wandb::framing::LogReader;
+use crate::source::wandb::proto::{Record, RecordType};
+use crate::source::wandb::views::console::{Console, Stream};
+
+/// Spools of `output.log` files being made, below the state directory.
+const SPOOL_DIR: &str = "output-log";
+
+/// Where the spool of the run with ledger key `key` goes: beside the
+/// ledger's `runs/`, in the state directory.
+pub(super) fn spool_path(ledger_dir: &Path, key: &str) -> PathBuf {
+    ledger_dir
+        .parent()
+        .unwrap_or(ledger_dir)
+        .join(SPOOL_DIR)
+        .join(format!("{key}.log"))
+}
+
+/// Reads the console records of `fragments` (in order, from their start)
+/// and writes the console's lines to `spool`; gives the spool's path. A fragment that cannot be
+/// read ends the console where it ends (as the upload of its records does);
+/// `None` when the run printed nothing (the official client then uploads no
+/// `output.log` either).
+pub(super) fn rebuild(fragments: &[PathBuf], spool: &Path) -> std::io::Result<Option<PathBuf>> {
+    if let Some(dir) = spool.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut writer = SpoolWriter {
+        out: BufWriter::new(std::fs::File::create(spool)?),
+        written: 0,
+        pending: BTreeMap::new(),
+    };
+    let mut console = Console::new();
+    for path in fragments {
+        let Ok(file) = crate::fs::open_regular(path) else {
+            break;
+        };
+        let Ok(mut reader) = LogReader::open(file, 0) else {
+            break;
+        };
+        while let Ok(Some(raw)) = reader.next_record() {
+            let decoded = Record::decode(raw.payload);
+            reader.release_large_buffer();
+            let (stream, text) = match decoded.map(|r| r.record_type) {
+                Ok(Some(RecordType::OutputRaw(out))) => (
+                    if out.output_type == 0 {
+                        Stream::Stderr
+                    } else {
+                        Stream::Stdout
+                    },
+                    out.line,
+                ),
+                Ok(Some(RecordType::OutputLogger(out))) => (Stream::Stdout, out.line),
+                _ => continue,
+            };
+            console.write(stream, &text);
+            writer.take(&mut console)?;
+        }
+    }
+    writer.take(&mut console)?;
+    writer.finish(console.line_count())?;
+    let SpoolWriter { out, written, .. } = writer;
+    let file = out.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    if written == 0 {
+        drop(file);
+        let _ = std::fs::remove_file(spool);
+        return Ok(None);
+    }
+    Ok(Some(spool.to_path_buf()))
+}
+
+/// Writes console lines in line order as they become final.
+struct SpoolWriter {
+    out: BufWriter<std::fs::File>,
+    /// Lines written so far: every line below this index is in the file.
+    written: u64,
+    /// The newest text of lines at or after `written` (the console's
+    /// window, at most).
+    pending: BTreeMap<u64, String>,
+}
+
+impl SpoolWriter {
+    /// Takes the console's changed lines; writes those no cursor can reach
+    /// any more (every line before the first one the console still holds).
+    fn take(&mut self, console: &mut Console) -> std::io::Result<()> {
+        for line in console.take_changed() {
+            if line.index >= self.written {
+                self.pending.insert(line.index, line.text);
+            }
+        }
+        let held_from = console
+            .recent()
+            .next()
+            .map_or(console.line_count(), |line| line.index);
+        self.finish(held_from)
+    }
+
+    /// Writes every line before `until`; a line never written to is empty
+    /// (two newlines in a row).
+    fn finish(&mut self, until: u64) -> std::io::Result<()> {
+        while self.written < until {
+            let text = self.pending.remove(&self.written).unwrap_or_default();
+            self.out.write_all(text.as_bytes())?;
+            self.out.write_all(b"\n")?;
+            self.written += 1;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn console_text(fragments: &[(Stream, &str)]) -> String {
+        let mut console = Console::new();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool");
+        let mut writer = SpoolWriter {
+            out: BufWriter::new(std::fs::File::create(&path).unwrap()),
+            written: 0,
+            pending: BTreeMap::new(),
+        };
+        for (stream, text) in fragments {
+            console.write(*stream, text);
+            writer.take(&mut console).unwrap();
+        }
+        writer.finish(console.line_count()).unwrap();
+        writer.out.flush().unwrap();
+        drop(writer);
+        std::fs::read_to_string(&path).unwrap()
+    }
+
+    #[test]
+    fn lines_are_written_in_order_with_their_final_text() {
+        let text = console_text(&[
+            (Stream::Stdout, "starting\n"),
+            (Stream::Stdout, "\rprogress 10%"),
+            (Stream::Stderr, "a warning\n"),
+            (Stream::Stdout, "\rprogress 100%\n"),
+            (Stream::Stdout, "\n"),
+            (Stream::Stdout, "done\n"),
+        ]);
+        assert_eq!(
+            text, "starting\nprogress 100%\na warning\n\ndone\n",
+            "{text:?}"
+        );
+    }
+
+    #[test]
+    fn a_line_rewritten_after_many_others_keeps_its_place() {
+        // stderr's one line stays reachable while stdout prints far more
+        // than its window; its final text is the one written.
+        let mut fragments = vec![(Stream::Stderr, "err 0%".to_string())];
+        for i in 0..200 {
+            fragments.push((Stream::Stdout, format!("out {i}\n")));
+        }
+        fragments.push((Stream::Stderr, "\rerr 100%\n".to_string()));
+        let borrowed: Vec<(Stream, &str)> =
+            fragments.iter().map(|(s, t)| (*s, t.as_str())).collect();
+        let text = console_text(&borrowed);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 201);
+        assert_eq!(lines[0], "err 100%");
+        assert_eq!(lines[200], "out 199");
+    }
+}
