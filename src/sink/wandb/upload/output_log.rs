@@ -10,8 +10,10 @@
 //!
 //! Memory stays bounded by the console's window, not by the run's output:
 //! the run's fragments are read again, and each line is written to a spool
-//! file in the state directory as soon as no cursor can reach it any more.
-//! The spool is removed once uploaded (or when a later finish rebuilds it).
+//! file in the state directory as soon as no cursor can reach it any more;
+//! the spool is hashed and uploaded a piece at a time. It is removed once
+//! uploaded, or found the same as uploaded before (a crash leaves it to be
+//! rebuilt by the next finish).
 
 use std::collections::BTreeMap;
 use std::io::{BufWriter, Write};
@@ -90,6 +92,90 @@ pub(super) fn rebuild(fragments: &[PathBuf], spool: &Path) -> std::io::Result<Op
     Ok(Some(spool.to_path_buf()))
 }
 
+/// The spool's size and SHA-256, read a piece at a time.
+pub(super) fn digest(path: &Path) -> std::io::Result<(u64, String)> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0; PIECE];
+    let mut size = 0;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((size, crate::fs::hex(&hasher.finalize())))
+}
+
+/// How much of the spool is read at once (hashing, uploading).
+const PIECE: usize = 64 * 1024;
+
+/// The spool as a request body, read a piece at a time as it is sent, so
+/// the upload holds one piece and never the whole log.
+pub(super) struct FileBody {
+    file: std::io::Result<std::fs::File>,
+    left: u64,
+}
+
+impl FileBody {
+    /// The body of `size` bytes at `path` (opened now; a failure to open
+    /// fails the request).
+    pub(super) fn open(path: &Path, size: u64) -> FileBody {
+        FileBody {
+            file: std::fs::File::open(path),
+            left: size,
+        }
+    }
+}
+
+impl http_body::Body for FileBody {
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, std::io::Error>>> {
+        use std::io::Read;
+        use std::task::Poll;
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        let want = PIECE.min(self.left as usize);
+        let file = match &mut self.file {
+            Ok(file) => file,
+            Err(e) => return Poll::Ready(Some(Err(std::io::Error::new(e.kind(), e.to_string())))),
+        };
+        // A local file in the state directory: a short blocking read.
+        let mut buf = vec![0; want];
+        let read = file.read(&mut buf);
+        Poll::Ready(Some(match read {
+            Ok(0) => Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the output.log spool shrank while it was uploaded",
+            )),
+            Ok(n) => {
+                self.left -= n as u64;
+                buf.truncate(n);
+                Ok(http_body::Frame::data(bytes::Bytes::from(buf)))
+            }
+            Err(e) => Err(e),
+        }))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == 0
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.left)
+    }
+}
+
 /// Writes console lines in line order as they become final.
 struct SpoolWriter {
     out: BufWriter<std::fs::File>,
@@ -150,6 +236,52 @@ mod tests {
         writer.out.flush().unwrap();
         drop(writer);
         std::fs::read_to_string(&path).unwrap()
+    }
+
+    #[test]
+    fn a_finished_runs_log_is_what_its_writer_made_of_the_same_records() {
+        // wandb 0.31.0 wrote files/output.log itself from the console it
+        // recorded: the rebuild from the records is the same, byte for byte,
+        // and holds its file only until the upload says so.
+        let run = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/wandb/committed/0.31.0/finished/wandb/offline-run-20261123_112321-fxfinish");
+        let state = tempfile::tempdir().unwrap();
+        let spool = spool_path(&state.path().join("runs"), "wandb-fxfinish");
+        let path = rebuild(&[run.join("run-fxfinish.wandb")], &spool)
+            .unwrap()
+            .expect("the run printed");
+        assert_eq!(path, spool);
+        assert!(spool.starts_with(state.path().join(SPOOL_DIR)));
+        let written = std::fs::read(run.join("files/output.log")).unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&std::fs::read(&spool).unwrap()),
+            String::from_utf8_lossy(&written)
+        );
+        let (size, sha256) = digest(&spool).unwrap();
+        assert_eq!(size, written.len() as u64);
+        assert_eq!(sha256, crate::fs::sha256_hex(&written));
+    }
+
+    #[test]
+    fn the_body_streams_the_spool_in_pieces() {
+        use http_body::Body as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool");
+        let bytes: Vec<u8> = (0..PIECE * 2 + 10).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let mut body = FileBody::open(&path, bytes.len() as u64);
+        let mut got = Vec::new();
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        while let std::task::Poll::Ready(Some(frame)) =
+            std::pin::Pin::new(&mut body).poll_frame(&mut cx)
+        {
+            let data = frame.unwrap().into_data().unwrap();
+            assert!(data.len() <= PIECE);
+            got.extend_from_slice(&data);
+        }
+        assert!(body.is_end_stream());
+        assert_eq!(got, bytes);
     }
 
     #[test]
