@@ -213,6 +213,9 @@ impl RunSync<'_> {
     /// nothing or the spool cannot be written (then reported: the console
     /// lines are on the server all the same).
     fn rebuilt_output_log(&mut self) -> Option<SpooledLog> {
+        if self.entry.state.console.line_count() == 0 {
+            return None; // nothing printed: no second reading of the run
+        }
         let spool = output_log::spool_path(self.ledger.dir(), &self.entry.key);
         let rebuilt = output_log::rebuild(&self.job.fragments, &spool).and_then(|spooled| {
             spooled

@@ -22,7 +22,8 @@ use std::path::{Path, PathBuf};
 use prost::Message;
 
 use crate::source::wandb::framing::LogReader;
-use crate::source::wandb::proto::{Record, RecordType};
+use crate::source::wandb::proto::{Record, RecordKind, RecordType};
+use crate::source::wandb::record;
 use crate::source::wandb::views::console::{Console, Stream};
 
 /// Spools of `output.log` files being made, below the state directory.
@@ -61,6 +62,14 @@ pub(super) fn rebuild(fragments: &[PathBuf], spool: &Path) -> std::io::Result<Op
             break;
         };
         while let Ok(Some(raw)) = reader.next_record() {
+            // Only console records are decoded: the second reading of a
+            // run costs its framing, not the decoding of its history.
+            let console_kind = record::peek(raw.payload).is_ok_and(|head| {
+                matches!(head.kind, RecordKind::OutputRaw | RecordKind::OutputLogger)
+            });
+            if !console_kind {
+                continue;
+            }
             let decoded = Record::decode(raw.payload);
             reader.release_large_buffer();
             let (stream, text) = match decoded.map(|r| r.record_type) {
