@@ -443,6 +443,12 @@ fn a_finalized_killed_run_gets_its_output_log_from_the_console_records() {
         );
         let mine = ours.run(&case.run_id).expect("run on syncd's server");
         assert_eq!(mine["complete"], true, "{ctx}: finalized");
+        // The spool it was made in is gone once uploaded.
+        let spools = tmp.path().join("syncd-home/state/output-log");
+        let left: Vec<_> = std::fs::read_dir(&spools)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{ctx}: spools left behind: {left:?}");
         let expected = output_log_lines(&official, &case.run_id);
         let got = output_log_lines(&ours, &case.run_id);
         let Some(expected) = expected else {
