@@ -2,8 +2,9 @@
 //! wandb version, the server's state after `syncd sync` equals its state
 //! after `wandb sync`, except the deliberate differences listed in the
 //! README: the run's own `program` instead of the sync tool's path, a run
-//! without exit record left open instead of failed, console timestamps (the
-//! upload time in both) left out of the comparison.
+//! without exit record left open instead of failed, the console of every
+//! fragment of a resumed run kept, console timestamps (the upload time in
+//! both) left out of the comparison.
 
 use std::path::{Path, PathBuf};
 
@@ -230,6 +231,35 @@ fn syncd_leaves_the_same_state_as_the_official_client_on_every_fixture() {
                 let e = &mut side["config"]["_wandb"]["value"]["e"];
                 if let Some(map) = e.as_object() {
                     *e = Value::Array(map.values().cloned().collect());
+                }
+            }
+            // Deliberate: a run continued by a second process. The official
+            // client syncs each fragment on its own: the last one's
+            // output.log replaces the others', and before 0.31 (no resume
+            // marker) its console lines start again at line 0, over the
+            // first fragment's. syncd keeps the console of every fragment,
+            // in order, in both; what the official client kept is its end.
+            if case.run_dirs.len() > 1 {
+                let lines = |v: &Value| v.as_array().cloned().unwrap_or_default();
+                let all_ours = lines(&got["console"]);
+                for (what, theirs, ours) in [
+                    ("console", &expected["console"], &got["console"]),
+                    (
+                        "output.log",
+                        &expected["files"]["output.log"],
+                        &got["files"]["output.log"],
+                    ),
+                ] {
+                    let (theirs, ours) = (lines(theirs), lines(ours));
+                    if !ours.ends_with(&theirs) || ours.len() != all_ours.len() {
+                        problems.push(format!(
+                            "{ctx}: {what}: official {theirs:?} is not the end of syncd's {ours:?}"
+                        ));
+                    }
+                }
+                expected["console"] = got["console"].clone();
+                if expected["files"].get("output.log").is_some() {
+                    expected["files"]["output.log"] = got["files"]["output.log"].clone();
                 }
             }
             // Deliberate: a file that is a symlink out of the run directory
