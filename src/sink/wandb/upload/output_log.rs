@@ -84,8 +84,18 @@ pub(super) fn rebuild(fragments: &[PathBuf], spool: &Path) -> std::io::Result<Op
                 Ok(Some(RecordType::OutputLogger(out))) => (Stream::Stdout, out.line),
                 _ => continue,
             };
-            console.write(stream, &text);
-            writer.take(&mut console)?;
+            // In pieces, taking the lines after each: a record of a hundred
+            // megabytes of output is not held twice, as text and as lines.
+            let mut at = 0;
+            while at < text.len() {
+                let mut end = (at + PIECE).min(text.len());
+                while !text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                console.write(stream, &text[at..end]);
+                writer.take(&mut console)?;
+                at = end;
+            }
         }
     }
     writer.take(&mut console)?;
@@ -291,6 +301,35 @@ mod tests {
         }
         assert!(body.is_end_stream());
         assert_eq!(got, bytes);
+    }
+
+    #[test]
+    fn a_huge_console_record_is_the_same_fed_in_pieces() {
+        // Multi-byte characters straddle the piece boundaries.
+        let text: String = (0..PIECE / 3)
+            .map(|i| format!("é{i}\rline {i} ✓\n"))
+            .collect();
+        let whole = console_text(&[(Stream::Stdout, &text)]);
+        let record = crate::source::wandb::proto::OutputRecord {
+            output_type: 1,
+            line: text,
+            ..Default::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("run.wandb");
+        let mut writer =
+            crate::source::wandb::framing::LogWriter::new(std::fs::File::create(&log).unwrap())
+                .unwrap();
+        let record = Record {
+            record_type: Some(RecordType::OutputRaw(record)),
+            ..Default::default()
+        };
+        writer.append(&record.encode_to_vec()).unwrap();
+        drop(writer);
+        let spool = dir.path().join("spool");
+        rebuild(&[log], &spool).unwrap().unwrap();
+        assert_eq!(std::fs::read_to_string(&spool).unwrap(), whole);
+        assert!(whole.starts_with("line 0 ✓\nline 1 ✓\n"));
     }
 
     #[test]
