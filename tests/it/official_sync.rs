@@ -376,7 +376,7 @@ pub fn wandb_sync_with(
 }
 
 /// `"0.31.0"` → `(0, 31, 0)`.
-fn version(v: &str) -> (u32, u32, u32) {
+pub fn version(v: &str) -> (u32, u32, u32) {
     let mut parts = v.split('.').map(|p| p.parse().unwrap_or(0));
     (
         parts.next().unwrap_or(0),
@@ -743,10 +743,11 @@ fn check_case(
                 .map(|a| &a["title"])
                 .collect();
             check(titles == [&expect["alert"]], format!("alerts {titles:?}"));
-            // Files from before wandb-core (0.17) carry no per-step summary
-            // records, and the official client does not rebuild the
-            // define_metric aggregates from history: only newer files have it.
-            if version(&case.set) >= (0, 31, 0) {
+            // Files of the legacy writer (0.16, 0.17) carry no per-step
+            // summary records, and the official client does not rebuild the
+            // define_metric aggregates from history: only wandb-core's
+            // files (0.18 on) have it.
+            if version(&case.set) >= (0, 18, 0) {
                 let metric = expect["summary_max_metric"].as_str().unwrap();
                 check(
                     summary[metric]["max"].is_number(),

@@ -338,6 +338,21 @@ impl Client {
         headers: &[String],
         body: Vec<u8>,
     ) -> Result<(), SinkError> {
+        // Cloned once per attempt: `Bytes` makes that a reference count.
+        let body = Bytes::from(body);
+        self.put_body(what, url, headers, || body.clone().into())
+            .await
+    }
+
+    /// [`Client::put`] of a body made anew for each attempt by `body` (a
+    /// file streamed from disk, so that it is never held whole).
+    pub(crate) async fn put_body(
+        &self,
+        what: &str,
+        url: &str,
+        headers: &[String],
+        body: impl Fn() -> reqwest::Body,
+    ) -> Result<(), SinkError> {
         let mut map = HeaderMap::new();
         for header in headers {
             let Some((name, value)) = header.split_once(':') else {
@@ -350,10 +365,8 @@ impl Client {
                 map.insert(name, value);
             }
         }
-        // Cloned once per attempt: `Bytes` makes that a reference count.
-        let body = Bytes::from(body);
         self.send(what, || {
-            self.http.put(url).headers(map.clone()).body(body.clone())
+            self.http.put(url).headers(map.clone()).body(body())
         })
         .await?;
         Ok(())

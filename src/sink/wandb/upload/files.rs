@@ -16,7 +16,7 @@ use crate::sink::wandb::ops::{self, ServerRun};
 use crate::sink::wandb::run_config;
 use crate::source::wandb::views::{FileKind, Policy};
 
-use super::{RunSync, StepError};
+use super::{RunSync, StepError, output_log};
 
 impl RunSync<'_> {
     /// Uploads files that are new or changed; returns their names for the
@@ -28,14 +28,44 @@ impl RunSync<'_> {
         server: &ServerRun,
         finishing: bool,
     ) -> Result<Vec<String>, StepError> {
-        let (mut contents, mtimes) = self.files_to_send(finishing);
-        if contents.is_empty() {
+        let (mut contents, mtimes, output) = self.files_to_send(finishing);
+        if contents.is_empty() && output.is_none() {
             return Ok(Vec::new());
         }
-        let names: Vec<String> = contents.keys().cloned().collect();
+        let mut names: Vec<String> = contents.keys().cloned().collect();
+        if output.is_some() {
+            names.push(filestream::OUTPUT.into());
+            names.sort();
+        }
         let targets = ops::create_run_files(client, server, &names).await?;
         let mut uploaded = Vec::new();
         for (name, url) in targets.files {
+            if name == filestream::OUTPUT
+                && let Some(spool) = &output
+            {
+                match url {
+                    Some(url) => {
+                        client
+                            .put_body(&format!("upload of {name}"), &url, &targets.headers, || {
+                                reqwest::Body::wrap(output_log::FileBody::open(
+                                    &spool.path,
+                                    spool.ack.size,
+                                ))
+                            })
+                            .await?;
+                        self.entry
+                            .acked
+                            .files
+                            .insert(name.clone(), spool.ack.clone());
+                        self.files_uploaded.push(name.clone());
+                        uploaded.push(name);
+                    }
+                    None => self.entry.warn(format!(
+                        "the server did not want files/{name} (no upload URL)"
+                    )),
+                }
+                continue;
+            }
             let Some(bytes) = contents.remove(&name) else {
                 continue;
             };
@@ -58,13 +88,25 @@ impl RunSync<'_> {
                 )),
             }
         }
+        if let Some(spool) = output {
+            let _ = std::fs::remove_file(&spool.path);
+        }
         Ok(uploaded)
     }
 
     /// A dry run's [`RunSync::upload_files`]: counts what would be sent and
     /// takes it as sent (in memory only), so it is counted once.
     pub(super) fn count_files(&mut self, finishing: bool) {
-        let (contents, mtimes) = self.files_to_send(finishing);
+        let (contents, mtimes, output) = self.files_to_send(finishing);
+        if let Some(spool) = output {
+            let _ = std::fs::remove_file(&spool.path);
+            self.would_send.files += 1;
+            self.would_send.bytes += spool.ack.size;
+            self.entry
+                .acked
+                .files
+                .insert(filestream::OUTPUT.into(), spool.ack);
+        }
         for (name, bytes) in contents {
             self.would_send.files += 1;
             self.would_send.bytes += bytes.len() as u64;
@@ -78,12 +120,17 @@ impl RunSync<'_> {
     }
 
     /// The run's files that the server does not have as they are now, by
-    /// name, with the mtime each had when read.
+    /// name, with the mtime each had when read; and, when finishing, the
+    /// rebuilt `output.log` unless the server has it as it is.
     #[allow(clippy::type_complexity)]
     pub(super) fn files_to_send(
         &mut self,
         finishing: bool,
-    ) -> (BTreeMap<String, Vec<u8>>, BTreeMap<String, i64>) {
+    ) -> (
+        BTreeMap<String, Vec<u8>>,
+        BTreeMap<String, i64>,
+        Option<SpooledLog>,
+    ) {
         let mut contents: BTreeMap<String, Vec<u8>> = BTreeMap::new();
         // Each file's mtime when read, for its acknowledgement.
         let mut mtimes: BTreeMap<String, i64> = BTreeMap::new();
@@ -95,7 +142,12 @@ impl RunSync<'_> {
             .map(|(p, e)| (p.clone(), e.policy, e.kind))
             .collect();
         for (path, policy, kind) in listed {
-            if kind == FileKind::Artifact || (policy == Policy::End && !finishing) {
+            // The writer's own output.log is never sent: it is rebuilt from
+            // the console records when the run finishes (see output_log.rs).
+            if kind == FileKind::Artifact
+                || (policy == Policy::End && !finishing)
+                || path == filestream::OUTPUT
+            {
                 continue;
             }
             let Some(found) = self.find_run_file(&path) else {
@@ -116,10 +168,22 @@ impl RunSync<'_> {
                 contents.insert(path, bytes);
             }
         }
+        let mut output = None;
         if finishing {
-            if let Some(bytes) = self.read_run_file(filestream::OUTPUT) {
-                contents.insert(filestream::OUTPUT.into(), bytes);
-            }
+            output = self.rebuilt_output_log().filter(|spool| {
+                let same = self
+                    .entry
+                    .acked
+                    .files
+                    .get(filestream::OUTPUT)
+                    .is_some_and(|ack| {
+                        ack.size == spool.ack.size && ack.sha256 == spool.ack.sha256
+                    });
+                if same {
+                    let _ = std::fs::remove_file(&spool.path);
+                }
+                !same
+            });
             contents.insert(
                 "wandb-summary.json".into(),
                 run_config::summary_json(&self.entry.state).into_bytes(),
@@ -141,10 +205,45 @@ impl RunSync<'_> {
             }
             _ => true,
         });
-        (contents, mtimes)
+        (contents, mtimes, output)
+    }
+
+    /// `output.log` made from the console records of every fragment (see
+    /// [`output_log`]) in its spool file, or `None` when the run printed
+    /// nothing or the spool cannot be written (then reported: the console
+    /// lines are on the server all the same).
+    fn rebuilt_output_log(&mut self) -> Option<SpooledLog> {
+        if self.entry.state.console.line_count() == 0 {
+            return None; // nothing printed: no second reading of the run
+        }
+        let spool = output_log::spool_path(self.ledger.dir(), &self.entry.key);
+        let rebuilt = output_log::rebuild(&self.job.fragments, &spool).and_then(|spooled| {
+            spooled
+                .map(|path| {
+                    let (size, sha256) = output_log::digest(&path)?;
+                    let ack = FileAck {
+                        size,
+                        sha256,
+                        mtime_ns: None,
+                    };
+                    Ok(SpooledLog { path, ack })
+                })
+                .transpose()
+        });
+        match rebuilt {
+            Ok(spooled) => spooled,
+            Err(e) => {
+                let _ = std::fs::remove_file(&spool);
+                self.entry.warn(format!(
+                    "output.log cannot be made from the console records ({e}); not uploaded"
+                ));
+                None
+            }
+        }
     }
 
     /// A run file's bytes from the newest fragment that has it.
+    #[cfg(test)]
     pub(super) fn read_run_file(&mut self, rel: &str) -> Option<Vec<u8>> {
         let found = self.find_run_file(rel)?;
         self.read_found(rel, &found)
@@ -200,6 +299,13 @@ impl RunSync<'_> {
         }
         None
     }
+}
+
+/// The rebuilt `output.log` in its spool file, with what its upload is
+/// acknowledged as.
+pub(super) struct SpooledLog {
+    path: PathBuf,
+    ack: FileAck,
 }
 
 /// A run file on disk.

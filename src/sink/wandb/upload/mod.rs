@@ -11,6 +11,8 @@
 //!   server's size limits.
 //! - `files.rs`: which run files are uploaded, and the symlink policy
 //!   (only the run's own data leaves the machine).
+//! - `output_log.rs`: `output.log`, rebuilt from the console records
+//!   through a spool file in the state directory.
 //! - `upsert.rs`: the run's identity on the server (`UpsertBucket`) and
 //!   the digests that say when it must be sent again.
 //! - `finish.rs`: completing a run, or finalizing one whose writer is gone.
@@ -18,6 +20,7 @@
 mod batch;
 mod files;
 mod finish;
+mod output_log;
 mod upsert;
 
 use std::path::{Path, PathBuf};
