@@ -107,6 +107,12 @@ pub struct Scanner {
     unvisited: Vec<(PathBuf, Vec<OsString>)>,
     reported_foreign: HashSet<PathBuf>,
     reported_problems: HashSet<String>,
+    /// Run directories the daemon vouches for before the first listing
+    /// (its settled-run index): by wandb directory, name hashes as in
+    /// [`WandbDir::run_dirs`]. The first listing of that directory takes
+    /// them as seen, so they are not looked at; dropped after a full
+    /// listing.
+    known_before: HashMap<PathBuf, HashSet<u64>>,
 }
 
 impl Scanner {
@@ -121,7 +127,20 @@ impl Scanner {
             unvisited: Vec::new(),
             reported_foreign: HashSet::new(),
             reported_problems: HashSet::new(),
+            known_before: HashMap::new(),
         }
+    }
+
+    /// Takes the run directory `name` of `wandb_dir` as already looked at
+    /// when `wandb_dir` is first listed: its run is settled and the daemon
+    /// stats its files itself. Only before that first listing.
+    pub(crate) fn know_run_dir(&mut self, wandb_dir: &Path, name: &OsStr) {
+        if self.wandb_dirs.contains_key(wandb_dir) {
+            return;
+        }
+        (self.known_before.entry(wandb_dir.to_path_buf()))
+            .or_default()
+            .insert(name_hash(name));
     }
 
     pub fn known_files(&self) -> usize {
@@ -232,7 +251,10 @@ impl Scanner {
                 }
             };
             let previous = self.wandb_dirs.remove(&dir);
-            let previous_runs = previous.map(|p| p.run_dirs).unwrap_or_default();
+            let previous_runs = match previous {
+                Some(previous) => previous.run_dirs,
+                None => self.known_before.remove(&dir).unwrap_or_default(),
+            };
             let mut run_dirs = HashSet::with_capacity(names.len());
             let mut new = Vec::new();
             for name in names {
@@ -256,6 +278,11 @@ impl Scanner {
                     run_dirs,
                 },
             );
+        }
+        if full {
+            // Whatever was vouched for in a directory no root names now is
+            // found as new if it is ever listed.
+            self.known_before = HashMap::new();
         }
     }
 

@@ -21,6 +21,7 @@
 //! and the summary line).
 
 mod contact;
+mod index;
 mod report;
 mod slurm_watch;
 
@@ -47,6 +48,7 @@ use crate::engine::keeper::Keeper;
 use crate::engine::schedule::{self, Done, Scheduler, State};
 use crate::engine::sd_notify::Notifier;
 use crate::engine::settled::{FileStamp, SettledRuns};
+use crate::engine::settled_index::{self, Loaded};
 use crate::engine::slurm::{JobInfo, Slurm, SlurmError};
 use crate::ledger::lease::{Lease, LeaseError};
 use crate::ledger::{Ledger, Phase, RunLedger};
@@ -138,6 +140,10 @@ struct Tracked {
     /// the server refused): the stamp of its settings files then; when it
     /// changes, the run is tried again.
     settings_stamp: Option<u64>,
+    /// The stamp of its settings files (as `settings_stamp`) taken just
+    /// before its destination was last resolved: what the settled-run
+    /// index vouches for it with.
+    resolved_with: Option<u64>,
     /// The entity and project its run record names (for status before
     /// the ledger knows the run).
     named_entity: Option<Box<str>>,
@@ -267,6 +273,11 @@ struct Daemon {
     /// Poll again next turn: a newly watched directory may have got files
     /// between its listing and its watch.
     rescan: bool,
+    /// The digest of the settings every run is resolved with, which the
+    /// settled-run index is written for (`index::setup_digest`).
+    setup: u64,
+    /// Writing the index failed (said once until it works again).
+    index_failed: bool,
 }
 
 impl Daemon {
@@ -299,6 +310,7 @@ impl Daemon {
         };
         let now = Instant::now();
         let trigger_poll = config.trigger_poll;
+        let setup = index::setup_digest(&config);
         let mut daemon = Daemon {
             config,
             ledger,
@@ -317,10 +329,13 @@ impl Daemon {
             last_trigger: now.checked_sub(trigger_poll).unwrap_or(now),
             last_heartbeat: now.checked_sub(Duration::from_secs(60)).unwrap_or(now),
             rescan: false,
+            setup,
+            index_failed: false,
         };
         // Running, before the first scan (which may take a while on a slow
         // filesystem).
         daemon.publish_heartbeat();
+        daemon.take_back_settled();
         // The first full scan; the ledger says what is already done. Taken in
         // batches, each batch's settled runs put away before the next, so that
         // a root of 100,000 finished runs never has them all tracked (or even
@@ -330,7 +345,9 @@ impl Daemon {
             let report =
                 (daemon.scanner).scan_roots_limited(std::mem::take(&mut full), STARTUP_BATCH);
             daemon.state.absorb(report, &daemon.config, &daemon.ledger);
-            daemon.state.settle_quiet(&mut daemon.scanner);
+            daemon
+                .state
+                .settle_quiet(&mut daemon.scanner, &daemon.ledger);
             if !daemon.scanner.has_unvisited() {
                 break;
             }
@@ -354,6 +371,7 @@ impl Daemon {
                 _ => info!(path = %dir.display(), "{}: found by polling", dir.display()),
             }
         }
+        daemon.write_index();
         if let Some(n) = &daemon.notifier
             && let Err(e) = n.ready()
         {
@@ -375,6 +393,68 @@ impl Daemon {
             daemon.config.targets.default_base_url()
         );
         Ok(daemon)
+    }
+
+    /// Settled runs the index names whose files, ledger entry and
+    /// settings are as they were when it was written are settled again
+    /// without being read; the scanner is told their run directories, so
+    /// that the first scan passes them by. The rest are found by that scan.
+    fn take_back_settled(&mut self) {
+        let path = self.config.state_dir.join(settled_index::FILE_NAME);
+        let mut check = index::TakeBack::new(&self.config, &self.ledger);
+        let (settled, scanner, keeper) = (&mut self.state.settled, &mut self.scanner, &self.keeper);
+        let loaded = settled_index::load(&path, self.setup, |run| {
+            if !check.still_settled(run) {
+                return false;
+            }
+            settled.settle_vouched(run.wandb_dir, run.packed, run.newest, run.vouch);
+            for fragment in &run.fragments {
+                if let Some(name) = fragment.parent().and_then(Path::file_name) {
+                    scanner.know_run_dir(run.wandb_dir, name);
+                }
+            }
+            // A long start-up is progress, not a stalled loop.
+            if settled.len() % 10_000 == 0 {
+                keeper.turned();
+            }
+            true
+        });
+        match loaded {
+            Loaded::Missing => {}
+            Loaded::Ignored(why) => info!(
+                path = %path.display(),
+                "{}: not used ({why}); every run is looked at and the index written again",
+                path.display()
+            ),
+            Loaded::Read { runs, kept } => info!(
+                path = %path.display(),
+                runs,
+                kept,
+                "{}: {kept} of {runs} settled run(s) unchanged and taken back as settled; \
+                 the others are looked at",
+                path.display()
+            ),
+        }
+    }
+
+    /// Writes the settled-run index when a run settled since it was last
+    /// written (a failure is said once; the next start-up only takes longer).
+    fn write_index(&mut self) {
+        if !self.state.settled.changed() {
+            return;
+        }
+        let path = self.config.state_dir.join(settled_index::FILE_NAME);
+        match settled_index::write(&path, self.setup, &self.state.settled) {
+            Ok(()) => {
+                self.state.settled.written();
+                self.index_failed = false;
+            }
+            Err(e) if !self.index_failed => {
+                self.index_failed = true;
+                warn!(path = %path.display(), error = %e, "cannot write the settled-run index {}: {e}; the next start-up looks at every run", path.display());
+            }
+            Err(_) => {}
+        }
     }
 
     /// One turn of the loop, after whatever woke it.
@@ -408,6 +488,13 @@ impl Daemon {
             );
             self.scanner.set_roots(new.roots.clone());
             self.state.retarget(&new, &self.ledger);
+            let setup = index::setup_digest(&new);
+            if setup != self.setup {
+                // Settled runs keep the destination they had (as before),
+                // which a later start-up must not take as the new one's.
+                self.setup = setup;
+                self.state.settled.drop_vouches();
+            }
             let keep = (self.config.state_dir.clone(), self.config.lease_ttl);
             self.config = *new;
             (self.config.state_dir, self.config.lease_ttl) = keep;
@@ -512,7 +599,7 @@ impl Daemon {
         let full = now.duration_since(self.last_idle) >= self.config.idle_poll;
         let mut report = self.scanner.scan_roots(full);
         self.state.forget_quiet();
-        self.state.settle_quiet(&mut self.scanner);
+        self.state.settle_quiet(&mut self.scanner, &self.ledger);
         self.scanner
             .check_files(self.state.files_to_check(full), &mut report);
         if full {
@@ -526,6 +613,7 @@ impl Daemon {
         self.update_watches();
         if full {
             self.state.recheck_settings(&self.config);
+            self.write_index();
         }
         self.ask_slurm();
         self.state.decide_finalization(&self.config);
@@ -703,6 +791,7 @@ impl Daemon {
                 self.state.schedule.in_flight()
             );
         }
+        self.write_index();
         self.keeper.finish();
     }
 }
@@ -877,6 +966,7 @@ impl DaemonState {
                 client: None,
                 phase: Phase::Queued,
                 settings_stamp: None,
+                resolved_with: None,
                 named_entity: (!head.entity.is_empty()).then(|| head.entity.clone().into()),
                 named_project: (!head.project.is_empty()).then(|| head.project.clone().into()),
                 slurm_job: None,
@@ -1021,7 +1111,7 @@ impl DaemonState {
     /// the scheduler) leave memory for [`SettledRuns`]; the scanner forgets
     /// their files too. Their ledger entry stays on disk, read again if the
     /// run is woken.
-    fn settle_quiet(&mut self, scanner: &mut Scanner) {
+    fn settle_quiet(&mut self, scanner: &mut Scanner, ledger: &Ledger) {
         let quiet: Vec<String> = (self.runs.iter())
             .filter(|(id, run)| !self.active.contains(*id) && run.quiet(self.schedule.state(id)))
             .map(|(id, _)| id.clone())
@@ -1036,31 +1126,52 @@ impl DaemonState {
             let Some(run) = self.runs.remove(&id) else {
                 continue;
             };
-            let mut newest = None;
+            // Each fragment's stamp as the scanner last saw it (the one the
+            // run's state was decided on), else as it is now.
+            let mut stamps = Vec::with_capacity(run.job.fragments.len());
+            let mut unknown = false;
             for fragment in &run.job.fragments {
                 self.file_to_run.remove(fragment);
-                newest = scanner.forget_file(fragment);
-            }
-            let Some(last) = run.job.fragments.last() else {
-                continue;
-            };
-            let newest = match newest {
-                Some(stamp) => FileStamp::from_scan(stamp),
-                None => match std::fs::metadata(last) {
-                    Ok(meta) => FileStamp::of(&meta),
-                    // Looked at again (and woken) on the next slow poll.
-                    Err(_) => FileStamp {
-                        size: u64::MAX,
-                        mtime_ns: 0,
+                let stamp = match scanner.forget_file(fragment) {
+                    Some(stamp) => FileStamp::from_scan(stamp),
+                    None => match std::fs::metadata(fragment) {
+                        Ok(meta) => FileStamp::of(&meta),
+                        // Looked at again (and woken) on the next slow poll.
+                        Err(_) => {
+                            unknown = true;
+                            FileStamp {
+                                size: u64::MAX,
+                                mtime_ns: 0,
+                            }
+                        }
                     },
-                },
+                };
+                stamps.push(stamp);
+            }
+            let (Some(last), Some(newest)) = (run.job.fragments.last(), stamps.last().copied())
+            else {
+                continue;
             };
             // As `add_file` names the run: its wandb directory and run id.
             let wandb_dir = last
                 .parent()
                 .and_then(Path::parent)
                 .unwrap_or(Path::new(""));
-            (self.settled).settle(wandb_dir, &run.job.id, &run.job.fragments, newest);
+            let vouch = (!unknown)
+                .then(|| {
+                    index::vouch(
+                        &run.job.id,
+                        run.key.as_deref(),
+                        run.resolved_with,
+                        wandb_dir,
+                        &run.job.fragments,
+                        &stamps,
+                        ledger,
+                    )
+                })
+                .flatten();
+            let fragments = &run.job.fragments;
+            (self.settled).settle(wandb_dir, &run.job.id, fragments, newest, vouch);
         }
         // Tables sized for the first scan's runs are given back.
         if self.runs.capacity() > 64 && self.runs.len() < self.runs.capacity() / 4 {
@@ -1223,25 +1334,8 @@ fn settings_retry_hint(config: &DaemonConfig) -> String {
 /// A stamp of the files a run's destination and key come from: any
 /// change to them (written, created, removed) changes it.
 fn settings_stamp(run: &Tracked, targets: &Clients) -> u64 {
-    use std::hash::{Hash, Hasher};
-    use std::os::unix::fs::MetadataExt;
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    for path in targets.settings_files(run.job.run_dir(), &run.job.search_root()) {
-        path.hash(&mut hasher);
-        match std::fs::metadata(&path) {
-            Ok(m) => (
-                m.ino(),
-                m.len(),
-                m.mtime(),
-                m.mtime_nsec(),
-                m.mode(),
-                m.uid(),
-            )
-                .hash(&mut hasher),
-            Err(e) => e.kind().hash(&mut hasher),
-        }
-    }
-    hasher.finish()
+    let files = targets.settings_files(run.job.run_dir(), &run.job.search_root());
+    index::settings_digest(&files, index::mark)
 }
 
 /// Resolves where the run goes and, with that, its ledger key; the
@@ -1251,6 +1345,9 @@ fn attach_target(
     targets: &Clients,
     ledger: &Ledger,
 ) -> Result<Arc<Client>, String> {
+    // Before, so that a file changed while it is read makes the stamp
+    // older than the answer, never newer.
+    run.resolved_with = Some(settings_stamp(run, targets));
     let target = targets.resolve(run.job.run_dir(), &run.job.search_root());
     run.client = None;
     let target = target.map_err(|e| e.to_string())?;
