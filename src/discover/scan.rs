@@ -52,6 +52,12 @@ impl Stamp {
             mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
         }
     }
+
+    /// The mtime as a time (`None` before 1970).
+    pub(crate) fn modified(&self) -> Option<std::time::SystemTime> {
+        let ns = u64::try_from(self.mtime_ns).ok()?;
+        std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_nanos(ns))
+    }
 }
 
 /// What one scan found.
@@ -138,13 +144,32 @@ impl Scanner {
         if self.wandb_dirs.contains_key(wandb_dir) {
             return;
         }
-        (self.known_before.entry(wandb_dir.to_path_buf()))
-            .or_default()
-            .insert(name_hash(name));
+        let hash = name_hash(name);
+        match self.known_before.get_mut(wandb_dir) {
+            Some(known) => known.insert(hash),
+            None => (self.known_before.entry(wandb_dir.to_path_buf()))
+                .or_default()
+                .insert(hash),
+        };
     }
 
     pub fn known_files(&self) -> usize {
         self.files.len()
+    }
+
+    /// Stats a known file again, so that [`Scanner::stamp`] says what it
+    /// is now (a file reported by other means than a scan: a trigger).
+    pub(crate) fn refresh_stamp(&mut self, path: &Path) {
+        if let Some(stamp) = self.files.get_mut(path)
+            && let Ok(meta) = fs::metadata(path)
+        {
+            *stamp = Stamp::of(&meta);
+        }
+    }
+
+    /// A known file's stamp as last seen (by the scan that reported it).
+    pub(crate) fn stamp(&self, path: &Path) -> Option<Stamp> {
+        self.files.get(path).copied()
     }
 
     /// Drops what is known of a file (its run settled: the daemon stats it

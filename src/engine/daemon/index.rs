@@ -111,6 +111,10 @@ pub(super) struct TakeBack<'a> {
     /// Settings files above run directories (a project's `.env`, the
     /// user's, netrc), shared by many runs: stat'ed once.
     shared: HashMap<PathBuf, Mark>,
+    /// By wandb directory: the settings files of its runs after the run
+    /// directory's own `.env`, when they are the same for all of them (as
+    /// found for its first run); worked out once, not per run.
+    layers: HashMap<PathBuf, Option<Vec<PathBuf>>>,
 }
 
 impl<'a> TakeBack<'a> {
@@ -119,6 +123,7 @@ impl<'a> TakeBack<'a> {
             config,
             ledger,
             shared: HashMap::new(),
+            layers: HashMap::new(),
         }
     }
 
@@ -145,20 +150,29 @@ impl<'a> TakeBack<'a> {
         if entry.is_err() {
             return false;
         }
-        // As `add_file` and `RunJob::search_root` have it.
         let Some(run_dir) = paths[0].parent() else {
             return false;
         };
-        let found_under = (self.config.roots.iter())
-            .map(RootSpec::base)
-            .find(|base| paths[0].starts_with(base));
-        let root = crate::project::search_root(run_dir, found_under.as_deref());
-        let files = self.config.targets.settings_files(run_dir, &root);
+        let own = run_dir.join(crate::destination::resolve::DOTENV_FILE);
+        let config = self.config;
+        let layers = (self.layers)
+            .entry(run.wandb_dir.to_path_buf())
+            .or_insert_with(|| {
+                let files = settings_files(config, &paths[0], run_dir);
+                (files.first() == Some(&own)).then(|| files[1..].to_vec())
+            });
+        let files = match layers {
+            Some(layers) => std::iter::once(own).chain(layers.iter().cloned()).collect(),
+            None => settings_files(config, &paths[0], run_dir),
+        };
         let shared = &mut self.shared;
         let settings = settings_digest(&files, |path| {
             // A run directory's own `.env` is one run's: not kept.
             if path.parent() == Some(run_dir) {
                 return mark(path);
+            }
+            if let Some(known) = shared.get(path) {
+                return *known;
             }
             *shared
                 .entry(path.to_path_buf())
@@ -166,4 +180,14 @@ impl<'a> TakeBack<'a> {
         });
         vouch_digest(&stamps, entry, settings) == run.vouch.digest
     }
+}
+
+/// The settings files of the run whose first fragment is `first`, in
+/// `run_dir`, as `add_file` and `RunJob::search_root` have them.
+fn settings_files(config: &DaemonConfig, first: &Path, run_dir: &Path) -> Vec<PathBuf> {
+    let found_under = (config.roots.iter())
+        .map(RootSpec::base)
+        .find(|base| first.starts_with(base));
+    let root = crate::project::search_root(run_dir, found_under.as_deref());
+    config.targets.settings_files(run_dir, &root)
 }

@@ -80,6 +80,14 @@ const MAX_PROBLEMS: usize = 50;
 /// runs tracked) before the settled ones are put away.
 const STARTUP_BATCH: usize = 1000;
 
+/// Live runs are given at most this many uploads a second between them:
+/// beyond `LIVE_UPLOADS_PER_SEC × --poll` live runs, each is uploaded once
+/// per `live runs / LIVE_UPLOADS_PER_SEC` seconds instead of once per
+/// `--poll` (200 live runs: every 20 s), which keeps the daemon's CPU to
+/// about what 50 live runs cost. A run that ends, or that `syncd notify`
+/// names, still goes at once.
+const LIVE_UPLOADS_PER_SEC: u32 = 10;
+
 /// A Slurm query unanswered this long is reported as Slurm not answering
 /// (its commands' own deadline is longer).
 const SLURM_SLOW: Duration = Duration::from_secs(5);
@@ -278,6 +286,9 @@ struct Daemon {
     setup: u64,
     /// Writing the index failed (said once until it works again).
     index_failed: bool,
+    /// How long a live run's appends are batched: `--poll`, longer when
+    /// very many runs are live (see [`LIVE_UPLOADS_PER_SEC`]).
+    live_interval: Duration,
 }
 
 impl Daemon {
@@ -311,6 +322,7 @@ impl Daemon {
         let now = Instant::now();
         let trigger_poll = config.trigger_poll;
         let setup = index::setup_digest(&config);
+        let live_interval = config.live_poll;
         let mut daemon = Daemon {
             config,
             ledger,
@@ -331,6 +343,7 @@ impl Daemon {
             rescan: false,
             setup,
             index_failed: false,
+            live_interval,
         };
         // Running, before the first scan (which may take a while on a slow
         // filesystem).
@@ -344,7 +357,7 @@ impl Daemon {
         loop {
             let report =
                 (daemon.scanner).scan_roots_limited(std::mem::take(&mut full), STARTUP_BATCH);
-            daemon.state.absorb(report, &daemon.config, &daemon.ledger);
+            (daemon.state).absorb(report, &daemon.scanner, &daemon.config, &daemon.ledger);
             daemon
                 .state
                 .settle_quiet(&mut daemon.scanner, &daemon.ledger);
@@ -531,9 +544,11 @@ impl Daemon {
                 if let Some(run_dir) = file.path.parent() {
                     self.scanner.look_at_run_dir(run_dir, &mut report);
                 }
+                // What `absorb` compares with the ledger's cursor.
+                self.scanner.refresh_stamp(&file.path);
                 report.changed_files.push(file.path);
             }
-            self.state.absorb(report, &self.config, &self.ledger);
+            (self.state).absorb(report, &self.scanner, &self.config, &self.ledger);
             self.state.prioritize(&trigger.target);
         }
         // A trigger file that cannot be read or removed comes back every
@@ -582,7 +597,7 @@ impl Daemon {
                 poll_now = true;
             }
         }
-        self.state.absorb(report, &self.config, &self.ledger);
+        (self.state).absorb(report, &self.scanner, &self.config, &self.ledger);
         // Its writer is done: the rest goes now, not after the batching
         // interval.
         for path in closed {
@@ -609,7 +624,7 @@ impl Daemon {
             let changed = self.state.settled.check(&mut report.syscalls);
             report.changed_files.extend(changed);
         }
-        self.state.absorb(report, &self.config, &self.ledger);
+        (self.state).absorb(report, &self.scanner, &self.config, &self.ledger);
         self.update_watches();
         if full {
             self.state.recheck_settings(&self.config);
@@ -617,6 +632,7 @@ impl Daemon {
         }
         self.ask_slurm();
         self.state.decide_finalization(&self.config);
+        self.live_interval = self.state.live_interval(self.config.live_poll);
     }
 
     /// Watched: the listed directories (where new runs and files appear)
@@ -717,7 +733,7 @@ impl Daemon {
             return;
         }
         while self.state.schedule.in_flight() < self.config.concurrency.max(1) {
-            let Some(id) = self.state.next_ready(now, self.config.live_poll) else {
+            let Some(id) = self.state.next_ready(now, self.live_interval) else {
                 break;
             };
             let Some(client) = self.state.target_of(&id, &self.config, &self.ledger) else {
@@ -882,7 +898,13 @@ impl DaemonState {
 
     /// Takes a scan's findings: new files join (or start) runs, changed
     /// files mark their run dirty.
-    fn absorb(&mut self, report: ScanReport, config: &DaemonConfig, ledger: &Ledger) {
+    fn absorb(
+        &mut self,
+        report: ScanReport,
+        scanner: &Scanner,
+        config: &DaemonConfig,
+        ledger: &Ledger,
+    ) {
         for problem in report.problems {
             warn!("{problem}");
             self.note_problem(problem);
@@ -907,7 +929,12 @@ impl DaemonState {
             if let Some(run) = self.runs.get_mut(&id) {
                 // Known to the ledger as done, and not grown since: nothing to do
                 // (this is what keeps a restart over thousands of runs cheap).
-                let size = std::fs::metadata(&path).map_or(u64::MAX, |m| m.len());
+                // As the scan just saw it (not stat'ed again: a live run's
+                // file changes every poll); else (a woken settled run's) now.
+                let size = match scanner.stamp(&path) {
+                    Some(stamp) => stamp.size,
+                    None => std::fs::metadata(&path).map_or(u64::MAX, |m| m.len()),
+                };
                 let at = run.job.fragments.iter().position(|f| *f == path);
                 if let Some(known) = at.and_then(|i| run.sizes.get_mut(i))
                     && size != u64::MAX
@@ -921,12 +948,14 @@ impl DaemonState {
                 // A stopped run is tried again: its files changed.
                 run.settings_stamp = None;
                 self.active.insert(id.clone());
-                run.newest_mtime = run
-                    .job
-                    .fragments
-                    .last()
-                    .and_then(|newest| std::fs::metadata(newest).ok())
-                    .and_then(|m| m.modified().ok());
+                run.newest_mtime =
+                    run.job
+                        .fragments
+                        .last()
+                        .and_then(|newest| match scanner.stamp(newest) {
+                            Some(stamp) => stamp.modified(),
+                            None => std::fs::metadata(newest).ok()?.modified().ok(),
+                        });
                 self.schedule.enqueue(&id);
             }
         }
@@ -1088,6 +1117,13 @@ impl DaemonState {
         }
         // Its new target's ledger may say anything: each is looked at once.
         self.active.extend(self.runs.keys().cloned());
+    }
+
+    /// How long a live run's appends are batched with this many runs live:
+    /// `poll`, or long enough that they make no more than
+    /// [`LIVE_UPLOADS_PER_SEC`] uploads a second between them.
+    fn live_interval(&self, poll: Duration) -> Duration {
+        live_interval(self.counts().0, poll)
     }
 
     /// The runs in `active`, with their ids.
@@ -1323,6 +1359,12 @@ impl DaemonState {
     }
 }
 
+/// How long a live run's appends are batched with `live` runs live.
+fn live_interval(live: usize, poll: Duration) -> Duration {
+    let live = u32::try_from(live).unwrap_or(u32::MAX);
+    poll.max(Duration::from_secs(1) * live / LIVE_UPLOADS_PER_SEC)
+}
+
 /// What a run stopped on its settings is told will happen.
 fn settings_retry_hint(config: &DaemonConfig) -> String {
     format!(
@@ -1456,6 +1498,19 @@ mod tests {
             retry: RetryPolicy::default(),
             slurm: false,
         }
+    }
+
+    #[test]
+    fn very_many_live_runs_are_uploaded_less_often_each() {
+        let poll = Duration::from_secs(5);
+        for (live, every_ms) in [(0, 5000), (50, 5000), (51, 5100), (200, 20_000)] {
+            let every = Duration::from_millis(every_ms);
+            assert_eq!(live_interval(live, poll), every, "{live}");
+        }
+        // Fractions of a second too: 3 live runs, each uploaded at most
+        // every 0.3 s, not every 0.1 s.
+        let fast = Duration::from_millis(100);
+        assert_eq!(live_interval(3, fast), Duration::from_millis(300));
     }
 
     #[tokio::test(start_paused = true)]
