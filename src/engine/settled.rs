@@ -119,12 +119,11 @@ pub(crate) struct Vouch {
 }
 
 /// A settled run's newest fragment's stamp and, when the index may vouch
-/// for it, its [`Vouch`] (16 bytes with `vouched`, not 24 as an `Option`).
+/// for it, its [`Vouch`].
 #[derive(Debug)]
 struct Kept {
     newest: FileStamp,
-    vouch: Vouch,
-    vouched: bool,
+    vouch: Option<Vouch>,
 }
 
 /// A settled run as the index writes it.
@@ -189,14 +188,7 @@ impl SettledRuns {
     fn keep(&mut self, packed: Packed, newest: FileStamp, vouch: Option<Vouch>) {
         // Only what is vouched for is written to the index.
         self.changed |= vouch.is_some();
-        let kept = Kept {
-            newest,
-            vouched: vouch.is_some(),
-            vouch: vouch.unwrap_or(Vouch {
-                key: [0; crate::ledger::KEY_DIGEST_LEN],
-                digest: 0,
-            }),
-        };
+        let kept = Kept { newest, vouch };
         // Replaces an older entry of the same run (a run is woken before it
         // is tracked again, but the newer fragments win if it were not).
         self.runs.swap_remove(&packed);
@@ -238,9 +230,8 @@ impl SettledRuns {
     /// settled runs as they are), which a later start-up must not take
     /// as the new ones'.
     pub(crate) fn drop_vouches(&mut self) {
-        self.changed |= self.runs.values().any(|kept| kept.vouched);
         for kept in self.runs.values_mut() {
-            kept.vouched = false;
+            self.changed |= kept.vouch.take().is_some();
         }
     }
 
@@ -251,14 +242,14 @@ impl SettledRuns {
 
     /// Every settled run the index may vouch for.
     pub(crate) fn records(&self) -> impl Iterator<Item = SettledRecord<'_>> {
-        (self.runs.iter())
-            .filter(|(_, kept)| kept.vouched)
-            .map(|(packed, kept)| SettledRecord {
+        (self.runs.iter()).filter_map(|(packed, kept)| {
+            Some(SettledRecord {
                 dir: packed.dir,
                 packed: &packed.bytes,
                 newest: kept.newest,
-                vouch: kept.vouch,
+                vouch: kept.vouch?,
             })
+        })
     }
 
     /// Whether the run is kept here.
@@ -310,7 +301,7 @@ impl SettledRuns {
             if now != kept.newest {
                 kept.newest = now;
                 // What it vouched for is no longer so.
-                kept.vouched = false;
+                kept.vouch = None;
                 changed.push(dir.join(newest));
             }
         }
