@@ -13,7 +13,9 @@
 //! fragment of the run appears, the run is woken: taken out of here and
 //! tracked again from its files and ledger entry, as at start-up. The ledger
 //! cursor decides what is sent, so a woken run that did not really change
-//! sends nothing and settles again.
+//! sends nothing and settles again. Each run also keeps what the settled-run
+//! index (`engine::settled_index`) needs to take it back at the next
+//! start-up without reading it ([`Vouch`]), when it has that.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;

@@ -18,7 +18,8 @@
 //!
 //! Besides the loop (here): [`slurm_watch`] (what Slurm says of the runs'
 //! jobs), [`contact`] (offline and back online), [`report`] (the heartbeat
-//! and the summary line).
+//! and the summary line), [`index`] (what the settled-run index vouches
+//! for a run with, and the start-up check of it).
 
 mod contact;
 mod index;
