@@ -296,7 +296,9 @@ impl Ledger {
         &self.dir
     }
 
-    fn path_of(&self, key: &str) -> PathBuf {
+    /// Where the durable copy of the entry under `key` is (what the
+    /// daemon's settled-run index stats to see that an entry changed).
+    pub(crate) fn path_of(&self, key: &str) -> PathBuf {
         self.dir.join(format!("{key}.{DURABLE_EXT}"))
     }
 
@@ -506,6 +508,17 @@ fn key_of(run_id: &str, parts: &[&[u8]]) -> String {
         hasher.update([0]);
     }
     let digest = hasher.finalize();
+    let mut short = [0; KEY_DIGEST_LEN];
+    short.copy_from_slice(&digest[..KEY_DIGEST_LEN]);
+    key_with_digest(run_id, short)
+}
+
+/// How many bytes of its digest a run key spells.
+pub(crate) const KEY_DIGEST_LEN: usize = 6;
+
+/// The run key of `run_id` whose digest part is `digest`: a key kept as
+/// its digest alone (the daemon's settled-run index) is spelled again.
+pub(crate) fn key_with_digest(run_id: &str, digest: [u8; KEY_DIGEST_LEN]) -> String {
     let safe_id: String = run_id
         .chars()
         .map(|c| {
@@ -517,7 +530,21 @@ fn key_of(run_id: &str, parts: &[&[u8]]) -> String {
         })
         .take(64)
         .collect();
-    format!("wandb-{safe_id}-{}", hex(&digest[..6]))
+    format!("wandb-{safe_id}-{}", hex(&digest))
+}
+
+/// The digest part of `key`, when it is a key [`key_with_digest`] spells
+/// again from `run_id` and that digest.
+pub(crate) fn key_digest(run_id: &str, key: &str) -> Option<[u8; KEY_DIGEST_LEN]> {
+    let tail = key.rsplit_once('-')?.1;
+    if tail.len() != 2 * KEY_DIGEST_LEN {
+        return None;
+    }
+    let mut digest = [0; KEY_DIGEST_LEN];
+    for (at, byte) in digest.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(tail.get(2 * at..2 * at + 2)?, 16).ok()?;
+    }
+    (key_with_digest(run_id, digest) == key).then_some(digest)
 }
 
 /// What a `.wandb` file is, independent of where it lives: the name of its
