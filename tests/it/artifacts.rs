@@ -778,3 +778,118 @@ fn a_large_artifact_file_is_sent_in_bounded_memory() {
         );
     }
 }
+
+/// A pass that stopped after its staging files were hashed keeps their
+/// MD5s in the ledger: the next pass checks each file's identity and does
+/// not read it again; a file changed since (another identity) is hashed
+/// again.
+#[test]
+fn a_retried_pass_does_not_hash_unchanged_staging_files_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (wandb_dir, staging) = write_run(tmp.path(), "");
+    let server = WandbServer::start();
+    server.inject(
+        Endpoint::ArtifactFile("data/b.bin".into()),
+        Fault::Status {
+            code: 500,
+            retry_after: None,
+        },
+        1000,
+    );
+    let logged = |args: &[&str]| {
+        syncd_command(&server, tmp.path(), server.api_key(), args)
+            .arg(&wandb_dir)
+            .env("SYNCD_LOG", "syncd=debug")
+            .output()
+            .unwrap()
+    };
+    let out = logged(&["--attempts", "1"]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    let log = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(log.matches("hashing a staging file").count(), 2, "{log}");
+
+    // Stopped at the same PUT again: a.txt was acknowledged, b.bin is
+    // known and unchanged.
+    let out = logged(&["--attempts", "1"]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    let log = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(log.matches("hashing a staging file").count(), 0, "{log}");
+    assert_eq!(
+        log.matches("staging file's MD5s known from the ledger")
+            .count(),
+        1,
+        "{log}"
+    );
+
+    server.clear_faults();
+    // Rewritten: the same bytes, another identity (mtime, ctime), so read
+    // again.
+    let (big, bytes) = staged(&staging)
+        .into_iter()
+        .find(|(_, bytes)| bytes != b"alpha\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(&big, &bytes).unwrap();
+    let out = logged(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let log = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(log.matches("hashing a staging file").count(), 1, "{log}");
+    assert!(log.contains(&big.display().to_string()), "{log}");
+    check_once(&server, "retried pass");
+}
+
+/// Hashing a staging file of hundreds of MB runs off the daemon's loop: a
+/// SIGHUP sent while it is read is taken at once (settings reloaded), long
+/// before the artifact is committed, and the loop is never reported
+/// stalled.
+#[test]
+fn the_daemon_loop_turns_while_a_large_staging_file_is_hashed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let case = tmp.path().join("case");
+    let (_wandb_dir, _staging) = write_run(
+        &case,
+        "big = wandb.Artifact('big-model', type='model')\n\
+         open('big.bin', 'wb').write(bytes(range(256)) * (400 * 4096))\n\
+         big.add_file('big.bin')\n\
+         run.log_artifact(big)",
+    );
+    let server = WandbServer::start();
+    let home = tmp.path().join("home");
+    let mut daemon = crate::daemon::start_daemon(
+        &server,
+        &home,
+        &[&case],
+        &[],
+        &[("SYNCD_LOG", "syncd=debug,info")],
+    );
+    crate::daemon::wait_until(Duration::from_secs(120), "the big file hashed", || {
+        daemon
+            .log_text()
+            .lines()
+            .any(|l| l.contains("hashing a staging file") && l.contains("419430400"))
+    });
+    let hup_at = Instant::now();
+    daemon.hup();
+    crate::daemon::wait_until(Duration::from_secs(5), "the reload taken", || {
+        daemon.log_text().contains("settings reloaded")
+    });
+    let reloaded_in = hup_at.elapsed();
+    let big_committed = || {
+        server
+            .artifacts()
+            .iter()
+            .any(|a| a["name"] == "big-model" && a["state"] == "COMMITTED")
+    };
+    assert!(
+        !big_committed(),
+        "the reload came only after the upload ({reloaded_in:?})"
+    );
+    crate::daemon::wait_until(
+        Duration::from_secs(300),
+        "big-model committed",
+        big_committed,
+    );
+    let log = daemon.log_text();
+    assert!(!log.contains("the loop has not turned"), "{log}");
+    assert!(daemon.term_within(Duration::from_secs(10)).is_some());
+}

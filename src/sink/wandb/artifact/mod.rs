@@ -44,7 +44,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::fs::hex;
-use crate::ledger::{ArtifactProgress, ArtifactState, LedgerError};
+use crate::ledger::{ArtifactProgress, ArtifactState, HashedFile, LedgerError};
 use crate::sink::wandb::client::{Client, SinkError};
 use crate::source::wandb::proto::{ArtifactManifestEntry, ArtifactRecord};
 
@@ -109,6 +109,8 @@ impl Logged {
             server_id: None,
             acked: BTreeMap::new(),
             manifest_digest: None,
+            hashed: BTreeMap::new(),
+            failed_passes: 0,
         }
     }
 }
@@ -158,6 +160,7 @@ pub(crate) async fn upload(
         Err(Step::NotUploadable(why)) => {
             tracing::warn!(artifact = %logged.record.name, reason = %why, "artifact not uploadable");
             progress.state = ArtifactState::NotUploadable(why);
+            progress.hashed.clear();
             save(progress, true)?;
             Ok(())
         }
@@ -229,8 +232,10 @@ async fn steps(
         if progress.acked.contains_key(&entry.path) || checked.contains_key(entry.path.as_str()) {
             continue;
         }
-        checked.insert(&entry.path, check(entry, owner)?);
+        checked.insert(&entry.path, check(entry, owner, progress).await?);
     }
+    // The MD5s computed are kept before anything else can fail.
+    save(progress, false)?;
 
     let region = manifest
         .storage_policy_config
@@ -252,8 +257,7 @@ async fn steps(
             if record.use_after_commit {
                 ops::use_artifact(client, record, &created.id).await?;
             }
-            progress.state = ArtifactState::Committed;
-            progress.acked.clear();
+            mark_committed(progress);
             save(progress, true)?;
             return Ok(());
         }
@@ -286,7 +290,7 @@ async fn steps(
     // checked above.
     for entry in &todo {
         if !checked.contains_key(entry.path.as_str()) {
-            checked.insert(&entry.path, check(entry, owner)?);
+            checked.insert(&entry.path, check(entry, owner, progress).await?);
         }
     }
     for batch in todo.chunks(FILES_PER_REQUEST) {
@@ -350,30 +354,93 @@ async fn steps(
             ops::use_artifact(client, record, &created.id).await?;
         }
     }
-    progress.state = ArtifactState::Committed;
-    progress.acked.clear();
+    mark_committed(progress);
     save(progress, true)?;
     Ok(())
 }
 
 /// Checks a staging file under the rule (see `staging.rs`) and that it is
 /// the content the record logged; computes its parts' MD5s when it is sent
-/// in parts.
-fn check(entry: &ArtifactManifestEntry, owner: u32) -> Result<Checked, Step> {
+/// in parts. The MD5s are kept in `progress` with the file's identity, so
+/// the same unchanged file is not read again by a later pass.
+async fn check(
+    entry: &ArtifactManifestEntry,
+    owner: u32,
+    progress: &mut ArtifactProgress,
+) -> Result<Checked, Step> {
     let refused = |why: String| Step::NotUploadable(format!("file {:?}: {why}", entry.path));
     let staged = staging::open(&entry.local_path, owner, entry.size).map_err(refused)?;
     let parts = part_size(staged.size);
-    let (md5, part_md5s) =
-        staging::md5s(&staged, parts).map_err(|e| refused(format!("{}: {e}", entry.local_path)))?;
-    if md5 != entry.digest {
+    let known = progress
+        .hashed
+        .get(&entry.local_path)
+        .filter(|h| h.stamp == staged.stamp && h.part_size == parts);
+    let hashed = match known {
+        Some(hashed) => {
+            tracing::debug!(file = %entry.local_path, "staging file's MD5s known from the ledger");
+            hashed.clone()
+        }
+        None => {
+            tracing::debug!(file = %entry.local_path, bytes = staged.size, "hashing a staging file");
+            let stamp = staged.stamp;
+            // A checkpoint of many GB takes minutes to read: never on the
+            // thread that runs the daemon's loop.
+            let (md5, part_md5s) =
+                tokio::task::spawn_blocking(move || staging::md5s(&staged, parts))
+                    .await
+                    .map_err(|e| refused(format!("{}: hashing failed: {e}", entry.local_path)))?
+                    .map_err(|e| refused(format!("{}: {e}", entry.local_path)))?;
+            let hashed = HashedFile {
+                stamp,
+                md5,
+                part_size: parts,
+                parts: part_md5s.iter().map(|p| hex(p)).collect(),
+            };
+            progress
+                .hashed
+                .insert(entry.local_path.clone(), hashed.clone());
+            hashed
+        }
+    };
+    if hashed.md5 != entry.digest {
         return Err(refused(format!(
-            "{}: its MD5 is {md5}, but the artifact logged {} (the file changed)",
-            entry.local_path, entry.digest
+            "{}: its MD5 is {}, but the artifact logged {} (the file changed)",
+            entry.local_path, hashed.md5, entry.digest
         )));
     }
-    Ok(Checked {
-        parts: parts.map(|_| part_md5s),
-    })
+    let parts = match parts {
+        None => None,
+        Some(_) => Some(
+            hashed
+                .parts
+                .iter()
+                .map(|p| unhex16(p))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| refused("a part's MD5 in the ledger is not hex".into()))?,
+        ),
+    };
+    Ok(Checked { parts })
+}
+
+/// 32 hex digits as 16 bytes.
+fn unhex16(text: &str) -> Option<[u8; 16]> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, pair) in bytes.chunks(2).enumerate() {
+        out[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Marks it committed: nothing of its upload is kept but that.
+fn mark_committed(progress: &mut ArtifactProgress) {
+    progress.state = ArtifactState::Committed;
+    progress.acked.clear();
+    progress.hashed.clear();
+    progress.failed_passes = 0;
 }
 
 /// The headers `CreateArtifactFiles` handed out (`Name:Value` each).

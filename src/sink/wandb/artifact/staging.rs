@@ -33,6 +33,8 @@ use bytes::Bytes;
 use md5::{Digest, Md5};
 use rustix::fs::{Mode, OFlags};
 
+use crate::ledger::FileStamp;
+
 /// How much of a file is read at a time (hashing and sending).
 const CHUNK: usize = 256 * 1024;
 
@@ -41,6 +43,8 @@ const CHUNK: usize = 256 * 1024;
 pub(crate) struct Staged {
     pub file: Arc<File>,
     pub size: u64,
+    /// Its identity when opened: whether MD5s computed before still hold.
+    pub stamp: FileStamp,
 }
 
 /// Opens the staging file `local_path` under the rule of this module's
@@ -53,7 +57,9 @@ pub(crate) fn open(local_path: &str, owner: u32, size: i64) -> Result<Staged, St
     let root = staging_root(path);
     let fd = rustix::fs::open(
         path,
-        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        // NOCTTY: a terminal that slipped past the checks below never
+        // becomes syncd's controlling terminal.
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NOCTTY,
         Mode::empty(),
     )
     .map_err(|e| match e {
@@ -102,6 +108,13 @@ pub(crate) fn open(local_path: &str, owner: u32, size: i64) -> Result<Staged, St
     Ok(Staged {
         file: Arc::new(file),
         size: meta.len(),
+        stamp: FileStamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.len(),
+            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+        },
     })
 }
 
