@@ -893,3 +893,215 @@ fn the_daemon_loop_turns_while_a_large_staging_file_is_hashed() {
     assert!(!log.contains("the loop has not turned"), "{log}");
     assert!(daemon.term_within(Duration::from_secs(10)).is_some());
 }
+
+/// A storage refusing an upload URL (a 403, as an expired presigned URL
+/// gets) is not the API key: fresh URLs are asked for the files not sent
+/// yet, and the artifact goes up. One that refuses every URL makes only
+/// the artifact not uploadable; the run syncs.
+#[test]
+fn a_refused_upload_url_gets_fresh_urls_and_is_not_a_key_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (wandb_dir, _staging) = write_run(tmp.path(), "");
+    let server = WandbServer::start();
+    server.inject(
+        Endpoint::ArtifactFile("data/b.bin".into()),
+        Fault::Status {
+            code: 403,
+            retry_after: None,
+        },
+        1,
+    );
+    let report = sync_ok(&server, tmp.path(), &wandb_dir, &[]);
+    assert_eq!(
+        report["runs"][0]["artifacts"][0]["state"], "committed",
+        "{report:#}"
+    );
+    let asked = |server: &WandbServer, name: &str| {
+        server
+            .operation_names()
+            .iter()
+            .filter(|o| o.as_str() == name)
+            .count()
+    };
+    assert_eq!(
+        asked(&server, "CreateArtifactFiles"),
+        2,
+        "asked again after the 403"
+    );
+    check_once(&server, "403 once");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let (wandb_dir, _staging) = write_run(tmp.path(), "");
+    let server = WandbServer::start();
+    server.inject(
+        Endpoint::ArtifactFile("data/b.bin".into()),
+        Fault::Status {
+            code: 403,
+            retry_after: None,
+        },
+        1000,
+    );
+    let out = syncd_command(&server, tmp.path(), server.api_key(), &["--json"])
+        .arg(&wandb_dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!text(&out).contains("API key"), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let shown = &report["runs"][0]["artifacts"][0];
+    assert_eq!(shown["state"], "not uploadable", "{report:#}");
+    assert!(
+        shown["reason"]
+            .as_str()
+            .unwrap()
+            .contains("refused 4 upload URLs"),
+        "{report:#}"
+    );
+    assert_eq!(asked(&server, "CreateArtifactFiles"), 4);
+    let run = server.run("artrun01").unwrap();
+    assert_eq!(run["complete"], true, "the run syncs");
+    assert_eq!(run["history"].as_array().unwrap().len(), 2);
+}
+
+/// A presigned URL's query (its signature) never reaches the log, the
+/// ledger or `status --json`, though the PUT's errors name the URL.
+#[test]
+fn a_presigned_urls_signature_is_not_logged_or_stored() {
+    const SECRET: &str = "SIGsecret0123456789";
+    let tmp = tempfile::tempdir().unwrap();
+    let (wandb_dir, _staging) = write_run(tmp.path(), "");
+    let server = WandbServer::start();
+    server.set_artifact_url_query(&format!(
+        "?X-Amz-Credential=AKIAFAKE&X-Amz-Signature={SECRET}"
+    ));
+    server.inject(Endpoint::ArtifactStorage, Fault::Drop, 1000);
+    let out = syncd_command(
+        &server,
+        tmp.path(),
+        server.api_key(),
+        &["--json", "--attempts", "2"],
+    )
+    .arg(&wandb_dir)
+    .env("SYNCD_LOG", "syncd=debug")
+    .output()
+    .unwrap();
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains("/artifacts/"), "the URL is named: {said}");
+    assert!(!said.contains(SECRET), "{said}");
+    assert!(!said.contains("AKIAFAKE"), "{said}");
+    let status = status_json(tmp.path()).to_string();
+    assert!(!status.contains(SECRET), "{status}");
+    let mut stored = 0;
+    for entry in walk(&tmp.path().join("state")) {
+        let bytes = std::fs::read(&entry).unwrap();
+        stored += 1;
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(SECRET),
+            "{}",
+            entry.display()
+        );
+    }
+    assert!(stored > 0);
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+/// A storage that never answers holds only its artifact: the daemon stays
+/// online (the W&B server answers) and another run syncs meanwhile.
+#[test]
+fn a_hanging_storage_holds_neither_the_daemon_nor_other_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let case = tmp.path().join("case");
+    write_run(&case, "");
+    crate::daemon::committed_copy("0.31.0", "finished", &case.join("wandb"));
+    let server = WandbServer::start();
+    server.inject(Endpoint::ArtifactStorage, Fault::Hang, 100_000);
+    let home = tmp.path().join("home");
+    let mut daemon =
+        crate::daemon::start_daemon(&server, &home, &[&case], &["--request-timeout", "2s"], &[]);
+    crate::daemon::wait_until(Duration::from_secs(60), "an artifact PUT", || {
+        server
+            .operation_names()
+            .iter()
+            .any(|o| o == "CreateArtifactFiles")
+    });
+    let heartbeat = home.join("state/daemon.json");
+    let started = Instant::now();
+    let mut other_synced = false;
+    while started.elapsed() < Duration::from_secs(20) || !other_synced {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the other run was not synced"
+        );
+        if let Ok(text) = std::fs::read_to_string(&heartbeat) {
+            let beat: Value = serde_json::from_str(&text).unwrap_or_default();
+            assert_ne!(beat["network"], "offline", "{beat:#}");
+            assert!(beat["offline_since"].is_null(), "{beat:#}");
+        }
+        other_synced |= server
+            .run("fxfinish")
+            .is_some_and(|r| r["complete"] == true);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        !daemon.log_text().contains("going offline"),
+        "{}",
+        daemon.log_text()
+    );
+    assert!(server.artifacts().iter().all(|a| a["state"] != "COMMITTED"));
+    assert!(daemon.term_within(Duration::from_secs(10)).is_some());
+}
+
+/// An artifact failing pass after pass (its storage hanging) is given up
+/// after 5 passes with the last error, and the run's own data then goes up.
+#[test]
+fn an_artifact_failing_every_pass_is_given_up_and_the_run_moves_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (wandb_dir, _staging) = write_run(tmp.path(), "");
+    let server = WandbServer::start();
+    server.inject(
+        Endpoint::ArtifactFile("data/b.bin".into()),
+        Fault::Hang,
+        100_000,
+    );
+    let sync = || {
+        syncd_command(
+            &server,
+            tmp.path(),
+            server.api_key(),
+            &["--json", "--attempts", "1", "--timeout", "1s"],
+        )
+        .arg(&wandb_dir)
+        .output()
+        .unwrap()
+    };
+    for pass in 1..5 {
+        let out = sync();
+        assert_ne!(out.status.code(), Some(0), "pass {pass}: {}", text(&out));
+        let shown = &status_json(tmp.path())["runs"][0]["artifacts"][0];
+        assert_eq!(shown["state"], "uploading", "pass {pass}");
+    }
+    let out = sync();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let shown = &report["runs"][0]["artifacts"][0];
+    assert_eq!(shown["state"], "not uploadable", "{report:#}");
+    let reason = shown["reason"].as_str().unwrap();
+    assert!(reason.contains("5 passes failed"), "{reason}");
+    assert!(reason.contains("data/b.bin"), "{reason}");
+    let run = server.run("artrun01").unwrap();
+    assert_eq!(run["complete"], true);
+    assert_eq!(run["history"].as_array().unwrap().len(), 2);
+}

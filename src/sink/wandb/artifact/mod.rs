@@ -45,7 +45,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::fs::hex;
 use crate::ledger::{ArtifactProgress, ArtifactState, HashedFile, LedgerError};
-use crate::sink::wandb::client::{Client, SinkError};
+use crate::sink::wandb::client::{Client, SinkError, StorageError};
 use crate::source::wandb::proto::{ArtifactManifestEntry, ArtifactRecord};
 
 /// Files from this size up are sent in parts (wandb-core's threshold).
@@ -155,22 +155,79 @@ pub(crate) async fn upload(
     ) {
         return Ok(());
     }
-    match steps(client, logged, owner, progress, save).await {
-        Ok(()) => Ok(()),
+    let failed = match steps(client, logged, owner, progress, save).await {
+        Ok(()) => return Ok(()),
         Err(Step::NotUploadable(why)) => {
-            tracing::warn!(artifact = %logged.record.name, reason = %why, "artifact not uploadable");
-            progress.state = ArtifactState::NotUploadable(why);
-            progress.hashed.clear();
-            save(progress, true)?;
-            Ok(())
+            return not_uploadable(logged, progress, save, why);
         }
-        Err(Step::Stop(stop)) => Err(stop),
+        // The server unreachable or the key refused hold every upload, not
+        // this artifact's alone: not its failure.
+        Err(Step::Stop(Stop::Sink(e))) if e.is_offline() || e.is_auth() => {
+            return Err(Stop::Sink(e));
+        }
+        Err(Step::Stop(Stop::Ledger(e))) => return Err(Stop::Ledger(e)),
+        Err(Step::Stop(Stop::Sink(e))) => e,
+        Err(Step::Retry(why) | Step::UrlRefused(why)) => SinkError::Exhausted {
+            what: format!("artifact {}", logged.record.name),
+            attempts: progress.failed_passes + 1,
+            last: why,
+            offline: false,
+        },
+    };
+    // This artifact failed a pass: the run's upload is retried later. Past
+    // a limit it is given up, so the run's own data is not held forever.
+    progress.failed_passes += 1;
+    if progress.failed_passes >= MAX_FAILED_PASSES {
+        let why = format!(
+            "{} passes failed; the last: {}",
+            progress.failed_passes,
+            crate::errors::one_line(&failed)
+        );
+        return not_uploadable(logged, progress, save, why);
     }
+    save(progress, true)?;
+    Err(Stop::Sink(failed))
+}
+
+/// Upload passes an artifact may fail (the server or the storage erring,
+/// its staging files unreadable) before it is not uploadable.
+const MAX_FAILED_PASSES: u32 = 5;
+
+/// Fresh upload URLs asked for in one pass, when the storage refuses those
+/// it was given (expired, say), before the artifact is not uploadable.
+const URL_REFRESHES: u32 = 3;
+
+fn not_uploadable(
+    logged: &Logged,
+    progress: &mut ArtifactProgress,
+    save: &mut Save<'_>,
+    why: String,
+) -> Result<(), Stop> {
+    tracing::warn!(artifact = %logged.record.name, reason = %why, "artifact not uploadable");
+    progress.state = ArtifactState::NotUploadable(why);
+    progress.hashed.clear();
+    save(progress, true)?;
+    Ok(())
 }
 
 enum Step {
     NotUploadable(String),
+    /// This pass failed on something that may pass (the storage erring or
+    /// unreachable, a staging file unreadable for now).
+    Retry(String),
+    /// The storage refused an upload URL: fresh ones may do.
+    UrlRefused(String),
     Stop(Stop),
+}
+
+impl From<StorageError> for Step {
+    fn from(e: StorageError) -> Step {
+        match e {
+            StorageError::UrlRefused(why) => Step::UrlRefused(why),
+            StorageError::Refused(why) => Step::NotUploadable(why),
+            StorageError::Failed(why) | StorageError::Read(why) => Step::Retry(why),
+        }
+    }
 }
 
 impl From<LedgerError> for Step {
@@ -293,58 +350,93 @@ async fn steps(
             checked.insert(&entry.path, check(entry, owner, progress).await?);
         }
     }
-    for batch in todo.chunks(FILES_PER_REQUEST) {
-        let specs: Vec<ops::FileSpec> = batch
-            .iter()
-            .map(|e| ops::FileSpec {
-                name: &e.path,
-                md5: &e.digest,
-                parts: checked[e.path.as_str()]
-                    .parts
-                    .as_ref()
-                    .map(|parts| parts.iter().map(|p| hex(p)).collect()),
-            })
-            .collect();
-        let slots = ops::create_artifact_files(client, &created.id, &slot.id, &specs).await?;
-        for (entry, file) in batch.iter().zip(slots) {
-            if let Some((upload_id, urls)) = &file.multipart {
-                let parts = checked[entry.path.as_str()].parts.as_deref().unwrap_or(&[]);
-                put_parts(client, entry, owner, &file, upload_id, urls, parts).await?;
-            } else if let Some(url) = &file.upload_url {
-                put_file(client, entry, owner, url, &file.upload_headers).await?;
+    let mut refreshes = 0;
+    let mut url_refused = |why: String| {
+        refreshes += 1;
+        tracing::info!(artifact = %record.name, reason = %why, "asking for fresh upload URLs");
+        if refreshes > URL_REFRESHES {
+            return Err(Step::NotUploadable(format!(
+                "the storage refused {refreshes} upload URLs in a row; the last: {why}"
+            )));
+        }
+        Ok(())
+    };
+    for chunk in todo.chunks(FILES_PER_REQUEST) {
+        // Asked again for the files not sent yet when the storage refuses
+        // a URL (expired while earlier files went up, say).
+        let mut batch: &[&ArtifactManifestEntry] = chunk;
+        'ask: while !batch.is_empty() {
+            let specs: Vec<ops::FileSpec> = batch
+                .iter()
+                .map(|e| ops::FileSpec {
+                    name: &e.path,
+                    md5: &e.digest,
+                    parts: checked[e.path.as_str()]
+                        .parts
+                        .as_ref()
+                        .map(|parts| parts.iter().map(|p| hex(p)).collect()),
+                })
+                .collect();
+            let slots = ops::create_artifact_files(client, &created.id, &slot.id, &specs).await?;
+            for (at, (entry, file)) in batch.iter().zip(slots).enumerate() {
+                let sent = if let Some((upload_id, urls)) = &file.multipart {
+                    let parts = checked[entry.path.as_str()].parts.as_deref().unwrap_or(&[]);
+                    put_parts(client, entry, owner, &file, upload_id, urls, parts).await
+                } else if let Some(url) = &file.upload_url {
+                    put_file(client, entry, owner, url, &file.upload_headers).await
+                } else {
+                    // Without an upload URL the server stores the content already.
+                    Ok(())
+                };
+                match sent {
+                    Ok(()) => {}
+                    Err(Step::UrlRefused(why)) => {
+                        url_refused(why)?;
+                        batch = &batch[at..];
+                        continue 'ask;
+                    }
+                    Err(e) => return Err(e),
+                }
+                progress.acked.insert(entry.path.clone(), file.birth_id);
+                save(progress, false)?;
             }
-            // Without an upload URL the server stores the content already.
-            progress.acked.insert(entry.path.clone(), file.birth_id);
-            save(progress, false)?;
+            break;
         }
     }
 
     let body = manifest::encode(manifest, &progress.acked);
     let digest = staging::md5_base64(&body);
-    let slot = ops::create_artifact_manifest(
-        client,
-        record,
-        &created.id,
-        base_id.as_deref(),
-        &digest,
-        true,
-    )
-    .await?;
-    let Some(url) = &slot.upload_url else {
-        return Err(Step::NotUploadable(
-            "the server gave no upload URL for its manifest".into(),
-        ));
-    };
     let body = bytes::Bytes::from(body);
-    client
-        .put_streamed(
-            "artifact manifest",
-            url,
-            headers(&slot.upload_headers),
-            body.len() as u64,
-            || reqwest::Body::from(body.clone()),
+    loop {
+        let slot = ops::create_artifact_manifest(
+            client,
+            record,
+            &created.id,
+            base_id.as_deref(),
+            &digest,
+            true,
         )
         .await?;
+        let Some(url) = &slot.upload_url else {
+            return Err(Step::NotUploadable(
+                "the server gave no upload URL for its manifest".into(),
+            ));
+        };
+        let sent = client
+            .put_streamed(
+                "artifact manifest",
+                url,
+                headers(&slot.upload_headers),
+                body.len() as u64,
+                || reqwest::Body::from(body.clone()),
+            )
+            .await;
+        match sent.map_err(Step::from) {
+            Ok(_) => break,
+            Err(Step::UrlRefused(why)) => url_refused(why)?,
+            Err(e) => return Err(e),
+        }
+    }
     progress.manifest_digest = Some(digest);
     save(progress, false)?;
 
