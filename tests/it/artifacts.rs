@@ -1105,3 +1105,39 @@ fn an_artifact_failing_every_pass_is_given_up_and_the_run_moves_on() {
     assert_eq!(run["complete"], true);
     assert_eq!(run["history"].as_array().unwrap().len(), 2);
 }
+
+/// HTTP 409 on CreateArtifact or CommitArtifact (another commit to the
+/// same collection at that moment) is asked again after a short wait; a
+/// commit whose answer was lost is found committed by asking CreateArtifact
+/// again, in the same pass: one sync, one version, one commit.
+#[test]
+fn conflicts_and_a_lost_commit_answer_are_settled_in_the_same_pass() {
+    let conflict = Fault::Status {
+        code: 409,
+        retry_after: None,
+    };
+    for (endpoint, fault, times) in [
+        (
+            Endpoint::Operation("CreateArtifact".into()),
+            conflict.clone(),
+            2,
+        ),
+        (Endpoint::Operation("CommitArtifact".into()), conflict, 2),
+        (
+            Endpoint::Operation("CommitArtifact".into()),
+            Fault::DropAfterProcessing,
+            1,
+        ),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (wandb_dir, _staging) = write_run(tmp.path(), "");
+        let server = WandbServer::start();
+        server.inject(endpoint.clone(), fault.clone(), times);
+        let report = sync_ok(&server, tmp.path(), &wandb_dir, &["--attempts", "1"]);
+        assert_eq!(
+            report["runs"][0]["artifacts"][0]["state"], "committed",
+            "{endpoint:?} {fault:?}: {report:#}"
+        );
+        check_once(&server, &format!("{endpoint:?} {fault:?}"));
+    }
+}

@@ -299,7 +299,7 @@ async fn steps(
         .iter()
         .find(|c| c.key == "storageRegion")
         .and_then(|c| serde_json::from_str::<String>(&c.value_json).ok());
-    let created = ops::create_artifact(client, record, region.as_deref()).await?;
+    let created = create_artifact(client, record, region.as_deref()).await?;
     if progress.server_id.as_deref() != Some(created.id.as_str()) {
         // A version other than the one begun (the server forgot it): its
         // files were acknowledged for that one.
@@ -311,9 +311,7 @@ async fn steps(
         "COMMITTED" => {
             // Done before (by us, before a kill, or by anyone with the same
             // content): nothing more to send.
-            if record.use_after_commit {
-                ops::use_artifact(client, record, &created.id).await?;
-            }
+            use_artifact(client, record, &created.id).await;
             mark_committed(progress);
             save(progress, true)?;
             return Ok(());
@@ -441,14 +439,100 @@ async fn steps(
     save(progress, false)?;
 
     if record.finalize {
-        ops::commit_artifact(client, &created.id).await?;
-        if record.use_after_commit {
-            ops::use_artifact(client, record, &created.id).await?;
-        }
+        commit_artifact(client, record, region.as_deref(), &created.id).await?;
+        // Committed: whatever UseArtifact answers, the version stays.
+        mark_committed(progress);
+        save(progress, true)?;
+        use_artifact(client, record, &created.id).await;
+        return Ok(());
     }
     mark_committed(progress);
     save(progress, true)?;
     Ok(())
+}
+
+/// Answers to HTTP 409 (concurrent commits to one collection) waited out
+/// per request, before the request counts as failed.
+const CONFLICT_RETRIES: u32 = 3;
+
+fn is_conflict(e: &SinkError) -> bool {
+    matches!(e, SinkError::Rejected { status: 409, .. })
+}
+
+/// A short wait before a request that met a conflict is sent again.
+async fn conflict_wait(attempt: u32) {
+    let ms = 500u64 << attempt.min(4);
+    tokio::time::sleep(std::time::Duration::from_millis(ms + fastrand::u64(0..ms))).await;
+}
+
+/// `CreateArtifact`, sent again while another commit to the same
+/// collection conflicts with it (409).
+async fn create_artifact(
+    client: &Client,
+    record: &ArtifactRecord,
+    region: Option<&str>,
+) -> Result<ops::Created, SinkError> {
+    let mut attempt = 0;
+    loop {
+        match ops::create_artifact(client, record, region).await {
+            Err(e) if is_conflict(&e) && attempt < CONFLICT_RETRIES => {
+                tracing::debug!(artifact = %record.name, error = %e, "conflict, asking again");
+                conflict_wait(attempt).await;
+                attempt += 1;
+            }
+            answer => return answer,
+        }
+    }
+}
+
+/// `CommitArtifact`, sent again on a conflict (409). When it fails
+/// however it fails (its answer lost, a conflict that lasts, a refusal),
+/// the server may have committed it all the same: `CreateArtifact`, asked
+/// again, says whether the version is committed, and then it is done.
+async fn commit_artifact(
+    client: &Client,
+    record: &ArtifactRecord,
+    region: Option<&str>,
+    id: &str,
+) -> Result<(), SinkError> {
+    let mut attempt = 0;
+    let failed = loop {
+        match ops::commit_artifact(client, id).await {
+            Ok(()) => return Ok(()),
+            Err(e) if is_conflict(&e) && attempt < CONFLICT_RETRIES => {
+                tracing::debug!(artifact = %record.name, error = %e, "conflict, committing again");
+                conflict_wait(attempt).await;
+                attempt += 1;
+            }
+            Err(e) => break e,
+        }
+    };
+    match create_artifact(client, record, region).await {
+        Ok(again) if again.id == id && again.state == "COMMITTED" => {
+            tracing::debug!(artifact = %record.name, error = %failed, "committed after all");
+            Ok(())
+        }
+        _ => Err(failed),
+    }
+}
+
+/// `UseArtifact` for a record marked `use_after_commit`, once the version
+/// is committed: a failure (after the client's retries) is a warning, as
+/// the artifact is up and only the run's use of it is not recorded.
+async fn use_artifact(client: &Client, record: &ArtifactRecord, id: &str) {
+    if !record.use_after_commit {
+        return;
+    }
+    match ops::use_artifact(client, record, id).await {
+        Err(e) => {
+            tracing::warn!(
+                artifact = %record.name,
+                error = %crate::errors::one_line(&e),
+                "the artifact is committed, but the server did not record the run's use of it"
+            );
+        }
+        Ok(()) => {}
+    }
 }
 
 /// Checks a staging file under the rule (see `staging.rs`) and that it is
