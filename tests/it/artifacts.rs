@@ -265,10 +265,18 @@ fn an_artifact_uploads_as_the_official_client_uploads_it_and_once() {
 /// plain sync: one version, committed, and no file PUT twice after it was
 /// acknowledged.
 fn resumes_after(endpoint: Endpoint, fault: Fault, skip: usize) {
+    resumes_after_faults(&[(endpoint, fault, skip)]);
+}
+
+/// [`resumes_after`] with several faults (each `(endpoint, fault, skip)`).
+fn resumes_after_faults(faults: &[(Endpoint, Fault, usize)]) {
+    let endpoint = &faults[0].0;
     let tmp = tempfile::tempdir().unwrap();
     let (wandb_dir, _staging) = write_run(tmp.path(), "");
     let server = WandbServer::start();
-    server.inject_after(endpoint.clone(), fault, skip, 1000);
+    for (endpoint, fault, skip) in faults {
+        server.inject_after(endpoint.clone(), fault.clone(), *skip, 1000);
+    }
     let out = syncd_command(
         &server,
         tmp.path(),
@@ -337,11 +345,23 @@ fn a_sync_stopped_between_file_puts_continues_without_sending_a_file_twice() {
 
 #[test]
 fn a_commit_whose_answer_was_lost_is_found_committed_and_not_repeated() {
-    resumes_after(
-        Endpoint::Operation("CommitArtifact".into()),
-        Fault::DropAfterProcessing,
-        0,
-    );
+    // The CreateArtifact asked after the failed commit fails too: the next
+    // sync finds the version committed.
+    resumes_after_faults(&[
+        (
+            Endpoint::Operation("CommitArtifact".into()),
+            Fault::DropAfterProcessing,
+            0,
+        ),
+        (
+            Endpoint::Operation("CreateArtifact".into()),
+            Fault::Status {
+                code: 500,
+                retry_after: None,
+            },
+            1,
+        ),
+    ]);
 }
 
 #[test]
