@@ -545,7 +545,8 @@ async fn check(
     progress: &mut ArtifactProgress,
 ) -> Result<Checked, Step> {
     let refused = |why: String| Step::NotUploadable(format!("file {:?}: {why}", entry.path));
-    let staged = staging::open(&entry.local_path, owner, entry.size).map_err(refused)?;
+    let staged =
+        staging::open(&entry.local_path, owner, entry.size).map_err(|r| open_refused(entry, r))?;
     let parts = part_size(staged.size);
     let known = progress
         .hashed
@@ -565,7 +566,12 @@ async fn check(
                 tokio::task::spawn_blocking(move || staging::md5s(&staged, parts))
                     .await
                     .map_err(|e| refused(format!("{}: hashing failed: {e}", entry.local_path)))?
-                    .map_err(|e| refused(format!("{}: {e}", entry.local_path)))?;
+                    .map_err(|e| match staging::transient(&e) {
+                        true => {
+                            Step::Retry(format!("file {:?}: {}: {e}", entry.path, entry.local_path))
+                        }
+                        false => refused(format!("{}: {e}", entry.local_path)),
+                    })?;
             let hashed = HashedFile {
                 stamp,
                 md5,
@@ -596,6 +602,16 @@ async fn check(
         ),
     };
     Ok(Checked { parts })
+}
+
+/// A staging file not opened: the artifact is not uploadable, unless the
+/// error may pass (then this pass fails, and a later one tries again).
+fn open_refused(entry: &ArtifactManifestEntry, refused: staging::Refused) -> Step {
+    let why = format!("file {:?}: {}", entry.path, refused.why);
+    match refused.transient {
+        true => Step::Retry(why),
+        false => Step::NotUploadable(why),
+    }
 }
 
 /// 32 hex digits as 16 bytes.
@@ -644,8 +660,8 @@ async fn put_file(
     upload_headers: &[String],
 ) -> Result<(), Step> {
     // Opened again under the rule: what is sent is what was checked.
-    let staged = staging::open(&entry.local_path, owner, entry.size)
-        .map_err(|why| Step::NotUploadable(format!("file {:?}: {why}", entry.path)))?;
+    let staged =
+        staging::open(&entry.local_path, owner, entry.size).map_err(|r| open_refused(entry, r))?;
     let (file, size) = (staged.file, staged.size);
     client
         .put_streamed(
@@ -668,8 +684,8 @@ async fn put_parts(
     urls: &[(u64, String)],
     parts: &[[u8; 16]],
 ) -> Result<(), Step> {
-    let staged = staging::open(&entry.local_path, owner, entry.size)
-        .map_err(|why| Step::NotUploadable(format!("file {:?}: {why}", entry.path)))?;
+    let staged =
+        staging::open(&entry.local_path, owner, entry.size).map_err(|r| open_refused(entry, r))?;
     let Some(part) = part_size(staged.size) else {
         return Err(Step::NotUploadable(format!(
             "file {:?}: the server asked for parts of a file sent whole",
