@@ -523,15 +523,12 @@ async fn use_artifact(client: &Client, record: &ArtifactRecord, id: &str) {
     if !record.use_after_commit {
         return;
     }
-    match ops::use_artifact(client, record, id).await {
-        Err(e) => {
-            tracing::warn!(
-                artifact = %record.name,
-                error = %crate::errors::one_line(&e),
-                "the artifact is committed, but the server did not record the run's use of it"
-            );
-        }
-        Ok(()) => {}
+    if let Err(e) = ops::use_artifact(client, record, id).await {
+        tracing::warn!(
+            artifact = %record.name,
+            error = %crate::errors::one_line(&e),
+            "the artifact is committed, but the server did not record the run's use of it"
+        );
     }
 }
 
