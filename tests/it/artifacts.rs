@@ -1161,3 +1161,112 @@ fn conflicts_and_a_lost_commit_answer_are_settled_in_the_same_pass() {
         check_once(&server, &format!("{endpoint:?} {fault:?}"));
     }
 }
+
+/// A run first synced by a syncd that did not upload artifacts (its ledger
+/// entry of format 1 lists the artifact it read, its cursors past it) and
+/// continued by this one: the old artifact is never created and is shown
+/// as such, the one logged later is uploaded, and each is shown under its
+/// own name, in the run's order (`sync --json` and `status --json`).
+#[test]
+fn an_artifact_read_before_the_upgrade_is_not_created_and_the_later_one_is() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (wandb_dir, _staging) = write_run(
+        tmp.path(),
+        "later = wandb.Artifact('art-later', type='model')\n\
+         open('later.txt', 'w').write('later\\n')\n\
+         later.add_file('later.txt')\n\
+         run.log_artifact(later)",
+    );
+    let run_file = wandb_files_under(&wandb_dir).remove(0);
+    let whole = std::fs::read(&run_file).unwrap();
+
+    // Where the later artifact's record starts, from a full sync elsewhere.
+    let server = WandbServer::start();
+    let probe = tmp.path().join("probe");
+    sync_ok(&server, &probe, &wandb_dir, &[]);
+    let entry = ledger_entries(&probe.join("state/runs"))
+        .into_iter()
+        .find(|(p, _)| p.extension().is_some_and(|e| e == "json"))
+        .unwrap()
+        .1;
+    let later_at = entry["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "art-later")
+        .unwrap()["offset"]
+        .as_u64()
+        .unwrap();
+
+    // The run as it was when the older syncd read it: up to that record.
+    std::fs::write(&run_file, &whole[..later_at as usize]).unwrap();
+    let server = WandbServer::start();
+    let home = tmp.path().join("home");
+    let out = syncd_command(&server, &home, server.api_key(), &["--json"])
+        .arg(&wandb_dir)
+        .output()
+        .unwrap();
+    eprintln!("{}", text(&out));
+    // What the older syncd left: format 1, no artifact progress (saved
+    // durably, then spelled as format 1).
+    let ledger = syncd::ledger::Ledger::open_existing(&home.join("state")).unwrap();
+    let mut entries: Vec<_> = ledger.all().into_iter().map(Result::unwrap).collect();
+    assert_eq!(entries.len(), 1);
+    let entry = &mut entries[0];
+    assert_eq!(
+        entry.state.artifacts.len(),
+        1,
+        "the first artifact was read"
+    );
+    assert_eq!(entry.state.artifacts[0].name, "art-dataset");
+    entry.artifacts.clear();
+    ledger.save(entry).unwrap();
+    let (path, mut value) = ledger_entries(&home.join("state/runs")).remove(0);
+    let object = value.as_object_mut().unwrap();
+    assert!(object.remove("artifacts").is_some(), "{path:?}");
+    object.insert("format".into(), 1.into());
+    std::fs::write(&path, serde_json::to_vec_pretty(&value).unwrap()).unwrap();
+    let creates = |server: &WandbServer| {
+        server
+            .operation_names()
+            .iter()
+            .filter(|o| o.as_str() == "CreateArtifact")
+            .count()
+    };
+    let before = creates(&server);
+
+    std::fs::write(&run_file, &whole).unwrap();
+    let report = sync_ok(&server, &home, &wandb_dir, &[]);
+    assert_eq!(creates(&server), before + 1, "art-later only: {report:#}");
+    let later = server.artifacts();
+    let later = later.iter().find(|a| a["name"] == "art-later").unwrap();
+    assert_eq!(later["state"], "COMMITTED");
+    for shown in [
+        report["runs"][0]["artifacts"].clone(),
+        status_json(&home)["runs"][0]["artifacts"].clone(),
+    ] {
+        let shown = shown.as_array().unwrap();
+        assert_eq!(shown.len(), 2, "{shown:#?}");
+        assert_eq!(shown[0]["name"], "art-dataset");
+        assert_eq!(shown[0]["state"], "not uploadable");
+        assert!(
+            shown[0]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("did not upload artifacts")
+        );
+        assert_eq!(shown[1]["name"], "art-later");
+        assert_eq!(shown[1]["state"], "committed");
+    }
+}
+
+/// The ledger's entries under `runs` (durable `.json` and live checkpoints).
+fn ledger_entries(runs: &Path) -> Vec<(PathBuf, Value)> {
+    walk(runs)
+        .into_iter()
+        .filter_map(|path| {
+            let value = serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
+            Some((path, value))
+        })
+        .collect()
+}

@@ -789,13 +789,21 @@ impl From<&ArtifactProgress> for ArtifactStatus {
     }
 }
 
-/// The artifacts of a run's ledger entry as shown: each one with progress,
-/// then those read before syncd uploaded artifacts (a ledger entry of an
-/// older syncd, whose cursors are past their records), which never will be.
+/// The artifacts of a run's ledger entry as shown, in the order the run
+/// logged them: first those read before syncd uploaded artifacts (a ledger
+/// entry of an older syncd, whose cursors went past their records), which
+/// never will be, then each one with progress. Every record read since
+/// has progress, so the older ones are the first of the run's artifacts,
+/// however many were read after the upgrade.
 pub(crate) fn statuses(entry: &crate::ledger::RunLedger) -> Vec<ArtifactStatus> {
-    let mut shown: Vec<ArtifactStatus> = entry.artifacts.iter().map(ArtifactStatus::from).collect();
-    for info in entry.state.artifacts.iter().skip(entry.artifacts.len()) {
-        shown.push(ArtifactStatus {
+    let older = entry
+        .state
+        .artifacts
+        .len()
+        .saturating_sub(entry.artifacts.len());
+    let mut shown: Vec<ArtifactStatus> = entry.state.artifacts[..older]
+        .iter()
+        .map(|info| ArtifactStatus {
             name: info.name.clone(),
             kind: info.kind.clone(),
             state: "not uploadable",
@@ -803,7 +811,8 @@ pub(crate) fn statuses(entry: &crate::ledger::RunLedger) -> Vec<ArtifactStatus> 
             files: info.entries as u64,
             files_acked: 0,
             server_id: None,
-        });
-    }
+        })
+        .collect();
+    shown.extend(entry.artifacts.iter().map(ArtifactStatus::from));
     shown
 }
