@@ -238,9 +238,11 @@ impl From<LedgerError> for Step {
 
 impl From<SinkError> for Step {
     /// The server refusing the artifact (a GraphQL error, a 4xx other than
-    /// the key's) ends its upload, not the run's.
+    /// the key's or a conflict) ends its upload, not the run's.
     fn from(e: SinkError) -> Step {
         match e {
+            // Another commit to the collection, lasting: a later pass.
+            e if is_conflict(&e) => Step::Retry(crate::errors::one_line(&e)),
             SinkError::Rejected { .. } | SinkError::GraphQl { .. } | SinkError::Protocol { .. }
                 if !e.is_auth() =>
             {
