@@ -155,6 +155,7 @@ pub(crate) async fn upload(
     ) {
         return Ok(());
     }
+    let acked_before = progress.acked.len();
     let failed = match steps(client, logged, owner, progress, save).await {
         Ok(()) => return Ok(()),
         Err(Step::NotUploadable(why)) => {
@@ -175,7 +176,12 @@ pub(crate) async fn upload(
         },
     };
     // This artifact failed a pass: the run's upload is retried later. Past
-    // a limit it is given up, so the run's own data is not held forever.
+    // a limit of passes in a row that sent no file, it is given up, so the
+    // run's own data is not held forever (one that keeps sending files,
+    // a few each pass, goes on).
+    if progress.acked.len() > acked_before {
+        progress.failed_passes = 0;
+    }
     progress.failed_passes += 1;
     if progress.failed_passes >= MAX_FAILED_PASSES {
         let why = format!(
@@ -189,8 +195,9 @@ pub(crate) async fn upload(
     Err(Stop::Sink(failed))
 }
 
-/// Upload passes an artifact may fail (the server or the storage erring,
-/// its staging files unreadable) before it is not uploadable.
+/// Upload passes in a row an artifact may fail without sending a file (the
+/// server or the storage erring, its staging files unreadable) before it
+/// is not uploadable.
 const MAX_FAILED_PASSES: u32 = 5;
 
 /// Fresh upload URLs asked for in one pass, when the storage refuses those
@@ -356,7 +363,7 @@ async fn steps(
         tracing::info!(artifact = %record.name, reason = %why, "asking for fresh upload URLs");
         if refreshes > URL_REFRESHES {
             return Err(Step::NotUploadable(format!(
-                "the storage refused {refreshes} upload URLs in a row; the last: {why}"
+                "the storage refused {refreshes} upload URLs; the last: {why}"
             )));
         }
         Ok(())
