@@ -446,6 +446,13 @@ impl Client {
             if attempt + 1 < self.policy.max_attempts {
                 let wait = self.policy.backoff(attempt);
                 tracing::debug!(request = what, attempt, error = %last, wait_ms = wait.as_millis() as u64, "retrying");
+                notify_retry(&RetryNotice {
+                    what: what.into(),
+                    error: last.clone(),
+                    attempt: attempt + 1,
+                    attempts: self.policy.max_attempts,
+                    wait,
+                });
                 tokio::time::sleep(wait).await;
             }
         }
@@ -667,7 +674,7 @@ pub(crate) enum StorageError {
 
 /// A storage URL as shown: without its query (a presigned URL's signature
 /// and credential are there) or fragment.
-pub(crate) fn without_query(url: &str) -> &str {
+fn without_query(url: &str) -> &str {
     url.split(['?', '#']).next().unwrap_or(url)
 }
 
@@ -927,6 +934,23 @@ mod tests {
             pause.to_string(),
             "paused until 2027-01-15T08:00:00Z because of HTTP 429 Retry-After 86400 s (capped to 60 s)"
         );
+    }
+
+    #[test]
+    fn storage_urls_and_errors_are_shown_without_their_signature() {
+        assert_eq!(
+            without_query("https://b.s3.amazonaws.com/k/f?X-Amz-Signature=abc&X-Amz-Credential=A"),
+            "https://b.s3.amazonaws.com/k/f"
+        );
+        let s3 = b"<?xml version=\"1.0\"?><Error><Code>SignatureDoesNotMatch</Code>\
+            <Message>The request signature we calculated does not match</Message>\
+            <SignatureProvided>abc123secret</SignatureProvided></Error>";
+        let message = storage_message(s3);
+        assert_eq!(
+            message,
+            "SignatureDoesNotMatch: The request signature we calculated does not match"
+        );
+        assert_eq!(storage_message(br#"{"error":"nope"}"#), "nope");
     }
 
     #[test]
