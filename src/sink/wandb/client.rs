@@ -953,6 +953,76 @@ mod tests {
         assert_eq!(storage_message(br#"{"error":"nope"}"#), "nope");
     }
 
+    /// A storage that accepts the connection but never reads: the PUT fails
+    /// after the timeout without progress, long before its total timeout
+    /// (which grows with the body's size), and the server's contact is not
+    /// touched.
+    #[tokio::test]
+    async fn a_put_the_storage_stops_reading_fails_after_the_timeout_without_progress() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!(
+            "http://{}/bucket/key?X-Amz-Signature=secret",
+            listener.local_addr().unwrap()
+        );
+        let held = std::thread::spawn(move || {
+            let (socket, _) = listener.accept().unwrap();
+            std::thread::sleep(Duration::from_secs(8));
+            drop(socket);
+        });
+        let policy = RetryPolicy {
+            min_wait: Duration::from_millis(10),
+            max_wait: Duration::from_millis(10),
+            max_attempts: 1,
+            timeout: Duration::from_secs(2),
+        };
+        let client = Client::new("http://127.0.0.1:9", "key", policy).unwrap();
+        let len: u64 = 256 << 20;
+        let started = Instant::now();
+        let result = client
+            .put_streamed("artifact file big", &url, HeaderMap::new(), len, || {
+                reqwest::Body::wrap(Sevens { left: len })
+            })
+            .await;
+        let took = started.elapsed();
+        let Err(StorageError::Failed(why)) = result else {
+            panic!("{result:?}");
+        };
+        assert!(why.contains("accepted no bytes for 2 s"), "{why}");
+        assert!(!why.contains("secret"), "{why}");
+        assert!(took < Duration::from_secs(7), "{took:?}");
+        assert_eq!(client.contact_guard().unreachable_since, None);
+        held.join().unwrap();
+    }
+
+    /// `left` bytes of 7s, a MiB at a time.
+    struct Sevens {
+        left: u64,
+    }
+
+    impl http_body::Body for Sevens {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+            if self.left == 0 {
+                return std::task::Poll::Ready(None);
+            }
+            let n = self.left.min(1 << 20);
+            self.left -= n;
+            std::task::Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from(vec![
+                7u8;
+                n as usize
+            ])))))
+        }
+
+        fn size_hint(&self) -> http_body::SizeHint {
+            http_body::SizeHint::with_exact(self.left)
+        }
+    }
+
     #[test]
     fn path_segments_are_escaped() {
         assert_eq!(path_segment("my-team_1.x"), "my-team_1.x");
