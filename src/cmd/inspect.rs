@@ -219,6 +219,11 @@ fn artifact_states(report: &mut Report, state_dir: &Path) {
             .iter_mut()
             .zip(crate::sink::wandb::artifact::statuses(entry))
         {
+            // Both in the order the run logged them; a run read further
+            // than its entry has more.
+            if shown.name != status.name {
+                break;
+            }
             shown.state = status.state;
             shown.reason = status.reason;
             if let Some(why) = &shown.reason {

@@ -170,6 +170,35 @@ pub struct ArtifactProgress {
     pub acked: BTreeMap<String, String>,
     /// The MD5 (base64) of the manifest once its PUT was acknowledged.
     pub manifest_digest: Option<String>,
+    /// The MD5s computed for its staging files, by `local_path`, with the
+    /// file's identity when hashed: a resumed or retried upload of the same
+    /// unchanged file does not read it again. Emptied when it is done.
+    pub hashed: BTreeMap<String, HashedFile>,
+    /// Upload passes that failed (the run's upload retried); past a limit
+    /// the artifact is not uploadable, so the run's own data moves on.
+    pub failed_passes: u32,
+}
+
+/// A staging file's identity (`fstat`): the same values mean the same,
+/// unchanged file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+}
+
+/// The MD5s of one staging file, as computed for its upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HashedFile {
+    pub stamp: FileStamp,
+    /// The whole file's MD5, base64.
+    pub md5: String,
+    /// The part size and each part's MD5 (hex), for a file sent in parts.
+    pub part_size: Option<u64>,
+    pub parts: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -265,10 +265,18 @@ fn an_artifact_uploads_as_the_official_client_uploads_it_and_once() {
 /// plain sync: one version, committed, and no file PUT twice after it was
 /// acknowledged.
 fn resumes_after(endpoint: Endpoint, fault: Fault, skip: usize) {
+    resumes_after_faults(&[(endpoint, fault, skip)]);
+}
+
+/// [`resumes_after`] with several faults (each `(endpoint, fault, skip)`).
+fn resumes_after_faults(faults: &[(Endpoint, Fault, usize)]) {
+    let endpoint = &faults[0].0;
     let tmp = tempfile::tempdir().unwrap();
     let (wandb_dir, _staging) = write_run(tmp.path(), "");
     let server = WandbServer::start();
-    server.inject_after(endpoint.clone(), fault, skip, 1000);
+    for (endpoint, fault, skip) in faults {
+        server.inject_after(endpoint.clone(), fault.clone(), *skip, 1000);
+    }
     let out = syncd_command(
         &server,
         tmp.path(),
@@ -337,11 +345,23 @@ fn a_sync_stopped_between_file_puts_continues_without_sending_a_file_twice() {
 
 #[test]
 fn a_commit_whose_answer_was_lost_is_found_committed_and_not_repeated() {
-    resumes_after(
-        Endpoint::Operation("CommitArtifact".into()),
-        Fault::DropAfterProcessing,
-        0,
-    );
+    // The CreateArtifact asked after the failed commit fails too: the next
+    // sync finds the version committed.
+    resumes_after_faults(&[
+        (
+            Endpoint::Operation("CommitArtifact".into()),
+            Fault::DropAfterProcessing,
+            0,
+        ),
+        (
+            Endpoint::Operation("CreateArtifact".into()),
+            Fault::Status {
+                code: 500,
+                retry_after: None,
+            },
+            1,
+        ),
+    ]);
 }
 
 #[test]
@@ -777,4 +797,476 @@ fn a_large_artifact_file_is_sent_in_bounded_memory() {
             "parts {parts}: peak RSS {peak_kb} kB for a 160 MiB file"
         );
     }
+}
+
+/// A pass that stopped after its staging files were hashed keeps their
+/// MD5s in the ledger: the next pass checks each file's identity and does
+/// not read it again; a file changed since (another identity) is hashed
+/// again.
+#[test]
+fn a_retried_pass_does_not_hash_unchanged_staging_files_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (wandb_dir, staging) = write_run(tmp.path(), "");
+    let server = WandbServer::start();
+    server.inject(
+        Endpoint::ArtifactFile("data/b.bin".into()),
+        Fault::Status {
+            code: 500,
+            retry_after: None,
+        },
+        1000,
+    );
+    let logged = |args: &[&str]| {
+        syncd_command(&server, tmp.path(), server.api_key(), args)
+            .arg(&wandb_dir)
+            .env("SYNCD_LOG", "syncd=debug")
+            .output()
+            .unwrap()
+    };
+    let out = logged(&["--attempts", "1"]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    let log = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(log.matches("hashing a staging file").count(), 2, "{log}");
+
+    // Stopped at the same PUT again: a.txt was acknowledged, b.bin is
+    // known and unchanged.
+    let out = logged(&["--attempts", "1"]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    let log = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(log.matches("hashing a staging file").count(), 0, "{log}");
+    assert_eq!(
+        log.matches("staging file's MD5s known from the ledger")
+            .count(),
+        1,
+        "{log}"
+    );
+
+    server.clear_faults();
+    // Rewritten: the same bytes, another identity (mtime, ctime), so read
+    // again.
+    let (big, bytes) = staged(&staging)
+        .into_iter()
+        .find(|(_, bytes)| bytes != b"alpha\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(&big, &bytes).unwrap();
+    let out = logged(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let log = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(log.matches("hashing a staging file").count(), 1, "{log}");
+    assert!(log.contains(&big.display().to_string()), "{log}");
+    check_once(&server, "retried pass");
+}
+
+/// Hashing a staging file of hundreds of MB runs off the daemon's loop: a
+/// SIGHUP sent while it is read is taken at once (settings reloaded), long
+/// before the artifact is committed, and the loop is never reported
+/// stalled.
+#[test]
+fn the_daemon_loop_turns_while_a_large_staging_file_is_hashed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let case = tmp.path().join("case");
+    let (_wandb_dir, _staging) = write_run(
+        &case,
+        "big = wandb.Artifact('big-model', type='model')\n\
+         open('big.bin', 'wb').write(bytes(range(256)) * (400 * 4096))\n\
+         big.add_file('big.bin')\n\
+         run.log_artifact(big)",
+    );
+    let server = WandbServer::start();
+    let home = tmp.path().join("home");
+    let mut daemon = crate::daemon::start_daemon(
+        &server,
+        &home,
+        &[&case],
+        &[],
+        &[("SYNCD_LOG", "syncd=debug,info")],
+    );
+    crate::daemon::wait_until(Duration::from_secs(120), "the big file hashed", || {
+        daemon
+            .log_text()
+            .lines()
+            .any(|l| l.contains("hashing a staging file") && l.contains("419430400"))
+    });
+    let hup_at = Instant::now();
+    daemon.hup();
+    crate::daemon::wait_until(Duration::from_secs(5), "the reload taken", || {
+        daemon.log_text().contains("settings reloaded")
+    });
+    let reloaded_in = hup_at.elapsed();
+    let big_committed = || {
+        server
+            .artifacts()
+            .iter()
+            .any(|a| a["name"] == "big-model" && a["state"] == "COMMITTED")
+    };
+    assert!(
+        !big_committed(),
+        "the reload came only after the upload ({reloaded_in:?})"
+    );
+    crate::daemon::wait_until(
+        Duration::from_secs(300),
+        "big-model committed",
+        big_committed,
+    );
+    let log = daemon.log_text();
+    assert!(!log.contains("the loop has not turned"), "{log}");
+    assert!(daemon.term_within(Duration::from_secs(10)).is_some());
+}
+
+/// A storage refusing an upload URL (a 403, as an expired presigned URL
+/// gets) is not the API key: fresh URLs are asked for the files not sent
+/// yet, and the artifact goes up. One that refuses every URL makes only
+/// the artifact not uploadable; the run syncs.
+#[test]
+fn a_refused_upload_url_gets_fresh_urls_and_is_not_a_key_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (wandb_dir, _staging) = write_run(tmp.path(), "");
+    let server = WandbServer::start();
+    server.inject(
+        Endpoint::ArtifactFile("data/b.bin".into()),
+        Fault::Status {
+            code: 403,
+            retry_after: None,
+        },
+        1,
+    );
+    let report = sync_ok(&server, tmp.path(), &wandb_dir, &[]);
+    assert_eq!(
+        report["runs"][0]["artifacts"][0]["state"], "committed",
+        "{report:#}"
+    );
+    let asked = |server: &WandbServer, name: &str| {
+        server
+            .operation_names()
+            .iter()
+            .filter(|o| o.as_str() == name)
+            .count()
+    };
+    assert_eq!(
+        asked(&server, "CreateArtifactFiles"),
+        2,
+        "asked again after the 403"
+    );
+    check_once(&server, "403 once");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let (wandb_dir, _staging) = write_run(tmp.path(), "");
+    let server = WandbServer::start();
+    server.inject(
+        Endpoint::ArtifactFile("data/b.bin".into()),
+        Fault::Status {
+            code: 403,
+            retry_after: None,
+        },
+        1000,
+    );
+    let out = syncd_command(&server, tmp.path(), server.api_key(), &["--json"])
+        .arg(&wandb_dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!text(&out).contains("API key"), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let shown = &report["runs"][0]["artifacts"][0];
+    assert_eq!(shown["state"], "not uploadable", "{report:#}");
+    assert!(
+        shown["reason"]
+            .as_str()
+            .unwrap()
+            .contains("refused 4 upload URLs"),
+        "{report:#}"
+    );
+    assert_eq!(asked(&server, "CreateArtifactFiles"), 4);
+    let run = server.run("artrun01").unwrap();
+    assert_eq!(run["complete"], true, "the run syncs");
+    assert_eq!(run["history"].as_array().unwrap().len(), 2);
+}
+
+/// A presigned URL's query (its signature) never reaches the log, the
+/// ledger or `status --json`, though the PUT's errors name the URL.
+#[test]
+fn a_presigned_urls_signature_is_not_logged_or_stored() {
+    const SECRET: &str = "SIGsecret0123456789";
+    let tmp = tempfile::tempdir().unwrap();
+    let (wandb_dir, _staging) = write_run(tmp.path(), "");
+    let server = WandbServer::start();
+    server.set_artifact_url_query(&format!(
+        "?X-Amz-Credential=AKIAFAKE&X-Amz-Signature={SECRET}"
+    ));
+    server.inject(Endpoint::ArtifactStorage, Fault::Drop, 1000);
+    let out = syncd_command(
+        &server,
+        tmp.path(),
+        server.api_key(),
+        &["--json", "--attempts", "2"],
+    )
+    .arg(&wandb_dir)
+    .env("SYNCD_LOG", "syncd=debug")
+    .output()
+    .unwrap();
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains("/artifacts/"), "the URL is named: {said}");
+    assert!(!said.contains(SECRET), "{said}");
+    assert!(!said.contains("AKIAFAKE"), "{said}");
+    let status = status_json(tmp.path()).to_string();
+    assert!(!status.contains(SECRET), "{status}");
+    let mut stored = 0;
+    for entry in walk(&tmp.path().join("state")) {
+        let bytes = std::fs::read(&entry).unwrap();
+        stored += 1;
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(SECRET),
+            "{}",
+            entry.display()
+        );
+    }
+    assert!(stored > 0);
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+/// A storage that never answers holds only its artifact: the daemon stays
+/// online (the W&B server answers) and another run syncs meanwhile.
+#[test]
+fn a_hanging_storage_holds_neither_the_daemon_nor_other_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let case = tmp.path().join("case");
+    write_run(&case, "");
+    crate::daemon::committed_copy("0.31.0", "finished", &case.join("wandb"));
+    let server = WandbServer::start();
+    server.inject(Endpoint::ArtifactStorage, Fault::Hang, 100_000);
+    let home = tmp.path().join("home");
+    let mut daemon =
+        crate::daemon::start_daemon(&server, &home, &[&case], &["--request-timeout", "2s"], &[]);
+    crate::daemon::wait_until(Duration::from_secs(60), "an artifact PUT", || {
+        server
+            .operation_names()
+            .iter()
+            .any(|o| o == "CreateArtifactFiles")
+    });
+    let heartbeat = home.join("state/daemon.json");
+    let started = Instant::now();
+    let mut other_synced = false;
+    while started.elapsed() < Duration::from_secs(20) || !other_synced {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the other run was not synced"
+        );
+        if let Ok(text) = std::fs::read_to_string(&heartbeat) {
+            let beat: Value = serde_json::from_str(&text).unwrap_or_default();
+            assert_ne!(beat["network"], "offline", "{beat:#}");
+            assert!(beat["offline_since"].is_null(), "{beat:#}");
+        }
+        other_synced |= server
+            .run("fxfinish")
+            .is_some_and(|r| r["complete"] == true);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        !daemon.log_text().contains("going offline"),
+        "{}",
+        daemon.log_text()
+    );
+    assert!(server.artifacts().iter().all(|a| a["state"] != "COMMITTED"));
+    assert!(daemon.term_within(Duration::from_secs(10)).is_some());
+}
+
+/// An artifact failing pass after pass (its storage hanging) is given up
+/// after 5 passes with the last error, and the run's own data then goes up.
+#[test]
+fn an_artifact_failing_every_pass_is_given_up_and_the_run_moves_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (wandb_dir, _staging) = write_run(tmp.path(), "");
+    let server = WandbServer::start();
+    server.inject(
+        Endpoint::ArtifactFile("data/b.bin".into()),
+        Fault::Hang,
+        100_000,
+    );
+    let sync = || {
+        syncd_command(
+            &server,
+            tmp.path(),
+            server.api_key(),
+            &["--json", "--attempts", "1", "--timeout", "1s"],
+        )
+        .arg(&wandb_dir)
+        .output()
+        .unwrap()
+    };
+    for pass in 1..5 {
+        let out = sync();
+        assert_ne!(out.status.code(), Some(0), "pass {pass}: {}", text(&out));
+        let shown = &status_json(tmp.path())["runs"][0]["artifacts"][0];
+        assert_eq!(shown["state"], "uploading", "pass {pass}");
+    }
+    let out = sync();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let shown = &report["runs"][0]["artifacts"][0];
+    assert_eq!(shown["state"], "not uploadable", "{report:#}");
+    let reason = shown["reason"].as_str().unwrap();
+    assert!(reason.contains("5 passes failed"), "{reason}");
+    assert!(reason.contains("data/b.bin"), "{reason}");
+    let run = server.run("artrun01").unwrap();
+    assert_eq!(run["complete"], true);
+    assert_eq!(run["history"].as_array().unwrap().len(), 2);
+}
+
+/// HTTP 409 on CreateArtifact or CommitArtifact (another commit to the
+/// same collection at that moment) is asked again after a short wait; a
+/// commit whose answer was lost is found committed by asking CreateArtifact
+/// again, in the same pass: one sync, one version, one commit.
+#[test]
+fn conflicts_and_a_lost_commit_answer_are_settled_in_the_same_pass() {
+    let conflict = Fault::Status {
+        code: 409,
+        retry_after: None,
+    };
+    for (endpoint, fault, times) in [
+        (
+            Endpoint::Operation("CreateArtifact".into()),
+            conflict.clone(),
+            2,
+        ),
+        (Endpoint::Operation("CommitArtifact".into()), conflict, 2),
+        (
+            Endpoint::Operation("CommitArtifact".into()),
+            Fault::DropAfterProcessing,
+            1,
+        ),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (wandb_dir, _staging) = write_run(tmp.path(), "");
+        let server = WandbServer::start();
+        server.inject(endpoint.clone(), fault.clone(), times);
+        let report = sync_ok(&server, tmp.path(), &wandb_dir, &["--attempts", "1"]);
+        assert_eq!(
+            report["runs"][0]["artifacts"][0]["state"], "committed",
+            "{endpoint:?} {fault:?}: {report:#}"
+        );
+        check_once(&server, &format!("{endpoint:?} {fault:?}"));
+    }
+}
+
+/// A run first synced by a syncd that did not upload artifacts (its ledger
+/// entry of format 1 lists the artifact it read, its cursors past it) and
+/// continued by this one: the old artifact is never created and is shown
+/// as such, the one logged later is uploaded, and each is shown under its
+/// own name, in the run's order (`sync --json` and `status --json`).
+#[test]
+fn an_artifact_read_before_the_upgrade_is_not_created_and_the_later_one_is() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (wandb_dir, _staging) = write_run(
+        tmp.path(),
+        "later = wandb.Artifact('art-later', type='model')\n\
+         open('later.txt', 'w').write('later\\n')\n\
+         later.add_file('later.txt')\n\
+         run.log_artifact(later)",
+    );
+    let run_file = wandb_files_under(&wandb_dir).remove(0);
+    let whole = std::fs::read(&run_file).unwrap();
+
+    // Where the later artifact's record starts, from a full sync elsewhere.
+    let server = WandbServer::start();
+    let probe = tmp.path().join("probe");
+    sync_ok(&server, &probe, &wandb_dir, &[]);
+    let entry = ledger_entries(&probe.join("state/runs"))
+        .into_iter()
+        .find(|(p, _)| p.extension().is_some_and(|e| e == "json"))
+        .unwrap()
+        .1;
+    let later_at = entry["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "art-later")
+        .unwrap()["offset"]
+        .as_u64()
+        .unwrap();
+
+    // The run as it was when the older syncd read it: up to that record.
+    std::fs::write(&run_file, &whole[..later_at as usize]).unwrap();
+    let server = WandbServer::start();
+    let home = tmp.path().join("home");
+    let out = syncd_command(&server, &home, server.api_key(), &["--json"])
+        .arg(&wandb_dir)
+        .output()
+        .unwrap();
+    eprintln!("{}", text(&out));
+    // What the older syncd left: format 1, no artifact progress (saved
+    // durably, then spelled as format 1).
+    let ledger = syncd::ledger::Ledger::open_existing(&home.join("state")).unwrap();
+    let mut entries: Vec<_> = ledger.all().into_iter().map(Result::unwrap).collect();
+    assert_eq!(entries.len(), 1);
+    let entry = &mut entries[0];
+    assert_eq!(
+        entry.state.artifacts.len(),
+        1,
+        "the first artifact was read"
+    );
+    assert_eq!(entry.state.artifacts[0].name, "art-dataset");
+    entry.artifacts.clear();
+    ledger.save(entry).unwrap();
+    let (path, mut value) = ledger_entries(&home.join("state/runs")).remove(0);
+    let object = value.as_object_mut().unwrap();
+    assert!(object.remove("artifacts").is_some(), "{path:?}");
+    object.insert("format".into(), 1.into());
+    std::fs::write(&path, serde_json::to_vec_pretty(&value).unwrap()).unwrap();
+    let creates = |server: &WandbServer| {
+        server
+            .operation_names()
+            .iter()
+            .filter(|o| o.as_str() == "CreateArtifact")
+            .count()
+    };
+    let before = creates(&server);
+
+    std::fs::write(&run_file, &whole).unwrap();
+    let report = sync_ok(&server, &home, &wandb_dir, &[]);
+    assert_eq!(creates(&server), before + 1, "art-later only: {report:#}");
+    let later = server.artifacts();
+    let later = later.iter().find(|a| a["name"] == "art-later").unwrap();
+    assert_eq!(later["state"], "COMMITTED");
+    for shown in [
+        report["runs"][0]["artifacts"].clone(),
+        status_json(&home)["runs"][0]["artifacts"].clone(),
+    ] {
+        let shown = shown.as_array().unwrap();
+        assert_eq!(shown.len(), 2, "{shown:#?}");
+        assert_eq!(shown[0]["name"], "art-dataset");
+        assert_eq!(shown[0]["state"], "not uploadable");
+        assert!(
+            shown[0]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("did not upload artifacts")
+        );
+        assert_eq!(shown[1]["name"], "art-later");
+        assert_eq!(shown[1]["state"], "committed");
+    }
+}
+
+/// The ledger's entries under `runs` (durable `.json` and live checkpoints).
+fn ledger_entries(runs: &Path) -> Vec<(PathBuf, Value)> {
+    walk(runs)
+        .into_iter()
+        .filter_map(|path| {
+            let value = serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
+            Some((path, value))
+        })
+        .collect()
 }

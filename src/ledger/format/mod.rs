@@ -265,6 +265,50 @@ mod tests {
         );
     }
 
+    /// The fields added within format 2 (an artifact's MD5s and failed
+    /// passes) round-trip, and are absent from an entry that has none.
+    #[test]
+    fn an_artifacts_hashes_and_failed_passes_round_trip() {
+        use crate::ledger::{ArtifactProgress, ArtifactState, FileStamp, HashedFile};
+        let mut entry = RunLedger::new("k".into(), "r".into(), "http://s".into());
+        let mut artifact = ArtifactProgress {
+            fragment: 0,
+            offset: 1336,
+            name: "a".into(),
+            kind: "model".into(),
+            digest: "d".into(),
+            files: 1,
+            state: ArtifactState::Uploading,
+            server_id: Some("artifact-1".into()),
+            acked: Default::default(),
+            manifest_digest: None,
+            hashed: Default::default(),
+            failed_passes: 0,
+        };
+        entry.artifacts.push(artifact.clone());
+        let text = String::from_utf8(encode(&entry, true)).unwrap();
+        assert!(!text.contains("hashed") && !text.contains("failed_passes"));
+        artifact.failed_passes = 2;
+        artifact.hashed.insert(
+            "/d/artifacts/staging/tmp1".into(),
+            HashedFile {
+                stamp: FileStamp {
+                    dev: 1,
+                    ino: 2,
+                    size: 3,
+                    mtime_ns: -4,
+                    ctime_ns: 5,
+                },
+                md5: "w8a8Kujs5L0lENyiEiXAQQ==".into(),
+                part_size: Some(100),
+                parts: vec!["00".repeat(16)],
+            },
+        );
+        entry.artifacts[0] = artifact;
+        let back = decode(&encode(&entry, false)).unwrap_or_else(|_| panic!("decodes"));
+        assert_eq!(back.artifacts, entry.artifacts);
+    }
+
     #[test]
     fn versions_other_than_this_ones_are_refused_by_kind() {
         let entry = RunLedger::new("k".into(), "r".into(), "http://s".into());

@@ -6,13 +6,20 @@
 //! format 1's own types. A format-1 entry is therefore read by these types
 //! too, with no artifacts (the field is absent from it): that is its
 //! migration, and it costs one parse.
+//!
+//! Two fields were added to an artifact within format 2 (`hashed`,
+//! `failed_passes`): both are left out when empty, so every entry written
+//! before them reads and saves back byte for byte, and an older format-2
+//! syncd reading a newer entry ignores them (it hashes again, and counts
+//! failed passes from 0): what they hold is a cache and a limit, never
+//! what was sent.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use super::v1;
-use crate::ledger::{ArtifactProgress, ArtifactState, RunLedger};
+use crate::ledger::{ArtifactProgress, ArtifactState, FileStamp, HashedFile, RunLedger};
 
 pub(super) const VERSION: u32 = 2;
 
@@ -53,6 +60,64 @@ struct Artifact {
     /// File name → the id of the artifact that first stored it.
     acked: BTreeMap<String, String>,
     manifest_digest: Option<String>,
+    /// Added within format 2, absent when empty (so the entries written
+    /// before it read and save back the same): the staging files' MD5s by
+    /// `local_path`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    hashed: BTreeMap<String, Hashed>,
+    /// Added within format 2, absent when 0: upload passes that failed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    failed_passes: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+#[derive(Serialize, Deserialize)]
+struct Hashed {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+    md5: String,
+    part_size: Option<u64>,
+    /// Each part's MD5, hex (a file sent in parts).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    parts: Vec<String>,
+}
+
+impl From<&HashedFile> for Hashed {
+    fn from(h: &HashedFile) -> Hashed {
+        Hashed {
+            dev: h.stamp.dev,
+            ino: h.stamp.ino,
+            size: h.stamp.size,
+            mtime_ns: h.stamp.mtime_ns,
+            ctime_ns: h.stamp.ctime_ns,
+            md5: h.md5.clone(),
+            part_size: h.part_size,
+            parts: h.parts.clone(),
+        }
+    }
+}
+
+impl From<Hashed> for HashedFile {
+    fn from(h: Hashed) -> HashedFile {
+        HashedFile {
+            stamp: FileStamp {
+                dev: h.dev,
+                ino: h.ino,
+                size: h.size,
+                mtime_ns: h.mtime_ns,
+                ctime_ns: h.ctime_ns,
+            },
+            md5: h.md5,
+            part_size: h.part_size,
+            parts: h.parts,
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -122,6 +187,12 @@ impl From<&ArtifactProgress> for Artifact {
             server_id: a.server_id.clone(),
             acked: a.acked.clone(),
             manifest_digest: a.manifest_digest.clone(),
+            hashed: a
+                .hashed
+                .iter()
+                .map(|(path, h)| (path.clone(), Hashed::from(h)))
+                .collect(),
+            failed_passes: a.failed_passes,
         }
     }
 }
@@ -179,6 +250,12 @@ impl TryFrom<Artifact> for ArtifactProgress {
             server_id: a.server_id,
             acked: a.acked,
             manifest_digest: a.manifest_digest,
+            hashed: a
+                .hashed
+                .into_iter()
+                .map(|(path, h)| (path, HashedFile::from(h)))
+                .collect(),
+            failed_passes: a.failed_passes,
         })
     }
 }

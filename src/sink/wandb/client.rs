@@ -373,11 +373,17 @@ impl Client {
     }
 
     /// PUTs `len` bytes made anew for each attempt by `body` (a file
-    /// streamed from disk, say), with `headers` and without our
-    /// credentials; gives the answer's `ETag` (a multipart upload's part
-    /// names itself by it). An attempt may take the usual timeout plus a
-    /// second per MiB: a file of gigabytes is not cut off by a timeout made
-    /// for requests of kilobytes.
+    /// streamed from disk, say) to a storage URL (presigned: its query is
+    /// its credential), with `headers` and without our credentials; gives
+    /// the answer's `ETag` (a multipart upload's part names itself by it).
+    ///
+    /// The storage is not the W&B server: what it answers, or not, says
+    /// nothing of the server's reachability or of the API key, so it is not
+    /// recorded as contact, and a refusal is a [`StorageError`] of this
+    /// upload only. An attempt fails when the storage accepts no bytes of
+    /// the body for the usual timeout; a whole attempt may take the usual
+    /// timeout plus a second per MiB (a file of gigabytes is not cut off
+    /// by a timeout made for requests of kilobytes).
     pub(crate) async fn put_streamed(
         &self,
         what: &str,
@@ -385,21 +391,88 @@ impl Client {
         headers: HeaderMap,
         len: u64,
         body: impl Fn() -> reqwest::Body,
-    ) -> Result<Option<String>, SinkError> {
-        let timeout = self.policy.timeout + Duration::from_secs(len >> 20);
-        let (_, answer) = self
-            .send_checked(
-                what,
-                Delivery::AtLeastOnce,
-                timeout,
-                || self.http.put(url).headers(headers.clone()).body(body()),
-                |_| BodyVerdict::Done,
-            )
-            .await?;
-        Ok(answer
-            .get(reqwest::header::ETAG)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string))
+    ) -> Result<Option<String>, StorageError> {
+        let total = self.policy.timeout + Duration::from_secs(len >> 20);
+        let shown = without_query(url);
+        let mut last = String::new();
+        for attempt in 0..self.policy.max_attempts {
+            let watch = Arc::new(BodyWatch::new());
+            let request = self
+                .http
+                .put(url)
+                .headers(headers.clone())
+                .body(reqwest::Body::wrap(WatchedBody {
+                    inner: body(),
+                    watch: watch.clone(),
+                    left: len,
+                }))
+                .timeout(total)
+                .send();
+            tokio::pin!(request);
+            let sent = loop {
+                tokio::select! {
+                    sent = &mut request => break Some(sent),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                        if watch.stalled_for() >= self.policy.timeout {
+                            break None;
+                        }
+                    }
+                }
+            };
+            match sent {
+                None => {
+                    last = format!(
+                        "the storage accepted no bytes for {} s ({shown})",
+                        self.policy.timeout.as_secs()
+                    );
+                }
+                Some(Err(e)) => {
+                    if let Some(error) = watch.read_error() {
+                        return Err(StorageError::Read(format!("{what}: {error}")));
+                    }
+                    // Names the URL, without its query.
+                    last = describe_transport_error(&e);
+                }
+                Some(Ok(response)) => {
+                    let code = response.status().as_u16();
+                    let etag = response
+                        .headers()
+                        .get(reqwest::header::ETAG)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
+                    if (200..300).contains(&code) {
+                        return Ok(etag);
+                    }
+                    let body = response.bytes().await.unwrap_or_default();
+                    let message = storage_message(&body);
+                    let said = format!("{what}: the storage refused with HTTP {code}: {message}");
+                    let expired = message.to_ascii_lowercase().contains("expired");
+                    if matches!(code, 401 | 403) || (code == 400 && expired) {
+                        return Err(StorageError::UrlRefused(said));
+                    }
+                    if !status_is_retryable(code) {
+                        return Err(StorageError::Refused(said));
+                    }
+                    last = format!("HTTP {code}: {message}");
+                }
+            }
+            if attempt + 1 < self.policy.max_attempts {
+                let wait = self.policy.backoff(attempt);
+                tracing::debug!(request = what, attempt, error = %last, wait_ms = wait.as_millis() as u64, "retrying");
+                notify_retry(&RetryNotice {
+                    what: what.into(),
+                    error: last.clone(),
+                    attempt: attempt + 1,
+                    attempts: self.policy.max_attempts,
+                    wait,
+                });
+                tokio::time::sleep(wait).await;
+            }
+        }
+        Err(StorageError::Failed(format!(
+            "{what}: gave up after {} attempts; last error: {last}",
+            self.policy.max_attempts
+        )))
     }
 
     async fn wait_for_pause(&self) {
@@ -594,6 +667,139 @@ impl Client {
     }
 }
 
+/// Why a PUT to a storage URL failed: each is about this upload alone.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum StorageError {
+    /// The storage refused the URL itself (expired, or its signature not
+    /// accepted: 401, 403, 400 expired): fresh upload URLs may succeed.
+    #[error("{0}")]
+    UrlRefused(String),
+    /// Any other refusal retrying cannot change.
+    #[error("{0}")]
+    Refused(String),
+    /// Timeouts, lost connections or 5xx until the attempts ran out.
+    #[error("{0}")]
+    Failed(String),
+    /// The local file could not be read while it was sent.
+    #[error("{0}")]
+    Read(String),
+}
+
+/// A storage URL as shown: without its query (a presigned URL's signature
+/// and credential are there) or fragment.
+fn without_query(url: &str) -> &str {
+    url.split(['?', '#']).next().unwrap_or(url)
+}
+
+/// A storage service's own words: its XML error's `Code` and `Message`
+/// only (S3's may echo the signature it expected), else as from the server.
+fn storage_message(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let tag = |name: &str| {
+        let open = format!("<{name}>");
+        let start = text.find(&open)? + open.len();
+        let end = text[start..].find(&format!("</{name}>"))? + start;
+        Some(text[start..end].chars().take(200).collect::<String>())
+    };
+    match (tag("Code"), tag("Message")) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        (Some(code), None) => code,
+        _ => server_message(body),
+    }
+}
+
+/// When a streamed body last gave bytes, and why it could not be read.
+struct BodyWatch {
+    started: Instant,
+    /// Milliseconds from `started` to the last bytes given, or `u64::MAX`
+    /// once all were given (then only the answer is awaited).
+    last_ms: std::sync::atomic::AtomicU64,
+    read_error: Mutex<Option<String>>,
+}
+
+impl BodyWatch {
+    fn new() -> BodyWatch {
+        BodyWatch {
+            started: Instant::now(),
+            last_ms: std::sync::atomic::AtomicU64::new(0),
+            read_error: Mutex::new(None),
+        }
+    }
+
+    /// How long the body has given nothing while bytes remain.
+    fn stalled_for(&self) -> Duration {
+        match self.last_ms.load(std::sync::atomic::Ordering::Relaxed) {
+            u64::MAX => Duration::ZERO,
+            ms => self
+                .started
+                .elapsed()
+                .saturating_sub(Duration::from_millis(ms)),
+        }
+    }
+
+    fn read_error(&self) -> Option<String> {
+        self.read_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// A request body that tells its [`BodyWatch`] of each chunk taken: the
+/// storage accepts a chunk before the next is asked for.
+struct WatchedBody {
+    inner: reqwest::Body,
+    watch: Arc<BodyWatch>,
+    left: u64,
+}
+
+impl http_body::Body for WatchedBody {
+    type Data = Bytes;
+    type Error = reqwest::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, reqwest::Error>>> {
+        use std::sync::atomic::Ordering;
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                let n = frame.data_ref().map_or(0, |d| d.len() as u64);
+                self.left = self.left.saturating_sub(n);
+                let at = match self.left {
+                    0 => u64::MAX,
+                    _ => self.watch.started.elapsed().as_millis() as u64,
+                };
+                self.watch.last_ms.store(at, Ordering::Relaxed);
+            }
+            std::task::Poll::Ready(Some(Err(e))) => {
+                let mut text = e.to_string();
+                let mut source = std::error::Error::source(e);
+                while let Some(inner) = source {
+                    text.push_str(&format!(": {inner}"));
+                    source = inner.source();
+                }
+                *self
+                    .watch
+                    .read_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(text);
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 fn describe_transport_error(e: &reqwest::Error) -> String {
     let kind = if e.is_timeout() {
         "timed out"
@@ -602,8 +808,12 @@ fn describe_transport_error(e: &reqwest::Error) -> String {
     } else {
         "request failed"
     };
-    // reqwest's Display names the URL, which never holds credentials here.
+    // reqwest's Display names the URL: an upload URL's query is its
+    // credential, so it is left out.
     let mut text = format!("{kind}: {e}");
+    if let Some(url) = e.url() {
+        text = text.replace(url.as_str(), without_query(url.as_str()));
+    }
     let mut source = std::error::Error::source(e);
     while let Some(inner) = source {
         text.push_str(&format!(": {inner}"));
@@ -737,6 +947,93 @@ mod tests {
             pause.to_string(),
             "paused until 2027-01-15T08:00:00Z because of HTTP 429 Retry-After 86400 s (capped to 60 s)"
         );
+    }
+
+    #[test]
+    fn storage_urls_and_errors_are_shown_without_their_signature() {
+        assert_eq!(
+            without_query("https://b.s3.amazonaws.com/k/f?X-Amz-Signature=abc&X-Amz-Credential=A"),
+            "https://b.s3.amazonaws.com/k/f"
+        );
+        let s3 = b"<?xml version=\"1.0\"?><Error><Code>SignatureDoesNotMatch</Code>\
+            <Message>The request signature we calculated does not match</Message>\
+            <SignatureProvided>abc123secret</SignatureProvided></Error>";
+        let message = storage_message(s3);
+        assert_eq!(
+            message,
+            "SignatureDoesNotMatch: The request signature we calculated does not match"
+        );
+        assert_eq!(storage_message(br#"{"error":"nope"}"#), "nope");
+    }
+
+    /// A storage that accepts the connection but never reads: the PUT fails
+    /// after the timeout without progress, long before its total timeout
+    /// (which grows with the body's size), and the server's contact is not
+    /// touched.
+    #[tokio::test]
+    async fn a_put_the_storage_stops_reading_fails_after_the_timeout_without_progress() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!(
+            "http://{}/bucket/key?X-Amz-Signature=secret",
+            listener.local_addr().unwrap()
+        );
+        let held = std::thread::spawn(move || {
+            let (socket, _) = listener.accept().unwrap();
+            std::thread::sleep(Duration::from_secs(8));
+            drop(socket);
+        });
+        let policy = RetryPolicy {
+            min_wait: Duration::from_millis(10),
+            max_wait: Duration::from_millis(10),
+            max_attempts: 1,
+            timeout: Duration::from_secs(2),
+        };
+        let client = Client::new("http://127.0.0.1:9", "key", policy).unwrap();
+        let len: u64 = 256 << 20;
+        let started = Instant::now();
+        let result = client
+            .put_streamed("artifact file big", &url, HeaderMap::new(), len, || {
+                reqwest::Body::wrap(Sevens { left: len })
+            })
+            .await;
+        let took = started.elapsed();
+        let Err(StorageError::Failed(why)) = result else {
+            panic!("{result:?}");
+        };
+        assert!(why.contains("accepted no bytes for 2 s"), "{why}");
+        assert!(!why.contains("secret"), "{why}");
+        assert!(took < Duration::from_secs(7), "{took:?}");
+        assert_eq!(client.contact_guard().unreachable_since, None);
+        held.join().unwrap();
+    }
+
+    /// `left` bytes of 7s, a MiB at a time.
+    struct Sevens {
+        left: u64,
+    }
+
+    impl http_body::Body for Sevens {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+            if self.left == 0 {
+                return std::task::Poll::Ready(None);
+            }
+            let n = self.left.min(1 << 20);
+            self.left -= n;
+            std::task::Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from(vec![
+                7u8;
+                n as usize
+            ])))))
+        }
+
+        fn size_hint(&self) -> http_body::SizeHint {
+            http_body::SizeHint::with_exact(self.left)
+        }
     }
 
     #[test]

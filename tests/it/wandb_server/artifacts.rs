@@ -364,7 +364,7 @@ impl State {
         let mut file =
             json!({"id": format!("manifest-file-{}", a.id), "name": name, "displayName": name});
         if include_upload {
-            file["uploadUrl"] = json!(format!("{base}/manifest"));
+            file["uploadUrl"] = json!(format!("{base}/manifest{}", self.artifact_url_query));
             file["uploadHeaders"] = json!(headers);
         }
         let payload =
@@ -440,7 +440,7 @@ impl State {
                         let urls: Vec<Value> = parts
                             .iter()
                             .map(|(n, _)| {
-                                json!({"partNumber": n, "uploadUrl": format!("{base}/parts/{n}/{encoded}")})
+                                json!({"partNumber": n, "uploadUrl": format!("{base}/parts/{n}/{encoded}{}", self.artifact_url_query)})
                             })
                             .collect();
                         file.multipart = Some(Multipart {
@@ -451,7 +451,7 @@ impl State {
                         json!({"uploadID": upload_id, "uploadUrlParts": urls})
                     };
                     json!({"id": format!("file-{id}-{name}"), "name": name, "displayName": name,
-                        "uploadUrl": format!("{base}/files/{encoded}"), "uploadHeaders": headers,
+                        "uploadUrl": format!("{base}/files/{encoded}{}", self.artifact_url_query), "uploadHeaders": headers,
                         "storagePath": storage_path, "uploadMultipartUrls": multipart,
                         "artifact": {"id": id}})
                 }

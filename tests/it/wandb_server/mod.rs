@@ -193,6 +193,12 @@ impl WandbServer {
         self.lock().upload_headers = headers;
     }
 
+    /// A query appended to every artifact upload URL handed out, as a
+    /// presigned URL carries its signature.
+    pub fn set_artifact_url_query(&self, query: &str) {
+        self.lock().artifact_url_query = query.to_string();
+    }
+
     /// Answer FileStream requests with `"stopped": true`.
     pub fn set_stopped(&self, stopped: bool) {
         self.lock().stopped = stopped;

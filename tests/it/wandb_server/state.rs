@@ -111,6 +111,9 @@ pub struct State {
     pub api_key: String,
     pub default_entity: String,
     pub upload_headers: Vec<String>,
+    /// Appended to every artifact upload URL (`?X-Amz-Signature=…`, say):
+    /// a presigned URL's query, ignored when the PUT arrives.
+    pub artifact_url_query: String,
     pub port: u16,
     pub stopped: bool,
     pub rate_limit: Option<RateLimit>,
@@ -132,6 +135,7 @@ impl State {
             api_key,
             default_entity,
             upload_headers,
+            artifact_url_query: String::new(),
             port: 0,
             stopped: false,
             rate_limit: None,

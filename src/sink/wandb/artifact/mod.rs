@@ -44,8 +44,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::fs::hex;
-use crate::ledger::{ArtifactProgress, ArtifactState, LedgerError};
-use crate::sink::wandb::client::{Client, SinkError};
+use crate::ledger::{ArtifactProgress, ArtifactState, HashedFile, LedgerError};
+use crate::sink::wandb::client::{Client, SinkError, StorageError};
 use crate::source::wandb::proto::{ArtifactManifestEntry, ArtifactRecord};
 
 /// Files from this size up are sent in parts (wandb-core's threshold).
@@ -109,6 +109,8 @@ impl Logged {
             server_id: None,
             acked: BTreeMap::new(),
             manifest_digest: None,
+            hashed: BTreeMap::new(),
+            failed_passes: 0,
         }
     }
 }
@@ -153,21 +155,86 @@ pub(crate) async fn upload(
     ) {
         return Ok(());
     }
-    match steps(client, logged, owner, progress, save).await {
-        Ok(()) => Ok(()),
+    let acked_before = progress.acked.len();
+    let failed = match steps(client, logged, owner, progress, save).await {
+        Ok(()) => return Ok(()),
         Err(Step::NotUploadable(why)) => {
-            tracing::warn!(artifact = %logged.record.name, reason = %why, "artifact not uploadable");
-            progress.state = ArtifactState::NotUploadable(why);
-            save(progress, true)?;
-            Ok(())
+            return not_uploadable(logged, progress, save, why);
         }
-        Err(Step::Stop(stop)) => Err(stop),
+        // The server unreachable or the key refused hold every upload, not
+        // this artifact's alone: not its failure.
+        Err(Step::Stop(Stop::Sink(e))) if e.is_offline() || e.is_auth() => {
+            return Err(Stop::Sink(e));
+        }
+        Err(Step::Stop(Stop::Ledger(e))) => return Err(Stop::Ledger(e)),
+        Err(Step::Stop(Stop::Sink(e))) => e,
+        Err(Step::Retry(why) | Step::UrlRefused(why)) => SinkError::Exhausted {
+            what: format!("artifact {}", logged.record.name),
+            attempts: progress.failed_passes + 1,
+            last: why,
+            offline: false,
+        },
+    };
+    // This artifact failed a pass: the run's upload is retried later. Past
+    // a limit of passes in a row that sent no file, it is given up, so the
+    // run's own data is not held forever (one that keeps sending files,
+    // a few each pass, goes on).
+    if progress.acked.len() > acked_before {
+        progress.failed_passes = 0;
     }
+    progress.failed_passes += 1;
+    if progress.failed_passes >= MAX_FAILED_PASSES {
+        let why = format!(
+            "{} passes failed; the last: {}",
+            progress.failed_passes,
+            crate::errors::one_line(&failed)
+        );
+        return not_uploadable(logged, progress, save, why);
+    }
+    save(progress, true)?;
+    Err(Stop::Sink(failed))
+}
+
+/// Upload passes in a row an artifact may fail without sending a file (the
+/// server or the storage erring, its staging files unreadable) before it
+/// is not uploadable.
+const MAX_FAILED_PASSES: u32 = 5;
+
+/// Fresh upload URLs asked for in one pass, when the storage refuses those
+/// it was given (expired, say), before the artifact is not uploadable.
+const URL_REFRESHES: u32 = 3;
+
+fn not_uploadable(
+    logged: &Logged,
+    progress: &mut ArtifactProgress,
+    save: &mut Save<'_>,
+    why: String,
+) -> Result<(), Stop> {
+    tracing::warn!(artifact = %logged.record.name, reason = %why, "artifact not uploadable");
+    progress.state = ArtifactState::NotUploadable(why);
+    progress.hashed.clear();
+    save(progress, true)?;
+    Ok(())
 }
 
 enum Step {
     NotUploadable(String),
+    /// This pass failed on something that may pass (the storage erring or
+    /// unreachable, a staging file unreadable for now).
+    Retry(String),
+    /// The storage refused an upload URL: fresh ones may do.
+    UrlRefused(String),
     Stop(Stop),
+}
+
+impl From<StorageError> for Step {
+    fn from(e: StorageError) -> Step {
+        match e {
+            StorageError::UrlRefused(why) => Step::UrlRefused(why),
+            StorageError::Refused(why) => Step::NotUploadable(why),
+            StorageError::Failed(why) | StorageError::Read(why) => Step::Retry(why),
+        }
+    }
 }
 
 impl From<LedgerError> for Step {
@@ -178,9 +245,11 @@ impl From<LedgerError> for Step {
 
 impl From<SinkError> for Step {
     /// The server refusing the artifact (a GraphQL error, a 4xx other than
-    /// the key's) ends its upload, not the run's.
+    /// the key's or a conflict) ends its upload, not the run's.
     fn from(e: SinkError) -> Step {
         match e {
+            // Another commit to the collection, lasting: a later pass.
+            e if is_conflict(&e) => Step::Retry(crate::errors::one_line(&e)),
             SinkError::Rejected { .. } | SinkError::GraphQl { .. } | SinkError::Protocol { .. }
                 if !e.is_auth() =>
             {
@@ -229,15 +298,17 @@ async fn steps(
         if progress.acked.contains_key(&entry.path) || checked.contains_key(entry.path.as_str()) {
             continue;
         }
-        checked.insert(&entry.path, check(entry, owner)?);
+        checked.insert(&entry.path, check(entry, owner, progress).await?);
     }
+    // The MD5s computed are kept before anything else can fail.
+    save(progress, false)?;
 
     let region = manifest
         .storage_policy_config
         .iter()
         .find(|c| c.key == "storageRegion")
         .and_then(|c| serde_json::from_str::<String>(&c.value_json).ok());
-    let created = ops::create_artifact(client, record, region.as_deref()).await?;
+    let created = create_artifact(client, record, region.as_deref()).await?;
     if progress.server_id.as_deref() != Some(created.id.as_str()) {
         // A version other than the one begun (the server forgot it): its
         // files were acknowledged for that one.
@@ -249,11 +320,8 @@ async fn steps(
         "COMMITTED" => {
             // Done before (by us, before a kill, or by anyone with the same
             // content): nothing more to send.
-            if record.use_after_commit {
-                ops::use_artifact(client, record, &created.id).await?;
-            }
-            progress.state = ArtifactState::Committed;
-            progress.acked.clear();
+            use_artifact(client, record, &created.id).await;
+            mark_committed(progress);
             save(progress, true)?;
             return Ok(());
         }
@@ -286,94 +354,291 @@ async fn steps(
     // checked above.
     for entry in &todo {
         if !checked.contains_key(entry.path.as_str()) {
-            checked.insert(&entry.path, check(entry, owner)?);
+            checked.insert(&entry.path, check(entry, owner, progress).await?);
         }
     }
-    for batch in todo.chunks(FILES_PER_REQUEST) {
-        let specs: Vec<ops::FileSpec> = batch
-            .iter()
-            .map(|e| ops::FileSpec {
-                name: &e.path,
-                md5: &e.digest,
-                parts: checked[e.path.as_str()]
-                    .parts
-                    .as_ref()
-                    .map(|parts| parts.iter().map(|p| hex(p)).collect()),
-            })
-            .collect();
-        let slots = ops::create_artifact_files(client, &created.id, &slot.id, &specs).await?;
-        for (entry, file) in batch.iter().zip(slots) {
-            if let Some((upload_id, urls)) = &file.multipart {
-                let parts = checked[entry.path.as_str()].parts.as_deref().unwrap_or(&[]);
-                put_parts(client, entry, owner, &file, upload_id, urls, parts).await?;
-            } else if let Some(url) = &file.upload_url {
-                put_file(client, entry, owner, url, &file.upload_headers).await?;
+    let mut refreshes = 0;
+    let mut url_refused = |why: String| {
+        refreshes += 1;
+        tracing::info!(artifact = %record.name, reason = %why, "asking for fresh upload URLs");
+        if refreshes > URL_REFRESHES {
+            return Err(Step::NotUploadable(format!(
+                "the storage refused {refreshes} upload URLs; the last: {why}"
+            )));
+        }
+        Ok(())
+    };
+    for chunk in todo.chunks(FILES_PER_REQUEST) {
+        // Asked again for the files not sent yet when the storage refuses
+        // a URL (expired while earlier files went up, say).
+        let mut batch: &[&ArtifactManifestEntry] = chunk;
+        'ask: while !batch.is_empty() {
+            let specs: Vec<ops::FileSpec> = batch
+                .iter()
+                .map(|e| ops::FileSpec {
+                    name: &e.path,
+                    md5: &e.digest,
+                    parts: checked[e.path.as_str()]
+                        .parts
+                        .as_ref()
+                        .map(|parts| parts.iter().map(|p| hex(p)).collect()),
+                })
+                .collect();
+            let slots = ops::create_artifact_files(client, &created.id, &slot.id, &specs).await?;
+            for (at, (entry, file)) in batch.iter().zip(slots).enumerate() {
+                let sent = if let Some((upload_id, urls)) = &file.multipart {
+                    let parts = checked[entry.path.as_str()].parts.as_deref().unwrap_or(&[]);
+                    put_parts(client, entry, owner, &file, upload_id, urls, parts).await
+                } else if let Some(url) = &file.upload_url {
+                    put_file(client, entry, owner, url, &file.upload_headers).await
+                } else {
+                    // Without an upload URL the server stores the content already.
+                    Ok(())
+                };
+                match sent {
+                    Ok(()) => {}
+                    Err(Step::UrlRefused(why)) => {
+                        url_refused(why)?;
+                        batch = &batch[at..];
+                        continue 'ask;
+                    }
+                    Err(e) => return Err(e),
+                }
+                progress.acked.insert(entry.path.clone(), file.birth_id);
+                save(progress, false)?;
             }
-            // Without an upload URL the server stores the content already.
-            progress.acked.insert(entry.path.clone(), file.birth_id);
-            save(progress, false)?;
+            break;
         }
     }
 
     let body = manifest::encode(manifest, &progress.acked);
     let digest = staging::md5_base64(&body);
-    let slot = ops::create_artifact_manifest(
-        client,
-        record,
-        &created.id,
-        base_id.as_deref(),
-        &digest,
-        true,
-    )
-    .await?;
-    let Some(url) = &slot.upload_url else {
-        return Err(Step::NotUploadable(
-            "the server gave no upload URL for its manifest".into(),
-        ));
-    };
     let body = bytes::Bytes::from(body);
-    client
-        .put_streamed(
-            "artifact manifest",
-            url,
-            headers(&slot.upload_headers),
-            body.len() as u64,
-            || reqwest::Body::from(body.clone()),
+    loop {
+        let slot = ops::create_artifact_manifest(
+            client,
+            record,
+            &created.id,
+            base_id.as_deref(),
+            &digest,
+            true,
         )
         .await?;
+        let Some(url) = &slot.upload_url else {
+            return Err(Step::NotUploadable(
+                "the server gave no upload URL for its manifest".into(),
+            ));
+        };
+        let sent = client
+            .put_streamed(
+                "artifact manifest",
+                url,
+                headers(&slot.upload_headers),
+                body.len() as u64,
+                || reqwest::Body::from(body.clone()),
+            )
+            .await;
+        match sent.map_err(Step::from) {
+            Ok(_) => break,
+            Err(Step::UrlRefused(why)) => url_refused(why)?,
+            Err(e) => return Err(e),
+        }
+    }
     progress.manifest_digest = Some(digest);
     save(progress, false)?;
 
     if record.finalize {
-        ops::commit_artifact(client, &created.id).await?;
-        if record.use_after_commit {
-            ops::use_artifact(client, record, &created.id).await?;
-        }
+        commit_artifact(client, record, region.as_deref(), &created.id).await?;
+        // Committed: whatever UseArtifact answers, the version stays.
+        mark_committed(progress);
+        save(progress, true)?;
+        use_artifact(client, record, &created.id).await;
+        return Ok(());
     }
-    progress.state = ArtifactState::Committed;
-    progress.acked.clear();
+    mark_committed(progress);
     save(progress, true)?;
     Ok(())
 }
 
+/// Answers to HTTP 409 (concurrent commits to one collection) waited out
+/// per request, before the request counts as failed.
+const CONFLICT_RETRIES: u32 = 3;
+
+fn is_conflict(e: &SinkError) -> bool {
+    matches!(e, SinkError::Rejected { status: 409, .. })
+}
+
+/// A short wait before a request that met a conflict is sent again.
+async fn conflict_wait(attempt: u32) {
+    let ms = 500u64 << attempt.min(4);
+    tokio::time::sleep(std::time::Duration::from_millis(ms + fastrand::u64(0..ms))).await;
+}
+
+/// `CreateArtifact`, sent again while another commit to the same
+/// collection conflicts with it (409).
+async fn create_artifact(
+    client: &Client,
+    record: &ArtifactRecord,
+    region: Option<&str>,
+) -> Result<ops::Created, SinkError> {
+    let mut attempt = 0;
+    loop {
+        match ops::create_artifact(client, record, region).await {
+            Err(e) if is_conflict(&e) && attempt < CONFLICT_RETRIES => {
+                tracing::debug!(artifact = %record.name, error = %e, "conflict, asking again");
+                conflict_wait(attempt).await;
+                attempt += 1;
+            }
+            answer => return answer,
+        }
+    }
+}
+
+/// `CommitArtifact`, sent again on a conflict (409). When it fails
+/// however it fails (its answer lost, a conflict that lasts, a refusal),
+/// the server may have committed it all the same: `CreateArtifact`, asked
+/// again, says whether the version is committed, and then it is done.
+async fn commit_artifact(
+    client: &Client,
+    record: &ArtifactRecord,
+    region: Option<&str>,
+    id: &str,
+) -> Result<(), SinkError> {
+    let mut attempt = 0;
+    let failed = loop {
+        match ops::commit_artifact(client, id).await {
+            Ok(()) => return Ok(()),
+            Err(e) if is_conflict(&e) && attempt < CONFLICT_RETRIES => {
+                tracing::debug!(artifact = %record.name, error = %e, "conflict, committing again");
+                conflict_wait(attempt).await;
+                attempt += 1;
+            }
+            Err(e) => break e,
+        }
+    };
+    match create_artifact(client, record, region).await {
+        Ok(again) if again.id == id && again.state == "COMMITTED" => {
+            tracing::debug!(artifact = %record.name, error = %failed, "committed after all");
+            Ok(())
+        }
+        _ => Err(failed),
+    }
+}
+
+/// `UseArtifact` for a record marked `use_after_commit`, once the version
+/// is committed: a failure (after the client's retries) is a warning, as
+/// the artifact is up and only the run's use of it is not recorded.
+async fn use_artifact(client: &Client, record: &ArtifactRecord, id: &str) {
+    if !record.use_after_commit {
+        return;
+    }
+    if let Err(e) = ops::use_artifact(client, record, id).await {
+        tracing::warn!(
+            artifact = %record.name,
+            error = %crate::errors::one_line(&e),
+            "the artifact is committed, but the server did not record the run's use of it"
+        );
+    }
+}
+
 /// Checks a staging file under the rule (see `staging.rs`) and that it is
 /// the content the record logged; computes its parts' MD5s when it is sent
-/// in parts.
-fn check(entry: &ArtifactManifestEntry, owner: u32) -> Result<Checked, Step> {
+/// in parts. The MD5s are kept in `progress` with the file's identity, so
+/// the same unchanged file is not read again by a later pass.
+async fn check(
+    entry: &ArtifactManifestEntry,
+    owner: u32,
+    progress: &mut ArtifactProgress,
+) -> Result<Checked, Step> {
     let refused = |why: String| Step::NotUploadable(format!("file {:?}: {why}", entry.path));
-    let staged = staging::open(&entry.local_path, owner, entry.size).map_err(refused)?;
+    let staged =
+        staging::open(&entry.local_path, owner, entry.size).map_err(|r| open_refused(entry, r))?;
     let parts = part_size(staged.size);
-    let (md5, part_md5s) =
-        staging::md5s(&staged, parts).map_err(|e| refused(format!("{}: {e}", entry.local_path)))?;
-    if md5 != entry.digest {
+    let known = progress
+        .hashed
+        .get(&entry.local_path)
+        .filter(|h| h.stamp == staged.stamp && h.part_size == parts);
+    let hashed = match known {
+        Some(hashed) => {
+            tracing::debug!(file = %entry.local_path, "staging file's MD5s known from the ledger");
+            hashed.clone()
+        }
+        None => {
+            tracing::debug!(file = %entry.local_path, bytes = staged.size, "hashing a staging file");
+            let stamp = staged.stamp;
+            // A checkpoint of many GB takes minutes to read: never on the
+            // thread that runs the daemon's loop.
+            let (md5, part_md5s) =
+                tokio::task::spawn_blocking(move || staging::md5s(&staged, parts))
+                    .await
+                    .map_err(|e| refused(format!("{}: hashing failed: {e}", entry.local_path)))?
+                    .map_err(|e| match staging::transient(&e) {
+                        true => {
+                            Step::Retry(format!("file {:?}: {}: {e}", entry.path, entry.local_path))
+                        }
+                        false => refused(format!("{}: {e}", entry.local_path)),
+                    })?;
+            let hashed = HashedFile {
+                stamp,
+                md5,
+                part_size: parts,
+                parts: part_md5s.iter().map(|p| hex(p)).collect(),
+            };
+            progress
+                .hashed
+                .insert(entry.local_path.clone(), hashed.clone());
+            hashed
+        }
+    };
+    if hashed.md5 != entry.digest {
         return Err(refused(format!(
-            "{}: its MD5 is {md5}, but the artifact logged {} (the file changed)",
-            entry.local_path, entry.digest
+            "{}: its MD5 is {}, but the artifact logged {} (the file changed)",
+            entry.local_path, hashed.md5, entry.digest
         )));
     }
-    Ok(Checked {
-        parts: parts.map(|_| part_md5s),
-    })
+    let parts = match parts {
+        None => None,
+        Some(_) => Some(
+            hashed
+                .parts
+                .iter()
+                .map(|p| unhex16(p))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| refused("a part's MD5 in the ledger is not hex".into()))?,
+        ),
+    };
+    Ok(Checked { parts })
+}
+
+/// A staging file not opened: the artifact is not uploadable, unless the
+/// error may pass (then this pass fails, and a later one tries again).
+fn open_refused(entry: &ArtifactManifestEntry, refused: staging::Refused) -> Step {
+    let why = format!("file {:?}: {}", entry.path, refused.why);
+    match refused.transient {
+        true => Step::Retry(why),
+        false => Step::NotUploadable(why),
+    }
+}
+
+/// 32 hex digits as 16 bytes.
+fn unhex16(text: &str) -> Option<[u8; 16]> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, pair) in bytes.chunks(2).enumerate() {
+        out[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Marks it committed: nothing of its upload is kept but that.
+fn mark_committed(progress: &mut ArtifactProgress) {
+    progress.state = ArtifactState::Committed;
+    progress.acked.clear();
+    progress.hashed.clear();
+    progress.failed_passes = 0;
 }
 
 /// The headers `CreateArtifactFiles` handed out (`Name:Value` each).
@@ -401,8 +666,8 @@ async fn put_file(
     upload_headers: &[String],
 ) -> Result<(), Step> {
     // Opened again under the rule: what is sent is what was checked.
-    let staged = staging::open(&entry.local_path, owner, entry.size)
-        .map_err(|why| Step::NotUploadable(format!("file {:?}: {why}", entry.path)))?;
+    let staged =
+        staging::open(&entry.local_path, owner, entry.size).map_err(|r| open_refused(entry, r))?;
     let (file, size) = (staged.file, staged.size);
     client
         .put_streamed(
@@ -425,8 +690,8 @@ async fn put_parts(
     urls: &[(u64, String)],
     parts: &[[u8; 16]],
 ) -> Result<(), Step> {
-    let staged = staging::open(&entry.local_path, owner, entry.size)
-        .map_err(|why| Step::NotUploadable(format!("file {:?}: {why}", entry.path)))?;
+    let staged =
+        staging::open(&entry.local_path, owner, entry.size).map_err(|r| open_refused(entry, r))?;
     let Some(part) = part_size(staged.size) else {
         return Err(Step::NotUploadable(format!(
             "file {:?}: the server asked for parts of a file sent whole",
@@ -533,13 +798,21 @@ impl From<&ArtifactProgress> for ArtifactStatus {
     }
 }
 
-/// The artifacts of a run's ledger entry as shown: each one with progress,
-/// then those read before syncd uploaded artifacts (a ledger entry of an
-/// older syncd, whose cursors are past their records), which never will be.
+/// The artifacts of a run's ledger entry as shown, in the order the run
+/// logged them: first those read before syncd uploaded artifacts (a ledger
+/// entry of an older syncd, whose cursors went past their records), which
+/// never will be, then each one with progress. Every record read since
+/// has progress, so the older ones are the first of the run's artifacts,
+/// however many were read after the upgrade.
 pub(crate) fn statuses(entry: &crate::ledger::RunLedger) -> Vec<ArtifactStatus> {
-    let mut shown: Vec<ArtifactStatus> = entry.artifacts.iter().map(ArtifactStatus::from).collect();
-    for info in entry.state.artifacts.iter().skip(entry.artifacts.len()) {
-        shown.push(ArtifactStatus {
+    let older = entry
+        .state
+        .artifacts
+        .len()
+        .saturating_sub(entry.artifacts.len());
+    let mut shown: Vec<ArtifactStatus> = entry.state.artifacts[..older]
+        .iter()
+        .map(|info| ArtifactStatus {
             name: info.name.clone(),
             kind: info.kind.clone(),
             state: "not uploadable",
@@ -547,7 +820,8 @@ pub(crate) fn statuses(entry: &crate::ledger::RunLedger) -> Vec<ArtifactStatus> 
             files: info.entries as u64,
             files_acked: 0,
             server_id: None,
-        });
-    }
+        })
+        .collect();
+    shown.extend(entry.artifacts.iter().map(ArtifactStatus::from));
     shown
 }

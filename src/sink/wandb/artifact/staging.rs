@@ -33,6 +33,8 @@ use bytes::Bytes;
 use md5::{Digest, Md5};
 use rustix::fs::{Mode, OFlags};
 
+use crate::ledger::FileStamp;
+
 /// How much of a file is read at a time (hashing and sending).
 const CHUNK: usize = 256 * 1024;
 
@@ -41,67 +43,141 @@ const CHUNK: usize = 256 * 1024;
 pub(crate) struct Staged {
     pub file: Arc<File>,
     pub size: u64,
+    /// Its identity when opened: whether MD5s computed before still hold.
+    pub stamp: FileStamp,
+}
+
+/// Why a staging file was not opened: the reason, and whether it may pass
+/// (an I/O error of a network filesystem, say) or is final (missing, or
+/// breaking the rule).
+#[derive(Debug)]
+pub(crate) struct Refused {
+    pub why: String,
+    pub transient: bool,
+}
+
+impl From<String> for Refused {
+    /// A refusal by the rule: final.
+    fn from(why: String) -> Refused {
+        Refused {
+            why,
+            transient: false,
+        }
+    }
+}
+
+/// Whether an I/O error reading a staging file may pass: a network
+/// filesystem's stale handle, timeout or I/O error, a permission of an
+/// automount not set up yet. A missing file (ENOENT: its cache cleaned)
+/// and a symlink (ELOOP) are final, as is whatever breaks the rule.
+pub(crate) fn transient(error: &std::io::Error) -> bool {
+    use rustix::io::Errno;
+    let Some(code) = error.raw_os_error() else {
+        return matches!(
+            error.kind(),
+            std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted
+        );
+    };
+    [
+        Errno::STALE,
+        Errno::IO,
+        Errno::TIMEDOUT,
+        Errno::ACCESS,
+        Errno::PERM,
+        Errno::AGAIN,
+        Errno::INTR,
+        Errno::NOTCONN,
+        Errno::HOSTDOWN,
+        Errno::HOSTUNREACH,
+        Errno::NOLCK,
+        Errno::NOMEM,
+        Errno::NFILE,
+        Errno::MFILE,
+    ]
+    .iter()
+    .any(|e| e.raw_os_error() == code)
+}
+
+/// An I/O error on `local_path`, final or not as [`transient`] judges.
+fn io_refusal(local_path: &str, error: std::io::Error) -> Refused {
+    Refused {
+        transient: transient(&error),
+        why: format!("{local_path}: {error}"),
+    }
 }
 
 /// Opens the staging file `local_path` under the rule of this module's
-/// doc, owned by `owner`, of `size` bytes. The refusal is the reason.
-pub(crate) fn open(local_path: &str, owner: u32, size: i64) -> Result<Staged, String> {
+/// doc, owned by `owner`, of `size` bytes.
+pub(crate) fn open(local_path: &str, owner: u32, size: i64) -> Result<Staged, Refused> {
     let path = Path::new(local_path);
     if !path.is_absolute() || path.components().any(|c| c == Component::ParentDir) {
-        return Err(format!("{local_path}: not an absolute path without '..'"));
+        return Err(format!("{local_path}: not an absolute path without '..'").into());
     }
     let root = staging_root(path);
     let fd = rustix::fs::open(
         path,
-        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        // NOCTTY: a terminal that slipped past the checks below never
+        // becomes syncd's controlling terminal.
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NOCTTY,
         Mode::empty(),
     )
     .map_err(|e| match e {
-        rustix::io::Errno::LOOP => format!("{local_path}: is a symlink"),
-        rustix::io::Errno::NOENT => {
-            format!("{local_path}: missing (the staging copy is gone: its cache was cleaned?)")
-        }
-        e => format!("{local_path}: {}", std::io::Error::from(e)),
+        rustix::io::Errno::LOOP => Refused::from(format!("{local_path}: is a symlink")),
+        rustix::io::Errno::NOENT => Refused::from(format!(
+            "{local_path}: missing (the staging copy is gone: its cache was cleaned?)"
+        )),
+        e => io_refusal(local_path, e.into()),
     })?;
     let file = File::from(fd);
-    let meta = file.metadata().map_err(|e| format!("{local_path}: {e}"))?;
+    let meta = file.metadata().map_err(|e| io_refusal(local_path, e))?;
     if !meta.file_type().is_file() {
         return Err(format!(
             "{local_path}: not a regular file (a {})",
             kind_name(meta.file_type())
-        ));
+        )
+        .into());
     }
     if meta.uid() != owner {
         return Err(format!(
             "{local_path}: owned by uid {}, not by the run's user (uid {owner})",
             meta.uid()
-        ));
+        )
+        .into());
     }
     let opened = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
-        .map_err(|e| format!("{local_path}: where it leads is unknown: {e}"))?;
+        .map_err(|e| io_refusal(&format!("{local_path}: where it leads is unknown"), e))?;
     let root = root
         .canonicalize()
-        .map_err(|e| format!("{}: {e}", root.display()))?;
+        .map_err(|e| io_refusal(&root.display().to_string(), e))?;
     if !opened.starts_with(&root) {
         return Err(format!(
             "{local_path}: leads outside the staging directory {} (to {})",
             root.display(),
             opened.display()
-        ));
+        )
+        .into());
     }
     if i64::try_from(meta.len()).ok() != Some(size) {
         return Err(format!(
             "{local_path}: {} bytes, but the artifact logged {size}",
             meta.len()
-        ));
+        )
+        .into());
     }
     // Regular files never block; reads after this behave as usual.
-    let flags = rustix::fs::fcntl_getfl(&file).map_err(|e| format!("{local_path}: {e}"))?;
+    let flags = rustix::fs::fcntl_getfl(&file).map_err(|e| io_refusal(local_path, e.into()))?;
     rustix::fs::fcntl_setfl(&file, flags - OFlags::NONBLOCK)
-        .map_err(|e| format!("{local_path}: {e}"))?;
+        .map_err(|e| io_refusal(local_path, e.into()))?;
     Ok(Staged {
         file: Arc::new(file),
         size: meta.len(),
+        stamp: FileStamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.len(),
+            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+        },
     })
 }
 
@@ -275,7 +351,7 @@ mod tests {
         std::fs::write(&outside, "x").unwrap();
         let link = dir.join("tmplink");
         std::os::unix::fs::symlink(&outside, &link).unwrap();
-        let err = open(link.to_str().unwrap(), uid(), 1).unwrap_err();
+        let err = open(link.to_str().unwrap(), uid(), 1).unwrap_err().why;
         assert!(err.contains("is a symlink"), "{err}");
 
         // A directory symlink inside the path that leads out.
@@ -283,7 +359,9 @@ mod tests {
         std::fs::create_dir(&other).unwrap();
         std::fs::write(other.join("f"), "x").unwrap();
         std::os::unix::fs::symlink(&other, dir.join("sub")).unwrap();
-        let err = open(dir.join("sub/f").to_str().unwrap(), uid(), 1).unwrap_err();
+        let err = open(dir.join("sub/f").to_str().unwrap(), uid(), 1)
+            .unwrap_err()
+            .why;
         assert!(err.contains("leads outside the staging directory"), "{err}");
 
         let fifo = dir.join("tmpfifo");
@@ -294,23 +372,41 @@ mod tests {
                 .unwrap()
                 .success()
         );
-        let err = open(fifo.to_str().unwrap(), uid(), 0).unwrap_err();
+        let err = open(fifo.to_str().unwrap(), uid(), 0).unwrap_err().why;
         assert!(err.contains("named pipe"), "{err}");
 
         let file = dir.join("tmpfile");
         std::fs::write(&file, "x").unwrap();
-        let err = open(file.to_str().unwrap(), uid() + 1, 1).unwrap_err();
+        let err = open(file.to_str().unwrap(), uid() + 1, 1).unwrap_err().why;
         assert!(err.contains("not by the run's user"), "{err}");
-        let err = open(file.to_str().unwrap(), uid(), 2).unwrap_err();
+        let err = open(file.to_str().unwrap(), uid(), 2).unwrap_err().why;
         assert!(err.contains("1 bytes, but the artifact logged 2"), "{err}");
 
-        let err = open(dir.join("gone").to_str().unwrap(), uid(), 1).unwrap_err();
+        let err = open(dir.join("gone").to_str().unwrap(), uid(), 1)
+            .unwrap_err()
+            .why;
         assert!(err.contains("missing"), "{err}");
-        let err = open("relative/tmpfile", uid(), 1).unwrap_err();
+        let err = open("relative/tmpfile", uid(), 1).unwrap_err().why;
         assert!(err.contains("absolute"), "{err}");
-        let err = open(&format!("{}/../staging/tmpfile", dir.display()), uid(), 1).unwrap_err();
+        let err = open(&format!("{}/../staging/tmpfile", dir.display()), uid(), 1)
+            .unwrap_err()
+            .why;
         assert!(err.contains("'..'"), "{err}");
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+
+    #[test]
+    fn network_filesystem_errors_may_pass_a_missing_file_or_a_symlink_does_not() {
+        use rustix::io::Errno;
+        for errno in [Errno::STALE, Errno::IO, Errno::TIMEDOUT, Errno::ACCESS] {
+            assert!(transient(&errno.into()), "{errno:?}");
+        }
+        for errno in [Errno::NOENT, Errno::LOOP, Errno::NOTDIR, Errno::ISDIR] {
+            assert!(!transient(&errno.into()), "{errno:?}");
+        }
+        let (_tmp, dir) = staging();
+        let refused = open(dir.join("gone").to_str().unwrap(), uid(), 1).unwrap_err();
+        assert!(!refused.transient, "{}", refused.why);
     }
 
     #[test]
