@@ -10,70 +10,36 @@ use std::path::PathBuf;
 
 use crate::fs::sha256_hex;
 use crate::ledger::FileAck;
-use crate::sink::wandb::client::Client;
 use crate::sink::wandb::filestream;
-use crate::sink::wandb::ops::{self, ServerRun};
 use crate::sink::wandb::run_config;
 use crate::source::wandb::views::{FileKind, Policy};
 
-use super::{RunSync, StepError};
+use super::RunSync;
 
 impl RunSync<'_> {
-    /// Uploads files that are new or changed; returns their names for the
-    /// FileStream `uploaded` list. End-policy and generated files go only
-    /// when the run finishes.
-    pub(super) async fn upload_files(
-        &mut self,
-        client: &Client,
-        server: &ServerRun,
-        finishing: bool,
-    ) -> Result<Vec<String>, StepError> {
-        let (mut contents, mtimes) = self.files_to_send(finishing);
-        if contents.is_empty() {
-            return Ok(Vec::new());
-        }
-        let names: Vec<String> = contents.keys().cloned().collect();
-        let targets = ops::create_run_files(client, server, &names).await?;
-        let mut uploaded = Vec::new();
-        for (name, url) in targets.files {
-            let Some(bytes) = contents.remove(&name) else {
-                continue;
-            };
+    /// The files a step uploads: those new or changed (end-policy and
+    /// generated files only when the run finishes), by name. They are taken
+    /// as stored in the run as read (so the next step does not offer them
+    /// again); the step's checkpoint, saved once they are, holds that too.
+    pub(super) fn files_for_step(&mut self, finishing: bool) -> BTreeMap<String, Vec<u8>> {
+        let (contents, mtimes) = self.files_to_send(finishing);
+        for (name, bytes) in &contents {
             let ack = FileAck {
                 size: bytes.len() as u64,
-                sha256: sha256_hex(&bytes),
-                mtime_ns: mtimes.get(&name).copied(),
+                sha256: sha256_hex(bytes),
+                mtime_ns: mtimes.get(name).copied(),
             };
-            match url {
-                Some(url) => {
-                    client
-                        .put(&format!("upload of {name}"), &url, &targets.headers, bytes)
-                        .await?;
-                    self.entry.acked.files.insert(name.clone(), ack);
-                    self.files_uploaded.push(name.clone());
-                    uploaded.push(name);
-                }
-                None => self.entry.warn(format!(
-                    "the server did not want files/{name} (no upload URL)"
-                )),
-            }
+            self.entry.acked.files.insert(name.clone(), ack);
         }
-        Ok(uploaded)
+        contents
     }
 
-    /// A dry run's [`RunSync::upload_files`]: counts what would be sent and
-    /// takes it as sent (in memory only), so it is counted once.
+    /// A dry run's [`RunSync::files_for_step`]: counts what would be sent
+    /// and takes it as sent (in memory only), so it is counted once.
     pub(super) fn count_files(&mut self, finishing: bool) {
-        let (contents, mtimes) = self.files_to_send(finishing);
-        for (name, bytes) in contents {
+        for bytes in self.files_for_step(finishing).into_values() {
             self.would_send.files += 1;
             self.would_send.bytes += bytes.len() as u64;
-            let ack = FileAck {
-                size: bytes.len() as u64,
-                sha256: sha256_hex(&bytes),
-                mtime_ns: mtimes.get(&name).copied(),
-            };
-            self.entry.acked.files.insert(name, ack);
         }
     }
 
