@@ -19,7 +19,7 @@ use std::sync::Arc;
 use tracing::Instrument as _;
 
 use crate::sink::retry::{current_observer, observe_retries};
-use crate::sink::wandb::client::{Client, SinkError};
+use crate::sink::wandb::client::{Client, Reserved, SinkError};
 use crate::sink::wandb::filestream::{self, Lines, Request};
 use crate::sink::wandb::ops::{self, ServerRun};
 
@@ -165,8 +165,15 @@ where
 pub(super) struct StepTask(tokio::task::JoinHandle<Result<Sent, SinkError>>);
 
 impl StepTask {
-    pub(super) fn spawn(client: &Client, step: Step) -> StepTask {
-        StepTask(tokio::spawn(with_context(step.send(client.clone()))))
+    /// Starts `step`; `reserved`, its share of the send window, is given
+    /// back once its requests are done.
+    pub(super) fn spawn(client: &Client, step: Step, reserved: Option<Reserved>) -> StepTask {
+        let client = client.clone();
+        StepTask(tokio::spawn(with_context(async move {
+            let sent = step.send(client).await;
+            drop(reserved);
+            sent
+        })))
     }
 
     /// Waits for every request of the step.

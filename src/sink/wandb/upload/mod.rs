@@ -75,9 +75,10 @@ struct Pending {
 struct InFlight {
     task: StepTask,
     checkpoint: RunLedger,
-    /// The step's share of the send window, given back with its answer.
-    _reserved: Option<Reserved>,
 }
+
+/// Records read between two yields to the other tasks on the thread.
+const YIELD_EVERY: u64 = 256;
 
 /// How much of the send window a run takes at a time as its batch grows.
 const WINDOW_STEP: usize = 256 * 1024;
@@ -391,6 +392,11 @@ impl<'a> RunSync<'a> {
                 self.apply(index, record);
                 self.pending.records += 1;
                 self.records_read += 1;
+                if self.records_read.is_multiple_of(YIELD_EVERY) {
+                    // The step under way (its connection's writes and reads)
+                    // and other runs get the thread now and then.
+                    tokio::task::yield_now().await;
+                }
                 let batch = self.pending.bytes + self.entry.state.console.unsent_bytes();
                 if batch >= self.options.batch_bytes || !self.reserve(batch).await {
                     self.flush(index, end, None).await?;
@@ -737,8 +743,10 @@ impl<'a> RunSync<'a> {
             step.bodies.push(request.to_json());
         }
         drop(outbox);
-        let task = StepTask::spawn(client, step);
-        let reserved = self.reserved.take();
+        // The step's share of the send window goes with it, given back as
+        // soon as its requests are done (not when the run next looks: a run
+        // waiting for a share must not wait on its own).
+        let task = StepTask::spawn(client, step, self.reserved.take());
 
         // The run as it will be once the step is acknowledged.
         let acked = &mut self.entry.acked;
@@ -764,13 +772,11 @@ impl<'a> RunSync<'a> {
             self.in_flight = Some(InFlight {
                 task,
                 checkpoint: self.entry.clone(),
-                _reserved: reserved,
             });
             return Ok(());
         }
         // Alerts go after the step's lines, and before its checkpoint.
         let sent = task.wait().await?;
-        drop(reserved);
         self.acknowledged(&sent, None);
         self.send_alerts(client, &server, &pending.alerts).await?;
         self.entry.acked.alerts += pending.alerts.len() as u64;
@@ -783,7 +789,6 @@ impl<'a> RunSync<'a> {
         let Some(InFlight {
             task,
             mut checkpoint,
-            _reserved,
         }) = self.in_flight.take()
         else {
             return Ok(());
