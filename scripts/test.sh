@@ -11,7 +11,12 @@ set -euo pipefail
 
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 cache="${SYNCD_TEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/syncd-test}"
-wandb_versions=(0.31.0 0.17.9)
+# One writer per release line clusters still run, each the newest patch of its
+# line that installs on Python 3.11: 0.16 (the legacy Python writer), 0.17
+# (legacy by default), 0.19 (wandb-core, writes files/output.log), 0.22 and
+# 0.25 (wandb-core, no output.log offline), 0.31 (also the official client the
+# oracle tests use).
+wandb_versions=(0.31.0 0.25.1 0.22.3 0.19.11 0.17.9 0.16.6)
 mkdir -p "$cache"
 export PIP_CACHE_DIR="$cache/pip"
 
@@ -47,6 +52,14 @@ if ! /usr/bin/python3 -c 'import fusepy' 2>/dev/null; then
 fi
 
 venv_for() { echo "$cache/venv-wandb-$1"; }
+# What a version needs beside itself: pillow and numpy for the media case;
+# wandb 0.16 still uses np.float_, which numpy 2 removed.
+companions_for() {
+    case "$1" in
+        0.16.*) echo "pillow numpy<2" ;;
+        *) echo "pillow numpy" ;;
+    esac
+}
 
 for version in "${wandb_versions[@]}"; do
     venv="$(venv_for "$version")"
@@ -54,7 +67,8 @@ for version in "${wandb_versions[@]}"; do
         log "creating venv with wandb==$version"
         rm -rf "$venv"
         python3 -m venv "$venv"
-        "$venv/bin/pip" install -q --disable-pip-version-check "wandb==$version" pillow numpy
+        # shellcheck disable=SC2046 # the companions are words
+        "$venv/bin/pip" install -q --disable-pip-version-check "wandb==$version" $(companions_for "$version")
         touch "$venv/.installed"
     fi
 done

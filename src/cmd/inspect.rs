@@ -60,7 +60,7 @@ pub(crate) struct RunReport {
     pub console_lines: u64,
     pub exit_code: Option<i32>,
     pub files: Vec<FileReport>,
-    pub artifacts: Vec<ArtifactInfo>,
+    pub artifacts: Vec<ArtifactReport>,
     pub alerts: u64,
     pub preempting: bool,
     pub metrics: Vec<String>,
@@ -70,6 +70,30 @@ pub(crate) struct RunReport {
     pub problems: Vec<String>,
     /// What the run will be called on the server.
     pub naming: NamingReport,
+}
+
+/// An artifact the run logged, and where its upload stands in syncd's
+/// ledger (`queued` when the ledger has none).
+#[derive(Debug, Serialize)]
+pub(crate) struct ArtifactReport {
+    pub name: String,
+    pub kind: String,
+    pub entries: usize,
+    /// `queued`, `uploading`, `committed` or `not uploadable`.
+    pub state: &'static str,
+    pub reason: Option<String>,
+}
+
+impl From<ArtifactInfo> for ArtifactReport {
+    fn from(info: ArtifactInfo) -> ArtifactReport {
+        ArtifactReport {
+            name: info.name,
+            kind: info.kind,
+            entries: info.entries,
+            state: "queued",
+            reason: None,
+        }
+    }
 }
 
 /// The display name and group a run gets on the server: the naming
@@ -139,13 +163,18 @@ pub(crate) fn run(args: InspectArgs) -> anyhow::Result<Outcome> {
     let Some(naming) = super::naming_rule(args.name_template.as_ref(), env) else {
         return Ok(Outcome::Usage);
     };
-    let report = inspect(
+    let mut report = inspect(
         &paths,
         options,
         args.stale_after,
         SystemTime::now(),
         &naming,
     );
+    if report.runs.iter().any(|r| !r.artifacts.is_empty())
+        && let Ok(state_dir) = crate::config::state_dir(None, env)
+    {
+        artifact_states(&mut report, &state_dir);
+    }
     let mut out = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut out, &report)?;
@@ -160,6 +189,44 @@ pub(crate) fn run(args: InspectArgs) -> anyhow::Result<Outcome> {
     } else {
         Outcome::Ok
     })
+}
+
+/// Fills in the runs' artifacts' states from the ledger under `state_dir`
+/// (any server: the entry whose first fragment is the run's).
+fn artifact_states(report: &mut Report, state_dir: &Path) {
+    let Ok(ledger) = crate::ledger::Ledger::open_existing(state_dir) else {
+        return;
+    };
+    let entries: Vec<_> = ledger
+        .all()
+        .into_iter()
+        .flatten()
+        .filter(|e| !e.state.artifacts.is_empty())
+        .collect();
+    for run in report.runs.iter_mut().filter(|r| !r.artifacts.is_empty()) {
+        let Some(first) = run.fragments.first() else {
+            continue;
+        };
+        let Some(entry) = entries.iter().find(|e| {
+            e.fragments
+                .first()
+                .is_some_and(|f| crate::ledger::same_fragment(&f.path, &first.path))
+        }) else {
+            continue;
+        };
+        for (shown, status) in run
+            .artifacts
+            .iter_mut()
+            .zip(crate::sink::wandb::artifact::statuses(entry))
+        {
+            shown.state = status.state;
+            shown.reason = status.reason;
+            if let Some(why) = &shown.reason {
+                run.problems
+                    .push(format!("artifact {} is not uploadable: {why}", shown.name));
+            }
+        }
+    }
 }
 
 /// Reads every run under `paths`. A newest fragment unmodified for
@@ -334,12 +401,6 @@ fn run_report(run: &Run, newest_writer: Writer) -> RunReport {
             problems.push(format!("{prefix}{p}"));
         }
     }
-    if !artifacts.is_empty() {
-        problems.push(format!(
-            "{} artifact(s) logged offline; syncd does not upload artifacts yet (everything else uploads)",
-            artifacts.len()
-        ));
-    }
     for file in files.values().filter(|f| f.on_disk != "present") {
         problems.push(match &file.refused {
             Some(why) => format!("files/{} {why} and will not be uploaded", file.path),
@@ -379,7 +440,7 @@ fn run_report(run: &Run, newest_writer: Writer) -> RunReport {
             .sum(),
         exit_code: last.state.exit.map(|e| e.code),
         files: files.into_values().collect(),
-        artifacts,
+        artifacts: artifacts.into_iter().map(ArtifactReport::from).collect(),
         alerts: run.fragments.iter().map(|f| f.state.alerts).sum(),
         preempting: run.fragments.iter().any(|f| f.state.preempting),
         metrics,
@@ -475,6 +536,20 @@ fn write_human(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
             run.exit_code.map_or_else(dash, |c| c.to_string()),
         ]);
         table.add_row(vec!["slurm job".to_string(), opt(&run.slurm_job_id)]);
+        if !run.artifacts.is_empty() {
+            let lines: Vec<String> = run
+                .artifacts
+                .iter()
+                .map(|a| {
+                    let state = match &a.reason {
+                        Some(why) => format!("{}: {why}", a.state),
+                        None => a.state.to_string(),
+                    };
+                    format!("{} ({}, {} entries): {state}", a.name, a.kind, a.entries)
+                })
+                .collect();
+            table.add_row(vec!["artifacts".to_string(), lines.join("\n")]);
+        }
         let problems = if run.problems.is_empty() {
             dash()
         } else {

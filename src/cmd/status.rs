@@ -14,6 +14,7 @@ use crate::cli::StatusArgs;
 use crate::config;
 use crate::engine::heartbeat::{self, Activity, Heartbeat, SlurmHealth};
 use crate::ledger::{Ledger, Phase, RunLedger};
+use crate::sink::wandb::artifact::{self, ArtifactStatus};
 
 /// Version of the `--json` document.
 pub(crate) const SCHEMA: u32 = 1;
@@ -90,6 +91,9 @@ pub(crate) struct RunStatus {
     pub last_error: Option<String>,
     pub next_retry: Option<String>,
     pub warnings: Vec<String>,
+    /// The artifacts the run logged: queued, uploading, committed or not
+    /// uploadable (with why).
+    pub artifacts: Vec<ArtifactStatus>,
 }
 
 pub(crate) fn run(args: StatusArgs) -> anyhow::Result<Outcome> {
@@ -271,6 +275,7 @@ fn unsynced_status(key: &str, activity: &Activity) -> RunStatus {
         last_error: activity.error.clone(),
         next_retry: activity.next_retry.clone(),
         warnings: Vec::new(),
+        artifacts: Vec::new(),
     }
 }
 
@@ -419,6 +424,7 @@ fn run_status(
         last_error: entry.last_error.as_ref().map(|e| e.message.clone()),
         next_retry: activity.and_then(|a| a.next_retry.clone()),
         warnings: entry.warnings.clone(),
+        artifacts: artifact::statuses(entry),
     };
     if unanswered {
         row.warnings.push(format!(
@@ -514,6 +520,7 @@ fn write_human(out: &mut impl Write, report: &StatusReport) -> std::io::Result<(
                 _ => {}
             }
             notes.extend(r.warnings.iter().cloned());
+            notes.extend(r.artifacts.iter().map(artifact_note));
             let name = match &r.name {
                 Some(name) => format!("{name}\n{}", r.run_id),
                 None => r.run_id.clone(),
@@ -543,6 +550,16 @@ fn write_human(out: &mut impl Write, report: &StatusReport) -> std::io::Result<(
         writeln!(out, "error: {e}")?;
     }
     Ok(())
+}
+
+/// One line for an artifact in the notes column.
+fn artifact_note(a: &ArtifactStatus) -> String {
+    let what = format!("artifact {} ({})", a.name, a.kind);
+    match (a.state, &a.reason) {
+        (_, Some(why)) => format!("{what}: not uploadable: {why}"),
+        ("uploading", None) => format!("{what}: uploading, {}/{} files", a.files_acked, a.files),
+        (state, None) => format!("{what}: {state}"),
+    }
 }
 
 fn human_bytes(n: u64) -> String {

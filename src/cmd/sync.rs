@@ -81,7 +81,7 @@ pub(crate) fn run(args: SyncArgs) -> anyhow::Result<Outcome> {
                 .iter()
                 .find(|p| job.fragments[0].starts_with(p))
                 .map(|p| Arc::from(p.as_path()));
-            job.read_manifest();
+            job.read_job_files();
             job
         })
         .collect();
@@ -428,11 +428,12 @@ fn write_human(out: &mut impl Write, report: &SyncReport) -> std::io::Result<()>
         ];
         for o in &report.runs {
             let mut notes: Vec<String> = o.warnings.clone();
-            if o.artifacts_not_uploaded > 0 {
-                notes.push(format!(
-                    "{} artifact(s) not uploaded: syncd does not upload artifacts yet",
-                    o.artifacts_not_uploaded
-                ));
+            for a in &o.artifacts {
+                if let Some(why) = &a.reason {
+                    notes.push(format!("artifact {} not uploadable: {why}", a.name));
+                } else if a.state != "committed" {
+                    notes.push(format!("artifact {}: {}", a.name, a.state));
+                }
             }
             if let Some(e) = &o.error {
                 notes.insert(0, format!("error: {e}"));

@@ -153,6 +153,17 @@ impl Clients {
             .collect()
     }
 
+    /// Feeds what resolving depends on besides the settings files (the
+    /// variables read, the user's `.env` path, the user) to `state`: the
+    /// daemon's settled-run index is not used when it changed.
+    pub(crate) fn hash_setup(&self, state: &mut impl std::hash::Hasher) {
+        use std::hash::Hash;
+        let env: std::collections::BTreeMap<_, _> = self.env.iter().collect();
+        env.hash(state);
+        self.user_env_file.hash(state);
+        self.uid.hash(state);
+    }
+
     /// Every distinct client made so far (for the offline probe).
     pub(crate) fn clients(&self) -> Vec<Arc<Client>> {
         lock(&self.clients).values().cloned().collect()

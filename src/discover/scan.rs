@@ -52,6 +52,12 @@ impl Stamp {
             mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
         }
     }
+
+    /// The mtime as a time (`None` before 1970).
+    pub(crate) fn modified(&self) -> Option<std::time::SystemTime> {
+        let ns = u64::try_from(self.mtime_ns).ok()?;
+        std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_nanos(ns))
+    }
 }
 
 /// What one scan found.
@@ -107,6 +113,12 @@ pub struct Scanner {
     unvisited: Vec<(PathBuf, Vec<OsString>)>,
     reported_foreign: HashSet<PathBuf>,
     reported_problems: HashSet<String>,
+    /// Run directories the daemon vouches for before the first listing
+    /// (its settled-run index): by wandb directory, name hashes as in
+    /// [`WandbDir::run_dirs`]. The first listing of that directory takes
+    /// them as seen, so they are not looked at; dropped after a full
+    /// listing.
+    known_before: HashMap<PathBuf, HashSet<u64>>,
 }
 
 impl Scanner {
@@ -121,11 +133,43 @@ impl Scanner {
             unvisited: Vec::new(),
             reported_foreign: HashSet::new(),
             reported_problems: HashSet::new(),
+            known_before: HashMap::new(),
         }
+    }
+
+    /// Takes the run directory `name` of `wandb_dir` as already looked at
+    /// when `wandb_dir` is first listed: its run is settled and the daemon
+    /// stats its files itself. Only before that first listing.
+    pub(crate) fn know_run_dir(&mut self, wandb_dir: &Path, name: &OsStr) {
+        if self.wandb_dirs.contains_key(wandb_dir) {
+            return;
+        }
+        let hash = name_hash(name);
+        match self.known_before.get_mut(wandb_dir) {
+            Some(known) => known.insert(hash),
+            None => (self.known_before.entry(wandb_dir.to_path_buf()))
+                .or_default()
+                .insert(hash),
+        };
     }
 
     pub fn known_files(&self) -> usize {
         self.files.len()
+    }
+
+    /// Stats a known file again, so that [`Scanner::stamp`] says what it
+    /// is now (a file reported by other means than a scan: a trigger).
+    pub(crate) fn refresh_stamp(&mut self, path: &Path) {
+        if let Some(stamp) = self.files.get_mut(path)
+            && let Ok(meta) = fs::metadata(path)
+        {
+            *stamp = Stamp::of(&meta);
+        }
+    }
+
+    /// A known file's stamp as last seen (by the scan that reported it).
+    pub(crate) fn stamp(&self, path: &Path) -> Option<Stamp> {
+        self.files.get(path).copied()
     }
 
     /// Drops what is known of a file (its run settled: the daemon stats it
@@ -232,7 +276,10 @@ impl Scanner {
                 }
             };
             let previous = self.wandb_dirs.remove(&dir);
-            let previous_runs = previous.map(|p| p.run_dirs).unwrap_or_default();
+            let previous_runs = match previous {
+                Some(previous) => previous.run_dirs,
+                None => self.known_before.remove(&dir).unwrap_or_default(),
+            };
             let mut run_dirs = HashSet::with_capacity(names.len());
             let mut new = Vec::new();
             for name in names {
@@ -256,6 +303,11 @@ impl Scanner {
                     run_dirs,
                 },
             );
+        }
+        if full {
+            // Whatever was vouched for in a directory no root names now is
+            // found as new if it is ever listed.
+            self.known_before = HashMap::new();
         }
     }
 

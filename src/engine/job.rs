@@ -5,12 +5,14 @@
 //! themselves (read, send, checkpoint) belong to the sink
 //! (`sink::wandb::upload`).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::ledger::Phase;
 use crate::naming::{JobManifest, NamingRule, read_manifest};
 use crate::project::search_root;
+use crate::source::wandb::metadata;
 
 /// How runs are synced (the same for every run of one `syncd sync`).
 #[derive(Debug, Clone)]
@@ -71,6 +73,11 @@ pub(crate) struct RunJob {
     /// the upload (once per run, not once per upload).
     /// Boxed: most runs have none, and the daemon holds thousands of jobs.
     pub manifest: Option<Box<JobManifest>>,
+    /// The Slurm variables of the run's `wandb-metadata.json`, read with
+    /// the manifest: writers before wandb 0.21 record them only there, and
+    /// the run is named from them as `syncd inspect` shows it. Empty for
+    /// most runs, which costs no allocation.
+    pub metadata_slurm: BTreeMap<String, String>,
     /// The entity and project of the run's `.env`, for a run that names
     /// none and is given none on the command line.
     pub entity: Option<String>,
@@ -84,6 +91,7 @@ impl RunJob {
             fragments,
             found_under: None,
             manifest: None,
+            metadata_slurm: BTreeMap::new(),
             entity: None,
             project: None,
         }
@@ -102,9 +110,12 @@ impl RunJob {
         search_root(self.run_dir(), self.found_under.as_deref())
     }
 
-    /// Reads the job manifest into [`RunJob::manifest`].
-    pub(crate) fn read_manifest(&mut self) {
+    /// Reads what the run's job left beside its records: the job manifest
+    /// into [`RunJob::manifest`], the metadata's Slurm variables into
+    /// [`RunJob::metadata_slurm`].
+    pub(crate) fn read_job_files(&mut self) {
         self.manifest = read_manifest(self.run_dir(), &self.search_root()).map(Box::new);
+        self.metadata_slurm = metadata::slurm_variables(self.run_dir());
     }
 }
 
@@ -131,6 +142,8 @@ pub(crate) struct RunOutcome {
     pub files_uploaded: Vec<String>,
     pub exit_code: Option<i32>,
     pub artifacts_not_uploaded: usize,
+    /// Each artifact the run logged and where its upload stands.
+    pub artifacts: Vec<crate::sink::wandb::artifact::ArtifactStatus>,
     pub warnings: Vec<String>,
     pub error: Option<String>,
     /// A dry run's account of what a real sync would send now.
@@ -192,6 +205,7 @@ pub(crate) fn failed_outcome(job: &RunJob, key: String, error: String) -> RunOut
         files_uploaded: Vec::new(),
         exit_code: None,
         artifacts_not_uploaded: 0,
+        artifacts: Vec::new(),
         warnings: Vec::new(),
         error: Some(error),
         would_send: None,

@@ -9,6 +9,8 @@
 //! - [`schedule`]: one state per run (idle, queued, in flight, backing off,
 //!   stopped) and the order runs go in; tested under a paused clock;
 //! - [`settled`]: runs with nothing left to do, kept as paths and a stat stamp;
+//!   [`settled_index`]: the file that lets the next start-up take them back
+//!   with a few stats each;
 //! - [`slurm`]: whether a run's job is still alive (`squeue`/`sacct`, batched
 //!   and cached, digits-only ids);
 //! - [`keeper`], [`heartbeat`], [`sd_notify`]: staying visibly alive.
@@ -25,6 +27,7 @@ pub(crate) mod keeper;
 pub(crate) mod schedule;
 pub(crate) mod sd_notify;
 pub(crate) mod settled;
+pub(crate) mod settled_index;
 pub(crate) mod slurm;
 
 // What the Slurm tests judge job states with.

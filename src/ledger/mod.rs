@@ -132,6 +132,46 @@ pub struct Acked {
     pub complete: Option<i32>,
 }
 
+/// Where one artifact's upload stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArtifactState {
+    /// Read from the run; nothing asked of the server yet.
+    Queued,
+    /// The version exists on the server (pending) and is being filled.
+    Uploading,
+    /// Committed: the version is complete on the server.
+    Committed,
+    /// Never uploaded, and why (a staging file missing or refused, or the
+    /// server refusing the artifact). The rest of the run uploads.
+    NotUploadable(String),
+}
+
+/// One `artifact` record's upload. Saved as each step is acknowledged (and
+/// before the run's cursors move past the record), so an upload cut short
+/// continues the same version and does not send an acknowledged file again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArtifactProgress {
+    /// Where the record is (fragment index, byte offset): what identifies
+    /// it when the record is read again after a kill.
+    pub fragment: usize,
+    pub offset: u64,
+    pub name: String,
+    pub kind: String,
+    /// The artifact's digest (of its manifest entries), as the record has it.
+    pub digest: String,
+    /// Files it uploads (entries with a staging file; references excluded).
+    pub files: u64,
+    pub state: ArtifactState,
+    /// The version's id on the server, once `CreateArtifact` answered.
+    pub server_id: Option<String>,
+    /// Files stored on the server, by name, with the id of the artifact
+    /// that first stored them (the manifest's `birthArtifactID`). Emptied
+    /// when the version is committed.
+    pub acked: BTreeMap<String, String>,
+    /// The MD5 (base64) of the manifest once its PUT was acknowledged.
+    pub manifest_digest: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ErrorNote {
     /// RFC 3339.
@@ -160,6 +200,10 @@ pub struct RunLedger {
     pub naming: Option<crate::naming::Naming>,
     /// The run as materialised at the cursors.
     pub state: RunState,
+    /// The run's artifacts, in the order their records were read. Not part
+    /// of the state at the cursors: a step of an artifact holds whatever
+    /// the cursors are.
+    pub artifacts: Vec<ArtifactProgress>,
 }
 
 impl RunLedger {
@@ -178,6 +222,7 @@ impl RunLedger {
             last_upload: None,
             naming: None,
             state: RunState::new(),
+            artifacts: Vec::new(),
         }
     }
 
@@ -251,7 +296,9 @@ impl Ledger {
         &self.dir
     }
 
-    fn path_of(&self, key: &str) -> PathBuf {
+    /// Where the durable copy of the entry under `key` is (what the
+    /// daemon's settled-run index stats to see that an entry changed).
+    pub(crate) fn path_of(&self, key: &str) -> PathBuf {
         self.dir.join(format!("{key}.{DURABLE_EXT}"))
     }
 
@@ -461,6 +508,17 @@ fn key_of(run_id: &str, parts: &[&[u8]]) -> String {
         hasher.update([0]);
     }
     let digest = hasher.finalize();
+    let mut short = [0; KEY_DIGEST_LEN];
+    short.copy_from_slice(&digest[..KEY_DIGEST_LEN]);
+    key_with_digest(run_id, short)
+}
+
+/// How many bytes of its digest a run key spells.
+pub(crate) const KEY_DIGEST_LEN: usize = 6;
+
+/// The run key of `run_id` whose digest part is `digest`: a key kept as
+/// its digest alone (the daemon's settled-run index) is spelled again.
+pub(crate) fn key_with_digest(run_id: &str, digest: [u8; KEY_DIGEST_LEN]) -> String {
     let safe_id: String = run_id
         .chars()
         .map(|c| {
@@ -472,7 +530,21 @@ fn key_of(run_id: &str, parts: &[&[u8]]) -> String {
         })
         .take(64)
         .collect();
-    format!("wandb-{safe_id}-{}", hex(&digest[..6]))
+    format!("wandb-{safe_id}-{}", hex(&digest))
+}
+
+/// The digest part of `key`, when it is a key [`key_with_digest`] spells
+/// again from `run_id` and that digest.
+pub(crate) fn key_digest(run_id: &str, key: &str) -> Option<[u8; KEY_DIGEST_LEN]> {
+    let tail = key.rsplit_once('-')?.1;
+    if tail.len() != 2 * KEY_DIGEST_LEN {
+        return None;
+    }
+    let mut digest = [0; KEY_DIGEST_LEN];
+    for (at, byte) in digest.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(tail.get(2 * at..2 * at + 2)?, 16).ok()?;
+    }
+    (key_with_digest(run_id, digest) == key).then_some(digest)
 }
 
 /// What a `.wandb` file is, independent of where it lives: the name of its

@@ -1035,3 +1035,181 @@ fn settled_runs_are_put_away_and_woken_by_a_grown_file_or_a_new_fragment() {
     assert_eq!(state_of(&status, "fxresume"), "synced", "{status:#}");
     assert!(daemon.stop().success());
 }
+
+/// The "N of M settled run(s) ... taken back" the daemon's start-up logs,
+/// as (taken back, named by the index); `None` without an index used.
+fn taken_back(log: &str) -> Option<(usize, usize)> {
+    let line = log.lines().find(|l| l.contains("taken back as settled"))?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let of = words.iter().position(|w| *w == "of")?;
+    Some((words[of - 1].parse().ok()?, words[of + 1].parse().ok()?))
+}
+
+/// A daemon started on `root` that has finished its first scan; its log.
+fn start_and_stop(server: &WandbServer, home: &Path, root: &Path, env: &[(&str, &str)]) -> String {
+    let daemon = start_daemon(server, home, &[root], &["--no-slurm"], env);
+    wait_until(Duration::from_secs(30), "the daemon's first scan", || {
+        daemon.log_text().contains("syncd run: watching")
+    });
+    let log = daemon.log_text();
+    assert!(daemon.stop().success());
+    log
+}
+
+#[test]
+fn the_settled_run_index_takes_back_only_runs_whose_files_ledger_and_settings_are_unchanged() {
+    use crate::sync::WrittenRun;
+    use syncd::source::wandb::proto::{RecordType, RunExitRecord};
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("scratch");
+    let wandb = root.join("wandb");
+    let finished = |id: &str| {
+        let mut run = WrittenRun::create(&wandb, id);
+        for step in 0..3 {
+            run.history(step);
+        }
+        run.append(RecordType::Exit(RunExitRecord {
+            exit_code: 0,
+            runtime: 3,
+            not_complete: false,
+        }));
+        run
+    };
+    let mut grown = finished("fxgrown");
+    let gone = finished("fxgone");
+    let moved = finished("fxmoved");
+    finished("fxsame");
+    let resumed = committed_root().join("0.31.0/resumed/wandb");
+    let mut fragments: Vec<PathBuf> = std::fs::read_dir(&resumed)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    fragments.sort();
+    let copy_fragment = |dir: &Path| copy_tree_rooted(dir, &wandb.join(dir.file_name().unwrap()));
+    copy_fragment(&fragments[0]);
+    let server = WandbServer::start();
+    let home = tmp.path().join("home");
+    let out = syncd_sync(&server, &home, &[root.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let lines = |id: &str| server.run(id).unwrap()["history_lines_received"].clone();
+    let index = home.join("state/settled-runs.index");
+
+    // The first start looks at every run and writes the index; the next
+    // takes all five back from it, and nothing is sent again.
+    let log = start_and_stop(&server, &home, &root, &[]);
+    assert_eq!(taken_back(&log), None, "{log}");
+    assert!(log.contains("5 run(s) known (5 settled"), "{log}");
+    assert!(index.is_file());
+    let log = start_and_stop(&server, &home, &root, &[]);
+    assert_eq!(taken_back(&log), Some((5, 5)), "{log}");
+    assert!(log.contains("5 run(s) known (5 settled"), "{log}");
+
+    // While no daemon runs: one run's file grows, another gets a new
+    // fragment, a ledger entry is deleted, and a `.env` sends a run to
+    // another server.
+    for step in 3..6 {
+        grown.history(step);
+    }
+    copy_fragment(&fragments[1]);
+    for entry in std::fs::read_dir(home.join("state/runs")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if name.starts_with("wandb-fxgone-") {
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+    let elsewhere = WandbServer::start();
+    let env_file = moved.dir.join(".env");
+    std::fs::write(
+        &env_file,
+        format!(
+            "WANDB_BASE_URL={}\nWANDB_API_KEY={}\n",
+            elsewhere.base_url(),
+            elsewhere.api_key()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&env_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    drop(gone);
+
+    let daemon = start_daemon(&server, &home, &[&root], &["--no-slurm"], &[]);
+    wait_until(Duration::from_secs(30), "the daemon's first scan", || {
+        daemon.log_text().contains("syncd run: watching")
+    });
+    // Unchanged: fxsame, and fxresume's first fragment (its new one wakes it).
+    let log = daemon.log_text();
+    assert_eq!(taken_back(&log), Some((2, 5)), "{log}");
+    wait_until(Duration::from_secs(30), "the grown run's new lines", || {
+        steps(&server.run("fxgrown").unwrap()) == 6
+    });
+    wait_until(
+        Duration::from_secs(30),
+        "the deleted entry's run again",
+        || lines("fxgone") == 6,
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "the moved run on its new server",
+        || elsewhere.run("fxmoved").is_some_and(|r| steps(&r) == 3),
+    );
+    let reference = WandbServer::start();
+    let both = tmp.path().join("reference");
+    copy_tree_rooted(&resumed, &both.join("wandb"));
+    let out = syncd_sync(
+        &reference,
+        &tmp.path().join("ref-home"),
+        &[both.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let expected = reference.run("fxresume").unwrap();
+    wait_until(Duration::from_secs(30), "the new fragment's lines", || {
+        steps(&server.run("fxresume").unwrap()) == steps(&expected)
+    });
+    // A slow poll more: each line sent once (the deleted entry's twice).
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(daemon.stop().success());
+    assert_eq!(lines("fxgrown"), 6);
+    assert_eq!(lines("fxsame"), 3);
+    assert_eq!(lines("fxgone"), 6);
+    assert_eq!(lines("fxmoved"), 3);
+    assert_eq!(
+        server.run("fxresume").unwrap()["history_lines_received"],
+        expected["history_lines_received"]
+    );
+
+    // Written again with what changed: all five back.
+    let log = start_and_stop(&server, &home, &root, &[]);
+    assert_eq!(taken_back(&log), Some((5, 5)), "{log}");
+
+    // Another environment (here a netrc the daemon is pointed at) is
+    // another setup: the index is not used, every run is looked at.
+    let netrc = tmp.path().join("netrc").display().to_string();
+    let log = start_and_stop(&server, &home, &root, &[("NETRC", &netrc)]);
+    assert_eq!(taken_back(&log), None, "{log}");
+    assert!(log.contains("written with other settings"), "{log}");
+    assert!(log.contains("5 run(s) known (5 settled"), "{log}");
+
+    // Written for that setup, so not used by the next start either.
+    let log = start_and_stop(&server, &home, &root, &[]);
+    assert!(log.contains("written with other settings"), "{log}");
+    let log = start_and_stop(&server, &home, &root, &[]);
+    assert_eq!(taken_back(&log), Some((5, 5)), "{log}");
+
+    // A damaged index is not used, and is written again whole.
+    let mut bytes = std::fs::read(&index).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    std::fs::write(&index, &bytes).unwrap();
+    let log = start_and_stop(&server, &home, &root, &[]);
+    assert_eq!(taken_back(&log), None, "{log}");
+    assert!(log.contains("not used"), "{log}");
+    let log = start_and_stop(&server, &home, &root, &[]);
+    assert_eq!(taken_back(&log), Some((5, 5)), "{log}");
+    for (id, sent) in [("fxgrown", 6), ("fxsame", 3), ("fxgone", 6)] {
+        assert_eq!(lines(id), sent, "{id}: nothing sent again");
+    }
+    assert_eq!(
+        elsewhere.run("fxmoved").unwrap()["history_lines_received"],
+        3
+    );
+}

@@ -3,6 +3,9 @@
 /// Fixture locations, running the `syncd` binary, the Python oracle.
 mod support;
 
+/// Artifacts: uploaded as the official client does, exactly once through
+/// faults and kill -9; staging files that break the rule are refused.
+mod artifacts;
 /// Bad input in one run (odd names, pipes, symlinks out, unreadable or
 /// corrupt files) is handled or reported, and the others are uploaded.
 mod bad_input;

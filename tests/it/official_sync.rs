@@ -21,7 +21,13 @@
 //!   server's last one. Older files have no `RunRecord.resume`: no
 //!   `RunResumeStatus`, the second fragment is appended at `historyLineCount`
 //!   with its own `_step`s (0..4 twice);
-//! * `wandb sync` exits 0 even when a file failed (incomplete record, 401).
+//! * `wandb sync` exits 0 even when a file failed (incomplete record, 401);
+//! * artifacts: per version `CreateArtifact` → `CreateArtifactManifest`
+//!   (no upload) → `CreateArtifactFiles` → file PUTs → `CreateArtifactManifest`
+//!   (with upload) → manifest PUT → `CommitArtifact`; a digest the collection
+//!   already has gets `CreateArtifact` only. The legacy saver of 0.17.9 sends
+//!   the same mutations (flat variables) after `__type` schema probes. Neither
+//!   removes the staging copies when `wandb sync` uploads them.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -79,6 +85,9 @@ pub struct Case {
     pub run_id: String,
     /// The case directory (parent of its wandb dir), copied whole.
     pub dir: PathBuf,
+    /// Where the generator wrote the case (artifact records name their
+    /// staging files by absolute paths under it).
+    pub recorded_dir: PathBuf,
     /// Run dirs relative to `dir`.
     pub run_dirs: Vec<PathBuf>,
     pub expect: Value,
@@ -119,6 +128,7 @@ pub fn cases_of(set: &Path) -> (String, Vec<Case>) {
             name: name.clone(),
             run_id: info["run_id"].as_str().expect("run_id").to_string(),
             dir,
+            recorded_dir: recorded_case.clone(),
             run_dirs,
             expect: info["expect"].clone(),
         });
@@ -127,10 +137,121 @@ pub fn cases_of(set: &Path) -> (String, Vec<Case>) {
 }
 
 /// A case copied so the client can write its markers; returns the run dirs.
+///
+/// Artifact records name their staging copies by absolute `local_path`
+/// under the case (`_home/wandb-data/artifacts/staging/…`). In the copy
+/// they are rewritten to the copy's own staging files, so a copy is
+/// self-contained: a test may delete or change a staging file, and a client
+/// that cleans staging up after uploading touches only the copy.
 pub fn copy_case(case: &Case, into: &Path) -> Vec<PathBuf> {
     let dst = into.join(&case.name);
     copy_tree_rooted(&case.dir, &dst);
-    case.run_dirs.iter().map(|d| dst.join(d)).collect()
+    let dirs: Vec<PathBuf> = case.run_dirs.iter().map(|d| dst.join(d)).collect();
+    for file in dirs.iter().flat_map(|d| wandb_files_under(d)) {
+        relocate_staging(&file, &[&case.recorded_dir, &case.dir], &dst);
+    }
+    dirs
+}
+
+/// Rewrites, in the `.wandb` file `file`, every artifact manifest entry's
+/// `local_path` that starts with one of `from` to start with `to` instead.
+/// A file without such entries is left untouched (byte for byte).
+pub fn relocate_staging(file: &Path, from: &[&Path], to: &Path) {
+    use syncd::source::wandb::framing::{LogReader, LogWriter};
+    // Record.artifact (8) → ArtifactRecord.manifest (12) →
+    // ArtifactManifest.contents (4) → ArtifactManifestEntry.local_path (6).
+    const LOCAL_PATH: [u64; 4] = [8, 12, 4, 6];
+    let mut edit = |old: &[u8]| -> Option<Vec<u8>> {
+        let old = Path::new(std::str::from_utf8(old).ok()?);
+        let rest = from.iter().find_map(|f| old.strip_prefix(f).ok())?;
+        Some(to.join(rest).into_os_string().into_encoded_bytes())
+    };
+    let mut reader = LogReader::open(std::fs::File::open(file).unwrap(), 0).unwrap();
+    let mut writer = LogWriter::new(Vec::new()).unwrap();
+    let mut changed = false;
+    while let Some(record) = reader.next_record().unwrap() {
+        match rewrite_field(record.payload, &LOCAL_PATH, &mut edit) {
+            Some(new) => {
+                changed = true;
+                writer.append(&new).unwrap();
+            }
+            None => writer.append(record.payload).unwrap(),
+        }
+    }
+    if changed {
+        assert!(
+            reader.tail().is_none_or(|t| t.is_clean()),
+            "{}: relocating staging paths would drop an incomplete tail",
+            file.display()
+        );
+        std::fs::write(file, writer.into_inner()).unwrap();
+    }
+}
+
+/// Protobuf wire format: the message `msg` with the length-delimited
+/// fields along `path` (field numbers, outermost first; every occurrence of
+/// a repeated field) replaced by `edit` of their bytes; `None` if nothing
+/// changed or the message cannot be walked.
+fn rewrite_field(
+    msg: &[u8],
+    path: &[u64],
+    edit: &mut dyn FnMut(&[u8]) -> Option<Vec<u8>>,
+) -> Option<Vec<u8>> {
+    fn varint(b: &[u8], at: &mut usize) -> Option<u64> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = *b.get(*at)?;
+            *at += 1;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Some(value);
+            }
+        }
+        None
+    }
+    fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+    let mut out = Vec::with_capacity(msg.len() + 64);
+    let mut changed = false;
+    let mut at = 0;
+    while at < msg.len() {
+        let field_start = at;
+        let key = varint(msg, &mut at)?;
+        match key & 7 {
+            0 => {
+                varint(msg, &mut at)?;
+            }
+            1 => at += 8,
+            5 => at += 4,
+            2 => {
+                let len = varint(msg, &mut at)? as usize;
+                let body = msg.get(at..at + len)?;
+                at += len;
+                if key >> 3 == path[0] {
+                    let new = if path.len() == 1 {
+                        edit(body)
+                    } else {
+                        rewrite_field(body, &path[1..], edit)
+                    };
+                    if let Some(new) = new {
+                        put_varint(&mut out, key);
+                        put_varint(&mut out, new.len() as u64);
+                        out.extend_from_slice(&new);
+                        changed = true;
+                        continue;
+                    }
+                }
+            }
+            _ => return None,
+        }
+        out.extend_from_slice(msg.get(field_start..at)?);
+    }
+    changed.then_some(out)
 }
 
 /// Copies a tree, keeping symlinks; links pointing into `from` are re-pointed
@@ -186,17 +307,32 @@ pub fn wandb_sync(
     scratch: &Path,
     args: &[&Path],
 ) -> SyncRun {
+    wandb_sync_with(
+        cli,
+        server,
+        api_key,
+        scratch,
+        &["--include-synced", "-n", "16"],
+        args,
+    )
+}
+
+/// [`wandb_sync`] with other flags (the legacy client of wandb < 0.28 has
+/// no `-n`).
+pub fn wandb_sync_with(
+    cli: &Path,
+    server: &WandbServer,
+    api_key: &str,
+    scratch: &Path,
+    flags: &[&str],
+    args: &[&Path],
+) -> SyncRun {
     let home = scratch.join("home");
     std::fs::create_dir_all(&home).unwrap();
     let stdout_path = scratch.join("sync.stdout");
     let stderr_path = scratch.join("sync.stderr");
     let mut cmd = Command::new(cli);
-    cmd.arg("sync")
-        .arg("--include-synced")
-        .arg("-n")
-        .arg("16")
-        .args(args)
-        .current_dir(&home);
+    cmd.arg("sync").args(flags).args(args).current_dir(&home);
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("WANDB_") {
             cmd.env_remove(&name);
@@ -240,7 +376,7 @@ pub fn wandb_sync(
 }
 
 /// `"0.31.0"` → `(0, 31, 0)`.
-fn version(v: &str) -> (u32, u32, u32) {
+pub fn version(v: &str) -> (u32, u32, u32) {
     let mut parts = v.split('.').map(|p| p.parse().unwrap_or(0));
     (
         parts.next().unwrap_or(0),
@@ -319,6 +455,7 @@ fn sync_and_check_set(cli: &Path, set: &Path) -> Vec<String> {
         "unauthorized",
         "bad_requests",
         "gaps",
+        "artifact_md5_mismatches",
     ] {
         if counters[counter] != 0 {
             problems.push(format!(
@@ -527,6 +664,23 @@ fn check_case(
         "config.yaml lacks _wandb".into(),
     );
 
+    // Artifact cases: every version the run logged is committed, with the
+    // name and type the generator gave it.
+    if let Some((name, kind)) = expect["artifact"].as_str().and_then(|a| a.split_once(':')) {
+        let versions: Vec<Value> = server
+            .artifacts()
+            .into_iter()
+            .filter(|a| a["created_by"] == case.run_id.as_str())
+            .collect();
+        check(
+            !versions.is_empty()
+                && versions
+                    .iter()
+                    .all(|a| a["name"] == name && a["type"] == kind && a["state"] == "COMMITTED"),
+            format!("artifacts {versions:#?}"),
+        );
+    }
+
     // Case-specific facts from the generator's manifest.
     match case.name.as_str() {
         "finished" => {
@@ -589,10 +743,11 @@ fn check_case(
                 .map(|a| &a["title"])
                 .collect();
             check(titles == [&expect["alert"]], format!("alerts {titles:?}"));
-            // Files from before wandb-core (0.17) carry no per-step summary
-            // records, and the official client does not rebuild the
-            // define_metric aggregates from history: only newer files have it.
-            if version(&case.set) >= (0, 31, 0) {
+            // Files of the legacy writer (0.16, 0.17) carry no per-step
+            // summary records, and the official client does not rebuild the
+            // define_metric aggregates from history: only wandb-core's
+            // files (0.18 on) have it.
+            if version(&case.set) >= (0, 18, 0) {
                 let metric = expect["summary_max_metric"].as_str().unwrap();
                 check(
                     summary[metric]["max"].is_number(),
@@ -899,4 +1054,387 @@ fn official_client_retries_a_500_and_resends_after_a_lost_answer() {
         "500 on UpsertBucket + lost file_stream answer: synced in {:.1}s",
         sync.elapsed.as_secs_f64()
     );
+}
+
+// ---------------------------------------------------------------------------
+// Artifacts with the official clients.
+// ---------------------------------------------------------------------------
+
+/// The `wandb` executable of the venv next to the oracle's named `wandb-<version>`.
+fn venv_cli(version: &str) -> Option<std::path::PathBuf> {
+    let oracle = wandb_cli()?;
+    let venvs = oracle.parent()?.parent()?.parent()?;
+    let cli = venvs.join(format!("venv-wandb-{version}/bin/wandb"));
+    cli.is_file().then_some(cli)
+}
+
+/// The fixture cases named `names` of every set (copied into `into`),
+/// with the set's wandb version.
+fn artifact_cases(names: &[&str]) -> Vec<(String, Case)> {
+    let mut out = Vec::new();
+    for set in crate::support::generated_roots() {
+        let (version, cases) = cases_of(&set);
+        for case in cases {
+            if names.contains(&case.name.as_str()) {
+                out.push((version.clone(), case));
+            }
+        }
+    }
+    out
+}
+
+/// Syncs copies of `cases` with `cli` in one invocation; returns the sync.
+fn sync_cases(
+    cli: &std::path::Path,
+    server: &WandbServer,
+    cases: &[&Case],
+    scratch: &std::path::Path,
+) -> SyncRun {
+    let copies: Vec<std::path::PathBuf> = cases
+        .iter()
+        .flat_map(|c| copy_case(c, &scratch.join("cases")))
+        .collect();
+    let args: Vec<&std::path::Path> = copies.iter().map(std::path::PathBuf::as_path).collect();
+    // The legacy CLI (wandb < 0.28) has no `-n`.
+    let legacy = cli.to_string_lossy().contains("venv-wandb-0.17.");
+    let flags: &[&str] = if legacy {
+        &["--include-synced"]
+    } else {
+        &["--include-synced", "-n", "16"]
+    };
+    wandb_sync_with(cli, server, server.api_key(), scratch, flags, &args)
+}
+
+/// What every artifact upload by an official client leaves on the server.
+fn check_uploaded_artifact(server: &WandbServer, run_id: &str, ctx: &str) -> Value {
+    let snapshot = server.snapshot();
+    let mine: Vec<&Value> = snapshot["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["created_by"] == run_id)
+        .collect();
+    assert_eq!(
+        mine.len(),
+        1,
+        "{ctx}: artifacts {:#}",
+        snapshot["artifacts"]
+    );
+    let a = mine[0];
+    assert_eq!(a["state"], "COMMITTED", "{ctx}: {a:#}");
+    assert_eq!(a["version"], "v0", "{ctx}");
+    assert_eq!(a["aliases"], json!(["latest"]), "{ctx}");
+    assert_eq!(
+        (a["creates"].clone(), a["commits"].clone()),
+        (json!(1), json!(1)),
+        "{ctx}"
+    );
+    assert_eq!(a["manifest_puts"], 1, "{ctx}");
+    assert_eq!(
+        a["manifest"]["storagePolicyConfig"]["storageLayout"], "V2",
+        "{ctx}"
+    );
+    let entries = a["entries"].as_object().unwrap();
+    assert!(!entries.is_empty(), "{ctx}: an empty manifest");
+    for (path, entry) in entries {
+        if entry.get("ref").is_some_and(|r| !r.is_null()) {
+            continue;
+        }
+        let file = &a["files"][path];
+        assert_eq!(file["md5"], entry["digest"], "{ctx}: {path}");
+        assert_eq!(file["puts"], 1, "{ctx}: {path} stored once");
+        assert_eq!(file["size"], entry["size"], "{ctx}: {path}");
+        assert_eq!(entry["birthArtifactID"], a["id"], "{ctx}: {path}");
+    }
+    let counters = &snapshot["counters"];
+    for counter in [
+        "artifact_md5_mismatches",
+        "artifact_puts_without_md5",
+        "not_implemented",
+        "missing_upload_headers",
+        "storage_auth_violations",
+    ] {
+        assert_eq!(counters[counter], 0, "{ctx}: counter {counter}");
+    }
+    a.clone()
+}
+
+/// The oracle client (0.31.0) uploads the `artifact` case of every fixture
+/// set in the order wandb-core uses, and the server keeps what it sent.
+#[test]
+fn official_client_uploads_an_artifact() {
+    let Some(cli) = wandb_cli() else {
+        return;
+    };
+    let cases = artifact_cases(&["artifact"]);
+    assert!(!cases.is_empty() || std::env::var_os("SYNCD_REQUIRE_FIXTURES").is_none());
+    for (version, case) in &cases {
+        let ctx = format!("wandb {version} fixture, 0.31.0 client");
+        let options = Options {
+            upload_headers: vec!["X-Syncd-Upload:artifact".into()],
+            ..Options::default()
+        };
+        let server = WandbServer::with_options(options);
+        let scratch = tempfile::tempdir().unwrap();
+        let sync = sync_cases(&cli, &server, &[case], scratch.path());
+        assert!(
+            sync.status.is_some_and(|s| s.success()),
+            "{}",
+            sync.describe()
+        );
+        let a = check_uploaded_artifact(&server, &case.run_id, &ctx);
+        assert_eq!(a["name"], "fixture-dataset", "{ctx}");
+        assert_eq!(a["type"], "dataset", "{ctx}");
+        assert_eq!(a["description"], "tiny csv", "{ctx}");
+        assert_eq!(a["metadata"], json!({"rows": 2}), "{ctx}");
+        assert_eq!(a["project"], "syncd-fixtures", "{ctx}");
+        assert_eq!(
+            a["entity"], "default-entity",
+            "{ctx}: empty entity = the default one"
+        );
+        let id = a["id"].as_str().unwrap();
+        assert_eq!(
+            server.artifact_file(id, "data.csv").unwrap(),
+            b"a,b\n1,2\n3,4\n",
+            "{ctx}"
+        );
+        let ops: Vec<String> = server
+            .operation_names()
+            .into_iter()
+            .filter(|o| o.contains("Artifact"))
+            .collect();
+        assert_eq!(
+            ops,
+            [
+                "CreateArtifact",
+                "CreateArtifactManifest",
+                "CreateArtifactFiles",
+                "CreateArtifactManifest",
+                "CommitArtifact"
+            ],
+            "{ctx}\n{}",
+            sync.describe()
+        );
+        let operations = server.snapshot()["operations"].clone();
+        let manifests: Vec<&Value> = operations
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|o| o["name"] == "CreateArtifactManifest")
+            .collect();
+        assert_eq!(manifests[0]["variables"]["includeUpload"], false, "{ctx}");
+        assert_eq!(manifests[1]["variables"]["includeUpload"], true, "{ctx}");
+        let puts: Vec<String> = server.snapshot()["requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["path"].as_str().unwrap().starts_with("/artifacts/"))
+            .map(|r| format!("{} {}", r["path"].as_str().unwrap(), r["status"]))
+            .collect();
+        assert_eq!(
+            puts,
+            [
+                format!("/artifacts/{id}/files/data.csv 200"),
+                format!("/artifacts/{id}/manifest 200")
+            ],
+            "{ctx}"
+        );
+    }
+}
+
+/// The artifact versions run `run_id` created, oldest first.
+fn created_by(server: &WandbServer, run_id: &str) -> Vec<Value> {
+    server
+        .artifacts()
+        .into_iter()
+        .filter(|a| a["created_by"] == run_id)
+        .collect()
+}
+
+/// Per case: what the official client must leave on the server.
+fn check_artifact_case(server: &WandbServer, case: &Case, copy: &std::path::Path, ctx: &str) {
+    let versions = created_by(server, &case.run_id);
+    let committed: Vec<&Value> = versions
+        .iter()
+        .filter(|a| a["state"] == "COMMITTED")
+        .collect();
+    assert_eq!(committed.len(), versions.len(), "{ctx}: {versions:#?}");
+    // Every file entry's bytes are on the server, equal to the source file.
+    for a in &versions {
+        for (path, entry) in a["entries"].as_object().unwrap() {
+            let src = ["artifact_src", "artifact_src_v0", "artifact_src_v1"]
+                .iter()
+                .map(|d| copy.join(d).join(path))
+                .find(|p| p.is_file());
+            match entry.get("ref").and_then(Value::as_str) {
+                Some(reference) => {
+                    assert!(
+                        a["files"].get(path).is_none(),
+                        "{ctx}: reference {reference} uploaded"
+                    );
+                }
+                None => {
+                    let stored = server.artifact_file(a["id"].as_str().unwrap(), path);
+                    let src = src.unwrap_or_else(|| panic!("{ctx}: no source for {path}"));
+                    assert_eq!(stored, Some(std::fs::read(src).unwrap()), "{ctx}: {path}");
+                }
+            }
+        }
+    }
+    let expect = &case.expect;
+    match case.name.as_str() {
+        "artifact_tree" => {
+            assert_eq!(versions.len(), 1, "{ctx}");
+            let a = &versions[0];
+            assert_eq!(a["aliases"], expect["aliases"], "{ctx}");
+            let paths: Vec<&String> = a["entries"].as_object().unwrap().keys().collect();
+            assert_eq!(json!(paths), expect["files"], "{ctx}");
+            assert_eq!(a["metadata"]["nested"]["layers"], json!([64, 32]), "{ctx}");
+            assert_eq!(a["type"], "model", "{ctx}");
+        }
+        "artifact_refs" => {
+            assert_eq!(versions.len(), 1, "{ctx}");
+            let entries = versions[0]["entries"].as_object().unwrap();
+            let refs: Vec<&str> = entries.values().filter_map(|e| e["ref"].as_str()).collect();
+            assert_eq!(refs.len(), 3, "{ctx}: {entries:#?}");
+            assert!(
+                refs.iter().any(|r| r.starts_with("s3://"))
+                    && refs.iter().any(|r| r.starts_with("gs://"))
+                    && refs.iter().any(|r| r.starts_with("file://")),
+                "{ctx}: {refs:?}"
+            );
+            let uploaded: Vec<&String> = versions[0]["files"].as_object().unwrap().keys().collect();
+            assert_eq!(uploaded, ["local.txt"], "{ctx}");
+        }
+        "artifact_versions" => {
+            assert_eq!(
+                versions.len(),
+                2,
+                "{ctx}: no third version for the same digest"
+            );
+            let (v0, v1) = (&versions[0], &versions[1]);
+            assert_eq!(
+                (v0["version"].clone(), v1["version"].clone()),
+                (json!("v0"), json!("v1")),
+                "{ctx}"
+            );
+            assert_eq!(v0["aliases"], json!([]), "{ctx}");
+            assert_eq!(v1["aliases"], json!(["again", "latest"]), "{ctx}");
+            assert_eq!(
+                (v0["creates"].clone(), v1["creates"].clone()),
+                (json!(1), json!(2)),
+                "{ctx}"
+            );
+            assert_eq!(v1["commits"], 1, "{ctx}");
+            // The shared file is stored once, with v0; v1 names v0 as its birth artifact.
+            let shared = &v1["files"]["shared.txt"];
+            assert_eq!(shared["upload_requested"], false, "{ctx}: {shared}");
+            assert_eq!(shared["birthArtifactID"], v0["id"], "{ctx}");
+            assert_eq!(
+                v1["entries"]["shared.txt"]["birthArtifact"], "fixture-versions:v0",
+                "{ctx}"
+            );
+            assert_eq!(v0["files"]["shared.txt"]["puts"], 1, "{ctx}");
+        }
+        _ => {
+            assert_eq!(versions.len(), 1, "{ctx}");
+            assert_eq!(versions[0]["aliases"], json!(["latest"]), "{ctx}");
+        }
+    }
+    // No file PUT twice.
+    let snapshot = server.snapshot();
+    let mut puts: Vec<&str> = snapshot["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["method"] == "PUT" && r["path"].as_str().unwrap().starts_with("/artifacts/"))
+        .map(|r| r["path"].as_str().unwrap())
+        .collect();
+    let all = puts.len();
+    puts.sort();
+    puts.dedup();
+    assert_eq!(puts.len(), all, "{ctx}: a PUT repeated");
+}
+
+/// The oracle client (0.31.0) on every artifact case of every set, and the
+/// legacy saver of 0.17.9 (its own `wandb sync`) on the 0.17.9 set: each
+/// version is created, its files and manifest uploaded and committed.
+#[test]
+fn official_clients_upload_every_artifact_case() {
+    let Some(oracle) = wandb_cli() else {
+        return;
+    };
+    let names = [
+        "artifact",
+        "artifact_tree",
+        "artifact_refs",
+        "artifact_versions",
+        "artifact_staging_gone",
+    ];
+    let cases = artifact_cases(&names);
+    let mut clients = vec![("0.31.0".to_string(), oracle)];
+    if let Some(legacy) = venv_cli("0.17.9") {
+        clients.push(("0.17.9".into(), legacy));
+    }
+    let mut checked = 0;
+    for (client, cli) in &clients {
+        for (version, case) in &cases {
+            if client == "0.17.9" && version != "0.17.9" {
+                continue;
+            }
+            let ctx = format!("wandb {version} case {}, client {client}", case.name);
+            let server = WandbServer::start();
+            let scratch = tempfile::tempdir().unwrap();
+            let sync = sync_cases(cli, &server, &[case], scratch.path());
+            assert!(
+                sync.status.is_some_and(|s| s.success()),
+                "{ctx}\n{}",
+                sync.describe()
+            );
+            let counters = server.snapshot()["counters"].clone();
+            for counter in ["artifact_md5_mismatches", "not_implemented", "bad_requests"] {
+                assert_eq!(
+                    counters[counter],
+                    0,
+                    "{ctx}: {counter}\n{}\n{:#}",
+                    sync.describe(),
+                    server.snapshot()["operations"]
+                );
+            }
+            let copy = scratch.path().join("cases").join(&case.name);
+            check_artifact_case(&server, case, &copy, &ctx);
+            // Neither client removes the staging copies after uploading
+            // (wandb-core's saver would for a staging dir it was given;
+            // `wandb sync` gives none).
+            let staged = |dir: &std::path::Path| {
+                std::fs::read_dir(dir.join("_home/wandb-data/artifacts/staging"))
+                    .map_or(0, |d| d.count())
+            };
+            assert_eq!(
+                staged(&copy),
+                staged(&case.dir),
+                "{ctx}: staging files removed"
+            );
+            // The order wandb-core and the legacy saver share, per version.
+            let ops: Vec<String> = server
+                .operation_names()
+                .into_iter()
+                .filter(|o| o.contains("Artifact") && !o.starts_with("Probe"))
+                .collect();
+            assert_eq!(
+                ops.first().map(String::as_str),
+                Some("CreateArtifact"),
+                "{ctx}: {ops:?}"
+            );
+            let commits = ops.iter().filter(|o| *o == "CommitArtifact").count();
+            assert_eq!(
+                commits,
+                created_by(&server, &case.run_id).len(),
+                "{ctx}: one commit per version: {ops:?}"
+            );
+            eprintln!("{ctx}: {ops:?}");
+            checked += 1;
+        }
+    }
+    assert!(checked > 0 || std::env::var_os("SYNCD_REQUIRE_FIXTURES").is_none());
 }

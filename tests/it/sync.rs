@@ -811,3 +811,46 @@ fn a_live_file_unchanged_in_size_and_mtime_is_not_read_again_until_the_end() {
     assert_eq!(stored(), b"DDDD");
     assert_eq!(steps(&server_run), [0, 1, 2]);
 }
+
+/// One code path names a run: for every fixture case of every wandb
+/// version, the display name and group `syncd sync` sets on the server are
+/// the ones `syncd inspect` shows (writers before 0.21 keep the Slurm
+/// variables only in `wandb-metadata.json`, and 0.19's do have them there).
+#[test]
+fn sync_names_every_run_as_inspect_shows_it() {
+    let sets = generated_roots();
+    let mut problems = Vec::new();
+    let mut checked = 0;
+    for set in &sets {
+        let (version, cases) = crate::official_sync::cases_of(set);
+        let tmp = tempfile::tempdir().unwrap();
+        let server = WandbServer::start();
+        for case in &cases {
+            let dirs = crate::official_sync::copy_case(case, &tmp.path().join("cases"));
+            let paths: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
+            let (_, shown) = crate::support::inspect_json(&paths, &[]);
+            let mut args: Vec<&str> = vec!["--finalize"];
+            args.extend(dirs.iter().map(|d| d.to_str().unwrap()));
+            syncd_sync(&server, &tmp.path().join("home"), &args);
+            let ctx = format!("wandb {version} case {}", case.name);
+            let Some(run) = server.run(&case.run_id) else {
+                problems.push(format!("{ctx}: not on the server"));
+                continue;
+            };
+            let naming = &shown["runs"][0]["naming"];
+            let (name, group) = (&naming["display_name"], &naming["group"]);
+            if run["displayName"] != *name || run["groupName"] != *group {
+                problems.push(format!(
+                    "{ctx}: inspect shows {name} / {group}, sync set {} / {}",
+                    run["displayName"], run["groupName"]
+                ));
+            }
+            checked += 1;
+        }
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+    assert!(
+        checked > 0 || sets.is_empty(),
+        "no fixture case was checked"
+    );
+}

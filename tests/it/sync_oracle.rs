@@ -2,8 +2,10 @@
 //! wandb version, the server's state after `syncd sync` equals its state
 //! after `wandb sync`, except the deliberate differences listed in the
 //! README: the run's own `program` instead of the sync tool's path, a run
-//! without exit record left open instead of failed, console timestamps (the
-//! upload time in both) left out of the comparison.
+//! without exit record left open instead of failed, the console of every
+//! fragment of a resumed run kept, console timestamps (the upload time in
+//! both) left out of the comparison, OSC sequences (window titles) not shown
+//! in the console. Artifacts are part of the state ([`artifacts_observable`]).
 
 use std::path::{Path, PathBuf};
 
@@ -48,9 +50,19 @@ fn observable(server: &WandbServer, run: &Value) -> Value {
             // Both write YAML of the same config; the official one is
             // compared through the config the server stored.
             "config.yaml" => json!("generated"),
-            // wandb-core rewrites output.log at sync time; content checked
-            // as console lines above.
-            "output.log" => json!("console"),
+            // Made from the console records by both: its lines must be
+            // the console's text, line for line.
+            "output.log" => server
+                .stored_file(name, &path)
+                .map(|b| {
+                    json!(
+                        String::from_utf8_lossy(&b)
+                            .lines()
+                            .map(str::to_string)
+                            .collect::<Vec<_>>()
+                    )
+                })
+                .unwrap_or(Value::Null),
             _ => info["sha256"].clone(),
         };
         files.insert(path, value);
@@ -65,7 +77,79 @@ fn observable(server: &WandbServer, run: &Value) -> Value {
         "displayName": run["displayName"], "notes": run["notes"], "tags": run["tags"],
         "groupName": run["groupName"], "jobType": run["jobType"], "host": run["host"],
         "commit": run["commit"], "repo": run["repo"],
+        "artifacts": artifacts_observable(server, name),
     })
+}
+
+/// The artifact versions run `run_name` created or used on `server`, in a
+/// form two servers can be compared by: type, name, version, digest,
+/// aliases, state, description, metadata, the manifest's entries (path →
+/// digest, size, ref, extra, and the birth artifact as `name:version`), the
+/// sha256 of the bytes the server holds for each file entry, and whether
+/// the run created or used it. Left out: server ids, the manifest's own
+/// digest and each entry's `local_path` / `skip_cache` (the uploading
+/// machine's staging file; wandb-core writes it into the manifest it uploads).
+pub fn artifacts_observable(server: &WandbServer, run_name: &str) -> Value {
+    let mut versions: Vec<Value> = server
+        .artifacts()
+        .into_iter()
+        .filter(|a| {
+            a["created_by"] == run_name
+                || a["used_by"]
+                    .as_array()
+                    .is_some_and(|u| u.iter().any(|r| r == run_name))
+        })
+        .map(|a| {
+            let id = a["id"].as_str().unwrap_or_default();
+            let entries: serde_json::Map<String, Value> = a["entries"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(path, e)| {
+                    let bytes = e["ref"]
+                        .is_null()
+                        .then(|| server.artifact_file(id, &path))
+                        .flatten();
+                    let sha = bytes.as_deref().map(crate::wandb_server::sha256_hex);
+                    let entry = json!({
+                        "digest": e["digest"], "size": e["size"], "ref": e["ref"],
+                        "extra": e["extra"], "birthArtifact": e["birthArtifact"],
+                        "sha256": sha,
+                    });
+                    (path, entry)
+                })
+                .collect();
+            json!({
+                "entity": a["entity"], "project": a["project"],
+                "type": a["type"], "name": a["name"], "version": a["version"],
+                "digest": a["digest"], "aliases": a["aliases"], "state": a["state"],
+                "description": a["description"], "metadata": a["metadata"],
+                "created": a["created_by"] == run_name,
+                "used": a["used_by"].as_array().is_some_and(|u| u.iter().any(|r| r == run_name)),
+                "entries": entries,
+            })
+        })
+        .collect();
+    versions.sort_by_key(|v| format!("{}:{}", v["name"], v["version"]));
+    Value::Array(versions)
+}
+
+/// Differences between the artifacts of run `run_name` on the official
+/// client's server and on syncd's (empty when they agree).
+pub fn artifact_differences(
+    official: &WandbServer,
+    ours: &WandbServer,
+    run_name: &str,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    differences(
+        &artifacts_observable(official, run_name),
+        &artifacts_observable(ours, run_name),
+        ".artifacts",
+        &mut out,
+    );
+    out
 }
 
 /// Paths where two JSON values differ (for readable failures). Numbers
@@ -178,11 +262,16 @@ fn syncd_leaves_the_same_state_as_the_official_client_on_every_fixture() {
             };
             let mut expected = observable(&official, &theirs);
             let mut got = observable(&ours, &mine);
-            // No tags: the official client sends null or, for a resumed run,
-            // the server's empty list; both mean the same.
-            for side in [&mut expected, &mut got] {
-                if side["tags"] == json!([]) {
-                    side["tags"] = Value::Null;
+            // Deliberate: the official client keeps an OSC sequence (a
+            // window title) in the console text as raw characters; syncd
+            // drops it, as a terminal does; in the log stream and in
+            // `output.log` alike.
+            for pointer in ["/console", "/files/output.log"] {
+                let lines = expected.pointer_mut(pointer).and_then(Value::as_array_mut);
+                for line in lines.into_iter().flatten() {
+                    if let Some(text) = line.as_str() {
+                        *line = json!(without_osc(text));
+                    }
                 }
             }
             // `_wandb.m`: the official client lists defined metrics in no
@@ -222,6 +311,35 @@ fn syncd_leaves_the_same_state_as_the_official_client_on_every_fixture() {
                     *e = Value::Array(map.values().cloned().collect());
                 }
             }
+            // Deliberate: a run continued by a second process. The official
+            // client syncs each fragment on its own: the last one's
+            // output.log replaces the others', and before 0.31 (no resume
+            // marker) its console lines start again at line 0, over the
+            // first fragment's. syncd keeps the console of every fragment,
+            // in order, in both; what the official client kept is its end.
+            if case.run_dirs.len() > 1 {
+                let lines = |v: &Value| v.as_array().cloned().unwrap_or_default();
+                let all_ours = lines(&got["console"]);
+                for (what, theirs, ours) in [
+                    ("console", &expected["console"], &got["console"]),
+                    (
+                        "output.log",
+                        &expected["files"]["output.log"],
+                        &got["files"]["output.log"],
+                    ),
+                ] {
+                    let (theirs, ours) = (lines(theirs), lines(ours));
+                    if !ours.ends_with(&theirs) || ours.len() != all_ours.len() {
+                        problems.push(format!(
+                            "{ctx}: {what}: official {theirs:?} is not the end of syncd's {ours:?}"
+                        ));
+                    }
+                }
+                expected["console"] = got["console"].clone();
+                if expected["files"].get("output.log").is_some() {
+                    expected["files"]["output.log"] = got["files"]["output.log"].clone();
+                }
+            }
             // Deliberate: a file that is a symlink out of the run directory
             // is not uploaded (the official client uploads its target).
             if case.name == "media_save"
@@ -233,7 +351,7 @@ fn syncd_leaves_the_same_state_as_the_official_client_on_every_fixture() {
             // summary after the exit record. The official sync stops at the
             // exit record and drops them; syncd uploads them. What the
             // official client did send must be there too.
-            if version.starts_with("0.17.") {
+            if crate::official_sync::version(&version) < (0, 18, 0) {
                 let ours_summary = got["summary"].as_object().cloned().unwrap_or_default();
                 for (key, value) in expected["summary"].as_object().cloned().unwrap_or_default() {
                     let mut d = Vec::new();
@@ -254,11 +372,6 @@ fn syncd_leaves_the_same_state_as_the_official_client_on_every_fixture() {
                 }
                 expected["files"]["wandb-summary.json"] =
                     got["files"]["wandb-summary.json"].clone();
-                // It also makes output.log from the console records; syncd
-                // uploads the writer's own output.log only (0.17 has none).
-                if let Some(files) = expected["files"].as_object_mut() {
-                    files.remove("output.log");
-                }
             }
             if !run_has_exit(case) {
                 // Deliberate: the official client completes a cut-off run as
@@ -310,4 +423,274 @@ fn syncd_leaves_the_same_state_as_the_official_client_on_every_fixture() {
         problems.len(),
         problems.join("\n")
     );
+}
+
+/// `text` without its OSC sequences (`ESC ]` up to BEL or `ESC \\`).
+fn without_osc(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("\u{1b}]") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = [("\u{7}", 1), ("\u{1b}\\", 2)]
+            .iter()
+            .filter_map(|(t, len)| after.find(t).map(|at| at + len))
+            .min();
+        match end {
+            Some(end) => rest = &after[end..],
+            None => {
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[test]
+fn osc_sequences_are_cut_from_text() {
+    assert_eq!(without_osc("a\u{1b}]0;t\u{7}b\u{1b}]2;u\u{1b}\\c"), "abc");
+    assert_eq!(without_osc("\u{1b}[31mred"), "\u{1b}[31mred");
+}
+
+/// Artifacts alone, on the artifact cases of every set: what `syncd sync`
+/// leaves equals what the official client leaves (versions, aliases,
+/// states, manifests, bytes), and the official client did upload some.
+#[test]
+fn syncd_uploads_the_same_artifacts_as_the_official_client() {
+    let Some(cli) = wandb_cli() else { return };
+    let mut checked = 0;
+    let mut problems = Vec::new();
+    for set in &generated_roots() {
+        let (version, cases) = cases_of(set);
+        let cases: Vec<&Case> = cases
+            .iter()
+            .filter(|c| c.name.starts_with("artifact"))
+            .collect();
+        if cases.is_empty() {
+            continue;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let official = WandbServer::start();
+        let ours = WandbServer::start();
+        let theirs: Vec<PathBuf> = cases
+            .iter()
+            .flat_map(|c| copy_case(c, &tmp.path().join("official")))
+            .collect();
+        let args: Vec<&Path> = theirs.iter().map(PathBuf::as_path).collect();
+        let sync = wandb_sync(
+            &cli,
+            &official,
+            official.api_key(),
+            &tmp.path().join("scratch"),
+            &args,
+        );
+        assert!(sync.status.is_some(), "{}", sync.describe());
+        let mine: Vec<PathBuf> = cases
+            .iter()
+            .flat_map(|c| copy_case(c, &tmp.path().join("ours")))
+            .collect();
+        let mut args: Vec<&str> = vec!["-j", "4"];
+        args.extend(mine.iter().map(|p| p.to_str().unwrap()));
+        let out = syncd_sync(&ours, &tmp.path().join("syncd-home"), &args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for case in &cases {
+            let ctx = format!("wandb {version} case {}", case.name);
+            let expected = artifacts_observable(&official, &case.run_id);
+            assert!(
+                expected.as_array().is_some_and(|a| !a.is_empty()),
+                "{ctx}: the official client uploaded no artifact\n{}",
+                sync.describe()
+            );
+            problems.extend(
+                artifact_differences(&official, &ours, &case.run_id)
+                    .into_iter()
+                    .map(|d| format!("{ctx}: {d}")),
+            );
+            checked += 1;
+        }
+    }
+    if generated_roots().is_empty() {
+        return;
+    }
+    assert!(checked > 0, "no artifact fixture cases");
+    assert!(
+        problems.is_empty(),
+        "{} differences:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+}
+
+/// Whether the generator may skip `case` for wandb `version`, and why (the
+/// only cases a writer truly cannot write). Every other case must be in
+/// every set: a generator that drops a case for a version, silently or
+/// with a reason not listed here, fails this.
+fn may_skip(case: &str, version: (u32, u32, u32)) -> Option<&'static str> {
+    match case {
+        // Typed HistoryItem values are new in 0.31.0.
+        "typed_history" if version < (0, 31, 0) => Some("typed value oneof"),
+        _ => None,
+    }
+}
+
+#[test]
+fn every_fixture_set_has_every_case_or_a_known_reason_to_skip_it() {
+    let sets = generated_roots();
+    let manifests: Vec<(PathBuf, Value)> = sets
+        .iter()
+        .map(|set| {
+            let text = std::fs::read_to_string(set.join("manifest.json")).unwrap();
+            (set.clone(), serde_json::from_str(&text).unwrap())
+        })
+        .collect();
+    // Every case any set wrote or skipped: the generator's case list.
+    let mut all_cases = std::collections::BTreeSet::new();
+    for (_, manifest) in &manifests {
+        for key in ["cases", "skipped"] {
+            all_cases.extend(
+                manifest[key]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, _)| k.clone()),
+            );
+        }
+    }
+    let mut problems = Vec::new();
+    for (set, manifest) in &manifests {
+        let version = manifest["wandb_version"].as_str().unwrap_or("?");
+        let parsed = crate::official_sync::version(version);
+        for case in &all_cases {
+            let written = manifest["cases"].get(case).is_some();
+            let reason = manifest["skipped"].get(case).and_then(Value::as_str);
+            match (written, reason, may_skip(case, parsed)) {
+                (true, None, _) => {}
+                (false, Some(reason), Some(known)) if reason.contains(known) => {}
+                (false, Some(reason), _) => problems.push(format!(
+                    "{}: wandb {version} skipped {case}: {reason}",
+                    set.display()
+                )),
+                (false, None, _) => problems.push(format!(
+                    "{}: wandb {version} has no {case} and no reason",
+                    set.display()
+                )),
+                (true, Some(reason), _) => problems.push(format!(
+                    "{}: wandb {version} wrote {case} and skipped it ({reason})",
+                    set.display()
+                )),
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// `output.log` of a run as a server stores it, line by line.
+fn output_log_lines(server: &WandbServer, run_id: &str) -> Option<Vec<String>> {
+    let bytes = server.stored_file(run_id, "output.log")?;
+    Some(
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .map(str::to_string)
+            .collect(),
+    )
+}
+
+/// A killed run (no exit record) finalized by `syncd sync --finalize` gets
+/// the `output.log` the official client makes of it: the console records,
+/// never what the killed writer left in `files/` (0.31.0 leaves a few
+/// unflushed bytes there, 0.19.11 an empty file).
+#[test]
+fn a_finalized_killed_run_gets_its_output_log_from_the_console_records() {
+    let Some(cli) = wandb_cli() else { return };
+    let mut checked = 0;
+    let mut problems = Vec::new();
+    for set in generated_roots() {
+        let (version, cases) = cases_of(&set);
+        let Some(case) = cases.iter().find(|c| c.name == "sigkill") else {
+            continue;
+        };
+        let ctx = format!("wandb {version} case sigkill");
+        let tmp = tempfile::tempdir().unwrap();
+        let official = WandbServer::start();
+        let ours = WandbServer::start();
+        // What a killed writer may leave: the start of its console, never
+        // flushed further (0.31.0 leaves a few bytes, 0.19.11 none); here
+        // the same stale text for every writer.
+        let stale = |dirs: &[PathBuf]| {
+            for dir in dirs {
+                std::fs::create_dir_all(dir.join("files")).unwrap();
+                std::fs::write(dir.join("files/output.log"), "REA").unwrap();
+            }
+        };
+        let theirs_dirs = copy_case(case, &tmp.path().join("official"));
+        stale(&theirs_dirs);
+        let args: Vec<&Path> = theirs_dirs.iter().map(PathBuf::as_path).collect();
+        let sync = wandb_sync(
+            &cli,
+            &official,
+            official.api_key(),
+            &tmp.path().join("official-scratch"),
+            &args,
+        );
+        assert!(sync.status.is_some(), "{}", sync.describe());
+        let our_dirs = copy_case(case, &tmp.path().join("ours"));
+        stale(&our_dirs);
+        let mut args = vec!["--finalize", "--stale-after", "0s"];
+        args.extend(our_dirs.iter().map(|p| p.to_str().unwrap()));
+        let out = syncd_sync(&ours, &tmp.path().join("syncd-home"), &args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{ctx}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mine = ours.run(&case.run_id).expect("run on syncd's server");
+        assert_eq!(mine["complete"], true, "{ctx}: finalized");
+        // The spool it was made in is gone once uploaded.
+        let spools = tmp.path().join("syncd-home/state/output-log");
+        let left: Vec<_> = std::fs::read_dir(&spools)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{ctx}: spools left behind: {left:?}");
+        let expected = output_log_lines(&official, &case.run_id);
+        let got = output_log_lines(&ours, &case.run_id);
+        let Some(expected) = expected else {
+            problems.push(format!("{ctx}: the official client uploaded no output.log"));
+            continue;
+        };
+        assert!(
+            !expected.is_empty() && expected[0] != "REA",
+            "{ctx}: the official client uploaded {expected:?}"
+        );
+        // The console lines streamed for the run say the same.
+        let console: Vec<String> = crate::sync::comparable(&mine)["console"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_str().unwrap().to_string())
+            .collect();
+        if got.as_ref() != Some(&expected) || console != expected {
+            problems.push(format!(
+                "{ctx}: output.log official {} lines, first {:?} / syncd {:?} lines, first {:?}; console {} lines",
+                expected.len(),
+                expected.first(),
+                got.as_ref().map(Vec::len),
+                got.as_ref().and_then(|g| g.first().cloned()),
+                console.len()
+            ));
+        }
+        checked += 1;
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    if std::env::var_os("SYNCD_REQUIRE_FIXTURES").is_some() {
+        assert!(checked > 0, "no generated set has a sigkill case");
+    }
 }

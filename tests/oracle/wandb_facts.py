@@ -11,7 +11,8 @@ padding; an all-zero chunk header at a record start = skip the rest of the block
 facts: header_ok, file_size, records (complete records), record_types (Record oneof
 name -> count, "none" if unset), history_rows, last_step (max `_step` item, typed or
 value_json, else HistoryRecord.step.num), exit_code (last exit record), run_id (first
-run record), slurm_job_id (last EnvironmentRecord.slurm["job_id"]), complete_offset
+run record), slurm_job_id (last EnvironmentRecord.slurm["job_id"]; without one, the
+"slurm" of the run dir's files/wandb-metadata.json, where wandb 0.19 records it), complete_offset
 (end of the last complete record, padding excluded), tail_incomplete (any non-zero
 byte after complete_offset), first_error ({offset, reason} or null).
 Reading stops at the first error (CRC mismatch, impossible chunk, bad header):
@@ -19,6 +20,7 @@ records after it are not counted, as in the official wandb-core sync. A record c
 off by the end of the file is not an error, only tail_incomplete.
 """
 import json
+import os
 import struct
 import sys
 import zlib
@@ -190,7 +192,25 @@ def facts(path):
     return f
 
 
+def metadata_slurm_job_id(path):
+    """wandb 0.19's wandb-core writes no EnvironmentRecord; its Slurm variables
+    are only in files/wandb-metadata.json beside the .wandb file."""
+    meta = os.path.join(os.path.dirname(path), "files", "wandb-metadata.json")
+    try:
+        with open(meta) as fh:
+            return (json.load(fh).get("slurm") or {}).get("job_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def all_facts(path):
+    f = facts(path)
+    if f["slurm_job_id"] is None:
+        f["slurm_job_id"] = metadata_slurm_job_id(path)
+    return f
+
+
 if __name__ == "__main__":
     if len(sys.argv) < 2:
         sys.exit(__doc__)
-    print(json.dumps({p: facts(p) for p in sys.argv[1:]}, indent=2, sort_keys=True))
+    print(json.dumps({p: all_facts(p) for p in sys.argv[1:]}, indent=2, sort_keys=True))

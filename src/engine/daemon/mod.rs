@@ -18,9 +18,11 @@
 //!
 //! Besides the loop (here): [`slurm_watch`] (what Slurm says of the runs'
 //! jobs), [`contact`] (offline and back online), [`report`] (the heartbeat
-//! and the summary line).
+//! and the summary line), [`index`] (what the settled-run index vouches
+//! for a run with, and the start-up check of it).
 
 mod contact;
+mod index;
 mod report;
 mod slurm_watch;
 
@@ -47,6 +49,7 @@ use crate::engine::keeper::Keeper;
 use crate::engine::schedule::{self, Done, Scheduler, State};
 use crate::engine::sd_notify::Notifier;
 use crate::engine::settled::{FileStamp, SettledRuns};
+use crate::engine::settled_index::{self, Loaded};
 use crate::engine::slurm::{JobInfo, Slurm, SlurmError};
 use crate::ledger::lease::{Lease, LeaseError};
 use crate::ledger::{Ledger, Phase, RunLedger};
@@ -77,6 +80,14 @@ const MAX_PROBLEMS: usize = 50;
 /// How many run directories of the first scan are looked at (and their
 /// runs tracked) before the settled ones are put away.
 const STARTUP_BATCH: usize = 1000;
+
+/// Live runs are given at most this many uploads a second between them:
+/// beyond `LIVE_UPLOADS_PER_SEC × --poll` live runs, each is uploaded once
+/// per `live runs / LIVE_UPLOADS_PER_SEC` seconds instead of once per
+/// `--poll` (200 live runs: every 20 s), which keeps the daemon's CPU to
+/// about what 50 live runs cost. A run that ends, or that `syncd notify`
+/// names, still goes at once.
+const LIVE_UPLOADS_PER_SEC: u32 = 10;
 
 /// A Slurm query unanswered this long is reported as Slurm not answering
 /// (its commands' own deadline is longer).
@@ -138,6 +149,10 @@ struct Tracked {
     /// the server refused): the stamp of its settings files then; when it
     /// changes, the run is tried again.
     settings_stamp: Option<u64>,
+    /// The stamp of its settings files (as `settings_stamp`) taken just
+    /// before its destination was last resolved: what the settled-run
+    /// index vouches for it with.
+    resolved_with: Option<u64>,
     /// The entity and project its run record names (for status before
     /// the ledger knows the run).
     named_entity: Option<Box<str>>,
@@ -267,6 +282,14 @@ struct Daemon {
     /// Poll again next turn: a newly watched directory may have got files
     /// between its listing and its watch.
     rescan: bool,
+    /// The digest of the settings every run is resolved with, which the
+    /// settled-run index is written for (`index::setup_digest`).
+    setup: u64,
+    /// Writing the index failed (said once until it works again).
+    index_failed: bool,
+    /// How long a live run's appends are batched: `--poll`, longer when
+    /// very many runs are live (see [`LIVE_UPLOADS_PER_SEC`]).
+    live_interval: Duration,
 }
 
 impl Daemon {
@@ -299,6 +322,8 @@ impl Daemon {
         };
         let now = Instant::now();
         let trigger_poll = config.trigger_poll;
+        let setup = index::setup_digest(&config);
+        let live_interval = config.live_poll;
         let mut daemon = Daemon {
             config,
             ledger,
@@ -317,10 +342,14 @@ impl Daemon {
             last_trigger: now.checked_sub(trigger_poll).unwrap_or(now),
             last_heartbeat: now.checked_sub(Duration::from_secs(60)).unwrap_or(now),
             rescan: false,
+            setup,
+            index_failed: false,
+            live_interval,
         };
         // Running, before the first scan (which may take a while on a slow
         // filesystem).
         daemon.publish_heartbeat();
+        daemon.take_back_settled();
         // The first full scan; the ledger says what is already done. Taken in
         // batches, each batch's settled runs put away before the next, so that
         // a root of 100,000 finished runs never has them all tracked (or even
@@ -329,8 +358,10 @@ impl Daemon {
         loop {
             let report =
                 (daemon.scanner).scan_roots_limited(std::mem::take(&mut full), STARTUP_BATCH);
-            daemon.state.absorb(report, &daemon.config, &daemon.ledger);
-            daemon.state.settle_quiet(&mut daemon.scanner);
+            (daemon.state).absorb(report, &daemon.scanner, &daemon.config, &daemon.ledger);
+            daemon
+                .state
+                .settle_quiet(&mut daemon.scanner, &daemon.ledger);
             if !daemon.scanner.has_unvisited() {
                 break;
             }
@@ -354,6 +385,7 @@ impl Daemon {
                 _ => info!(path = %dir.display(), "{}: found by polling", dir.display()),
             }
         }
+        daemon.write_index();
         if let Some(n) = &daemon.notifier
             && let Err(e) = n.ready()
         {
@@ -375,6 +407,68 @@ impl Daemon {
             daemon.config.targets.default_base_url()
         );
         Ok(daemon)
+    }
+
+    /// Settled runs the index names whose files, ledger entry and
+    /// settings are as they were when it was written are settled again
+    /// without being read; the scanner is told their run directories, so
+    /// that the first scan passes them by. The rest are found by that scan.
+    fn take_back_settled(&mut self) {
+        let path = self.config.state_dir.join(settled_index::FILE_NAME);
+        let mut check = index::TakeBack::new(&self.config, &self.ledger);
+        let (settled, scanner, keeper) = (&mut self.state.settled, &mut self.scanner, &self.keeper);
+        let loaded = settled_index::load(&path, self.setup, |run| {
+            if !check.still_settled(run) {
+                return false;
+            }
+            settled.settle_vouched(run.wandb_dir, run.packed, run.newest, run.vouch);
+            for fragment in &run.fragments {
+                if let Some(name) = fragment.parent().and_then(Path::file_name) {
+                    scanner.know_run_dir(run.wandb_dir, name);
+                }
+            }
+            // A long start-up is progress, not a stalled loop.
+            if settled.len() % 10_000 == 0 {
+                keeper.turned();
+            }
+            true
+        });
+        match loaded {
+            Loaded::Missing => {}
+            Loaded::Ignored(why) => info!(
+                path = %path.display(),
+                "{}: not used ({why}); every run is looked at and the index written again",
+                path.display()
+            ),
+            Loaded::Read { runs, kept } => info!(
+                path = %path.display(),
+                runs,
+                kept,
+                "{}: {kept} of {runs} settled run(s) unchanged and taken back as settled; \
+                 the others are looked at",
+                path.display()
+            ),
+        }
+    }
+
+    /// Writes the settled-run index when a run settled since it was last
+    /// written (a failure is said once; the next start-up only takes longer).
+    fn write_index(&mut self) {
+        if !self.state.settled.changed() {
+            return;
+        }
+        let path = self.config.state_dir.join(settled_index::FILE_NAME);
+        match settled_index::write(&path, self.setup, &self.state.settled) {
+            Ok(()) => {
+                self.state.settled.written();
+                self.index_failed = false;
+            }
+            Err(e) if !self.index_failed => {
+                self.index_failed = true;
+                warn!(path = %path.display(), error = %e, "cannot write the settled-run index {}: {e}; the next start-up looks at every run", path.display());
+            }
+            Err(_) => {}
+        }
     }
 
     /// One turn of the loop, after whatever woke it.
@@ -408,6 +502,13 @@ impl Daemon {
             );
             self.scanner.set_roots(new.roots.clone());
             self.state.retarget(&new, &self.ledger);
+            let setup = index::setup_digest(&new);
+            if setup != self.setup {
+                // Settled runs keep the destination they had (as before),
+                // which a later start-up must not take as the new one's.
+                self.setup = setup;
+                self.state.settled.drop_vouches();
+            }
             let keep = (self.config.state_dir.clone(), self.config.lease_ttl);
             self.config = *new;
             (self.config.state_dir, self.config.lease_ttl) = keep;
@@ -444,9 +545,11 @@ impl Daemon {
                 if let Some(run_dir) = file.path.parent() {
                     self.scanner.look_at_run_dir(run_dir, &mut report);
                 }
+                // What `absorb` compares with the ledger's cursor.
+                self.scanner.refresh_stamp(&file.path);
                 report.changed_files.push(file.path);
             }
-            self.state.absorb(report, &self.config, &self.ledger);
+            (self.state).absorb(report, &self.scanner, &self.config, &self.ledger);
             self.state.prioritize(&trigger.target);
         }
         // A trigger file that cannot be read or removed comes back every
@@ -495,7 +598,7 @@ impl Daemon {
                 poll_now = true;
             }
         }
-        self.state.absorb(report, &self.config, &self.ledger);
+        (self.state).absorb(report, &self.scanner, &self.config, &self.ledger);
         // Its writer is done: the rest goes now, not after the batching
         // interval.
         for path in closed {
@@ -512,7 +615,7 @@ impl Daemon {
         let full = now.duration_since(self.last_idle) >= self.config.idle_poll;
         let mut report = self.scanner.scan_roots(full);
         self.state.forget_quiet();
-        self.state.settle_quiet(&mut self.scanner);
+        self.state.settle_quiet(&mut self.scanner, &self.ledger);
         self.scanner
             .check_files(self.state.files_to_check(full), &mut report);
         if full {
@@ -522,13 +625,15 @@ impl Daemon {
             let changed = self.state.settled.check(&mut report.syscalls);
             report.changed_files.extend(changed);
         }
-        self.state.absorb(report, &self.config, &self.ledger);
+        (self.state).absorb(report, &self.scanner, &self.config, &self.ledger);
         self.update_watches();
         if full {
             self.state.recheck_settings(&self.config);
+            self.write_index();
         }
         self.ask_slurm();
         self.state.decide_finalization(&self.config);
+        self.live_interval = self.state.live_interval(self.config.live_poll);
     }
 
     /// Watched: the listed directories (where new runs and files appear)
@@ -629,7 +734,7 @@ impl Daemon {
             return;
         }
         while self.state.schedule.in_flight() < self.config.concurrency.max(1) {
-            let Some(id) = self.state.next_ready(now, self.config.live_poll) else {
+            let Some(id) = self.state.next_ready(now, self.live_interval) else {
                 break;
             };
             let Some(client) = self.state.target_of(&id, &self.config, &self.ledger) else {
@@ -643,7 +748,7 @@ impl Daemon {
                 continue;
             };
             if !run.manifest_read {
-                run.job.read_manifest();
+                run.job.read_job_files();
                 run.manifest_read = true;
             }
             let job = run.job.clone();
@@ -703,6 +808,7 @@ impl Daemon {
                 self.state.schedule.in_flight()
             );
         }
+        self.write_index();
         self.keeper.finish();
     }
 }
@@ -793,7 +899,13 @@ impl DaemonState {
 
     /// Takes a scan's findings: new files join (or start) runs, changed
     /// files mark their run dirty.
-    fn absorb(&mut self, report: ScanReport, config: &DaemonConfig, ledger: &Ledger) {
+    fn absorb(
+        &mut self,
+        report: ScanReport,
+        scanner: &Scanner,
+        config: &DaemonConfig,
+        ledger: &Ledger,
+    ) {
         for problem in report.problems {
             warn!("{problem}");
             self.note_problem(problem);
@@ -818,7 +930,12 @@ impl DaemonState {
             if let Some(run) = self.runs.get_mut(&id) {
                 // Known to the ledger as done, and not grown since: nothing to do
                 // (this is what keeps a restart over thousands of runs cheap).
-                let size = std::fs::metadata(&path).map_or(u64::MAX, |m| m.len());
+                // As the scan just saw it (not stat'ed again: a live run's
+                // file changes every poll); else (a woken settled run's) now.
+                let size = match scanner.stamp(&path) {
+                    Some(stamp) => stamp.size,
+                    None => std::fs::metadata(&path).map_or(u64::MAX, |m| m.len()),
+                };
                 let at = run.job.fragments.iter().position(|f| *f == path);
                 if let Some(known) = at.and_then(|i| run.sizes.get_mut(i))
                     && size != u64::MAX
@@ -832,12 +949,14 @@ impl DaemonState {
                 // A stopped run is tried again: its files changed.
                 run.settings_stamp = None;
                 self.active.insert(id.clone());
-                run.newest_mtime = run
-                    .job
-                    .fragments
-                    .last()
-                    .and_then(|newest| std::fs::metadata(newest).ok())
-                    .and_then(|m| m.modified().ok());
+                run.newest_mtime =
+                    run.job
+                        .fragments
+                        .last()
+                        .and_then(|newest| match scanner.stamp(newest) {
+                            Some(stamp) => stamp.modified(),
+                            None => std::fs::metadata(newest).ok()?.modified().ok(),
+                        });
                 self.schedule.enqueue(&id);
             }
         }
@@ -877,6 +996,7 @@ impl DaemonState {
                 client: None,
                 phase: Phase::Queued,
                 settings_stamp: None,
+                resolved_with: None,
                 named_entity: (!head.entity.is_empty()).then(|| head.entity.clone().into()),
                 named_project: (!head.project.is_empty()).then(|| head.project.clone().into()),
                 slurm_job: None,
@@ -1000,6 +1120,13 @@ impl DaemonState {
         self.active.extend(self.runs.keys().cloned());
     }
 
+    /// How long a live run's appends are batched with this many runs live:
+    /// `poll`, or long enough that they make no more than
+    /// [`LIVE_UPLOADS_PER_SEC`] uploads a second between them.
+    fn live_interval(&self, poll: Duration) -> Duration {
+        live_interval(self.counts().0, poll)
+    }
+
     /// The runs in `active`, with their ids.
     fn active_runs(&self) -> impl Iterator<Item = (&String, &Tracked)> {
         self.active
@@ -1021,7 +1148,7 @@ impl DaemonState {
     /// the scheduler) leave memory for [`SettledRuns`]; the scanner forgets
     /// their files too. Their ledger entry stays on disk, read again if the
     /// run is woken.
-    fn settle_quiet(&mut self, scanner: &mut Scanner) {
+    fn settle_quiet(&mut self, scanner: &mut Scanner, ledger: &Ledger) {
         let quiet: Vec<String> = (self.runs.iter())
             .filter(|(id, run)| !self.active.contains(*id) && run.quiet(self.schedule.state(id)))
             .map(|(id, _)| id.clone())
@@ -1036,31 +1163,52 @@ impl DaemonState {
             let Some(run) = self.runs.remove(&id) else {
                 continue;
             };
-            let mut newest = None;
+            // Each fragment's stamp as the scanner last saw it (the one the
+            // run's state was decided on), else as it is now.
+            let mut stamps = Vec::with_capacity(run.job.fragments.len());
+            let mut unknown = false;
             for fragment in &run.job.fragments {
                 self.file_to_run.remove(fragment);
-                newest = scanner.forget_file(fragment);
-            }
-            let Some(last) = run.job.fragments.last() else {
-                continue;
-            };
-            let newest = match newest {
-                Some(stamp) => FileStamp::from_scan(stamp),
-                None => match std::fs::metadata(last) {
-                    Ok(meta) => FileStamp::of(&meta),
-                    // Looked at again (and woken) on the next slow poll.
-                    Err(_) => FileStamp {
-                        size: u64::MAX,
-                        mtime_ns: 0,
+                let stamp = match scanner.forget_file(fragment) {
+                    Some(stamp) => FileStamp::from_scan(stamp),
+                    None => match std::fs::metadata(fragment) {
+                        Ok(meta) => FileStamp::of(&meta),
+                        // Looked at again (and woken) on the next slow poll.
+                        Err(_) => {
+                            unknown = true;
+                            FileStamp {
+                                size: u64::MAX,
+                                mtime_ns: 0,
+                            }
+                        }
                     },
-                },
+                };
+                stamps.push(stamp);
+            }
+            let (Some(last), Some(newest)) = (run.job.fragments.last(), stamps.last().copied())
+            else {
+                continue;
             };
             // As `add_file` names the run: its wandb directory and run id.
             let wandb_dir = last
                 .parent()
                 .and_then(Path::parent)
                 .unwrap_or(Path::new(""));
-            (self.settled).settle(wandb_dir, &run.job.id, &run.job.fragments, newest);
+            let vouch = (!unknown)
+                .then(|| {
+                    index::vouch(
+                        &run.job.id,
+                        run.key.as_deref(),
+                        run.resolved_with,
+                        wandb_dir,
+                        &run.job.fragments,
+                        &stamps,
+                        ledger,
+                    )
+                })
+                .flatten();
+            let fragments = &run.job.fragments;
+            (self.settled).settle(wandb_dir, &run.job.id, fragments, newest, vouch);
         }
         // Tables sized for the first scan's runs are given back.
         if self.runs.capacity() > 64 && self.runs.len() < self.runs.capacity() / 4 {
@@ -1212,6 +1360,12 @@ impl DaemonState {
     }
 }
 
+/// How long a live run's appends are batched with `live` runs live.
+fn live_interval(live: usize, poll: Duration) -> Duration {
+    let live = u32::try_from(live).unwrap_or(u32::MAX);
+    poll.max(Duration::from_secs(1) * live / LIVE_UPLOADS_PER_SEC)
+}
+
 /// What a run stopped on its settings is told will happen.
 fn settings_retry_hint(config: &DaemonConfig) -> String {
     format!(
@@ -1223,25 +1377,8 @@ fn settings_retry_hint(config: &DaemonConfig) -> String {
 /// A stamp of the files a run's destination and key come from: any
 /// change to them (written, created, removed) changes it.
 fn settings_stamp(run: &Tracked, targets: &Clients) -> u64 {
-    use std::hash::{Hash, Hasher};
-    use std::os::unix::fs::MetadataExt;
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    for path in targets.settings_files(run.job.run_dir(), &run.job.search_root()) {
-        path.hash(&mut hasher);
-        match std::fs::metadata(&path) {
-            Ok(m) => (
-                m.ino(),
-                m.len(),
-                m.mtime(),
-                m.mtime_nsec(),
-                m.mode(),
-                m.uid(),
-            )
-                .hash(&mut hasher),
-            Err(e) => e.kind().hash(&mut hasher),
-        }
-    }
-    hasher.finish()
+    let files = targets.settings_files(run.job.run_dir(), &run.job.search_root());
+    index::settings_digest(&files, index::mark)
 }
 
 /// Resolves where the run goes and, with that, its ledger key; the
@@ -1251,6 +1388,9 @@ fn attach_target(
     targets: &Clients,
     ledger: &Ledger,
 ) -> Result<Arc<Client>, String> {
+    // Before, so that a file changed while it is read makes the stamp
+    // older than the answer, never newer.
+    run.resolved_with = Some(settings_stamp(run, targets));
     let target = targets.resolve(run.job.run_dir(), &run.job.search_root());
     run.client = None;
     let target = target.map_err(|e| e.to_string())?;
@@ -1359,6 +1499,19 @@ mod tests {
             retry: RetryPolicy::default(),
             slurm: false,
         }
+    }
+
+    #[test]
+    fn very_many_live_runs_are_uploaded_less_often_each() {
+        let poll = Duration::from_secs(5);
+        for (live, every_ms) in [(0, 5000), (50, 5000), (51, 5100), (200, 20_000)] {
+            let every = Duration::from_millis(every_ms);
+            assert_eq!(live_interval(live, poll), every, "{live}");
+        }
+        // Fractions of a second too: 3 live runs, each uploaded at most
+        // every 0.3 s, not every 0.1 s.
+        let fast = Duration::from_millis(100);
+        assert_eq!(live_interval(3, fast), Duration::from_millis(300));
     }
 
     #[tokio::test(start_paused = true)]

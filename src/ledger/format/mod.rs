@@ -7,16 +7,19 @@
 //!
 //! An entry is one JSON object whose `format` field names its version.
 //! [`encode`] writes the newest version; [`decode`] reads the newest
-//! directly and would read an older one through its migration (format 1 is
-//! the only one so far). See the ledger's module doc for the rule every
-//! change follows.
+//! directly and an older one through its migration. Format 2 (`v2.rs`)
+//! added the run's artifact uploads to format 1 (`v1.rs`); a format-1
+//! entry migrates by being read with format 2's types, which spell
+//! everything format 1 has the same way. See the ledger's module doc for
+//! the rule every change follows.
 
 mod v1;
+mod v2;
 
 use super::RunLedger;
 
 /// The version [`encode`] writes.
-pub(super) const VERSION: u32 = v1::VERSION;
+pub(super) const VERSION: u32 = v2::VERSION;
 
 /// Why an entry's bytes give no [`RunLedger`].
 #[derive(Debug)]
@@ -30,7 +33,7 @@ pub(super) enum Refused {
 /// An entry as the newest version's JSON, indented (durable copies, which
 /// people read) or on one line (live checkpoints, rewritten often).
 pub(super) fn encode(entry: &RunLedger, indented: bool) -> Vec<u8> {
-    let entry = v1::Entry::from(entry);
+    let entry = v2::Entry::from(entry);
     if indented {
         serde_json::to_vec_pretty(&entry).expect("a ledger entry serializes")
     } else {
@@ -42,8 +45,9 @@ pub(super) fn encode(entry: &RunLedger, indented: bool) -> Vec<u8> {
 pub(super) fn decode(bytes: &[u8]) -> Result<RunLedger, Refused> {
     // The newest version first: parsing twice would cost every start-up
     // over a large ledger.
-    match serde_json::from_slice::<v1::Entry>(bytes) {
-        Ok(entry) if entry.format == v1::VERSION => {
+    match serde_json::from_slice::<v2::Entry>(bytes) {
+        // Format 1 is format 2 without artifacts (see `v2.rs`).
+        Ok(entry) if entry.format == v2::VERSION || entry.format == v1::VERSION => {
             RunLedger::try_from(entry).map_err(Refused::Damaged)
         }
         Ok(entry) => Err(other_version(entry.format)),
@@ -92,8 +96,9 @@ mod tests {
     }
 
     /// Every golden entry (`tests/fixtures/ledger/`, written by the syncd
-    /// of its format's time) loads, and saving what was loaded gives its
-    /// bytes back: a user's ledger survives an upgrade unchanged.
+    /// of its format's time) loads. Saving what was loaded gives the bytes
+    /// of a newest-version golden back; an older golden is saved in the
+    /// newest version, which loads as the same entry.
     #[test]
     fn every_golden_loads_and_saves_byte_for_byte() {
         let goldens = goldens();
@@ -117,12 +122,33 @@ mod tests {
             } else {
                 ledger.save(&entry).unwrap();
             }
-            let saved = std::fs::read(&stored).unwrap();
-            assert!(
-                saved == golden,
-                "{name} changed on load and save:\n{}",
-                String::from_utf8_lossy(&saved)
-            );
+            // Saved under the entry's own key (not where the golden was put).
+            let written = ledger.dir().join(format!(
+                "{}.{}",
+                entry.key,
+                if live { "live" } else { "json" }
+            ));
+            let saved = std::fs::read(&written).unwrap();
+            if name.starts_with(&format!("v{VERSION}-")) {
+                assert!(
+                    saved == golden,
+                    "{name} changed on load and save:\n{}",
+                    String::from_utf8_lossy(&saved)
+                );
+            } else {
+                let migrated = ledger.load(&entry.key).unwrap().unwrap();
+                assert_eq!(
+                    encode(&migrated, true),
+                    encode(&entry, true),
+                    "{name}: the migrated entry loads as what was loaded"
+                );
+                let text = String::from_utf8_lossy(&saved).to_string();
+                assert!(
+                    text.contains(&format!("\"format\":{VERSION}"))
+                        || text.contains(&format!("\"format\": {VERSION}")),
+                    "{name}: saved as format {VERSION}: {text}"
+                );
+            }
         }
     }
 
@@ -201,6 +227,35 @@ mod tests {
         let resumed = load("v1-resumed.json");
         assert_eq!(resumed.fragments.len(), 2);
         assert_eq!(resumed.fragments[1].step_offset, 5);
+
+        use crate::ledger::ArtifactState;
+        let committed = load("v2-artifact-committed.json");
+        assert_eq!(committed.phase, Phase::Synced);
+        let artifact = &committed.artifacts[0];
+        assert_eq!(
+            (
+                artifact.name.as_str(),
+                artifact.kind.as_str(),
+                artifact.files
+            ),
+            ("art-dataset", "dataset", 2)
+        );
+        assert_eq!(artifact.state, ArtifactState::Committed);
+        assert_eq!(artifact.server_id.as_deref(), Some("artifact-1"));
+        assert!(artifact.acked.is_empty() && artifact.manifest_digest.is_some());
+        let uploading = load("v2-artifact-uploading.json");
+        let artifact = &uploading.artifacts[0];
+        assert_eq!(artifact.state, ArtifactState::Uploading);
+        assert_eq!(artifact.acked["a.txt"], "artifact-1");
+        assert_eq!((artifact.fragment, artifact.offset), (0, 1336));
+        let refused = load("v2-artifact-not-uploadable.json");
+        assert!(
+            matches!(&refused.artifacts[0].state, ArtifactState::NotUploadable(why) if why.contains("missing")),
+            "{:?}",
+            refused.artifacts[0].state
+        );
+        // Format 1 had no artifact uploads.
+        assert!(finished.artifacts.is_empty());
 
         let slurm = load("v1-slurm.json");
         assert_eq!(slurm.state.identity.slurm_job_id(), Some("4242"));

@@ -37,24 +37,24 @@ pub(super) const VERSION: u32 = 1;
 #[derive(Serialize, Deserialize)]
 pub(super) struct Entry {
     pub format: u32,
-    key: String,
-    run_id: String,
-    base_url: String,
-    server: Option<Server>,
-    fragments: Vec<Fragment>,
-    acked: Acks,
-    phase: RunPhase,
-    finalized_reason: Option<String>,
-    last_error: Option<Error>,
-    warnings: Vec<String>,
-    last_upload: Option<String>,
+    pub key: String,
+    pub run_id: String,
+    pub base_url: String,
+    pub server: Option<Server>,
+    pub fragments: Vec<Fragment>,
+    pub acked: Acks,
+    pub phase: RunPhase,
+    pub finalized_reason: Option<String>,
+    pub last_error: Option<Error>,
+    pub warnings: Vec<String>,
+    pub last_upload: Option<String>,
     #[serde(default)]
-    naming: Option<Names>,
-    state: State,
+    pub naming: Option<Names>,
+    pub state: State,
 }
 
 #[derive(Serialize, Deserialize)]
-struct Server {
+pub(super) struct Server {
     entity: String,
     project: String,
     name: String,
@@ -63,7 +63,7 @@ struct Server {
 }
 
 #[derive(Serialize, Deserialize)]
-struct Fragment {
+pub(super) struct Fragment {
     #[serde(with = "crate::paths::serde_path")]
     path: PathBuf,
     cursor: u64,
@@ -82,7 +82,7 @@ struct Exit {
 }
 
 #[derive(Serialize, Deserialize)]
-struct Acks {
+pub(super) struct Acks {
     history_lines: u64,
     events_lines: u64,
     console_lines: u64,
@@ -110,7 +110,7 @@ struct FileAcked {
 
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-enum RunPhase {
+pub(super) enum RunPhase {
     Queued,
     Live,
     Synced,
@@ -120,19 +120,19 @@ enum RunPhase {
 }
 
 #[derive(Serialize, Deserialize)]
-struct Error {
+pub(super) struct Error {
     at: String,
     message: String,
 }
 
 #[derive(Serialize, Deserialize)]
-struct Names {
+pub(super) struct Names {
     display_name: Option<String>,
     group: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
-struct State {
+pub(super) struct State {
     identity: Identity,
     /// Extended JSON.
     config: String,
@@ -536,6 +536,8 @@ impl TryFrom<Entry> for RunLedger {
                 group: n.group,
             }),
             state: RunState::try_from(entry.state)?,
+            // Format 1 was written before artifacts were uploaded.
+            artifacts: Vec::new(),
         })
     }
 }

@@ -307,6 +307,7 @@ impl Client {
             .send_checked(
                 operation,
                 delivery,
+                self.policy.timeout,
                 || {
                     self.http
                         .post(&url)
@@ -316,7 +317,8 @@ impl Client {
                 },
                 |body| graphql_verdict(operation, body),
             )
-            .await?;
+            .await?
+            .0;
         let answer: Json = serde_json::from_slice(&bytes).map_err(|e| SinkError::Protocol {
             what: operation.into(),
             message: format!("not JSON ({e})"),
@@ -371,6 +373,21 @@ impl Client {
         headers: &[String],
         body: Vec<u8>,
     ) -> Result<(), SinkError> {
+        // Cloned once per attempt: `Bytes` makes that a reference count.
+        let body = Bytes::from(body);
+        self.put_body(what, url, headers, || body.clone().into())
+            .await
+    }
+
+    /// [`Client::put`] of a body made anew for each attempt by `body` (a
+    /// file streamed from disk, so that it is never held whole).
+    pub(crate) async fn put_body(
+        &self,
+        what: &str,
+        url: &str,
+        headers: &[String],
+        body: impl Fn() -> reqwest::Body,
+    ) -> Result<(), SinkError> {
         let mut map = HeaderMap::new();
         for header in headers {
             let Some((name, value)) = header.split_once(':') else {
@@ -383,13 +400,41 @@ impl Client {
                 map.insert(name, value);
             }
         }
-        // Cloned once per attempt: `Bytes` makes that a reference count.
-        let body = Bytes::from(body);
         self.send(what, || {
-            self.http.put(url).headers(map.clone()).body(body.clone())
+            self.http.put(url).headers(map.clone()).body(body())
         })
         .await?;
         Ok(())
+    }
+
+    /// PUTs `len` bytes made anew for each attempt by `body` (a file
+    /// streamed from disk, say), with `headers` and without our
+    /// credentials; gives the answer's `ETag` (a multipart upload's part
+    /// names itself by it). An attempt may take the usual timeout plus a
+    /// second per MiB: a file of gigabytes is not cut off by a timeout made
+    /// for requests of kilobytes.
+    pub(crate) async fn put_streamed(
+        &self,
+        what: &str,
+        url: &str,
+        headers: HeaderMap,
+        len: u64,
+        body: impl Fn() -> reqwest::Body,
+    ) -> Result<Option<String>, SinkError> {
+        let timeout = self.policy.timeout + Duration::from_secs(len >> 20);
+        let (_, answer) = self
+            .send_checked(
+                what,
+                Delivery::AtLeastOnce,
+                timeout,
+                || self.http.put(url).headers(headers.clone()).body(body()),
+                |_| BodyVerdict::Done,
+            )
+            .await?;
+        Ok(answer
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string))
     }
 
     async fn wait_for_pause(&self) {
@@ -437,19 +482,28 @@ impl Client {
         what: &str,
         build: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<Bytes, SinkError> {
-        self.send_checked(what, Delivery::AtLeastOnce, build, |_| BodyVerdict::Done)
-            .await
+        self.send_checked(
+            what,
+            Delivery::AtLeastOnce,
+            self.policy.timeout,
+            build,
+            |_| BodyVerdict::Done,
+        )
+        .await
+        .map(|(body, _)| body)
     }
 
     /// [`Client::send`] with the 2xx body judged by `check` (a GraphQL
-    /// error in a 200 may pass) and retries as `delivery` allows.
+    /// error in a 200 may pass), retries as `delivery` allows and each
+    /// attempt given `timeout`; gives the 2xx answer's body and headers.
     async fn send_checked(
         &self,
         what: &str,
         delivery: Delivery,
+        timeout: Duration,
         build: impl Fn() -> reqwest::RequestBuilder,
         check: impl Fn(&[u8]) -> BodyVerdict,
-    ) -> Result<Bytes, SinkError> {
+    ) -> Result<(Bytes, HeaderMap), SinkError> {
         let unconfirmed = |last: String| SinkError::Unconfirmed {
             what: what.into(),
             last,
@@ -465,7 +519,7 @@ impl Client {
             if attempt > 0 {
                 self.wait_for_pause().await;
             }
-            let wait = match build().timeout(self.policy.timeout).send().await {
+            let wait = match build().timeout(timeout).send().await {
                 Err(e) => {
                     offline = e.is_connect() || e.is_timeout() || e.is_request();
                     last = describe_transport_error(&e);
@@ -495,6 +549,7 @@ impl Client {
                         .get(RETRY_AFTER)
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| parse_retry_after(v, SystemTime::now()));
+                    let headers = response.headers().clone();
                     // A body cut off counts as empty; what that means is
                     // the caller's (an empty GraphQL answer is an error, an
                     // empty FileStream answer is ignored).
@@ -505,7 +560,7 @@ impl Client {
                     offline = false;
                     if (200..300).contains(&code) {
                         match check(&body) {
-                            BodyVerdict::Done => return Ok(body),
+                            BodyVerdict::Done => return Ok((body, headers)),
                             BodyVerdict::Refused(e) => return Err(e),
                             BodyVerdict::Retry(message) if at_most_once => {
                                 return Err(unconfirmed(message));

@@ -1,7 +1,8 @@
 //! The W&B protocol: GraphQL (`UpsertBucket`, `RunResumeStatus`,
 //! `CreateRunFiles`, alerts), FileStream for history, system metrics,
-//! summary and console lines, and file uploads.
+//! summary and console lines, file uploads, and artifacts (`artifact/`).
 
+pub(crate) mod artifact;
 pub(crate) mod client;
 pub(crate) mod filestream;
 pub(crate) mod ops;

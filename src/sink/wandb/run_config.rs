@@ -328,6 +328,13 @@ fn metrics(records: &[Vec<u8>]) -> Vec<Json> {
         let Ok(m) = protojson::to_protojson(&schema::METRIC_RECORD, raw) else {
             continue;
         };
+        // A definition the writer derived from a glob for one metric it
+        // logged (wandb before 0.31 writes them): the official client leaves
+        // these out, as the server expands globs itself, which is its
+        // default (`x_server_side_expand_glob_metrics`); the glob is sent.
+        if m["expandedFromGlob"].as_bool() == Some(true) {
+            continue;
+        }
         let nonempty = |k: &str| m[k].as_str().filter(|s| !s.is_empty()).map(str::to_string);
         let (map, key) = match (nonempty("name"), nonempty("globName")) {
             (Some(name), _) => (&mut defined, name),
@@ -827,6 +834,17 @@ mod tests {
             // A repeat merges into the earlier definition...
             metric(|e| {
                 e.string(1, "val/acc").message(7, &flags(&[1]));
+            }),
+            // A glob's expansion for one logged metric (wandb < 0.31): left
+            // out, the glob stands for it.
+            metric(|e| {
+                let mut overwrite = Encoder::new();
+                overwrite.varint(1, 1);
+                e.string(1, "train/loss")
+                    .string(4, "epoch")
+                    .message(6, &flags(&[1]))
+                    .message(9, &overwrite)
+                    .varint(10, 1);
             }),
         ];
         let m = wandb_internals(&state)["m"].clone();

@@ -2,6 +2,7 @@
 //! `environment` records) leave in the run directory. It fills what the
 //! records do not say: program, host, git, Slurm variables.
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
 
@@ -11,25 +12,43 @@ use super::views::RunIdentity;
 /// Larger files are not metadata wandb wrote; they are not read.
 const MAX_BYTES: u64 = 1 << 20;
 
-/// Fills the gaps of `identity` from `<run_dir>/files/wandb-metadata.json`,
-/// if there is one. Unreadable or malformed metadata is ignored: it only
+/// The run's `files/wandb-metadata.json`, parsed, if it is there and is
+/// the run's own. Unreadable or malformed metadata is no metadata: it only
 /// adds detail.
-pub(crate) fn fill_gaps(identity: &mut RunIdentity, run_dir: &Path) {
+fn read(run_dir: &Path) -> Option<serde_json::Value> {
     let path = run_dir.join("files").join("wandb-metadata.json");
     // What it adds goes to the server: only the run's own file (no symlink
     // leading out of the run, in any component), and never a named pipe,
     // which would block the read.
-    let Ok(file) = crate::fs::open_beneath(run_dir, &path) else {
-        return;
-    };
+    let file = crate::fs::open_beneath(run_dir, &path).ok()?;
     if file.metadata().map_or(true, |m| m.len() > MAX_BYTES) {
-        return;
+        return None;
     }
     let mut text = String::new();
-    if file.take(MAX_BYTES).read_to_string(&mut text).is_err() {
-        return;
-    }
-    let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) else {
+    file.take(MAX_BYTES).read_to_string(&mut text).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// The Slurm variables the metadata of the run in `run_dir` lists (as
+/// wandb keeps them: lowercased, without `SLURM_`); empty if none.
+pub(crate) fn slurm_variables(run_dir: &Path) -> BTreeMap<String, String> {
+    read(run_dir).as_ref().map(slurm_of).unwrap_or_default()
+}
+
+fn slurm_of(json: &serde_json::Value) -> BTreeMap<String, String> {
+    let Some(slurm) = json.get("slurm").and_then(|v| v.as_object()) else {
+        return BTreeMap::new();
+    };
+    slurm
+        .iter()
+        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+        .collect()
+}
+
+/// Fills the gaps of `identity` from `<run_dir>/files/wandb-metadata.json`,
+/// if there is one.
+pub(crate) fn fill_gaps(identity: &mut RunIdentity, run_dir: &Path) {
+    let Some(json) = read(run_dir) else {
         return;
     };
     let string = |key: &str| {
@@ -60,14 +79,8 @@ pub(crate) fn fill_gaps(identity: &mut RunIdentity, run_dir: &Path) {
             identity.git = Some(record);
         }
     }
-    if identity.slurm.is_empty()
-        && let Some(slurm) = json.get("slurm").and_then(|v| v.as_object())
-    {
-        for (k, v) in slurm {
-            if let Some(v) = v.as_str() {
-                identity.slurm.insert(k.clone(), v.to_string());
-            }
-        }
+    if identity.slurm.is_empty() {
+        identity.slurm = slurm_of(&json);
     }
 }
 

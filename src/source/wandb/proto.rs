@@ -229,32 +229,92 @@ pub struct OutputLoggerRecord {
 pub struct ArtifactRecord {
     #[prost(string, tag = "1")]
     pub run_id: String,
+    #[prost(string, tag = "2")]
+    pub project: String,
+    #[prost(string, tag = "3")]
+    pub entity: String,
     #[prost(string, tag = "4")]
     pub kind: String,
     #[prost(string, tag = "5")]
     pub name: String,
     #[prost(string, tag = "6")]
     pub digest: String,
+    #[prost(string, tag = "7")]
+    pub description: String,
+    /// JSON text.
+    #[prost(string, tag = "8")]
+    pub metadata: String,
+    #[prost(bool, tag = "9")]
+    pub user_created: bool,
+    #[prost(bool, tag = "10")]
+    pub use_after_commit: bool,
     #[prost(string, repeated, tag = "11")]
     pub aliases: Vec<String>,
     #[prost(message, optional, tag = "12")]
     pub manifest: Option<ArtifactManifest>,
+    #[prost(string, tag = "13")]
+    pub distributed_id: String,
+    #[prost(bool, tag = "14")]
+    pub finalize: bool,
+    #[prost(string, tag = "15")]
+    pub client_id: String,
+    #[prost(string, tag = "16")]
+    pub sequence_client_id: String,
+    #[prost(string, tag = "17")]
+    pub base_id: String,
+    #[prost(int64, tag = "18")]
+    pub ttl_duration_seconds: i64,
+    #[prost(string, repeated, tag = "19")]
+    pub tags: Vec<String>,
+    #[prost(bool, tag = "100")]
+    pub incremental_beta1: bool,
 }
 
 #[derive(Clone, PartialEq, Message)]
 pub struct ArtifactManifest {
+    #[prost(int32, tag = "1")]
+    pub version: i32,
+    #[prost(string, tag = "2")]
+    pub storage_policy: String,
+    #[prost(message, repeated, tag = "3")]
+    pub storage_policy_config: Vec<KeyJson>,
     #[prost(message, repeated, tag = "4")]
     pub contents: Vec<ArtifactManifestEntry>,
+    /// A gzipped JSON-lines file holding the entries of a manifest too big
+    /// for the record (the writer's temporary file).
+    #[prost(string, tag = "5")]
+    pub manifest_file_path: String,
 }
 
 #[derive(Clone, PartialEq, Message)]
 pub struct ArtifactManifestEntry {
     #[prost(string, tag = "1")]
     pub path: String,
+    /// MD5, standard base64.
+    #[prost(string, tag = "2")]
+    pub digest: String,
+    /// A reference (`s3://…`, `gs://…`, `file://…`): stored in the manifest only.
+    #[prost(string, tag = "3")]
+    pub reference: String,
     #[prost(int64, tag = "4")]
     pub size: i64,
     #[prost(string, tag = "6")]
     pub local_path: String,
+    #[prost(string, tag = "7")]
+    pub birth_artifact_id: String,
+    #[prost(bool, tag = "8")]
+    pub skip_cache: bool,
+    #[prost(message, repeated, tag = "16")]
+    pub extra: Vec<KeyJson>,
+}
+
+/// A key and a JSON text (`StoragePolicyConfigItem`, `ExtraItem`).
+#[derive(Clone, PartialEq, Message)]
+pub struct KeyJson {
+    #[prost(string, tag = "1")]
+    pub key: String,
+    #[prost(string, tag = "2")]
+    pub value_json: String,
 }
 
 #[derive(Clone, PartialEq, Message)]

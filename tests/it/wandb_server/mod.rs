@@ -1,6 +1,7 @@
 //! A W&B-protocol test server (the contract is §6.3 of the protocol research):
-//! `POST /graphql`, `POST /files/{e}/{p}/{r}/file_stream`, `PUT /storage/...`
-//! and `GET /_state`, with per-endpoint fault injection.
+//! `POST /graphql`, `POST /files/{e}/{p}/{r}/file_stream`, `PUT /storage/...`,
+//! the artifact protocol (`PUT /artifacts/...`, see [`artifacts`]) and
+//! `GET /_state`, with per-endpoint fault injection.
 //!
 //! It runs on its own tokio runtime inside the test process, binds an
 //! ephemeral port on 127.0.0.1 only, and stops when the [`WandbServer`] is
@@ -17,11 +18,13 @@
 //! assert_eq!(run["complete"], true);
 //! ```
 
+mod artifacts;
 mod graphql;
 #[cfg(test)]
 mod selftest;
 mod state;
 
+pub use artifacts::sha256_hex;
 pub use state::parse_lenient;
 
 use std::io::Read;
@@ -55,6 +58,12 @@ pub enum Endpoint {
     FileStreamWith(String),
     /// `PUT /storage/...` (the upload URLs handed out by `CreateRunFiles`).
     Storage,
+    /// `PUT /artifacts/...`: every artifact file, part and manifest upload.
+    ArtifactStorage,
+    /// `PUT /artifacts/...` of one artifact file (its path in the artifact,
+    /// also for its multipart parts) or, as `"wandb_manifest.json"`, of a
+    /// manifest.
+    ArtifactFile(String),
 }
 
 /// What happens to a request a fault rule matches.
@@ -71,6 +80,9 @@ pub enum Fault {
     Delay(Duration),
     /// Answer 200 with `{"data":null,"errors":[{"message":...}]}`, not processed.
     GraphqlError(String),
+    /// Never answer and never process (until the client gives up or the
+    /// server stops): a server that hangs mid-protocol.
+    Hang,
 }
 
 /// `RateLimit-Remaining` / `RateLimit-Reset` values added to every answer.
@@ -194,8 +206,9 @@ impl WandbServer {
         self.lock().port = port;
     }
 
-    /// The same JSON as `GET /_state`:
-    /// `{"runs":[...], "operations":[...], "requests":[...], "counters":{...}}`.
+    /// The same JSON as `GET /_state`: `{"runs":[...], "artifacts":[...],
+    /// "operations":[...], "requests":[...], "counters":{...}}` (artifacts as
+    /// in [`artifacts`](Self::artifacts)).
     ///
     /// Each run has `entity`, `project`, `name`, `id`, `upserts`, `config`
     /// (parsed), the `UpsertBucket` parameters under their GraphQL names
@@ -231,6 +244,33 @@ impl WandbServer {
             .iter()
             .map(|o| o["name"].as_str().unwrap_or_default().to_string())
             .collect()
+    }
+
+    /// Every artifact version, in creation order, as in the snapshot's
+    /// `artifacts`: `id`, `entity`, `project`, `name` (collection), `type`,
+    /// `version` (`"v0"`…, `null` while pending), `digest`, `aliases`
+    /// (sorted; `latest` on the newest committed version), `state`
+    /// (`PENDING`/`COMMITTED`), `description`, `metadata` (parsed),
+    /// `created_by` (run name), `used_by` (run names), `creates` (CreateArtifact
+    /// calls that returned it), `commits`, `manifest` (the uploaded manifest,
+    /// parsed), `entries` (its contents by path, with `birthArtifact` as
+    /// `name:version`), `files` (by path: `md5`, `birthArtifactID`,
+    /// `upload_requested`, `stored_here`, `puts`, `multipart`, `size` and
+    /// `sha256` of the bytes the server holds for it), `manifest_puts`.
+    pub fn artifacts(&self) -> Vec<Value> {
+        let observed = self.lock().observe();
+        observed.snapshot()["artifacts"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The bytes the server holds for `path` of artifact version `id`
+    /// (uploaded with it, or with the version it was deduplicated against).
+    pub fn artifact_file(&self, id: &str, path: &str) -> Option<Vec<u8>> {
+        self.lock()
+            .artifact_file_bytes(id, path)
+            .map(<[u8]>::to_vec)
     }
 
     /// The bytes PUT for `path` (relative to the run's files dir) of run `name`.
@@ -298,6 +338,7 @@ enum Route {
     Graphql,
     FileStream(state::RunKey),
     Storage(state::RunKey, String),
+    ArtifactStorage(String, Vec<String>),
     State,
     NotFound,
 }
@@ -316,6 +357,10 @@ fn route(method: &Method, path: &str) -> Route {
                 file.join("/"),
             )
         }
+        (&Method::PUT, ["artifacts", id, rest @ ..]) if !rest.is_empty() => Route::ArtifactStorage(
+            percent_decode(id),
+            rest.iter().map(|s| percent_decode(s)).collect(),
+        ),
         (&Method::GET, ["_state"]) => Route::State,
         _ => Route::NotFound,
     }
@@ -342,6 +387,7 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Answ
         Route::Graphql => Kind::Graphql,
         Route::FileStream(_) => Kind::FileStream,
         Route::Storage(..) => Kind::Storage,
+        Route::ArtifactStorage(..) => Kind::ArtifactStorage,
         Route::State | Route::NotFound => Kind::Other,
     };
 
@@ -363,12 +409,19 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Answ
         (Kind::Graphql, Some(Ok(v))) => Some(graphql::operation_name(v)),
         _ => None,
     };
-    let stream_files: Vec<String> = match (&kind, &json_body) {
-        (Kind::FileStream, Some(Ok(v))) => v
+    // FileStream: the files a request carries; artifact uploads: the file.
+    let stream_files: Vec<String> = match (&kind, &json_body, &route) {
+        (Kind::FileStream, Some(Ok(v)), _) => v
             .get("files")
             .and_then(Value::as_object)
             .map(|files| files.keys().cloned().collect())
             .unwrap_or_default(),
+        (_, _, Route::ArtifactStorage(_, rest)) => match rest.as_slice() {
+            [m] if m == "manifest" => vec!["wandb_manifest.json".to_string()],
+            [kind, name @ ..] if kind == "files" => vec![name.join("/")],
+            [kind, _, name @ ..] if kind == "parts" => vec![name.join("/")],
+            _ => Vec::new(),
+        },
         _ => Vec::new(),
     };
 
@@ -380,6 +433,7 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Answ
             Kind::Graphql => s.counters.graphql += 1,
             Kind::FileStream => s.counters.file_stream += 1,
             Kind::Storage => s.counters.storage_puts += 1,
+            Kind::ArtifactStorage => s.counters.artifact_puts += 1,
             Kind::Other => {}
         }
         s.take_fault(kind, op.as_deref(), &stream_files)
@@ -401,6 +455,11 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Answ
 
     match &fault {
         Some(Fault::Delay(d)) => tokio::time::sleep(*d).await,
+        Some(Fault::Hang) => {
+            log(0, &fault);
+            // Dropped with the runtime when the server stops.
+            std::future::pending::<()>().await;
+        }
         Some(Fault::Drop) => {
             log(0, &fault);
             return Err(Dropped);
@@ -448,9 +507,13 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Answ
             }
             (Route::Graphql, _) => {
                 let vars = variables();
+                let query = match &json_body {
+                    Some(Ok(v)) => v.get("query").and_then(Value::as_str).unwrap_or_default(),
+                    _ => "",
+                };
                 json_answer(
                     200,
-                    &graphql::respond(&mut s, op.as_deref().unwrap_or_default(), &vars),
+                    &graphql::respond(&mut s, op.as_deref().unwrap_or_default(), query, &vars),
                 )
             }
             (Route::FileStream(key), _) => {
@@ -485,6 +548,38 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Answ
                         json_answer(200, &json!({}))
                     }
                     Err(e) => error_answer(400, &e),
+                }
+            }
+            (Route::ArtifactStorage(id, rest), _) => {
+                if headers.contains_key(hyper::header::AUTHORIZATION) {
+                    s.counters.storage_auth_violations += 1;
+                }
+                // Multipart parts carry only their own headers (wandb-core
+                // sends Content-MD5, Content-Length and Content-Type).
+                let is_part = rest.first().is_some_and(|k| k == "parts");
+                let missing = !is_part
+                    && s.upload_headers
+                        .iter()
+                        .any(|h| !has_upload_header(&headers, h));
+                if missing {
+                    s.counters.missing_upload_headers += 1;
+                }
+                let content_md5 = headers
+                    .get("content-md5")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                match body
+                    .map_err(|e| (400, e))
+                    .and_then(|bytes| s.artifact_put(id, rest, content_md5.as_deref(), bytes))
+                {
+                    Ok(etag) => {
+                        let mut answer = json_answer(200, &json!({}));
+                        answer
+                            .headers_mut()
+                            .insert("etag", etag.parse().expect("header value"));
+                        answer
+                    }
+                    Err((code, message)) => error_answer(code, &message),
                 }
             }
             _ => error_answer(404, &format!("no route for {method} {path}")),

@@ -169,14 +169,14 @@ fn graphql_operations_follow_the_blueprint() {
 
     let other = gql(
         &server,
-        "CreateArtifact",
-        "mutation CreateArtifact { x }",
+        "LinkArtifact",
+        "mutation LinkArtifact { x }",
         json!({}),
     )
     .unwrap();
     assert_eq!(
         other.body,
-        json!({"data": null, "errors": [{"message": "not implemented: CreateArtifact"}]})
+        json!({"data": null, "errors": [{"message": "not implemented: LinkArtifact"}]})
     );
 
     let run = server.run("r1").unwrap();
@@ -193,7 +193,7 @@ fn graphql_operations_follow_the_blueprint() {
             "CreateRunFiles",
             "RunResumeStatus",
             "RunResumeStatus",
-            "CreateArtifact"
+            "LinkArtifact"
         ]
     );
     assert_eq!(
@@ -469,4 +469,371 @@ fn dropping_the_handle_stops_the_server() {
     assert!(addr.ip().is_loopback());
     drop(server);
     assert!(TcpStream::connect(addr).is_err());
+}
+
+// ---------------------------------------------------------------------------
+// The artifact protocol, request by request.
+// ---------------------------------------------------------------------------
+
+fn md5_hex(bytes: &[u8]) -> String {
+    use md5::Digest;
+    md5::Md5::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn data(reply: Option<Reply>, field: &str) -> Value {
+    let reply = reply.expect("an answer");
+    assert_eq!(reply.status, 200);
+    assert!(reply.body["errors"].is_null(), "{field}: {}", reply.body);
+    reply.body["data"][field].clone()
+}
+
+fn path_of(server: &WandbServer, url: &Value) -> String {
+    url.as_str()
+        .unwrap()
+        .strip_prefix(&server.base_url())
+        .unwrap()
+        .to_string()
+}
+
+fn create_version(server: &WandbServer, digest: &str, aliases: &[&str]) -> Value {
+    let aliases: Vec<Value> = aliases
+        .iter()
+        .map(|a| json!({"artifactCollectionName": "ds", "alias": a}))
+        .collect();
+    let input = json!({"entityName": "", "projectName": "p", "artifactTypeName": "dataset",
+        "artifactCollectionName": "ds", "runName": "r1", "digest": digest, "aliases": aliases,
+        "description": "d", "metadata": "{\"k\":1}", "clientID": format!("client-{digest}")});
+    let q = "mutation CreateArtifact($input: CreateArtifactInput!) { x }";
+    data(
+        gql(server, "CreateArtifact", q, json!({"input": input})),
+        "createArtifact",
+    )["artifact"]
+        .clone()
+}
+
+fn manifest_request(server: &WandbServer, id: &Value, digest: &str, upload: bool) -> Value {
+    let vars = json!({"artifactID": id, "baseArtifactID": null, "name": "wandb_manifest.json",
+        "digest": digest, "entityName": "default-entity", "projectName": "p", "runName": "r1",
+        "manifestType": "FULL", "includeUpload": upload});
+    data(
+        gql(
+            server,
+            "CreateArtifactManifest",
+            "mutation CreateArtifactManifest { x }",
+            vars,
+        ),
+        "createArtifactManifest",
+    )["artifactManifest"]
+        .clone()
+}
+
+fn file_specs(server: &WandbServer, specs: Value) -> Vec<Value> {
+    let vars = json!({"input": {"storageLayout": "V2", "artifactFiles": specs}});
+    data(
+        gql(
+            server,
+            "CreateArtifactFiles",
+            "mutation CreateArtifactFiles { x }",
+            vars,
+        ),
+        "createArtifactFiles",
+    )["files"]["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["node"].clone())
+        .collect()
+}
+
+fn put(server: &WandbServer, url: &Value, md5: Option<&str>, body: &[u8]) -> Reply {
+    let headers: Vec<(&str, &str)> = md5.map(|m| ("Content-MD5", m)).into_iter().collect();
+    send(server, "PUT", &path_of(server, url), &headers, body).expect("an answer")
+}
+
+/// Uploads `manifest` for version `id` and commits it.
+fn finish_version(server: &WandbServer, id: &Value, manifest: &Value) -> Option<Reply> {
+    let bytes = manifest.to_string().into_bytes();
+    let digest = super::artifacts::md5_b64(&bytes);
+    let file = &manifest_request(server, id, &digest, true)["file"];
+    assert!(
+        file["uploadHeaders"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(format!("Content-MD5:{digest}")))
+    );
+    assert_eq!(
+        put(server, &file["uploadUrl"], Some(&digest), &bytes).status,
+        200
+    );
+    gql(
+        server,
+        "CommitArtifact",
+        "mutation CommitArtifact { x }",
+        json!({"artifactID": id}),
+    )
+}
+
+#[test]
+fn artifact_versions_dedup_check_md5_and_complete_multipart() {
+    let server = WandbServer::start();
+    let md5 = super::artifacts::md5_b64;
+    let (one, part1, part2) = (b"one".to_vec(), vec![7u8; 1000], vec![9u8; 10]);
+    let big: Vec<u8> = [part1.clone(), part2.clone()].concat();
+
+    let v0 = create_version(&server, "digest-0", &["latest", "best"]);
+    assert_eq!(v0["state"], "PENDING");
+    assert!(v0["artifactSequence"]["latestArtifact"].is_null());
+    // The same digest while pending: the same version (a client resuming).
+    assert_eq!(
+        create_version(&server, "digest-0", &["latest"])["id"],
+        v0["id"]
+    );
+    let id = &v0["id"];
+    let manifest = manifest_request(&server, id, "", false);
+    assert!(manifest["file"].get("uploadUrl").is_none());
+    let nodes = file_specs(
+        &server,
+        json!([
+            {"artifactID": id, "name": "dir/one.txt", "md5": md5(&one), "artifactManifestID": manifest["id"]},
+            {"artifactID": id, "name": "big.bin", "md5": md5(&big), "artifactManifestID": manifest["id"],
+             "uploadPartsInput": [{"partNumber": 1, "hexMD5": md5_hex(&part1)}, {"partNumber": 2, "hexMD5": md5_hex(&part2)}]},
+        ]),
+    );
+    assert_eq!(nodes[0]["artifact"]["id"], *id);
+    assert!(nodes[0]["uploadMultipartUrls"].is_null());
+    let headers = nodes[0]["uploadHeaders"].as_array().unwrap();
+    assert_eq!(headers, &[json!(format!("Content-MD5:{}", md5(&one)))]);
+
+    // Content-MD5 must be the body's, and the body the declared file.
+    assert_eq!(
+        put(&server, &nodes[0]["uploadUrl"], Some(&md5(b"two")), &one).status,
+        400
+    );
+    assert_eq!(
+        put(&server, &nodes[0]["uploadUrl"], Some(&md5(b"two")), b"two").status,
+        400
+    );
+    // Committing before every file and the manifest are there is refused.
+    let early = gql(
+        &server,
+        "CommitArtifact",
+        "mutation CommitArtifact { x }",
+        json!({"artifactID": id}),
+    );
+    assert!(
+        early.unwrap().body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no uploaded manifest")
+    );
+    let stored = put(&server, &nodes[0]["uploadUrl"], Some(&md5(&one)), &one);
+    assert_eq!(stored.status, 200);
+    assert!(
+        stored
+            .headers
+            .contains(&format!("etag: \"{}\"", md5_hex(&one)))
+    );
+
+    // Multipart: parts checked against their hexMD5, answered with ETags.
+    let parts = nodes[1]["uploadMultipartUrls"]["uploadUrlParts"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        put(&server, &parts[1]["uploadUrl"], None, &part1).status,
+        400
+    );
+    let mut etags = Vec::new();
+    for (part, bytes) in parts.iter().zip([&part1, &part2]) {
+        let reply = put(&server, &part["uploadUrl"], Some(&md5(bytes)), bytes);
+        assert_eq!(reply.status, 200);
+        let etag = reply
+            .headers
+            .lines()
+            .find_map(|l| l.strip_prefix("etag: "))
+            .unwrap()
+            .to_string();
+        etags.push(json!({"partNumber": part["partNumber"], "hexMD5": etag}));
+    }
+    let complete = |parts: Value| {
+        gql(&server, "CompleteMultipartUploadArtifact", "mutation CompleteMultipartUploadArtifact { x }",
+            json!({"completeMultipartAction": "Complete", "completedParts": parts, "artifactID": id,
+                   "storagePath": nodes[1]["storagePath"], "uploadID": nodes[1]["uploadMultipartUrls"]["uploadID"]}))
+        .unwrap()
+        .body
+    };
+    let wrong = json!([etags[0], {"partNumber": 2, "hexMD5": "\"0\""}]);
+    assert!(complete(wrong)["errors"].is_array());
+    assert_eq!(
+        complete(json!(etags))["data"]["completeMultipartUploadArtifact"]["digest"],
+        md5(&big)
+    );
+
+    let entries = json!({"version": 1, "storagePolicy": "wandb-storage-policy-v1",
+        "storagePolicyConfig": {"storageLayout": "V2"}, "contents": {
+            "dir/one.txt": {"digest": md5(&one), "size": 3, "birthArtifactID": id},
+            "big.bin": {"digest": md5(&big), "size": big.len(), "birthArtifactID": id},
+            "remote.csv": {"digest": "s3://b/remote.csv", "ref": "s3://b/remote.csv"}}});
+    assert!(finish_version(&server, id, &entries).unwrap().body["errors"].is_null());
+
+    // A second version: the file the collection stores gets no upload URL.
+    let v1 = create_version(&server, "digest-1", &["latest", "best"]);
+    assert_eq!(v1["artifactSequence"]["latestArtifact"]["id"], *id);
+    let nodes = file_specs(
+        &server,
+        json!([{"artifactID": v1["id"], "name": "copy.txt", "md5": md5(&one)}]),
+    );
+    assert!(nodes[0]["uploadUrl"].is_null());
+    assert_eq!(nodes[0]["artifact"]["id"], *id);
+    let entries = json!({"version": 1, "storagePolicyConfig": {"storageLayout": "V2"},
+        "contents": {"copy.txt": {"digest": md5(&one), "size": 3, "birthArtifactID": id}}});
+    assert!(finish_version(&server, &v1["id"], &entries).unwrap().body["errors"].is_null());
+    // Committed: the same digest again returns it, committed.
+    assert_eq!(
+        create_version(&server, "digest-1", &[])["state"],
+        "COMMITTED"
+    );
+    let used = json!({"input": {"artifactID": id, "entityName": "default-entity", "projectName": "p", "runName": "r2"}});
+    data(
+        gql(&server, "UseArtifact", "mutation UseArtifact { x }", used),
+        "useArtifact",
+    );
+    let mapped = gql(
+        &server,
+        "ClientIDMapping",
+        "query ClientIDMapping { x }",
+        json!({"clientID": "client-digest-1"}),
+    );
+    assert_eq!(data(mapped, "clientIDMapping")["serverID"], v1["id"]);
+
+    let artifacts = server.artifacts();
+    let (a0, a1) = (&artifacts[0], &artifacts[1]);
+    assert_eq!(
+        (a0["version"].clone(), a1["version"].clone()),
+        (json!("v0"), json!("v1"))
+    );
+    assert_eq!(a0["aliases"], json!([]), "best and latest moved to v1");
+    assert_eq!(a1["aliases"], json!(["best", "latest"]));
+    assert_eq!(
+        (a0["creates"].clone(), a1["creates"].clone()),
+        (json!(2), json!(2))
+    );
+    assert_eq!(a0["entity"], "default-entity");
+    assert_eq!(a0["metadata"], json!({"k": 1}));
+    assert_eq!(a0["used_by"], json!(["r2"]));
+    assert_eq!(a0["files"]["big.bin"]["multipart"]["completed"], true);
+    assert_eq!(a0["files"]["dir/one.txt"]["puts"], 1);
+    assert_eq!(a0["entries"]["remote.csv"]["ref"], "s3://b/remote.csv");
+    assert_eq!(a1["entries"]["copy.txt"]["birthArtifact"], "ds:v0");
+    assert_eq!(
+        a1["files"]["copy.txt"]["sha256"],
+        super::artifacts::sha256_hex(&one)
+    );
+    assert_eq!(
+        server
+            .artifact_file(a1["id"].as_str().unwrap(), "copy.txt")
+            .unwrap(),
+        one
+    );
+    assert_eq!(
+        server
+            .artifact_file(a0["id"].as_str().unwrap(), "big.bin")
+            .unwrap(),
+        big
+    );
+    let counters = server.snapshot()["counters"].clone();
+    assert_eq!(counters["artifact_md5_mismatches"], 3);
+    assert_eq!(counters["artifact_puts"], 8);
+    assert_eq!(counters["storage_puts"], 0);
+}
+
+#[test]
+fn artifact_uploads_can_fail_or_hang() {
+    let server = WandbServer::start();
+    let v = create_version(&server, "digest-h", &["latest"]);
+    let bytes = b"payload".to_vec();
+    let md5 = super::artifacts::md5_b64(&bytes);
+    let nodes = file_specs(
+        &server,
+        json!([{"artifactID": v["id"], "name": "a.txt", "md5": md5}]),
+    );
+    server.inject(
+        Endpoint::ArtifactStorage,
+        Fault::Status {
+            code: 503,
+            retry_after: None,
+        },
+        1,
+    );
+    server.inject(Endpoint::ArtifactFile("a.txt".into()), Fault::Hang, 1);
+    server.inject(
+        Endpoint::Operation("CommitArtifact".into()),
+        Fault::GraphqlError("boom".into()),
+        1,
+    );
+    assert_eq!(
+        put(&server, &nodes[0]["uploadUrl"], Some(&md5), &bytes).status,
+        503
+    );
+
+    // The hung PUT gets no answer and stores nothing.
+    let mut stream = TcpStream::connect(server.addr()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let path = path_of(&server, &nodes[0]["uploadUrl"]);
+    let head = format!(
+        "PUT {path} HTTP/1.1\r\nHost: x\r\nContent-MD5: {md5}\r\nContent-Length: {}\r\n\r\n",
+        bytes.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(&bytes).unwrap();
+    let mut buf = [0u8; 64];
+    assert!(
+        stream.read(&mut buf).is_err(),
+        "a hung request was answered"
+    );
+    assert_eq!(server.artifacts()[0]["files"]["a.txt"]["puts"], 0);
+
+    assert_eq!(
+        put(&server, &nodes[0]["uploadUrl"], Some(&md5), &bytes).status,
+        200
+    );
+    let manifest = json!({"version": 1, "contents": {"a.txt": {"digest": md5, "size": 7}}});
+    let failed = finish_version(&server, &v["id"], &manifest).unwrap();
+    assert_eq!(failed.body["errors"][0]["message"], "boom");
+    assert_eq!(server.artifacts()[0]["state"], "PENDING");
+    let again = gql(
+        &server,
+        "CommitArtifact",
+        "mutation CommitArtifact { x }",
+        json!({"artifactID": v["id"]}),
+    );
+    assert!(again.unwrap().body["errors"].is_null());
+    let a = &server.artifacts()[0];
+    assert_eq!(
+        (
+            a["state"].clone(),
+            a["version"].clone(),
+            a["commits"].clone()
+        ),
+        (json!("COMMITTED"), json!("v0"), json!(1))
+    );
+    let faults: Vec<Value> = server.snapshot()["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["fault"].as_str().map(|f| json!(f)))
+        .collect();
+    assert_eq!(
+        faults,
+        [
+            json!("status 503"),
+            json!("hang"),
+            json!("graphql error: boom")
+        ]
+    );
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
+use super::artifacts::{Artifact, artifact_snapshot};
 use super::{Endpoint, Fault, RateLimit};
 
 pub const HISTORY: &str = "wandb-history.jsonl";
@@ -81,6 +82,8 @@ pub struct Counters {
     pub graphql: u64,
     pub file_stream: u64,
     pub storage_puts: u64,
+    /// `PUT /artifacts/...` (files, parts, manifests), refused ones too.
+    pub artifact_puts: u64,
     pub heartbeats: u64,
     pub unauthorized: u64,
     pub bad_requests: u64,
@@ -90,6 +93,10 @@ pub struct Counters {
     pub gaps: u64,
     pub storage_auth_violations: u64,
     pub missing_upload_headers: u64,
+    /// Artifact PUTs refused because the body's md5 was not the one given.
+    pub artifact_md5_mismatches: u64,
+    /// Artifact PUTs that carried no `Content-MD5` header.
+    pub artifact_puts_without_md5: u64,
 }
 
 pub struct FaultRule {
@@ -109,6 +116,8 @@ pub struct State {
     pub rate_limit: Option<RateLimit>,
     pub faults: Vec<FaultRule>,
     pub runs: BTreeMap<RunKey, Run>,
+    /// Artifact versions in creation order (id `artifact-<n>`).
+    pub artifacts: Vec<Artifact>,
     /// GraphQL operations in arrival order: `{name, variables, status, fault}`.
     pub operations: Vec<Value>,
     /// Every request: `{method, path, op, status, fault}`; status 0 = dropped.
@@ -128,6 +137,7 @@ impl State {
             rate_limit: None,
             faults: Vec::new(),
             runs: BTreeMap::new(),
+            artifacts: Vec::new(),
             operations: Vec::new(),
             requests: Vec::new(),
             counters: Counters::default(),
@@ -252,6 +262,7 @@ impl State {
     pub fn observe(&self) -> Observed {
         Observed {
             runs: self.runs.clone(),
+            artifacts: self.artifacts.clone(),
             operations: self.operations.clone(),
             requests: self.requests.clone(),
             counters: self.counters.clone(),
@@ -261,6 +272,7 @@ impl State {
 
 pub struct Observed {
     runs: BTreeMap<RunKey, Run>,
+    artifacts: Vec<Artifact>,
     operations: Vec<Value>,
     requests: Vec<Value>,
     counters: Counters,
@@ -273,9 +285,15 @@ impl Observed {
             .iter()
             .map(|(key, run)| run_snapshot(key, run))
             .collect();
+        let artifacts: Vec<Value> = self
+            .artifacts
+            .iter()
+            .map(|a| artifact_snapshot(&self.artifacts, a))
+            .collect();
         let c = &self.counters;
         json!({
             "runs": runs,
+            "artifacts": artifacts,
             "operations": self.operations,
             "requests": self.requests,
             "counters": {
@@ -284,6 +302,7 @@ impl Observed {
                 "graphql": c.graphql,
                 "file_stream": c.file_stream,
                 "storage_puts": c.storage_puts,
+                "artifact_puts": c.artifact_puts,
                 "heartbeats": c.heartbeats,
                 "unauthorized": c.unauthorized,
                 "bad_requests": c.bad_requests,
@@ -293,6 +312,8 @@ impl Observed {
                 "gaps": c.gaps,
                 "storage_auth_violations": c.storage_auth_violations,
                 "missing_upload_headers": c.missing_upload_headers,
+                "artifact_md5_mismatches": c.artifact_md5_mismatches,
+                "artifact_puts_without_md5": c.artifact_puts_without_md5,
             },
         })
     }
@@ -371,6 +392,12 @@ pub fn run_snapshot((entity, project, name): &RunKey, run: &Run) -> Value {
     for param in PARAMS {
         out[*param] = run.params.get(*param).cloned().unwrap_or(Value::Null);
     }
+    // A W&B run's tags are a list, empty until some are set; an upsert
+    // with `tags: null` leaves them as they are (and the resume query
+    // answers the same list).
+    if out["tags"].is_null() {
+        out["tags"] = json!([]);
+    }
     out
 }
 
@@ -431,6 +458,8 @@ pub enum Kind {
     Graphql,
     FileStream,
     Storage,
+    /// `PUT /artifacts/...`: artifact files, parts and manifests.
+    ArtifactStorage,
     Other,
 }
 
@@ -442,6 +471,8 @@ impl Endpoint {
             Endpoint::FileStream => kind == Kind::FileStream,
             Endpoint::FileStreamWith(file) => kind == Kind::FileStream && files.contains(file),
             Endpoint::Storage => kind == Kind::Storage,
+            Endpoint::ArtifactStorage => kind == Kind::ArtifactStorage,
+            Endpoint::ArtifactFile(name) => kind == Kind::ArtifactStorage && files.contains(name),
         }
     }
 }
@@ -462,6 +493,7 @@ impl Fault {
             Fault::DropAfterProcessing => "drop after processing".into(),
             Fault::Delay(d) => format!("delay {}", fmt_duration(*d)),
             Fault::GraphqlError(m) => format!("graphql error: {m}"),
+            Fault::Hang => "hang".into(),
         }
     }
 }

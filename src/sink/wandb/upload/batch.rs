@@ -23,6 +23,9 @@ use crate::sink::wandb::client::{Client, Reserved, SinkError};
 use crate::sink::wandb::filestream::{self, Lines, Request};
 use crate::sink::wandb::ops::{self, ServerRun};
 
+use super::files::SpooledLog;
+use super::output_log;
+
 /// PUTs of one step in flight at once: a run that saved many files sends
 /// them without waiting a round trip for each, and without opening a
 /// connection per file.
@@ -33,6 +36,10 @@ pub(super) struct Step {
     pub server: ServerRun,
     /// Files to store, by name (their acknowledgements are the caller's).
     pub files: BTreeMap<String, Vec<u8>>,
+    /// `output.log` rebuilt in its spool, stored as `output.log` (its
+    /// acknowledgement is the caller's too); the spool is removed once
+    /// stored.
+    pub output_log: Option<SpooledLog>,
     /// FileStream bodies, sent in this order.
     pub bodies: Vec<filestream::Encoded>,
     /// History lines the bodies carry.
@@ -57,6 +64,7 @@ impl Step {
         let Step {
             server,
             files,
+            output_log,
             bodies,
             history_lines,
             mut closing,
@@ -69,7 +77,8 @@ impl Step {
             }
             Ok(())
         };
-        let (mut sent, ()) = tokio::try_join!(put_files(&client, &server, files), stream)?;
+        let (mut sent, ()) =
+            tokio::try_join!(put_files(&client, &server, files, output_log), stream)?;
         closing.uploaded = sent.uploaded.clone();
         if !closing.is_empty() {
             send_to_stream(&client, &server, &closing).await?;
@@ -79,25 +88,38 @@ impl Step {
     }
 }
 
-/// Asks for upload URLs for `files`, then PUTs them, [`PARALLEL_PUTS`] at
-/// a time. The first failure ends the step (the PUTs still under way are
-/// dropped).
+/// Asks for upload URLs for `files` (and `output.log`, from its spool),
+/// then PUTs them, [`PARALLEL_PUTS`] at a time. The first failure ends the
+/// step (the PUTs still under way are dropped).
 async fn put_files(
     client: &Client,
     server: &ServerRun,
     mut files: BTreeMap<String, Vec<u8>>,
+    output_log: Option<SpooledLog>,
 ) -> Result<Sent, SinkError> {
     let mut sent = Sent::default();
-    if files.is_empty() {
+    if files.is_empty() && output_log.is_none() {
         return Ok(sent);
     }
-    let names: Vec<String> = files.keys().cloned().collect();
+    let mut names: Vec<String> = files.keys().cloned().collect();
+    if output_log.is_some() {
+        names.push(filestream::OUTPUT.into());
+        names.sort();
+    }
     let targets = ops::create_run_files(client, server, &names).await?;
     let headers = Arc::new(targets.headers);
+    let mut output_log = output_log.map(Arc::new);
     let mut puts = tokio::task::JoinSet::new();
     for (name, url) in targets.files {
-        let Some(bytes) = files.remove(&name) else {
-            continue;
+        let body = if name == filestream::OUTPUT
+            && let Some(spool) = &output_log
+        {
+            PutBody::Spool(Arc::clone(spool))
+        } else {
+            match files.remove(&name) {
+                Some(bytes) => PutBody::Bytes(bytes),
+                None => continue,
+            }
         };
         let Some(url) = url else {
             sent.refused.push(name);
@@ -108,17 +130,41 @@ async fn put_files(
         }
         let (client, headers) = (client.clone(), Arc::clone(&headers));
         puts.spawn(with_context(async move {
-            client
-                .put(&format!("upload of {name}"), &url, &headers, bytes)
-                .await
-                .map(|()| name)
+            let what = format!("upload of {name}");
+            match body {
+                PutBody::Bytes(bytes) => client.put(&what, &url, &headers, bytes).await,
+                // Streamed from the spool, a piece at a time, on every
+                // attempt: the log is never held whole.
+                PutBody::Spool(spool) => {
+                    client
+                        .put_body(&what, &url, &headers, || {
+                            reqwest::Body::wrap(output_log::FileBody::open(
+                                &spool.path,
+                                spool.ack.size,
+                            ))
+                        })
+                        .await
+                }
+            }
+            .map(|()| name)
         }));
     }
     while let Some(put) = puts.join_next().await {
         sent.uploaded.push(joined(Some(put))?);
     }
+    // Stored (or not wanted): the spool has served; a failure above leaves
+    // it to be made again by the next finish.
+    if let Some(spool) = output_log.take() {
+        let _ = std::fs::remove_file(&spool.path);
+    }
     sent.uploaded.sort();
     Ok(sent)
+}
+
+/// What a PUT sends: bytes read already, or the `output.log` spool.
+enum PutBody {
+    Bytes(Vec<u8>),
+    Spool(Arc<SpooledLog>),
 }
 
 /// A PUT task's result; a panic in it is the caller's panic.

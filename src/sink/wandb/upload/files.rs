@@ -14,15 +14,20 @@ use crate::sink::wandb::filestream;
 use crate::sink::wandb::run_config;
 use crate::source::wandb::views::{FileKind, Policy};
 
-use super::RunSync;
+use super::{RunSync, output_log};
 
 impl RunSync<'_> {
     /// The files a step uploads: those new or changed (end-policy and
-    /// generated files only when the run finishes), by name. They are taken
-    /// as stored in the run as read (so the next step does not offer them
-    /// again); the step's checkpoint, saved once they are, holds that too.
-    pub(super) fn files_for_step(&mut self, finishing: bool) -> BTreeMap<String, Vec<u8>> {
-        let (contents, mtimes) = self.files_to_send(finishing);
+    /// generated files only when the run finishes), by name, and when the
+    /// run finishes, `output.log` rebuilt in its spool unless the server
+    /// has it as it is. They are taken as stored in the run as read (so the
+    /// next step does not offer them again); the step's checkpoint, saved
+    /// once they are, holds that too.
+    pub(super) fn files_for_step(
+        &mut self,
+        finishing: bool,
+    ) -> (BTreeMap<String, Vec<u8>>, Option<SpooledLog>) {
+        let (contents, mtimes, output) = self.files_to_send(finishing);
         for (name, bytes) in &contents {
             let ack = FileAck {
                 size: bytes.len() as u64,
@@ -31,25 +36,42 @@ impl RunSync<'_> {
             };
             self.entry.acked.files.insert(name.clone(), ack);
         }
-        contents
+        if let Some(spool) = &output {
+            self.entry
+                .acked
+                .files
+                .insert(filestream::OUTPUT.into(), spool.ack.clone());
+        }
+        (contents, output)
     }
 
     /// A dry run's [`RunSync::files_for_step`]: counts what would be sent
     /// and takes it as sent (in memory only), so it is counted once.
     pub(super) fn count_files(&mut self, finishing: bool) {
-        for bytes in self.files_for_step(finishing).into_values() {
+        let (contents, output) = self.files_for_step(finishing);
+        if let Some(spool) = output {
+            let _ = std::fs::remove_file(&spool.path);
+            self.would_send.files += 1;
+            self.would_send.bytes += spool.ack.size;
+        }
+        for bytes in contents.into_values() {
             self.would_send.files += 1;
             self.would_send.bytes += bytes.len() as u64;
         }
     }
 
     /// The run's files that the server does not have as they are now, by
-    /// name, with the mtime each had when read.
+    /// name, with the mtime each had when read; and, when finishing, the
+    /// rebuilt `output.log` unless the server has it as it is.
     #[allow(clippy::type_complexity)]
     pub(super) fn files_to_send(
         &mut self,
         finishing: bool,
-    ) -> (BTreeMap<String, Vec<u8>>, BTreeMap<String, i64>) {
+    ) -> (
+        BTreeMap<String, Vec<u8>>,
+        BTreeMap<String, i64>,
+        Option<SpooledLog>,
+    ) {
         let mut contents: BTreeMap<String, Vec<u8>> = BTreeMap::new();
         // Each file's mtime when read, for its acknowledgement.
         let mut mtimes: BTreeMap<String, i64> = BTreeMap::new();
@@ -61,7 +83,12 @@ impl RunSync<'_> {
             .map(|(p, e)| (p.clone(), e.policy, e.kind))
             .collect();
         for (path, policy, kind) in listed {
-            if kind == FileKind::Artifact || (policy == Policy::End && !finishing) {
+            // The writer's own output.log is never sent: it is rebuilt from
+            // the console records when the run finishes (see output_log.rs).
+            if kind == FileKind::Artifact
+                || (policy == Policy::End && !finishing)
+                || path == filestream::OUTPUT
+            {
                 continue;
             }
             let Some(found) = self.find_run_file(&path) else {
@@ -82,10 +109,22 @@ impl RunSync<'_> {
                 contents.insert(path, bytes);
             }
         }
+        let mut output = None;
         if finishing {
-            if let Some(bytes) = self.read_run_file(filestream::OUTPUT) {
-                contents.insert(filestream::OUTPUT.into(), bytes);
-            }
+            output = self.rebuilt_output_log().filter(|spool| {
+                let same = self
+                    .entry
+                    .acked
+                    .files
+                    .get(filestream::OUTPUT)
+                    .is_some_and(|ack| {
+                        ack.size == spool.ack.size && ack.sha256 == spool.ack.sha256
+                    });
+                if same {
+                    let _ = std::fs::remove_file(&spool.path);
+                }
+                !same
+            });
             contents.insert(
                 "wandb-summary.json".into(),
                 run_config::summary_json(&self.entry.state).into_bytes(),
@@ -107,10 +146,45 @@ impl RunSync<'_> {
             }
             _ => true,
         });
-        (contents, mtimes)
+        (contents, mtimes, output)
+    }
+
+    /// `output.log` made from the console records of every fragment (see
+    /// [`output_log`]) in its spool file, or `None` when the run printed
+    /// nothing or the spool cannot be written (then reported: the console
+    /// lines are on the server all the same).
+    fn rebuilt_output_log(&mut self) -> Option<SpooledLog> {
+        if self.entry.state.console.line_count() == 0 {
+            return None; // nothing printed: no second reading of the run
+        }
+        let spool = output_log::spool_path(self.ledger.dir(), &self.entry.key);
+        let rebuilt = output_log::rebuild(&self.job.fragments, &spool).and_then(|spooled| {
+            spooled
+                .map(|path| {
+                    let (size, sha256) = output_log::digest(&path)?;
+                    let ack = FileAck {
+                        size,
+                        sha256,
+                        mtime_ns: None,
+                    };
+                    Ok(SpooledLog { path, ack })
+                })
+                .transpose()
+        });
+        match rebuilt {
+            Ok(spooled) => spooled,
+            Err(e) => {
+                let _ = std::fs::remove_file(&spool);
+                self.entry.warn(format!(
+                    "output.log cannot be made from the console records ({e}); not uploaded"
+                ));
+                None
+            }
+        }
     }
 
     /// A run file's bytes from the newest fragment that has it.
+    #[cfg(test)]
     pub(super) fn read_run_file(&mut self, rel: &str) -> Option<Vec<u8>> {
         let found = self.find_run_file(rel)?;
         self.read_found(rel, &found)
@@ -166,6 +240,13 @@ impl RunSync<'_> {
         }
         None
     }
+}
+
+/// The rebuilt `output.log` in its spool file, with what its upload is
+/// acknowledged as.
+pub(super) struct SpooledLog {
+    pub path: PathBuf,
+    pub ack: FileAck,
 }
 
 /// A run file on disk.

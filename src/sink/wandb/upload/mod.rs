@@ -14,6 +14,8 @@
 //!   own (file uploads alongside the FileStream requests).
 //! - `files.rs`: which run files are uploaded, and the symlink policy
 //!   (only the run's own data leaves the machine).
+//! - `output_log.rs`: `output.log`, rebuilt from the console records
+//!   through a spool file in the state directory.
 //! - `upsert.rs`: the run's identity on the server (`UpsertBucket`) and
 //!   the digests that say when it must be sent again.
 //! - `finish.rs`: completing a run, or finalizing one whose writer is gone.
@@ -21,6 +23,7 @@
 mod batch;
 mod files;
 mod finish;
+mod output_log;
 mod upsert;
 
 use std::path::{Path, PathBuf};
@@ -33,6 +36,7 @@ use crate::engine::job::{
 };
 use crate::fs::sha256_hex;
 use crate::ledger::{ErrorNote, FragmentProgress, Ledger, LedgerError, Phase, RunLedger};
+use crate::sink::wandb::artifact;
 use crate::sink::wandb::client::{Client, Reserved, SEND_WINDOW_BYTES, SinkError};
 use crate::sink::wandb::filestream::{self, Lines, Request};
 use crate::sink::wandb::ops;
@@ -58,12 +62,22 @@ enum StepError {
     Corrupt(String),
 }
 
+impl From<artifact::Stop> for StepError {
+    fn from(stop: artifact::Stop) -> StepError {
+        match stop {
+            artifact::Stop::Sink(e) => StepError::Sink(e),
+            artifact::Stop::Ledger(e) => StepError::Ledger(e),
+        }
+    }
+}
+
 /// Everything produced by records since the last checkpoint.
 #[derive(Default)]
 struct Pending {
     history: Vec<String>,
     events: Vec<String>,
     alerts: Vec<proto::AlertRecord>,
+    artifacts: Vec<artifact::Logged>,
     preempting: bool,
     bytes: usize,
     records: u64,
@@ -247,7 +261,14 @@ pub(crate) async fn sync_known_run(
         history_lines_sent: run.history_sent,
         files_uploaded: run.files_uploaded.clone(),
         exit_code: entry.acked.complete,
-        artifacts_not_uploaded: entry.state.artifacts.len(),
+        artifacts_not_uploaded: entry.state.artifacts.len().saturating_sub(
+            entry
+                .artifacts
+                .iter()
+                .filter(|a| a.state == crate::ledger::ArtifactState::Committed)
+                .count(),
+        ),
+        artifacts: artifact::statuses(entry),
         warnings: entry.warnings.clone(),
         error: result.err().map(|e| crate::errors::one_line(&e)),
         would_send: options.dry_run.then_some(run.would_send),
@@ -389,6 +410,13 @@ impl<'a> RunSync<'a> {
                     ));
                 }
                 self.write_big_console_output(&mut record).await?;
+                if let Some(RecordType::Artifact(logged)) = &record.record_type {
+                    self.pending.artifacts.push(artifact::Logged {
+                        fragment: index,
+                        offset: record_start,
+                        record: logged.clone(),
+                    });
+                }
                 self.apply(index, record);
                 self.pending.records += 1;
                 self.records_read += 1;
@@ -676,7 +704,12 @@ impl<'a> RunSync<'a> {
         self.drain().await?;
         let server = self.ensure_server_run(client).await?;
         self.upsert_if_changed(client, &server).await?;
-        let files = self.files_for_step(finishing);
+        // As the official client: an artifact is saved when its record is
+        // sent, before the run's files. No step is in flight here (drained
+        // above), so the progress saved onto the last checkpoint is also in
+        // the run as read, and in the checkpoint of the step cut below.
+        self.upload_artifacts(client, &pending.artifacts).await?;
+        let (files, output_log) = self.files_for_step(finishing);
 
         // FileStream: history and events at their fixed offsets, console
         // ranges one per request, the whole summary when it changed.
@@ -732,6 +765,7 @@ impl<'a> RunSync<'a> {
         let mut step = Step {
             server: server.clone(),
             files,
+            output_log,
             bodies: Vec::new(),
             history_lines: history_count,
             closing: Request {
@@ -864,6 +898,57 @@ impl<'a> RunSync<'a> {
             }
         }
 
+        Ok(())
+    }
+
+    /// Uploads the artifacts whose records this batch read, each from the
+    /// progress the ledger has for it (see [`artifact`]). Their progress is
+    /// saved onto the last checkpoint, so it holds whatever the cursors are.
+    async fn upload_artifacts(
+        &mut self,
+        client: &Client,
+        logged: &[artifact::Logged],
+    ) -> Result<(), StepError> {
+        if logged.is_empty() {
+            return Ok(());
+        }
+        // The staging files must belong to whoever owns the run.
+        let run_dir = self.job.run_dir();
+        let owner =
+            std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(run_dir).map_err(|e| {
+                StepError::Read {
+                    path: run_dir.to_path_buf(),
+                    source: e.into(),
+                }
+            })?);
+        for one in logged {
+            let same = |a: &crate::ledger::ArtifactProgress| {
+                a.fragment == one.fragment && a.offset == one.offset
+            };
+            let at = match self.entry.artifacts.iter().position(same) {
+                Some(at) => at,
+                None => {
+                    self.entry.artifacts.push(one.queued());
+                    self.entry.artifacts.len() - 1
+                }
+            };
+            let mut progress = self.entry.artifacts[at].clone();
+            let (ledger, checkpoint) = (self.ledger, &mut self.checkpoint);
+            let mut save = |p: &crate::ledger::ArtifactProgress, durable: bool| {
+                match checkpoint.artifacts.iter_mut().find(|a| same(a)) {
+                    Some(stored) => *stored = p.clone(),
+                    None => checkpoint.artifacts.push(p.clone()),
+                }
+                if durable {
+                    ledger.save(checkpoint)
+                } else {
+                    ledger.save_unsynced(checkpoint)
+                }
+            };
+            let result = artifact::upload(client, one, owner, &mut progress, &mut save).await;
+            self.entry.artifacts[at] = progress;
+            result?;
+        }
         Ok(())
     }
 

@@ -221,6 +221,9 @@ fn a_live_run_sends_end_files_only_when_it_finishes() {
     std::fs::write(run_dir.join("files/now.txt"), "now").unwrap();
     std::fs::write(run_dir.join("files/end.txt"), "end").unwrap();
     std::fs::write(run_dir.join("files/model.bin"), "artifact").unwrap();
+    // A writer's own output.log (stale if it was killed) is never sent: the
+    // one made from the console records is.
+    std::fs::write(run_dir.join("files/output.log"), "REA").unwrap();
     let ledger = Ledger::open(&tmp.path().join("state")).unwrap();
     let options = SyncOptions::default();
     let job = job_in(&[run_dir]);
@@ -230,21 +233,23 @@ fn a_live_run_sends_end_files_only_when_it_finishes() {
         ("now.txt", Policy::Now, FileKind::Other),
         ("end.txt", Policy::End, FileKind::Other),
         ("model.bin", Policy::Now, FileKind::Artifact),
+        ("output.log", Policy::Now, FileKind::Other),
     ] {
         files.insert(name.into(), FileEntry { policy, kind });
     }
-    let (live, _) = run.files_to_send(false);
+    let (live, _, _) = run.files_to_send(false);
     assert_eq!(live.keys().collect::<Vec<_>>(), ["now.txt"]);
     run.count_files(false);
     // Sent (counted) once: not again while unchanged.
     assert!(run.files_to_send(false).0.is_empty());
-    let (end, _) = run.files_to_send(true);
+    let (end, _, output) = run.files_to_send(true);
     let names: Vec<&String> = end.keys().collect();
     assert_eq!(
         names,
         ["config.yaml", "end.txt", "wandb-summary.json"],
         "at the end: end-policy files and the generated ones, never artifacts"
     );
+    assert!(output.is_none(), "no console records, no output.log");
 }
 
 fn params() -> UpsertRun {

@@ -7,6 +7,7 @@ use crate::naming::{Naming, name_run};
 use crate::sink::wandb::client::Client;
 use crate::sink::wandb::ops::{self, ServerRun, UpsertRun};
 use crate::sink::wandb::run_config;
+use crate::source::wandb::views::RunIdentity;
 
 use super::{RunSync, StepError};
 
@@ -60,11 +61,25 @@ impl RunSync<'_> {
     }
 
     /// The display name and group the naming rule gives the run now.
+    /// Its Slurm variables are the records' or, when they hold none, those
+    /// of `wandb-metadata.json`, as the reader fills them for `inspect`
+    /// (`source::wandb::metadata`), so both show one name.
     pub(super) fn naming(&self) -> Naming {
         let state = &self.entry.state;
+        let slurm = &self.job.metadata_slurm;
+        let filled;
+        let identity = if state.identity.slurm.is_empty() && !slurm.is_empty() {
+            filled = RunIdentity {
+                slurm: slurm.clone(),
+                ..state.identity.clone()
+            };
+            &filled
+        } else {
+            &state.identity
+        };
         name_run(
             &self.options.naming,
-            &state.identity,
+            identity,
             &state.config,
             self.job.manifest.as_deref(),
         )

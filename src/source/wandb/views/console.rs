@@ -1,7 +1,17 @@
 //! Console text from `output_raw` fragments, rebuilt the way a terminal shows
 //! it: `\r` returns to the start of the line so a progress bar rewrites itself,
 //! `\n` starts a new line, backspace and the common cursor escapes (up, down,
-//! erase line) move or clear, other escape sequences are dropped.
+//! erase line) move or clear, colours and styles (SGR, `ESC [ … m`) stay in
+//! the text for W&B's log viewer to render, other escape sequences are
+//! dropped.
+//!
+//! Escape sequences are recognised by `vte`, the state machine of DEC's
+//! terminals that terminal emulators use, so an OSC string (`ESC ] 0;title
+//! BEL`, which tqdm and shells print to set a window title), a DCS string or
+//! a CSI with intermediates is dropped whole, never shown as text. A sequence
+//! cut by the end of a fragment is kept as its raw bytes (`pending_escape`,
+//! bounded) and fed again before the next fragment, so a checkpoint stores
+//! plain bytes and not the parser.
 //!
 //! stdout and stderr each have their own cursor but share one line numbering,
 //! as in `output.log`. Only the last [`WINDOW`] lines of each stream can still
@@ -21,6 +31,12 @@ pub(crate) const WINDOW: usize = 32;
 /// stays under `2 · WINDOW · MAX_LINE_CHARS` characters and every line fits
 /// in a request.
 pub(crate) const MAX_LINE_CHARS: usize = 256 * 1024;
+
+/// An unfinished escape sequence longer than this is dropped and the
+/// parser starts over. Why: the bytes of an unfinished sequence are held
+/// (and checkpointed) until it ends; a run that prints `ESC ]` and then
+/// megabytes without a terminator must not make them grow without bound.
+const MAX_PENDING_ESCAPE: usize = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Stream {
@@ -46,9 +62,48 @@ struct Cursor {
     /// trailing `\n` does not leave an empty line behind.
     row: usize,
     col: usize,
-    /// An unfinished escape sequence carried over to the next fragment.
-    pending_escape: String,
+    /// The escape parser and the bytes of the sequence it is inside.
+    escapes: Escapes,
 }
+
+/// A stream's escape-sequence parser with the raw bytes it has taken since
+/// its last action, which are exactly the unfinished sequence (empty
+/// between sequences).
+#[derive(Default)]
+struct Escapes {
+    parser: vte::Parser,
+    pending: Vec<u8>,
+}
+
+impl Escapes {
+    /// A parser in the state the bytes of an unfinished sequence leave it.
+    fn resumed(pending: &[u8]) -> Escapes {
+        let mut escapes = Escapes::default();
+        let mut ignore = Silent;
+        escapes.parser.advance(&mut ignore, pending);
+        escapes.pending = pending.to_vec();
+        escapes
+    }
+}
+
+impl Clone for Escapes {
+    fn clone(&self) -> Escapes {
+        Escapes::resumed(&self.pending)
+    }
+}
+
+impl std::fmt::Debug for Escapes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Escapes")
+            .field("pending", &String::from_utf8_lossy(&self.pending))
+            .finish()
+    }
+}
+
+/// A performer for replaying an unfinished sequence, which by definition
+/// completes no action.
+struct Silent;
+impl vte::Perform for Silent {}
 
 /// A line still inside some stream's window.
 #[derive(Debug, Clone)]
@@ -109,7 +164,7 @@ impl Cursor {
             rows: self.rows.iter().copied().collect(),
             row: self.row,
             col: self.col,
-            pending_escape: self.pending_escape.clone(),
+            pending_escape: String::from_utf8_lossy(&self.escapes.pending).into_owned(),
         }
     }
 
@@ -128,8 +183,89 @@ impl Cursor {
             rows: parts.rows.into(),
             row: parts.row,
             col: parts.col,
-            pending_escape: parts.pending_escape,
+            escapes: Escapes::resumed(parts.pending_escape.as_bytes()),
         })
+    }
+}
+
+/// The console as the parser's performer for one stream's fragment.
+struct Terminal<'a> {
+    console: &'a mut Console,
+    stream: Stream,
+    /// Whether the last byte completed an action.
+    acted: bool,
+}
+
+impl vte::Perform for Terminal<'_> {
+    fn print(&mut self, c: char) {
+        self.acted = true;
+        self.console.put(self.stream, c);
+    }
+
+    fn execute(&mut self, byte: u8) {
+        self.acted = true;
+        match byte {
+            b'\n' => self.console.newline(self.stream),
+            b'\r' => self.console.cursor(self.stream).col = 0,
+            0x08 => {
+                let cur = self.console.cursor(self.stream);
+                cur.col = cur.col.saturating_sub(1);
+            }
+            b'\t' => self.console.put(self.stream, '\t'),
+            _ => {} // bell and the other controls do not change the text
+        }
+    }
+
+    fn csi_dispatch(&mut self, params: &vte::Params, intermediates: &[u8], ignore: bool, c: char) {
+        self.acted = true;
+        // A private (`ESC [ ? 25 l`) or overlong sequence is not a cursor
+        // movement of the kinds below.
+        if ignore || !intermediates.is_empty() {
+            return;
+        }
+        if c == 'm' {
+            // Colours and styles stay in the text, as the official client
+            // keeps them: W&B's log viewer renders them.
+            let mut sequence = String::from("\u{1b}[");
+            for (i, param) in params.iter().enumerate() {
+                if i > 0 {
+                    sequence.push(';');
+                }
+                for (j, sub) in param.iter().enumerate() {
+                    if j > 0 {
+                        sequence.push(':');
+                    }
+                    sequence.push_str(&sub.to_string());
+                }
+            }
+            sequence.push('m');
+            for c in sequence.chars() {
+                self.console.put(self.stream, c);
+            }
+            return;
+        }
+        let first = params.iter().next().and_then(|p| p.first()).copied();
+        self.console.csi(self.stream, first.unwrap_or(0), c);
+    }
+
+    fn esc_dispatch(&mut self, _intermediates: &[u8], _ignore: bool, _byte: u8) {
+        self.acted = true;
+    }
+
+    fn osc_dispatch(&mut self, _params: &[&[u8]], _bell_terminated: bool) {
+        self.acted = true;
+    }
+
+    fn hook(&mut self, _params: &vte::Params, _intermediates: &[u8], _ignore: bool, _c: char) {
+        self.acted = true;
+    }
+
+    fn put(&mut self, _byte: u8) {
+        self.acted = true;
+    }
+
+    fn unhook(&mut self) {
+        self.acted = true;
     }
 }
 
@@ -197,66 +333,35 @@ impl Console {
 
     /// Feeds one `output_raw` fragment.
     pub fn write(&mut self, stream: Stream, text: &str) {
-        let pending = std::mem::take(&mut self.cursor(stream).pending_escape);
-        if pending.is_empty() {
-            self.write_chars(stream, text.chars());
-        } else {
-            self.write_chars(
-                stream,
-                pending
-                    .chars()
-                    .chain(text.chars())
-                    .collect::<Vec<_>>()
-                    .into_iter(),
-            );
-        }
-    }
-
-    fn write_chars(&mut self, stream: Stream, mut chars: impl Iterator<Item = char>) {
-        while let Some(c) = chars.next() {
-            match c {
-                '\n' => self.newline(stream),
-                '\r' => self.cursor(stream).col = 0,
-                '\u{8}' => {
-                    let cur = self.cursor(stream);
-                    cur.col = cur.col.saturating_sub(1);
-                }
-                '\u{1b}' => {
-                    let mut seq = String::from('\u{1b}');
-                    let mut done = false;
-                    for n in chars.by_ref() {
-                        seq.push(n);
-                        if seq.len() == 2 && n != '[' {
-                            done = true; // two-character escape: ignore it
-                            break;
-                        }
-                        if seq.len() > 2 && ('\u{40}'..='\u{7e}').contains(&n) {
-                            self.csi(stream, &seq[2..seq.len() - 1], n);
-                            done = true;
-                            break;
-                        }
-                        if seq.len() > 64 {
-                            done = true; // not a sequence we understand; drop it
-                            break;
-                        }
-                    }
-                    if !done {
-                        self.cursor(stream).pending_escape = seq;
-                    }
-                }
-                c if (c as u32) < 0x20 && c != '\t' => {}
-                c => self.put(stream, c),
+        // The parser is taken out of the cursor for the length of the
+        // fragment so that the performer can borrow the whole console.
+        let mut escapes = std::mem::take(&mut self.cursor(stream).escapes);
+        let mut terminal = Terminal {
+            console: self,
+            stream,
+            acted: false,
+        };
+        // One byte at a time: after each, the parser either completed an
+        // action (the sequence, if any, is over) or holds the byte inside
+        // an unfinished one, which is what `pending` must contain.
+        for &byte in text.as_bytes() {
+            terminal.acted = false;
+            escapes.parser.advance(&mut terminal, &[byte]);
+            if terminal.acted {
+                escapes.pending.clear();
+            } else if escapes.pending.len() < MAX_PENDING_ESCAPE {
+                escapes.pending.push(byte);
+            } else {
+                escapes = Escapes::default();
             }
         }
+        self.cursor(stream).escapes = escapes;
     }
 
-    fn csi(&mut self, stream: Stream, params: &str, command: char) {
-        let n = params
-            .split(';')
-            .next()
-            .and_then(|p| p.parse::<usize>().ok())
-            .unwrap_or(1)
-            .max(1);
+    /// A control sequence: `first` is its first parameter (0 when left
+    /// out, as terminals read it).
+    fn csi(&mut self, stream: Stream, first: u16, command: char) {
+        let n = usize::from(first).max(1);
         match command {
             'A' => {
                 let cur = self.cursor(stream);
@@ -272,7 +377,7 @@ impl Console {
             }
             'G' => self.cursor(stream).col = n - 1,
             'K' => {
-                let mode = params.parse::<u8>().unwrap_or(0);
+                let mode = first;
                 let col = self.cursor(stream).col;
                 let index = self.current_index(stream);
                 if let Some(line) = self.current_line(stream) {
@@ -284,7 +389,7 @@ impl Console {
                     self.changed.extend(index);
                 }
             }
-            _ => {} // colours and everything else do not change the text
+            _ => {} // the rest does not change the text
         }
     }
 
@@ -445,10 +550,67 @@ mod tests {
             .map(|l| l.text.len())
             .collect();
         assert_eq!(lines, [MAX_LINE_CHARS, MAX_LINE_CHARS, 10, 4]);
+        // Parameters stop at 65,535 (as in terminals), so the farthest a
+        // cursor can be sent is well inside one line's bound.
         console.write(Stream::Stdout, "\u{1b}[4000000000Gx\n");
         let lines = console.take_changed();
         assert_eq!(lines.len(), 1);
-        assert_eq!(lines[0].text, "x");
+        assert_eq!(lines[0].text.trim_start(), "x");
+        assert!(lines[0].text.chars().count() <= MAX_LINE_CHARS);
+    }
+
+    #[test]
+    fn osc_dcs_and_private_sequences_leave_no_text() {
+        // tqdm and shells set the window title with an OSC ended by BEL or
+        // by ST; DCS strings and private modes (hide the cursor) are dropped
+        // whole as well.
+        let out = render(&[(
+            Stream::Stdout,
+            "\u{1b}]0;epoch 3/10\u{7}a\u{1b}]2;title\u{1b}\\b\u{1b}P1$r0m\u{1b}\\c\u{1b}[?25ld\u{1b}[1;31me\u{1b}[0m\n",
+        )]);
+        assert_eq!(out, ["abcd\u{1b}[1;31me\u{1b}[0m"]);
+    }
+
+    #[test]
+    fn an_osc_cut_by_a_fragment_or_a_checkpoint_still_leaves_no_text() {
+        let mut console = Console::new();
+        console.write(Stream::Stdout, "loss 1\u{1b}]0;ti");
+        // The checkpoint holds the unfinished sequence as its bytes.
+        let parts = console.parts();
+        assert_eq!(parts.stdout.pending_escape, "\u{1b}]0;ti");
+        let mut resumed = Console::from_parts(parts).expect("a console's own parts");
+        resumed.write(Stream::Stdout, "tle\u{7} 2\n");
+        console.write(Stream::Stdout, "tle\u{7} 2\n");
+        assert_eq!(
+            resumed.recent().map(|l| l.text).collect::<Vec<_>>(),
+            ["loss 1 2"]
+        );
+        assert_eq!(
+            console.recent().map(|l| l.text).collect::<Vec<_>>(),
+            ["loss 1 2"]
+        );
+        assert_eq!(console.parts().stdout.pending_escape, "");
+    }
+
+    #[test]
+    fn an_unterminated_sequence_is_held_bounded() {
+        let mut console = Console::new();
+        console.write(Stream::Stdout, "\u{1b}]0;");
+        console.write(Stream::Stdout, &"t".repeat(3 * MAX_PENDING_ESCAPE));
+        assert!(console.parts().stdout.pending_escape.len() <= MAX_PENDING_ESCAPE);
+    }
+
+    #[test]
+    fn a_pending_escape_of_the_old_parser_resumes() {
+        // Ledgers written before the parser was `vte` hold a CSI prefix.
+        let mut parts = Console::new().parts();
+        parts.stdout.pending_escape = "\u{1b}[".into();
+        let mut console = Console::from_parts(parts).expect("valid parts");
+        console.write(Stream::Stdout, "2Kred\n");
+        assert_eq!(
+            console.recent().map(|l| l.text).collect::<Vec<_>>(),
+            ["red"]
+        );
     }
 
     fn render(fragments: &[(Stream, &str)]) -> Vec<String> {
