@@ -178,3 +178,47 @@ fn a_checkpoint_never_runs_ahead_of_the_server() {
     assert_eq!(run["gaps"], 0);
     assert_eq!(comparable(&run), reference);
 }
+
+/// `output.log`, rebuilt from the console records in a spool, goes up with
+/// the finishing step's other files and is acknowledged with that step: a
+/// refused PUT fails the sync and leaves it unacknowledged, so the next
+/// sync makes it again and stores it; once stored, its spool is gone.
+#[test]
+fn the_rebuilt_output_log_is_acknowledged_only_once_stored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wandb_dir = committed_case("0.31.0", "finished", tmp.path());
+    let args = [wandb_dir.to_str().unwrap()];
+    let clean = WandbServer::start();
+    let out = syncd_sync(&clean, &tmp.path().join("clean"), &args);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let expected = clean
+        .stored_file("fxfinish", "output.log")
+        .expect("a clean sync stores output.log");
+
+    let server = WandbServer::start();
+    let home = tmp.path().join("refused");
+    server.inject(
+        Endpoint::Storage,
+        Fault::Status {
+            code: 400,
+            retry_after: None,
+        },
+        1000,
+    );
+    let out = syncd_sync(&server, &home, &args);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(server.stored_file("fxfinish", "output.log"), None);
+    server.clear_faults();
+    let out = syncd_sync(&server, &home, &args);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        server.stored_file("fxfinish", "output.log").as_deref(),
+        Some(&expected[..]),
+        "output.log was not sent again after its PUT was refused"
+    );
+    assert_eq!(server.run("fxfinish").unwrap()["complete"], true);
+    let spools: Vec<_> = std::fs::read_dir(home.join("state/output-log"))
+        .map(|dir| dir.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    assert!(spools.is_empty(), "spools left: {spools:?}");
+}
