@@ -131,7 +131,9 @@ pub(crate) fn run(args: SyncArgs) -> anyhow::Result<Outcome> {
     // its requests under way, see `upload`), and memory stays that of one
     // thread. With two, each thread's allocator arena grew to the batches
     // it had seen (a 300,000-step run peaked at 33 MB instead of 23 MB),
-    // for little gain: the work is reading, and requests mostly wait.
+    // for little gain: the work is reading, and requests mostly wait. Two
+    // threads sharing one arena (glibc's arena limit) were slower still
+    // (the threads contend for its lock) than this one thread.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
