@@ -6,12 +6,26 @@
 //! ```
 //!
 //! Corpus (written once by the real wandb 0.31.0 and cached under
-//! `target/tmp/bench-sync`): 20 runs of 5,000 steps and one of 500,000
-//! (`SYNCD_BENCH_BIG_STEPS` to change). Printed per scenario and tool: wall
-//! time, peak RSS (the whole process tree's VmRSS and the tool's own
-//! process's VmHWM, sampled every 10 ms), bytes the server received, and the ratios. Then
-//! the growing run: a run written over time, synced every second by each
-//! tool; bytes sent in all against the run's own size. Not a pass/fail test.
+//! `target/tmp/bench-sync`): 20 runs of 5,000 steps and one of 300,000
+//! (`SYNCD_BENCH_BIG_STEPS` to change). Scenarios: both corpora on
+//! loopback, and the 20 runs with a round trip added (50 ms,
+//! `SYNCD_BENCH_RTT_MS`) by a delaying proxy in front of the server, both
+//! tools through it (what a login node talking to a cloud server sees).
+//! Printed per scenario and tool: wall time, the tool's CPU time (user +
+//! system, its children included), peak RSS (the whole process tree's
+//! VmRSS and the tool's own process's VmHWM, sampled every 10 ms), bytes
+//! the server received, the server's CPU, and the ratios; the load average
+//! before and after (the machine may be shared). Then the growing run: a run
+//! written over time, synced every second by each tool; bytes sent in all
+//! against the run's own size. Not a pass/fail test.
+//!
+//! `SYNCD_BENCH_CASES` picks scenarios (comma-separated: `small`, `big`,
+//! `rtt`, `growing`; all by default), `SYNCD_BENCH_REPEAT` measures each
+//! tool that many times and prints the median wall, `SYNCD_BENCH_SYNCD_ARGS`
+//! adds arguments to `syncd sync` (e.g. `-j 8`), `SYNCD_BENCH_BIN` runs
+//! another build of syncd (to compare builds), `SYNCD_BENCH_WRAP` runs it
+//! under a tool (e.g. `heaptrack -o FILE`), `SYNCD_BENCH_OFFICIAL=0` leaves
+//! the official client out.
 
 // The test suite's server; the bench uses part of its API.
 #[allow(dead_code, unused_imports)]
@@ -20,11 +34,14 @@ mod wandb_server;
 
 mod common;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use common::status_kb;
 use wandb_server::WandbServer;
@@ -33,54 +50,95 @@ fn main() {
     let venv = venv();
     let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-sync");
     std::fs::create_dir_all(&work).unwrap();
-    let big_steps: u64 = env_or("SYNCD_BENCH_BIG_STEPS", 500_000);
+    let cases =
+        std::env::var("SYNCD_BENCH_CASES").unwrap_or_else(|_| "small,big,rtt,growing".into());
+    let case = |name: &str| cases.split(',').any(|c| c.trim() == name);
+    let big_steps: u64 = env_or("SYNCD_BENCH_BIG_STEPS", 300_000);
+    let rtt = Duration::from_millis(env_or("SYNCD_BENCH_RTT_MS", 50));
     let small = corpus(&venv, &work.join("corpus-20x5000"), 20, 5_000);
-    let big = corpus(
-        &venv,
-        &work.join(format!("corpus-1x{big_steps}")),
-        1,
-        big_steps,
-    );
-    println!(
-        "corpus: {} ({} MB), {} ({} MB)",
-        small.display(),
-        mb(du(&small)),
-        big.display(),
-        mb(du(&big))
-    );
+    let big = case("big").then(|| {
+        corpus(
+            &venv,
+            &work.join(format!("corpus-1x{big_steps}")),
+            1,
+            big_steps,
+        )
+    });
+    println!("corpus: {} ({} MB)", small.display(), mb(du(&small)));
+    if let Some(big) = &big {
+        println!("corpus: {} ({} MB)", big.display(), mb(du(big)));
+    }
+    println!("load average before: {}", load_average());
     println!();
     println!(
-        "{:<26} {:>8} {:>10} {:>10} {:>12} {:>11}",
-        "scenario / tool", "wall s", "tree RSS", "own RSS", "sent MB", "server CPU"
+        "{:<34} {:>8} {:>8} {:>10} {:>10} {:>9} {:>11}",
+        "scenario / tool", "wall s", "CPU s", "tree RSS", "own RSS", "sent MB", "server CPU"
     );
-    for (label, source) in [
-        ("20 runs x 5,000 steps", &small),
-        (&*format!("1 run x {big_steps} steps"), &big),
-    ] {
-        let official = measure(&work, source, Tool::Official(&venv));
-        let ours = measure(&work, source, Tool::Syncd);
+    let small_label = "20 runs x 5,000 steps".to_string();
+    let rtt_label = format!("20 x 5,000, +{} ms RTT", rtt.as_millis());
+    let big_label = format!("1 run x {big_steps} steps");
+    let mut scenarios: Vec<(&str, &Path, Option<Duration>)> = Vec::new();
+    if case("small") {
+        scenarios.push((&small_label, &small, None));
+    }
+    if let Some(big) = &big {
+        scenarios.push((&big_label, big, None));
+    }
+    if case("rtt") {
+        scenarios.push((&rtt_label, &small, Some(rtt)));
+    }
+    let with_official = env_or("SYNCD_BENCH_OFFICIAL", 1) != 0;
+    for (label, source, delay) in scenarios {
+        let ours = measure_median(&work, source, Tool::Syncd, delay);
+        let Some(official) =
+            with_official.then(|| measure_median(&work, source, Tool::Official(&venv), delay))
+        else {
+            print_measured(&format!("{label}: syncd sync"), &ours);
+            continue;
+        };
         for (name, m) in [("wandb sync", &official), ("syncd sync", &ours)] {
-            println!(
-                "{:<26} {:>8.2} {:>7.1} MB {:>7.1} MB {:>12.1} {:>10.2}s",
-                format!("{label}: {name}"),
-                m.wall,
-                mb(m.tree_rss),
-                mb(m.max_rss),
-                mb(m.bytes),
-                m.server_cpu
-            );
+            print_measured(&format!("{label}: {name}"), m);
         }
         println!(
-            "{:<26} {:>8.2}x {:>9.2}x {:>9.2}x {:>11.2}x",
+            "{:<34} {:>7.2}x {:>7.2}x {:>9.2}x {:>9.2}x {:>8.2}x",
             format!("{label}: syncd/official"),
             ours.wall / official.wall,
+            ours.cpu / official.cpu,
             ours.tree_rss as f64 / official.tree_rss as f64,
             ours.max_rss as f64 / official.max_rss as f64,
             ours.bytes as f64 / official.bytes as f64
         );
+        println!(
+            "{:<34} {:>7.2}x",
+            format!("{label}: syncd wall/CPU"),
+            ours.wall / ours.cpu
+        );
     }
-    println!();
-    growing(&venv, &work);
+    println!("load average after: {}", load_average());
+    if case("growing") {
+        println!();
+        growing(&venv, &work);
+    }
+}
+
+fn print_measured(label: &str, m: &Measured) {
+    println!(
+        "{:<34} {:>8.2} {:>8.2} {:>7.1} MB {:>7.1} MB {:>9.1} {:>10.2}s",
+        label,
+        m.wall,
+        m.cpu,
+        mb(m.tree_rss),
+        mb(m.max_rss),
+        mb(m.bytes),
+        m.server_cpu
+    );
+}
+
+/// `/proc/loadavg`'s three averages.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -168,14 +226,28 @@ enum Tool<'a> {
 
 struct Measured {
     wall: f64,
+    /// The tool's user + system time, its children's included.
+    cpu: f64,
     tree_rss: u64,
     max_rss: u64,
     bytes: u64,
     server_cpu: f64,
 }
 
-/// One tool on a fresh copy of `source` against a fresh server.
-fn measure(work: &Path, source: &Path, tool: Tool) -> Measured {
+/// [`measure`] `SYNCD_BENCH_REPEAT` times (default 1); the one with the
+/// median wall time.
+fn measure_median(work: &Path, source: &Path, tool: Tool, rtt: Option<Duration>) -> Measured {
+    let repeat = env_or("SYNCD_BENCH_REPEAT", 1).max(1);
+    let mut all: Vec<Measured> = (0..repeat)
+        .map(|_| measure(work, source, &tool, rtt))
+        .collect();
+    all.sort_by(|a, b| a.wall.total_cmp(&b.wall));
+    all.swap_remove(all.len() / 2)
+}
+
+/// One tool on a fresh copy of `source` against a fresh server, through a
+/// proxy adding `rtt` to every round trip when given.
+fn measure(work: &Path, source: &Path, tool: &Tool, rtt: Option<Duration>) -> Measured {
     let scratch = work.join("scratch");
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch).unwrap();
@@ -200,7 +272,19 @@ fn measure(work: &Path, source: &Path, tool: Tool) -> Measured {
         })
         .collect();
     let server = WandbServer::start();
-    let mut cmd = command(&tool, &server, &scratch, &copy, &runs);
+    let proxy = rtt.map(|rtt| DelayProxy::start(server.addr(), rtt));
+    if let Some(proxy) = &proxy {
+        server.set_upload_port(proxy.addr.port());
+    }
+    let base_url = match &proxy {
+        Some(proxy) => format!("http://{}", proxy.addr),
+        None => server.base_url(),
+    };
+    let mut cmd = command(tool, &server, &scratch, &copy, &runs);
+    cmd.env("WANDB_BASE_URL", &base_url);
+    if matches!(tool, Tool::Syncd) {
+        cmd = wrapped(cmd);
+    }
     let cpu_before = self_cpu();
     let started = Instant::now();
     let child = cmd
@@ -208,14 +292,17 @@ fn measure(work: &Path, source: &Path, tool: Tool) -> Measured {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let (tree_rss, max_rss) = wait_sampling(child);
+    let (tree_rss, max_rss, cpu) = wait_sampling(child);
     let wall = started.elapsed().as_secs_f64();
+    // The proxy's work is on this process too.
+    drop(proxy);
     let server_cpu = self_cpu() - cpu_before;
     let bytes = server.snapshot()["counters"]["bytes_received"]
         .as_u64()
         .unwrap();
     Measured {
         wall,
+        cpu,
         tree_rss,
         max_rss,
         bytes,
@@ -239,10 +326,17 @@ fn command(
             cmd
         }
         Tool::Syncd => {
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_syncd"));
+            let bin = std::env::var_os("SYNCD_BENCH_BIN")
+                .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_syncd")), PathBuf::from);
+            let mut cmd = Command::new(bin);
             cmd.arg("sync")
                 .arg("--state-dir")
                 .arg(scratch.join("state"))
+                .args(
+                    std::env::var("SYNCD_BENCH_SYNCD_ARGS")
+                        .unwrap_or_default()
+                        .split_whitespace(),
+                )
                 .arg(wandb_dir);
             cmd
         }
@@ -260,6 +354,26 @@ fn command(
     cmd
 }
 
+/// `cmd` under `SYNCD_BENCH_WRAP`'s tool (e.g. `heaptrack -o FILE`), if set.
+fn wrapped(cmd: Command) -> Command {
+    let Ok(wrap) = std::env::var("SYNCD_BENCH_WRAP") else {
+        return cmd;
+    };
+    let mut words = wrap.split_whitespace();
+    let mut outer = Command::new(words.next().expect("SYNCD_BENCH_WRAP names a tool"));
+    outer
+        .args(words)
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (name, value) in cmd.get_envs() {
+        match value {
+            Some(value) => outer.env(name, value),
+            None => outer.env_remove(name),
+        };
+    }
+    outer
+}
+
 /// CPU seconds (user + system) of this process: the test server's work.
 fn self_cpu() -> f64 {
     // SAFETY: getrusage fills the struct we pass.
@@ -270,10 +384,11 @@ fn self_cpu() -> f64 {
 }
 
 /// Waits for `child`, sampling its process tree every 10 ms. Returns (peak
-/// of the tree's summed VmRSS, the child's own VmHWM) in bytes. (`wait4`'s
+/// of the tree's summed VmRSS, the child's own VmHWM) in bytes, and its CPU
+/// seconds (user + system, of the children it waited for too). (`wait4`'s
 /// ru_maxrss is no use here: a child inherits the parent's high-water mark
 /// at fork, and this process holds the test server's data.)
-fn wait_sampling(mut child: Child) -> (u64, u64) {
+fn wait_sampling(child: Child) -> (u64, u64, f64) {
     let pid = child.id();
     let done = Arc::new(AtomicBool::new(false));
     let peak = Arc::new(AtomicU64::new(0));
@@ -288,10 +403,114 @@ fn wait_sampling(mut child: Child) -> (u64, u64) {
             }
         })
     };
-    child.wait().unwrap();
+    let cpu = wait_cpu(child);
     done.store(true, Ordering::Relaxed);
     sampler.join().unwrap();
-    (peak.load(Ordering::Relaxed), own.load(Ordering::Relaxed))
+    (
+        peak.load(Ordering::Relaxed),
+        own.load(Ordering::Relaxed),
+        cpu,
+    )
+}
+
+/// Reaps `child`; its CPU seconds.
+fn wait_cpu(child: Child) -> f64 {
+    let mut status = 0;
+    // SAFETY: wait4 fills the struct we pass; the child is ours and not
+    // waited for elsewhere.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as libc::pid_t, "wait4");
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+/// A TCP proxy on 127.0.0.1 in front of `upstream` that adds a round trip
+/// time: every byte is delivered half of it later in each direction, and a
+/// new connection's first bytes a whole one later still (its handshake).
+/// Latency only: bytes in flight do not wait for each other.
+struct DelayProxy {
+    addr: SocketAddr,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl DelayProxy {
+    fn start(upstream: SocketAddr, rtt: Duration) -> DelayProxy {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("delay-proxy")
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind(("127.0.0.1", 0)))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        runtime.spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let opened = tokio::time::Instant::now();
+                    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let _ = client.set_nodelay(true);
+                    let _ = server.set_nodelay(true);
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
+                    let half = rtt / 2;
+                    tokio::spawn(delayed_pipe(
+                        client_read,
+                        server_write,
+                        half,
+                        opened + rtt + half,
+                    ));
+                    tokio::spawn(delayed_pipe(server_read, client_write, half, opened));
+                });
+            }
+        });
+        DelayProxy {
+            addr,
+            runtime: Some(runtime),
+        }
+    }
+}
+
+impl Drop for DelayProxy {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_timeout(Duration::from_secs(1));
+        }
+    }
+}
+
+/// Copies `from` to `to`, each piece `delay` after it was read and not
+/// before `not_before`; the end of `from` is passed on the same way.
+async fn delayed_pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: Duration,
+    not_before: tokio::time::Instant,
+) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let reader = tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = from.read(&mut buf).await.unwrap_or(0);
+            let due = (tokio::time::Instant::now() + delay).max(not_before);
+            // An empty piece is the end.
+            if tx.send((due, buf[..n].to_vec())).is_err() || n == 0 {
+                break;
+            }
+        }
+    });
+    while let Some((due, piece)) = rx.recv().await {
+        tokio::time::sleep_until(due).await;
+        if piece.is_empty() || to.write_all(&piece).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+    reader.abort();
 }
 
 /// Sum of VmRSS over `pid` and its descendants.

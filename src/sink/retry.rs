@@ -89,6 +89,12 @@ pub(crate) async fn observe_retries<F: std::future::Future>(
     OBSERVER.scope(observer, future).await
 }
 
+/// The current task's observer, for a task it starts to send requests on
+/// its behalf (task-locals are not inherited).
+pub(crate) fn current_observer() -> Option<RetryObserver> {
+    OBSERVER.try_with(RetryObserver::clone).ok()
+}
+
 /// Tells the current task's observer, if it has one.
 pub(crate) fn notify_retry(notice: &RetryNotice) {
     let _ = OBSERVER.try_with(|observer| observer(notice));

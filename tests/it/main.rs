@@ -32,6 +32,9 @@ mod logging;
 mod official_sync;
 /// `inspect --json` against an independent reader, for every real fixture run.
 mod oracle;
+/// A run's steps overlap (reading with sending, files with lines) and stay
+/// in order; checkpoints follow acknowledgements.
+mod pipelining;
 /// Bad answers from the server: GraphQL errors, a huge Retry-After, lost
 /// alert answers, records too big for one request.
 mod server_faults;

@@ -407,7 +407,7 @@ fn fastrand_u64(seed: u64) -> u64 {
 
 /// A real run of 20,000 steps written by wandb 0.31.0 (cached next to the
 /// venv), for tests that need a sync that takes a while.
-fn large_run() -> Option<PathBuf> {
+pub fn large_run() -> Option<PathBuf> {
     let venv = venv()?;
     let dir = venv.parent().unwrap().join("large-run-v1");
     let done = dir.join(".complete");

@@ -18,6 +18,7 @@ use crate::sink::retry::{
     FIRST_CONTACT_ATTEMPTS, RetryNotice, RetryPolicy, graphql_error_is_transient, notify_retry,
     parse_retry_after, status_is_retryable,
 };
+use crate::sink::wandb::filestream::Encoded;
 
 /// Why a request did not succeed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -129,8 +130,23 @@ enum BodyVerdict {
 
 type PauseNotice = Box<dyn Fn(&Pause) + Send + Sync>;
 
+/// Bytes of lines read for a server and not yet acknowledged by it, over
+/// all the runs uploaded to it at once: what bounds the memory the lines
+/// and their request bodies take, however many runs are in flight. One run
+/// alone gets a whole batch being read and one being sent.
+pub(crate) const SEND_WINDOW_BYTES: usize = 8 * 1024 * 1024;
+
+/// A share of a server's send window ([`Client::try_reserve`]); given back
+/// when dropped.
+pub(crate) type Reserved = tokio::sync::OwnedSemaphorePermit;
+
 /// Where to send and with which key. The key is only ever put in the
 /// `Authorization` header (marked sensitive); it is not kept elsewhere.
+///
+/// A clone is the same client (connections, 429 pause, contact record,
+/// pause notice): a run's upload hands clones to the tasks that send its
+/// requests while it reads on.
+#[derive(Clone)]
 pub(crate) struct Client {
     http: reqwest::Client,
     base_url: String,
@@ -141,10 +157,12 @@ pub(crate) struct Client {
     paused_until: Arc<Mutex<Option<(Instant, Pause)>>>,
     /// Told of every new pause (`syncd sync` prints it); without one, a
     /// pause is logged.
-    pause_notice: OnceLock<PauseNotice>,
+    pause_notice: Arc<OnceLock<PauseNotice>>,
     /// A std mutex: held for a copy, never across an await. Shared with
     /// the client's [`Client::with_attempts`] copies.
     contact: Arc<std::sync::Mutex<Contact>>,
+    /// [`SEND_WINDOW_BYTES`], in bytes.
+    window: Arc<tokio::sync::Semaphore>,
 }
 
 impl Client {
@@ -175,7 +193,8 @@ impl Client {
             policy,
             paused_until: Arc::new(Mutex::new(None)),
             contact: Arc::new(std::sync::Mutex::new(Contact::default())),
-            pause_notice: OnceLock::new(),
+            pause_notice: Arc::new(OnceLock::new()),
+            window: Arc::new(tokio::sync::Semaphore::new(SEND_WINDOW_BYTES)),
         })
     }
 
@@ -211,9 +230,26 @@ impl Client {
             },
             paused_until: Arc::clone(&self.paused_until),
             // A probe's pauses are its own client's to report.
-            pause_notice: OnceLock::new(),
+            pause_notice: Arc::new(OnceLock::new()),
             contact: Arc::clone(&self.contact),
+            window: Arc::clone(&self.window),
         }
+    }
+
+    /// `bytes` of the send window (at most all of it), if free now.
+    pub(crate) fn try_reserve(&self, bytes: usize) -> Option<Reserved> {
+        Arc::clone(&self.window)
+            .try_acquire_many_owned(window_permits(bytes))
+            .ok()
+    }
+
+    /// `bytes` of the send window (at most all of it), once other uploads
+    /// gave that much back. Shares are handed out in the order asked for.
+    pub(crate) async fn reserve(&self, bytes: usize) -> Reserved {
+        Arc::clone(&self.window)
+            .acquire_many_owned(window_permits(bytes))
+            .await
+            .expect("the send window is never closed")
     }
 
     /// What this client last heard from its server.
@@ -302,9 +338,8 @@ impl Client {
         entity: &str,
         project: &str,
         run: &str,
-        body: Vec<u8>,
+        body: Encoded,
     ) -> Result<Json, SinkError> {
-        let body = Bytes::from(body);
         let url = format!(
             "{}/files/{}/{}/{}/file_stream",
             self.base_url,
@@ -318,7 +353,7 @@ impl Client {
                     .post(&url)
                     .header(AUTHORIZATION, self.auth.clone())
                     .header(CONTENT_TYPE, "application/json")
-                    .body(body.clone())
+                    .body(reqwest::Body::wrap(Pieces::of(&body)))
             })
             .await?;
         // Only `{"stopped": true}` means anything; an unreadable body is ignored.
@@ -798,6 +833,52 @@ impl http_body::Body for WatchedBody {
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// An [`Encoded`] body as one attempt sends it: its pieces one by one,
+/// its length known (sent as `Content-Length`).
+struct Pieces {
+    pieces: std::vec::IntoIter<Bytes>,
+    remaining: u64,
+}
+
+impl Pieces {
+    fn of(body: &Encoded) -> Pieces {
+        Pieces {
+            // Reference counts: the pieces are not copied.
+            pieces: body.pieces().to_vec().into_iter(),
+            remaining: body.len() as u64,
+        }
+    }
+}
+
+impl http_body::Body for Pieces {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let piece = self.pieces.next();
+        if let Some(piece) = &piece {
+            self.remaining -= piece.len() as u64;
+        }
+        std::task::Poll::Ready(piece.map(|p| Ok(http_body::Frame::data(p))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.remaining)
+    }
+}
+
+fn window_permits(bytes: usize) -> u32 {
+    // The window's size fits: it is a few megabytes.
+    bytes.min(SEND_WINDOW_BYTES) as u32
 }
 
 fn describe_transport_error(e: &reqwest::Error) -> String {

@@ -3,8 +3,6 @@
 //! overwrites instead of duplicating: that is what makes retries and resends
 //! after a crash safe.
 
-use serde_json::{Map as JsonMap, Value as Json, json};
-
 use crate::source::wandb::proto;
 
 pub(crate) const HISTORY: &str = "wandb-history.jsonl";
@@ -85,47 +83,174 @@ impl Request {
         *self == Request::default()
     }
 
-    pub(crate) fn to_json(&self) -> Vec<u8> {
-        let mut files = JsonMap::new();
-        let mut put = |name: &str, lines: &Lines| {
-            files.insert(
-                name.to_string(),
-                json!({"offset": lines.offset, "content": lines.lines}),
-            );
-        };
-        for (name, lines) in [
-            (HISTORY, &self.history),
-            (EVENTS, &self.events),
-            (OUTPUT, &self.output),
-        ] {
-            if let Some(lines) = lines.as_ref().filter(|l| !l.lines.is_empty()) {
-                put(name, lines);
+    /// The request's body. Written straight from the lines (no JSON tree
+    /// of them is built first): a request is the biggest thing a step
+    /// holds, and it is held once.
+    pub(crate) fn to_json(&self) -> Encoded {
+        let mut writer = PieceWriter::default();
+        serde_json::to_writer(&mut writer, &BodyJson(self)).expect("strings and numbers serialize");
+        writer.finish()
+    }
+}
+
+/// Bytes of a request body in one piece of an [`Encoded`].
+const PIECE_BYTES: usize = 64 * 1024;
+
+/// A request body in pieces of [`PIECE_BYTES`]. A body is megabytes; one
+/// block that big, once freed, has glibc's allocator keep as much memory
+/// per thread from then on (its mmap threshold rises to the block's size,
+/// and the trim threshold with it). Pieces come and go in the ordinary heap.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Encoded {
+    pieces: Vec<bytes::Bytes>,
+    len: usize,
+}
+
+impl Encoded {
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn pieces(&self) -> &[bytes::Bytes] {
+        &self.pieces
+    }
+
+    #[cfg(test)]
+    pub(crate) fn to_vec(&self) -> Vec<u8> {
+        self.pieces.concat()
+    }
+}
+
+/// Writes an [`Encoded`] piece by piece.
+#[derive(Default)]
+struct PieceWriter {
+    done: Encoded,
+    current: Vec<u8>,
+}
+
+impl PieceWriter {
+    fn finish(mut self) -> Encoded {
+        self.seal();
+        self.done
+    }
+
+    fn seal(&mut self) {
+        if !self.current.is_empty() {
+            let piece = std::mem::take(&mut self.current);
+            self.done.len += piece.len();
+            self.done.pieces.push(piece.into());
+        }
+    }
+}
+
+impl std::io::Write for PieceWriter {
+    fn write(&mut self, mut buf: &[u8]) -> std::io::Result<usize> {
+        let written = buf.len();
+        while !buf.is_empty() {
+            if self.current.capacity() == 0 {
+                self.current.reserve_exact(PIECE_BYTES);
+            }
+            let room = PIECE_BYTES - self.current.len();
+            let (now, rest) = buf.split_at(room.min(buf.len()));
+            self.current.extend_from_slice(now);
+            buf = rest;
+            if self.current.len() == PIECE_BYTES {
+                self.seal();
             }
         }
-        if let Some(summary) = &self.summary {
-            put(
-                SUMMARY,
-                &Lines {
-                    offset: 0,
-                    lines: vec![summary.clone()],
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A [`Request`] as its JSON body: only what is set, in the order wandb
+/// writes it.
+struct BodyJson<'a>(&'a Request);
+
+/// A request's `files` object.
+struct Files<'a>(&'a Request);
+
+/// One file's lines in a request.
+struct Chunk<'a> {
+    offset: u64,
+    content: &'a [String],
+}
+
+impl Files<'_> {
+    fn chunks(&self) -> impl Iterator<Item = (&'static str, Chunk<'_>)> {
+        let request = self.0;
+        [
+            (HISTORY, &request.history),
+            (EVENTS, &request.events),
+            (OUTPUT, &request.output),
+        ]
+        .into_iter()
+        .filter_map(|(name, lines)| {
+            let lines = lines.as_ref().filter(|l| !l.lines.is_empty())?;
+            Some((
+                name,
+                Chunk {
+                    offset: lines.offset,
+                    content: &lines.lines,
                 },
-            );
+            ))
+        })
+        .chain(request.summary.as_ref().map(|summary| {
+            (
+                SUMMARY,
+                Chunk {
+                    offset: 0,
+                    content: std::slice::from_ref(summary),
+                },
+            )
+        }))
+    }
+}
+
+impl serde::Serialize for BodyJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let request = self.0;
+        let mut map = serializer.serialize_map(None)?;
+        let files = Files(request);
+        if files.chunks().next().is_some() {
+            map.serialize_entry("files", &files)?;
         }
-        let mut body = JsonMap::new();
-        if !files.is_empty() {
-            body.insert("files".into(), Json::Object(files));
+        if !request.uploaded.is_empty() {
+            map.serialize_entry("uploaded", &request.uploaded)?;
         }
-        if !self.uploaded.is_empty() {
-            body.insert("uploaded".into(), json!(self.uploaded));
+        if request.preempting {
+            map.serialize_entry("preempting", &true)?;
         }
-        if self.preempting {
-            body.insert("preempting".into(), Json::Bool(true));
+        if let Some(code) = request.complete {
+            map.serialize_entry("complete", &true)?;
+            map.serialize_entry("exitcode", &code)?;
         }
-        if let Some(code) = self.complete {
-            body.insert("complete".into(), Json::Bool(true));
-            body.insert("exitcode".into(), json!(code));
+        map.end()
+    }
+}
+
+impl serde::Serialize for Files<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        for (name, chunk) in self.chunks() {
+            map.serialize_entry(name, &chunk)?;
         }
-        serde_json::to_vec(&Json::Object(body)).expect("JSON values serialize")
+        map.end()
+    }
+}
+
+impl serde::Serialize for Chunk<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(2))?;
+        map.serialize_entry("offset", &self.offset)?;
+        map.serialize_entry("content", self.content)?;
+        map.end()
     }
 }
 
@@ -214,11 +339,13 @@ fn keep_small(items: &mut Vec<proto::KeyedJson>, what: &str, refused: &mut Vec<S
 
 #[cfg(test)]
 mod tests {
+    use serde_json::{Value as Json, json};
+
     use super::*;
 
     #[test]
     fn request_json_has_only_what_is_set() {
-        assert_eq!(Request::default().to_json(), b"{}");
+        assert_eq!(Request::default().to_json().to_vec(), b"{}");
         let request = Request {
             history: Some(Lines {
                 offset: 5,
@@ -229,7 +356,7 @@ mod tests {
             complete: Some(3),
             ..Default::default()
         };
-        let json: Json = serde_json::from_slice(&request.to_json()).unwrap();
+        let json: Json = serde_json::from_slice(&request.to_json().to_vec()).unwrap();
         assert_eq!(
             json,
             json!({
@@ -240,6 +367,57 @@ mod tests {
                 "uploaded": ["config.yaml"], "complete": true, "exitcode": 3
             })
         );
+    }
+
+    #[test]
+    fn bodies_are_written_as_a_json_tree_of_them_would_be() {
+        let request = Request {
+            history: Some(Lines {
+                offset: 1,
+                lines: vec![r#"{"a":"b\\c\n"}"#.into(), "é\u{1}".into()],
+            }),
+            events: Some(Lines {
+                offset: 0,
+                lines: Vec::new(),
+            }),
+            output: Some(Lines {
+                offset: 9,
+                lines: vec!["ERROR 2026 x".into()],
+            }),
+            summary: Some("{}".into()),
+            uploaded: vec!["a b.txt".into()],
+            preempting: true,
+            complete: Some(0),
+        };
+        let tree = json!({
+            "files": {
+                HISTORY: {"offset": 1, "content": request.history.as_ref().unwrap().lines},
+                OUTPUT: {"offset": 9, "content": ["ERROR 2026 x"]},
+                SUMMARY: {"offset": 0, "content": ["{}"]},
+            },
+            "uploaded": ["a b.txt"], "preempting": true, "complete": true, "exitcode": 0
+        });
+        assert_eq!(
+            request.to_json().to_vec(),
+            serde_json::to_vec(&tree).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_big_body_is_held_in_pieces() {
+        let request = Request {
+            history: Some(Lines {
+                offset: 0,
+                lines: (0..20_000).map(|i| format!("{{\"x\":{i}}}")).collect(),
+            }),
+            ..Default::default()
+        };
+        let body = request.to_json();
+        assert!(body.pieces().len() > 1);
+        assert!(body.pieces().iter().all(|p| p.len() <= PIECE_BYTES));
+        assert_eq!(body.len(), body.to_vec().len());
+        let json: Json = serde_json::from_slice(&body.to_vec()).unwrap();
+        assert_eq!(json["files"][HISTORY]["content"][19_999], "{\"x\":19999}");
     }
 
     #[test]

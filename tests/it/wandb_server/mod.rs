@@ -204,6 +204,14 @@ impl WandbServer {
         self.lock().stopped = stopped;
     }
 
+    /// Upload URLs handed out name this port of 127.0.0.1 instead of the
+    /// server's own: that of a proxy in front of it, so uploads go through
+    /// the proxy too. (The sync bench's delaying proxy.)
+    #[allow(dead_code)]
+    pub fn set_upload_port(&self, port: u16) {
+        self.lock().port = port;
+    }
+
     /// The same JSON as `GET /_state`: `{"runs":[...], "artifacts":[...],
     /// "operations":[...], "requests":[...], "counters":{...}}` (artifacts as
     /// in [`artifacts`](Self::artifacts)).

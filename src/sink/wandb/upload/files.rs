@@ -10,112 +10,53 @@ use std::path::PathBuf;
 
 use crate::fs::sha256_hex;
 use crate::ledger::FileAck;
-use crate::sink::wandb::client::Client;
 use crate::sink::wandb::filestream;
-use crate::sink::wandb::ops::{self, ServerRun};
 use crate::sink::wandb::run_config;
 use crate::source::wandb::views::{FileKind, Policy};
 
-use super::{RunSync, StepError, output_log};
+use super::{RunSync, output_log};
 
 impl RunSync<'_> {
-    /// Uploads files that are new or changed; returns their names for the
-    /// FileStream `uploaded` list. End-policy and generated files go only
-    /// when the run finishes.
-    pub(super) async fn upload_files(
+    /// The files a step uploads: those new or changed (end-policy and
+    /// generated files only when the run finishes), by name, and when the
+    /// run finishes, `output.log` rebuilt in its spool unless the server
+    /// has it as it is. They are taken as stored in the run as read (so the
+    /// next step does not offer them again); the step's checkpoint, saved
+    /// once they are, holds that too.
+    pub(super) fn files_for_step(
         &mut self,
-        client: &Client,
-        server: &ServerRun,
         finishing: bool,
-    ) -> Result<Vec<String>, StepError> {
-        let (mut contents, mtimes, output) = self.files_to_send(finishing);
-        if contents.is_empty() && output.is_none() {
-            return Ok(Vec::new());
-        }
-        let mut names: Vec<String> = contents.keys().cloned().collect();
-        if output.is_some() {
-            names.push(filestream::OUTPUT.into());
-            names.sort();
-        }
-        let targets = ops::create_run_files(client, server, &names).await?;
-        let mut uploaded = Vec::new();
-        for (name, url) in targets.files {
-            if name == filestream::OUTPUT
-                && let Some(spool) = &output
-            {
-                match url {
-                    Some(url) => {
-                        client
-                            .put_body(&format!("upload of {name}"), &url, &targets.headers, || {
-                                reqwest::Body::wrap(output_log::FileBody::open(
-                                    &spool.path,
-                                    spool.ack.size,
-                                ))
-                            })
-                            .await?;
-                        self.entry
-                            .acked
-                            .files
-                            .insert(name.clone(), spool.ack.clone());
-                        self.files_uploaded.push(name.clone());
-                        uploaded.push(name);
-                    }
-                    None => self.entry.warn(format!(
-                        "the server did not want files/{name} (no upload URL)"
-                    )),
-                }
-                continue;
-            }
-            let Some(bytes) = contents.remove(&name) else {
-                continue;
-            };
+    ) -> (BTreeMap<String, Vec<u8>>, Option<SpooledLog>) {
+        let (contents, mtimes, output) = self.files_to_send(finishing);
+        for (name, bytes) in &contents {
             let ack = FileAck {
                 size: bytes.len() as u64,
-                sha256: sha256_hex(&bytes),
-                mtime_ns: mtimes.get(&name).copied(),
+                sha256: sha256_hex(bytes),
+                mtime_ns: mtimes.get(name).copied(),
             };
-            match url {
-                Some(url) => {
-                    client
-                        .put(&format!("upload of {name}"), &url, &targets.headers, bytes)
-                        .await?;
-                    self.entry.acked.files.insert(name.clone(), ack);
-                    self.files_uploaded.push(name.clone());
-                    uploaded.push(name);
-                }
-                None => self.entry.warn(format!(
-                    "the server did not want files/{name} (no upload URL)"
-                )),
-            }
+            self.entry.acked.files.insert(name.clone(), ack);
         }
-        if let Some(spool) = output {
-            let _ = std::fs::remove_file(&spool.path);
+        if let Some(spool) = &output {
+            self.entry
+                .acked
+                .files
+                .insert(filestream::OUTPUT.into(), spool.ack.clone());
         }
-        Ok(uploaded)
+        (contents, output)
     }
 
-    /// A dry run's [`RunSync::upload_files`]: counts what would be sent and
-    /// takes it as sent (in memory only), so it is counted once.
+    /// A dry run's [`RunSync::files_for_step`]: counts what would be sent
+    /// and takes it as sent (in memory only), so it is counted once.
     pub(super) fn count_files(&mut self, finishing: bool) {
-        let (contents, mtimes, output) = self.files_to_send(finishing);
+        let (contents, output) = self.files_for_step(finishing);
         if let Some(spool) = output {
             let _ = std::fs::remove_file(&spool.path);
             self.would_send.files += 1;
             self.would_send.bytes += spool.ack.size;
-            self.entry
-                .acked
-                .files
-                .insert(filestream::OUTPUT.into(), spool.ack);
         }
-        for (name, bytes) in contents {
+        for bytes in contents.into_values() {
             self.would_send.files += 1;
             self.would_send.bytes += bytes.len() as u64;
-            let ack = FileAck {
-                size: bytes.len() as u64,
-                sha256: sha256_hex(&bytes),
-                mtime_ns: mtimes.get(&name).copied(),
-            };
-            self.entry.acked.files.insert(name, ack);
         }
     }
 
@@ -304,8 +245,8 @@ impl RunSync<'_> {
 /// The rebuilt `output.log` in its spool file, with what its upload is
 /// acknowledged as.
 pub(super) struct SpooledLog {
-    path: PathBuf,
-    ack: FileAck,
+    pub path: PathBuf,
+    pub ack: FileAck,
 }
 
 /// A run file on disk.

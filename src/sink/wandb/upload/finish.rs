@@ -6,18 +6,16 @@
 use std::path::Path;
 use std::time::SystemTime;
 
-use crate::fs::sha256_hex;
 use crate::ledger::Phase;
-use crate::sink::wandb::filestream::Request;
-use crate::sink::wandb::run_config;
 use crate::source::wandb::framing::Tail;
 use crate::source::wandb::value::Value;
 
-use super::{RunSync, StepError, now_rfc3339, send_to_stream};
+use super::{RunEnd, RunSync, StepError};
 
 impl RunSync<'_> {
     /// After the newest fragment: complete the run if that fragment ended,
-    /// or, when asked to, finalize a run whose writer is gone.
+    /// or, when asked to, finalize a run whose writer is gone, else leave it
+    /// live. What is pending goes with it.
     pub(super) async fn finish(
         &mut self,
         index: usize,
@@ -30,7 +28,12 @@ impl RunSync<'_> {
             Some(exit) => Some(exit.code),
             None => match self.finalize_code(tail, path) {
                 Some(code) => Some(code),
-                None => return self.mark_live(),
+                None => {
+                    if self.pending.records > 0 {
+                        self.flush(index, cursor, None).await?;
+                    }
+                    return self.mark_live().await;
+                }
             },
         };
         let settled = matches!(self.entry.phase, Phase::Synced | Phase::Finalized);
@@ -42,41 +45,18 @@ impl RunSync<'_> {
         } else {
             Phase::Synced
         };
-        let client = match self.sending_client() {
-            Some(client) if self.entry.state.identity.run_id.is_some() => client,
-            _ => {
-                if self.entry.state.identity.run_id.is_some() {
-                    self.count_files(true);
-                }
-                self.entry.acked.complete = code;
-                self.entry.phase = phase;
-                return Ok(());
-            }
-        };
-        let server = self.ensure_server_run(client).await?;
-        self.upsert_if_changed(client, &server).await?;
-        let uploaded = self.upload_files(client, &server, true).await?;
-        let summary = run_config::summary_json(&self.entry.state);
-        let summary_sha = sha256_hex(summary.as_bytes());
-        let summary = (self.entry.acked.summary_sha256.as_deref() != Some(summary_sha.as_str()))
-            .then_some(summary);
-        // An exit record that says "not complete" leaves the run open.
-        let request = Request {
-            uploaded,
-            summary,
-            complete: code,
-            ..Default::default()
-        };
-        if !request.is_empty() {
-            send_to_stream(client, &server, &request).await?;
+        if !self.pending.alerts.is_empty() {
+            // Alerts go before the run is marked complete, as they were
+            // written.
+            self.flush(index, cursor, None).await?;
         }
-        self.entry.acked.complete = code;
-        self.entry.acked.summary_sha256 = Some(summary_sha);
-        self.entry.fragments[index].cursor = cursor;
-        self.entry.phase = phase;
-        self.entry.last_upload = Some(now_rfc3339());
-        self.save_checkpoint()?;
-        Ok(())
+        // The last lines, the run's files and its end in one step: the
+        // files go once, and the end is sent once everything else arrived.
+        let end = RunEnd {
+            complete: code,
+            phase,
+        };
+        self.flush(index, cursor, Some(end)).await
     }
 
     /// Exit code 1 for a run without exit record, when `--finalize` asks for
@@ -123,10 +103,16 @@ impl RunSync<'_> {
         Some(1)
     }
 
-    pub(super) fn mark_live(&mut self) -> Result<(), StepError> {
-        self.entry.phase = Phase::Live;
+    pub(super) async fn mark_live(&mut self) -> Result<(), StepError> {
         if self.sending_client().is_some() {
-            self.save_checkpoint()?;
+            // The run as read is the run as acknowledged only once the step
+            // under way is.
+            self.drain().await?;
+            self.entry.phase = Phase::Live;
+            let checkpoint = self.entry.clone();
+            self.save_checkpoint(checkpoint)?;
+        } else {
+            self.entry.phase = Phase::Live;
         }
         Ok(())
     }

@@ -1,14 +1,17 @@
 //! One run's upload to W&B: read new records from the ledger's cursors,
 //! turn them into what the server stores, send, and move the cursors only
 //! after the server answered 2xx. A step is: read up to a batch → send
-//! everything it produced → checkpoint. A crash anywhere repeats at most
-//! the last step, and because every line goes to a fixed offset, repeating
-//! it overwrites.
+//! everything it produced → checkpoint. A step's requests go out while
+//! the next batch is read and encoded (one step in flight at a time, so
+//! the server sees them in order); its checkpoint is saved once they all
+//! succeeded. A crash anywhere repeats at most the last two steps, and
+//! because every line goes to a fixed offset, repeating them overwrites.
 //!
 //! - `mod.rs`: the read loop, records applied to the run's state, the
-//!   FileStream flush and the checkpoints.
+//!   flush that starts a step, and the checkpoints.
 //! - `batch.rs`: how pending lines are cut into requests under the
-//!   server's size limits.
+//!   server's size limits, and a step's requests sent on a task of their
+//!   own (file uploads alongside the FileStream requests).
 //! - `files.rs`: which run files are uploaded, and the symlink policy
 //!   (only the run's own data leaves the machine).
 //! - `output_log.rs`: `output.log`, rebuilt from the console records
@@ -34,7 +37,7 @@ use crate::engine::job::{
 use crate::fs::sha256_hex;
 use crate::ledger::{ErrorNote, FragmentProgress, Ledger, LedgerError, Phase, RunLedger};
 use crate::sink::wandb::artifact;
-use crate::sink::wandb::client::{Client, SinkError};
+use crate::sink::wandb::client::{Client, Reserved, SEND_WINDOW_BYTES, SinkError};
 use crate::sink::wandb::filestream::{self, Lines, Request};
 use crate::sink::wandb::ops;
 use crate::sink::wandb::run_config;
@@ -44,7 +47,7 @@ use crate::source::wandb::value::Value;
 use crate::source::wandb::views::Update;
 use crate::source::wandb::views::console::Stream;
 
-use batch::{Outbox, send_to_stream, take_console};
+use batch::{Outbox, Sent, Step, StepTask, send_to_stream, take_console};
 
 /// Why a step failed; its kind decides the run's [`Failure`] class.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +83,29 @@ struct Pending {
     records: u64,
 }
 
+/// A step whose requests are under way, and the checkpoint to save once
+/// the server acknowledged all of them: the run as it was when the step
+/// was cut (the reading has moved on since).
+struct InFlight {
+    task: StepTask,
+    checkpoint: RunLedger,
+}
+
+/// Records read between two yields to the other tasks on the thread.
+const YIELD_EVERY: u64 = 256;
+
+/// How much of the send window a run takes at a time as its batch grows.
+const WINDOW_STEP: usize = 256 * 1024;
+
+/// How a run ends, sent with its last step.
+#[derive(Debug, Clone, Copy)]
+struct RunEnd {
+    /// The exit code the run is completed with; `None` leaves it open on
+    /// the server (an exit record that says "not complete").
+    complete: Option<i32>,
+    phase: Phase,
+}
+
 /// One run's upload under way.
 struct RunSync<'a> {
     client: Option<&'a Client>,
@@ -101,6 +127,10 @@ struct RunSync<'a> {
     would_send: WouldSend,
     /// The run being synced: its manifest and `.env` defaults.
     job: &'a RunJob,
+    /// The step sent last, until it is acknowledged and checkpointed.
+    in_flight: Option<InFlight>,
+    /// The share of the server's send window the batch being read holds.
+    reserved: Option<Reserved>,
 }
 
 /// Syncs one run. Never panics on bad input; every failure ends up in the
@@ -277,6 +307,8 @@ impl<'a> RunSync<'a> {
             records_read: 0,
             would_send: WouldSend::default(),
             job,
+            in_flight: None,
+            reserved: None,
         }
     }
 
@@ -286,6 +318,18 @@ impl<'a> RunSync<'a> {
     }
 
     async fn sync(
+        &mut self,
+        job: &RunJob,
+        on_progress: &(dyn Fn(Progress) + Sync),
+    ) -> Result<(), StepError> {
+        let result = self.read_and_send(job, on_progress).await;
+        // Even when reading failed, the step under way is waited for: its
+        // checkpoint is good, and keeps the next upload from sending it again.
+        let drained = self.drain().await;
+        result.and(drained)
+    }
+
+    async fn read_and_send(
         &mut self,
         job: &RunJob,
         on_progress: &(dyn Fn(Progress) + Sync),
@@ -330,7 +374,8 @@ impl<'a> RunSync<'a> {
                         // Everything before the damage is uploaded; the run is
                         // held back (quarantined) with the reason.
                         let cursor = reader.cursor();
-                        self.flush(index, cursor, false).await?;
+                        self.flush(index, cursor, None).await?;
+                        self.drain().await?;
                         return Err(StepError::Corrupt(format!(
                             "{}: {c}; records before it were uploaded, the rest is held back",
                             crate::paths::display(path)
@@ -375,10 +420,14 @@ impl<'a> RunSync<'a> {
                 self.apply(index, record);
                 self.pending.records += 1;
                 self.records_read += 1;
-                if self.pending.bytes + self.entry.state.console.unsent_bytes()
-                    >= self.options.batch_bytes
-                {
-                    self.flush(index, end, false).await?;
+                if self.records_read.is_multiple_of(YIELD_EVERY) {
+                    // The step under way (its connection's writes and reads)
+                    // and other runs get the thread now and then.
+                    tokio::task::yield_now().await;
+                }
+                let batch = self.pending.bytes + self.entry.state.console.unsent_bytes();
+                if batch >= self.options.batch_bytes || !self.reserve(batch).await {
+                    self.flush(index, end, None).await?;
                     on_progress(Progress {
                         bytes_read: read_before + end - start,
                         bytes_total: total,
@@ -388,19 +437,47 @@ impl<'a> RunSync<'a> {
             let cursor = reader.cursor();
             let tail = reader.tail().unwrap_or(Tail::Clean);
             let last = index + 1 == job.fragments.len();
-            if !last || self.pending.records > 0 {
-                self.flush(index, cursor, false).await?;
+            if last {
+                // The pending lines go with the run's end, if it ends.
+                self.finish(index, cursor, tail, path).await?;
+            } else {
+                self.flush(index, cursor, None).await?;
             }
             read_before += sizes[index].saturating_sub(start);
             on_progress(Progress {
                 bytes_read: read_before,
                 bytes_total: total,
             });
-            if last {
-                self.finish(index, cursor, tail, path).await?;
-            }
         }
         Ok(())
+    }
+
+    /// Holds `bytes` of the server's send window for the batch being read,
+    /// taking more as it grows. `false` when other runs' batches hold the
+    /// rest: this batch ends here (and gives its share back once sent).
+    /// Holding none, a run waits for a share instead (a batch of one record
+    /// would be a request per record).
+    async fn reserve(&mut self, bytes: usize) -> bool {
+        let Some(client) = self.sending_client() else {
+            return true;
+        };
+        let held = self.reserved.as_ref().map_or(0, Reserved::num_permits);
+        if bytes <= held || held >= SEND_WINDOW_BYTES {
+            return true;
+        }
+        let more = (bytes - held)
+            .next_multiple_of(WINDOW_STEP)
+            .min(SEND_WINDOW_BYTES - held);
+        let taken = match client.try_reserve(more) {
+            Some(taken) => taken,
+            None if held == 0 => client.reserve(more).await,
+            None => return false,
+        };
+        match &mut self.reserved {
+            Some(reserved) => reserved.merge(taken),
+            None => self.reserved = Some(taken),
+        }
+        true
     }
 
     /// The ledger's fragments must be a prefix of the run's fragments now.
@@ -549,6 +626,8 @@ impl<'a> RunSync<'a> {
         if self.entry.state.identity.run_id.is_none() {
             return Ok(()); // no run to send to yet: the flush sends them
         }
+        // After the step under way: it may carry older text of these lines.
+        self.drain().await?;
         let server = self.ensure_server_run(client).await?;
         let base = self.entry.acked.console_base;
         let now = SystemTime::now();
@@ -579,8 +658,18 @@ impl<'a> RunSync<'a> {
         Ok(())
     }
 
-    /// Sends everything pending, then records `cursor` for fragment `index`.
-    async fn flush(&mut self, index: usize, cursor: u64, finishing: bool) -> Result<(), StepError> {
+    /// Starts a step: sends everything pending (and with `end`, how the
+    /// run ends), then records `cursor` for fragment `index` once the server
+    /// acknowledged it. The step before is waited for first. A step that
+    /// ends the run or carries alerts is waited for here; any other goes on
+    /// while the next batch is read.
+    async fn flush(
+        &mut self,
+        index: usize,
+        cursor: u64,
+        end: Option<RunEnd>,
+    ) -> Result<(), StepError> {
+        let finishing = end.is_some();
         let pending = std::mem::take(&mut self.pending);
         let console = self.entry.state.console.take_changed();
         let Some(client) = self.sending_client() else {
@@ -595,19 +684,32 @@ impl<'a> RunSync<'a> {
             self.entry.acked.events_lines += pending.events.len() as u64;
             self.entry.acked.console_lines = self.entry.state.console.line_count();
             self.entry.fragments[index].cursor = cursor;
+            if let Some(end) = end {
+                self.entry.acked.complete = end.complete;
+                self.entry.phase = end.phase;
+            }
             return Ok(());
         };
         if self.entry.state.identity.run_id.is_none() {
             // No run record yet (the file has only its header): nothing to
             // create the run from. Keep the cursor where it was.
+            if let Some(end) = end {
+                self.entry.acked.complete = end.complete;
+                self.entry.phase = end.phase;
+            }
             return Ok(());
         }
+        // One step in flight: the server sees the steps in order (a newer
+        // summary or console line is never overwritten by an older one).
+        self.drain().await?;
         let server = self.ensure_server_run(client).await?;
         self.upsert_if_changed(client, &server).await?;
         // As the official client: an artifact is saved when its record is
-        // sent, before the run's files.
+        // sent, before the run's files. No step is in flight here (drained
+        // above), so the progress saved onto the last checkpoint is also in
+        // the run as read, and in the checkpoint of the step cut below.
         self.upload_artifacts(client, &pending.artifacts).await?;
-        let uploaded = self.upload_files(client, &server, finishing).await?;
+        let (files, output_log) = self.files_for_step(finishing);
 
         // FileStream: history and events at their fixed offsets, console
         // ranges one per request, the whole summary when it changed.
@@ -651,19 +753,111 @@ impl<'a> RunSync<'a> {
         }
         let (history_count, events_count) = (history.lines.len() as u64, events.lines.len() as u64);
         let mut outbox = Outbox {
-            uploaded,
+            uploaded: Vec::new(),
             preempting,
             summary,
             history,
             events,
             console,
         };
+        // Encoded here, request by request, each request's lines dropped
+        // once encoded: the batch is held once, as lines or as bodies.
+        let mut step = Step {
+            server: server.clone(),
+            files,
+            output_log,
+            bodies: Vec::new(),
+            history_lines: history_count,
+            closing: Request {
+                complete: end.and_then(|e| e.complete),
+                ..Default::default()
+            },
+        };
         while let Some(request) = outbox.next_request() {
-            send_to_stream(client, &server, &request).await?;
-            self.history_sent += request.history.as_ref().map_or(0, |l| l.lines.len() as u64);
+            step.bodies.push(request.to_json());
         }
+        drop(outbox);
+        // The step's share of the send window goes with it, given back as
+        // soon as its requests are done (not when the run next looks: a run
+        // waiting for a share must not wait on its own).
+        let task = StepTask::spawn(client, step, self.reserved.take());
+
+        // The run as it will be once the step is acknowledged.
+        let acked = &mut self.entry.acked;
+        acked.history_lines += history_count;
+        acked.events_lines += events_count;
+        acked.console_lines = self.entry.state.console.line_count();
+        acked.summary_sha256 = Some(summary_sha);
+        acked.preempting |= pending.preempting;
+        self.entry.fragments[index].cursor = cursor;
+        self.entry.last_upload = Some(now_rfc3339());
+        self.entry.last_error = None;
+        match end {
+            Some(end) => {
+                acked.complete = end.complete;
+                self.entry.phase = end.phase;
+            }
+            None if matches!(self.entry.phase, Phase::Queued | Phase::Failed) => {
+                self.entry.phase = Phase::Live;
+            }
+            None => {}
+        }
+        if !finishing && pending.alerts.is_empty() {
+            self.in_flight = Some(InFlight {
+                task,
+                checkpoint: self.entry.clone(),
+            });
+            return Ok(());
+        }
+        // Alerts go after the step's lines, and before its checkpoint.
+        let sent = task.wait().await?;
+        self.acknowledged(&sent, None);
+        self.send_alerts(client, &server, &pending.alerts).await?;
+        self.entry.acked.alerts += pending.alerts.len() as u64;
+        let checkpoint = self.entry.clone();
+        self.save_checkpoint(checkpoint)
+    }
+
+    /// Waits for the step under way, if any, and saves its checkpoint.
+    async fn drain(&mut self) -> Result<(), StepError> {
+        let Some(InFlight {
+            task,
+            mut checkpoint,
+        }) = self.in_flight.take()
+        else {
+            return Ok(());
+        };
+        let sent = task.wait().await?;
+        self.acknowledged(&sent, Some(&mut checkpoint));
+        self.save_checkpoint(checkpoint)
+    }
+
+    /// Takes in what a step's requests achieved: the files stored, and
+    /// those the server did not want (not acknowledged, so they are offered
+    /// again), in the run as read and in the step's `checkpoint`.
+    fn acknowledged(&mut self, sent: &Sent, mut checkpoint: Option<&mut RunLedger>) {
+        self.history_sent += sent.history_lines;
+        self.files_uploaded.extend(sent.uploaded.iter().cloned());
+        for name in &sent.refused {
+            let warning = format!("the server did not want files/{name} (no upload URL)");
+            self.entry.acked.files.remove(name);
+            self.entry.warn(warning.clone());
+            if let Some(checkpoint) = checkpoint.as_deref_mut() {
+                checkpoint.acked.files.remove(name);
+                checkpoint.warn(warning);
+            }
+        }
+    }
+
+    /// Sends a step's alerts, each at most once.
+    async fn send_alerts(
+        &mut self,
+        client: &Client,
+        server: &ops::ServerRun,
+        alerts: &[proto::AlertRecord],
+    ) -> Result<(), StepError> {
         let first_alert = self.entry.acked.alerts;
-        for (i, alert) in pending.alerts.iter().enumerate() {
+        for (i, alert) in alerts.iter().enumerate() {
             let ordinal = first_alert + i as u64;
             if ordinal < self.entry.acked.alerts_attempted {
                 // Attempted before a lost answer or a kill: at most once.
@@ -675,7 +869,7 @@ impl<'a> RunSync<'a> {
             // The record holds milliseconds, as the API takes them.
             let sent = ops::notify_alert(
                 client,
-                &server,
+                server,
                 &alert.title,
                 &alert.text,
                 &alert.level,
@@ -704,20 +898,6 @@ impl<'a> RunSync<'a> {
             }
         }
 
-        let acked = &mut self.entry.acked;
-        acked.history_lines += history_count;
-        acked.events_lines += events_count;
-        acked.console_lines = self.entry.state.console.line_count();
-        acked.summary_sha256 = Some(summary_sha);
-        acked.alerts += pending.alerts.len() as u64;
-        acked.preempting |= pending.preempting;
-        self.entry.fragments[index].cursor = cursor;
-        self.entry.last_upload = Some(now_rfc3339());
-        self.entry.last_error = None;
-        if self.entry.phase == Phase::Queued || self.entry.phase == Phase::Failed {
-            self.entry.phase = Phase::Live;
-        }
-        self.save_checkpoint()?;
         Ok(())
     }
 
@@ -772,16 +952,18 @@ impl<'a> RunSync<'a> {
         Ok(())
     }
 
-    fn save_checkpoint(&mut self) -> Result<(), StepError> {
+    /// Saves `checkpoint`, a state of the run and the cursors it belongs
+    /// to, as the last checkpoint.
+    fn save_checkpoint(&mut self, checkpoint: RunLedger) -> Result<(), StepError> {
         // Each checkpoint of a live run costs two fsyncs when durable; only
         // settled runs need to survive a power loss (a lost checkpoint
         // re-sends lines to the same offsets: nothing is duplicated).
-        if matches!(self.entry.phase, Phase::Synced | Phase::Finalized) {
-            self.ledger.save(&self.entry)?;
+        if matches!(checkpoint.phase, Phase::Synced | Phase::Finalized) {
+            self.ledger.save(&checkpoint)?;
         } else {
-            self.ledger.save_unsynced(&self.entry)?;
+            self.ledger.save_unsynced(&checkpoint)?;
         }
-        self.checkpoint = self.entry.clone();
+        self.checkpoint = checkpoint;
         Ok(())
     }
 

@@ -463,3 +463,50 @@ async fn how_a_run_ends_follows_its_exit_record() {
         (Phase::Finalized, Some(1))
     );
 }
+
+#[tokio::test]
+async fn a_batch_holds_a_growing_share_of_the_send_window_and_ends_when_others_hold_the_rest() {
+    use crate::sink::retry::RetryPolicy;
+    use crate::sink::wandb::client::SEND_WINDOW_BYTES;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(&tmp.path().join("state")).unwrap();
+    let options = SyncOptions::default();
+    let job = job_in(&[tmp.path().join("run")]);
+    // Never contacted: the window is the client's own.
+    let client = Client::new("http://127.0.0.1:9", "key", RetryPolicy::default()).unwrap();
+    let held = |run: &RunSync<'_>| run.reserved.as_ref().map_or(0, |r| r.num_permits());
+
+    let mut run = upload(&ledger, &options, &job);
+    run.client = Some(&client);
+    assert!(run.reserve(1000).await);
+    assert_eq!(held(&run), WINDOW_STEP);
+    assert!(run.reserve(WINDOW_STEP + 1).await);
+    assert_eq!(held(&run), 2 * WINDOW_STEP);
+
+    // Another run takes the rest: this batch ends instead of waiting.
+    let rest = client
+        .try_reserve(SEND_WINDOW_BYTES - 2 * WINDOW_STEP)
+        .unwrap();
+    assert!(!run.reserve(2 * WINDOW_STEP + 1).await);
+    assert_eq!(held(&run), 2 * WINDOW_STEP);
+
+    // A run holding nothing waits for a share, and gets it once given back.
+    let mut other = upload(&ledger, &options, &job);
+    other.client = Some(&client);
+    let waiting = tokio::time::timeout(Duration::from_millis(50), other.reserve(10)).await;
+    assert!(waiting.is_err(), "no share is free");
+    drop(rest);
+    assert!(other.reserve(10).await);
+    assert_eq!(held(&other), WINDOW_STEP);
+
+    // A dry run holds nothing.
+    let dry = SyncOptions {
+        dry_run: true,
+        ..SyncOptions::default()
+    };
+    let mut run = upload(&ledger, &dry, &job);
+    run.client = Some(&client);
+    assert!(run.reserve(SEND_WINDOW_BYTES * 2).await);
+    assert_eq!(held(&run), 0);
+}
