@@ -96,7 +96,8 @@ fn open(path: &Path, extra: OFlags) -> io::Result<File> {
     Ok(file)
 }
 
-fn kind_name(kind: std::fs::FileType) -> &'static str {
+/// What a file that is not a regular file is, in words.
+pub(crate) fn kind_name(kind: std::fs::FileType) -> &'static str {
     use std::os::unix::fs::FileTypeExt;
     if kind.is_fifo() {
         "named pipe"

@@ -133,7 +133,7 @@ pub(crate) fn open(local_path: &str, owner: u32, size: i64) -> Result<Staged, Re
     if !meta.file_type().is_file() {
         return Err(format!(
             "{local_path}: not a regular file (a {})",
-            kind_name(meta.file_type())
+            crate::fs::kind_name(meta.file_type())
         )
         .into());
     }
@@ -197,21 +197,6 @@ fn staging_root(path: &Path) -> PathBuf {
         at = dir.parent();
     }
     path.parent().unwrap_or(Path::new("/")).to_path_buf()
-}
-
-fn kind_name(kind: std::fs::FileType) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    if kind.is_fifo() {
-        "named pipe"
-    } else if kind.is_socket() {
-        "socket"
-    } else if kind.is_char_device() || kind.is_block_device() {
-        "device"
-    } else if kind.is_dir() {
-        "directory"
-    } else {
-        "symlink or special file"
-    }
 }
 
 /// The MD5 of the whole file and, when `part_size` is given, of each part
