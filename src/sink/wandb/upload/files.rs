@@ -18,16 +18,16 @@ use super::{RunSync, output_log};
 
 impl RunSync<'_> {
     /// The files a step uploads: those new or changed (end-policy and
-    /// generated files only when the run finishes), by name, and when the
-    /// run finishes, `output.log` rebuilt in its spool unless the server
-    /// has it as it is. They are taken as stored in the run as read (so the
-    /// next step does not offer them again); the step's checkpoint, saved
-    /// once they are, holds that too.
+    /// generated files only when the run finishes), by name, and `output`
+    /// (from [`RunSync::output_log_to_send`]). They are taken as stored in
+    /// the run as read (so the next step does not offer them again); the
+    /// step's checkpoint, saved once they are, holds that too.
     pub(super) fn files_for_step(
         &mut self,
         finishing: bool,
+        output: Option<SpooledLog>,
     ) -> (BTreeMap<String, Vec<u8>>, Option<SpooledLog>) {
-        let (contents, mtimes, output) = self.files_to_send(finishing);
+        let (contents, mtimes) = self.files_to_send(finishing);
         for (name, bytes) in &contents {
             let ack = FileAck {
                 size: bytes.len() as u64,
@@ -47,8 +47,8 @@ impl RunSync<'_> {
 
     /// A dry run's [`RunSync::files_for_step`]: counts what would be sent
     /// and takes it as sent (in memory only), so it is counted once.
-    pub(super) fn count_files(&mut self, finishing: bool) {
-        let (contents, output) = self.files_for_step(finishing);
+    pub(super) fn count_files(&mut self, finishing: bool, output: Option<SpooledLog>) {
+        let (contents, output) = self.files_for_step(finishing, output);
         if let Some(spool) = output {
             let _ = std::fs::remove_file(&spool.path);
             self.would_send.files += 1;
@@ -61,17 +61,11 @@ impl RunSync<'_> {
     }
 
     /// The run's files that the server does not have as they are now, by
-    /// name, with the mtime each had when read; and, when finishing, the
-    /// rebuilt `output.log` unless the server has it as it is.
-    #[allow(clippy::type_complexity)]
+    /// name, with the mtime each had when read.
     pub(super) fn files_to_send(
         &mut self,
         finishing: bool,
-    ) -> (
-        BTreeMap<String, Vec<u8>>,
-        BTreeMap<String, i64>,
-        Option<SpooledLog>,
-    ) {
+    ) -> (BTreeMap<String, Vec<u8>>, BTreeMap<String, i64>) {
         let mut contents: BTreeMap<String, Vec<u8>> = BTreeMap::new();
         // Each file's mtime when read, for its acknowledgement.
         let mut mtimes: BTreeMap<String, i64> = BTreeMap::new();
@@ -109,22 +103,7 @@ impl RunSync<'_> {
                 contents.insert(path, bytes);
             }
         }
-        let mut output = None;
         if finishing {
-            output = self.rebuilt_output_log().filter(|spool| {
-                let same = self
-                    .entry
-                    .acked
-                    .files
-                    .get(filestream::OUTPUT)
-                    .is_some_and(|ack| {
-                        ack.size == spool.ack.size && ack.sha256 == spool.ack.sha256
-                    });
-                if same {
-                    let _ = std::fs::remove_file(&spool.path);
-                }
-                !same
-            });
             contents.insert(
                 "wandb-summary.json".into(),
                 run_config::summary_json(&self.entry.state).into_bytes(),
@@ -146,41 +125,51 @@ impl RunSync<'_> {
             }
             _ => true,
         });
-        (contents, mtimes, output)
+        (contents, mtimes)
     }
 
-    /// `output.log` made from the console records of every fragment (see
-    /// [`output_log`]) in its spool file, or `None` when the run printed
-    /// nothing or the spool cannot be written (then reported: the console
-    /// lines are on the server all the same).
-    fn rebuilt_output_log(&mut self) -> Option<SpooledLog> {
-        if self.entry.state.console.line_count() == 0 {
+    /// When the run finishes, `output.log` made from the console records of
+    /// every fragment (see [`output_log`]) in its spool file, unless the
+    /// server has it as it is; `None` when the run printed nothing or the
+    /// spool cannot be written (then reported: the console lines are on the
+    /// server all the same). The run is read again on a blocking thread: a
+    /// run of gigabytes must not hold the daemon's loop while it is.
+    pub(super) async fn output_log_to_send(&mut self, finishing: bool) -> Option<SpooledLog> {
+        if !finishing || self.entry.state.console.line_count() == 0 {
             return None; // nothing printed: no second reading of the run
         }
         let spool = output_log::spool_path(self.ledger.dir(), &self.entry.key);
-        let rebuilt = output_log::rebuild(&self.job.fragments, &spool).and_then(|spooled| {
-            spooled
-                .map(|path| {
-                    let (size, sha256) = output_log::digest(&path)?;
-                    let ack = FileAck {
-                        size,
-                        sha256,
-                        mtime_ns: None,
-                    };
-                    Ok(SpooledLog { path, ack })
-                })
-                .transpose()
-        });
-        match rebuilt {
-            Ok(spooled) => spooled,
+        let (fragments, at) = (self.job.fragments.clone(), spool.clone());
+        let rebuilt = tokio::task::spawn_blocking(move || {
+            let Some(path) = output_log::rebuild(&fragments, &at)? else {
+                return Ok(None);
+            };
+            let (size, sha256) = output_log::digest(&path)?;
+            let ack = FileAck {
+                size,
+                sha256,
+                mtime_ns: None,
+            };
+            Ok(Some(SpooledLog { path, ack }))
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        let spooled = match rebuilt {
+            Ok(spooled) => spooled?,
             Err(e) => {
                 let _ = std::fs::remove_file(&spool);
                 self.entry.warn(format!(
                     "output.log cannot be made from the console records ({e}); not uploaded"
                 ));
-                None
+                return None;
             }
+        };
+        let acked = self.entry.acked.files.get(filestream::OUTPUT);
+        if acked.is_some_and(|a| a.size == spooled.ack.size && a.sha256 == spooled.ack.sha256) {
+            let _ = std::fs::remove_file(&spooled.path);
+            return None;
         }
+        Some(spooled)
     }
 
     /// A run file's bytes from the newest fragment that has it.

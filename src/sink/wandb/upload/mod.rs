@@ -678,7 +678,8 @@ impl<'a> RunSync<'a> {
                 (pending.history.len() + pending.events.len() + console.len()) as u64;
             self.would_send.bytes += (pending.bytes + console_bytes) as u64;
             if self.entry.state.identity.run_id.is_some() {
-                self.count_files(finishing);
+                let output = self.output_log_to_send(finishing).await;
+                self.count_files(finishing, output);
             }
             self.entry.acked.history_lines += pending.history.len() as u64;
             self.entry.acked.events_lines += pending.events.len() as u64;
@@ -709,7 +710,8 @@ impl<'a> RunSync<'a> {
         // above), so the progress saved onto the last checkpoint is also in
         // the run as read, and in the checkpoint of the step cut below.
         self.upload_artifacts(client, &pending.artifacts).await?;
-        let (files, output_log) = self.files_for_step(finishing);
+        let output = self.output_log_to_send(finishing).await;
+        let (files, output_log) = self.files_for_step(finishing, output);
 
         // FileStream: history and events at their fixed offsets, console
         // ranges one per request, the whole summary when it changed.

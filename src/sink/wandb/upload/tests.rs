@@ -237,12 +237,16 @@ fn a_live_run_sends_end_files_only_when_it_finishes() {
     ] {
         files.insert(name.into(), FileEntry { policy, kind });
     }
-    let (live, _, _) = run.files_to_send(false);
+    let (live, _) = run.files_to_send(false);
     assert_eq!(live.keys().collect::<Vec<_>>(), ["now.txt"]);
-    run.count_files(false);
+    run.count_files(false, None);
     // Sent (counted) once: not again while unchanged.
     assert!(run.files_to_send(false).0.is_empty());
-    let (end, _, output) = run.files_to_send(true);
+    let (end, _) = run.files_to_send(true);
+    let output = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(run.output_log_to_send(true));
     let names: Vec<&String> = end.keys().collect();
     assert_eq!(
         names,
